@@ -1,0 +1,10 @@
+"""The Functions app: wiring only. One blueprint per trigger family, all logic in shared/."""
+
+import azure.functions as func
+
+from functions import node_work, runs_http, sweeper
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+for blueprint in (runs_http.bp, node_work.bp, sweeper.bp):
+    app.register_blueprint(blueprint)

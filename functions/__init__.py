@@ -1,0 +1,1 @@
+"""Thin trigger handlers: parse and validate the input, hand off to ``shared``."""

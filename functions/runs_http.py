@@ -1,0 +1,76 @@
+"""Operator endpoints: start, list, inspect, pause, resume and cancel runs."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import azure.functions as func
+
+from functions.http_util import error, json_response, read_json
+
+if TYPE_CHECKING:
+    from shared.runs import RunService
+
+logger = logging.getLogger(__name__)
+bp = func.Blueprint()
+
+
+def _service() -> RunService:
+    from shared.app import collaborators
+    from shared.runs import RunService
+
+    return RunService(collaborators())
+
+
+@bp.function_name("runs_collection")
+@bp.route(route="runs", methods=["GET", "POST"], auth_level=func.AuthLevel.FUNCTION)
+def runs_collection(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.errors import ConfigError, ValidationError
+    from shared.runs import RunConflictError, StartRequest
+
+    try:
+        service = _service()
+        if req.method == "GET":
+            return json_response({"runs": service.list()})
+        run = service.start(StartRequest.from_json(read_json(req)))
+    except RunConflictError as exc:
+        return error(409, str(exc), activeRun=exc.active_run)
+    except ValidationError as exc:
+        return error(400, str(exc))
+    except ConfigError as exc:
+        logger.error("configuration error: %s", exc)
+        return error(500, "the app is misconfigured; see its logs")
+    return json_response(
+        {"id": run.id, "state": str(run.state)}, 202, headers={"Location": f"/api/runs/{run.id}"}
+    )
+
+
+@bp.function_name("run_item")
+@bp.route(route="runs/{id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def run_item(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.errors import NotFoundError
+
+    try:
+        return json_response(_service().get(req.route_params["id"]))
+    except NotFoundError as exc:
+        return error(404, str(exc))
+
+
+@bp.function_name("run_action")
+@bp.route(route="runs/{id}/{action}", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def run_action(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.errors import NotFoundError, ValidationError
+
+    run_id, action = req.route_params["id"], req.route_params["action"]
+    service = _service()
+    actions = {"pause": service.pause, "resume": service.resume, "cancel": service.cancel}
+    if action not in actions:
+        return error(404, f"unknown action {action!r}; use one of {sorted(actions)}")
+    try:
+        run = actions[action](run_id)
+    except NotFoundError as exc:
+        return error(404, str(exc))
+    except ValidationError as exc:
+        return error(409, str(exc))
+    return json_response({"id": run.id, "state": str(run.state)}, 202)

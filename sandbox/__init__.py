@@ -1,0 +1,1 @@
+"""Local stand-ins for Azure and Kubernetes. Never deployed (see .funcignore)."""

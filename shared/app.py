@@ -1,0 +1,79 @@
+"""The composition root: real collaborators from app settings, built once per process.
+
+Triggers call ``collaborators()``; nothing else in ``shared`` reads the environment. The
+same code runs in Azure and in the sandbox: only the settings differ (endpoints, CA
+bundle, durations in the configuration file).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import lru_cache
+from typing import Any
+
+from shared.clock import SystemClock
+from shared.config import load_config
+from shared.errors import ConfigError
+from shared.settings import AppSettings, azure_credential
+from shared.workflow import Collaborators
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def settings() -> AppSettings:
+    return AppSettings.from_env()
+
+
+class _ClientCache:
+    """Clients are expensive to build (TLS, token caches): keep one per cluster/subscription."""
+
+    def __init__(self, app_settings: AppSettings, config: Any) -> None:
+        self._settings = app_settings
+        self._config = config
+        self._kube: dict[str, Any] = {}
+        self._compute: dict[str, Any] = {}
+
+    def kube(self, cluster: str) -> Any:
+        with _lock:
+            if cluster not in self._kube:
+                from shared.kube import KubeClient
+
+                ref = self._config.cluster(cluster).kubeconfig
+                value = os.environ.get(ref.setting, "")
+                if not value:
+                    raise ConfigError(f"app setting {ref.setting} (kubeconfig of cluster {cluster}) is empty")
+                self._kube[cluster] = KubeClient.from_kubeconfig(value)
+            return self._kube[cluster]
+
+    def compute(self, subscription: str) -> Any:
+        with _lock:
+            if subscription not in self._compute:
+                from shared.compute import ComputeClient
+
+                self._compute[subscription] = ComputeClient(
+                    subscription,
+                    endpoint=self._settings.arm_endpoint,
+                    audience=self._settings.arm_audience,
+                    credential=azure_credential(),
+                )
+            return self._compute[subscription]
+
+
+@lru_cache(maxsize=1)
+def collaborators() -> Collaborators:
+    from shared.store.table import TableRunStore
+    from shared.workqueue import StorageWorkQueue
+
+    app_settings = settings()
+    config = load_config(app_settings.config_path)
+    cache = _ClientCache(app_settings, config)
+    return Collaborators(
+        store=TableRunStore.from_settings(app_settings),
+        queue=StorageWorkQueue.from_settings(app_settings),
+        clock=SystemClock(),
+        config=config,
+        kube=cache.kube,
+        compute=cache.compute,
+    )

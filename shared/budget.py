@@ -1,0 +1,74 @@
+"""How many nodes of a pool may be disrupted at once, and which pending nodes may start now.
+
+Pure arithmetic over observations; the atomic part (committing admissions conditional on
+the run record's ETag) is in ``workflow.admit``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from shared.config import PERCENT_RE
+
+
+def resolve_max_unavailable(spec: int | str, pool_size: int) -> int:
+    """A count, or a percentage of the pool rounded down (as Kubernetes rolling updates
+    do for maxUnavailable), never below one so that a small pool still progresses."""
+    if isinstance(spec, int):
+        return spec
+    match = PERCENT_RE.match(spec)
+    if not match:
+        raise ValueError(f"not a count or percentage: {spec!r}")
+    return max(1, math.floor(pool_size * int(match.group(1)) / 100))
+
+
+@dataclass(frozen=True)
+class PoolObservation:
+    """Nodes of the pool that are unavailable for reasons other than this run's work."""
+
+    disrupted_elsewhere: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Admission:
+    admit: list[str]
+    waiting: dict[str, str]  # pool -> why nothing more starts there now
+
+
+def choose_admissions(
+    *,
+    pending: Iterable[tuple[str, str]],  # (node, pool) in plan order
+    held: Mapping[str, set[str]],  # pool -> nodes of this run holding a slot
+    max_unavailable: Mapping[str, int],
+    observed: Mapping[str, PoolObservation],
+    max_concurrent_nodes: int,
+) -> Admission:
+    in_flight = sum(len(v) for v in held.values())
+    free_cluster = max_concurrent_nodes - in_flight
+    free = {
+        pool: limit
+        - len(held.get(pool, set()))
+        - len(observed[pool].disrupted_elsewhere - held.get(pool, set()))
+        for pool, limit in max_unavailable.items()
+        if pool in observed
+    }
+    admit: list[str] = []
+    waiting: dict[str, str] = {}
+    for node, pool in pending:
+        if free_cluster <= 0:
+            waiting.setdefault(pool, f"cluster limit of {max_concurrent_nodes} nodes at once reached")
+            continue
+        if free.get(pool, 0) <= 0:
+            elsewhere = len(observed[pool].disrupted_elsewhere) if pool in observed else 0
+            waiting.setdefault(
+                pool,
+                f"pool budget of {max_unavailable.get(pool)} unavailable reached "
+                f"({len(held.get(pool, set()))} ours, {elsewhere} unavailable otherwise)",
+            )
+            continue
+        admit.append(node)
+        free[pool] -= 1
+        free_cluster -= 1
+    return Admission(admit=admit, waiting=waiting)

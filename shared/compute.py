@@ -1,0 +1,235 @@
+"""The Azure side: scale-set instances, reimage / upgrade-to-latest-model, LRO progress.
+
+A long-running operation is started in one invocation and checked in later ones: the
+poller's continuation token is stored on the node record and each check resumes it and
+polls exactly once, so no invocation sleeps through a reimage. Throttling (429 with
+Retry-After) and 5xx become ``TemporaryError`` with the server's delay; the queue does
+the waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
+
+logger = logging.getLogger(__name__)
+
+PROVIDER_ID_RE = re.compile(
+    r".*/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<resource_group>[^/]+)"
+    r"/providers/Microsoft\.Compute/virtualMachineScaleSets/(?P<scale_set>[^/]+)"
+    r"/virtualMachines/(?P<instance_id>[^/]+)$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    subscription: str
+    resource_group: str
+    scale_set: str
+    instance_id: str
+
+    @property
+    def scale_set_id(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.Compute/virtualMachineScaleSets/{self.scale_set}"
+        )
+
+    def same_scale_set(self, scale_set_id: str) -> bool:
+        # cloud-provider-azure lower-cases the resource group in providerIDs; ARM may not.
+        return self.scale_set_id.lower() == scale_set_id.lower()
+
+
+def parse_provider_id(provider_id: str) -> InstanceRef | None:
+    """``azure:///subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/
+    virtualMachineScaleSets/VMSS/virtualMachines/ID`` -> its parts; None if not a VMSS VM."""
+    match = PROVIDER_ID_RE.match(provider_id or "")
+    if not match:
+        return None
+    return InstanceRef(**match.groupdict())
+
+
+@dataclass(frozen=True)
+class Instance:
+    instance_id: str
+    provisioning_state: str
+    latest_model_applied: bool
+    image: str
+    power_state: str
+    computer_name: str
+
+
+@dataclass(frozen=True)
+class LroStatus:
+    done: bool
+    succeeded: bool = False
+    error: str = ""
+
+
+def image_label(image_reference: Any) -> str:
+    """A comparable name for what an instance runs: gallery version id, or publisher:offer:sku:version."""
+    if image_reference is None:
+        return ""
+    get = (
+        image_reference.get
+        if isinstance(image_reference, dict)
+        else lambda k: getattr(image_reference, k, None)
+    )
+    ref_id = get("id")
+    if ref_id:
+        return str(ref_id).lower()
+    parts = [get("publisher"), get("offer"), get("sku"), get("version")]
+    return ":".join(str(p or "") for p in parts).lower()
+
+
+def image_version(label: str) -> str:
+    """The version part of an image label (the last segment of a gallery version id)."""
+    return label.rsplit("/", 1)[-1] if "/" in label else label.rsplit(":", 1)[-1]
+
+
+def _translate(exc: Exception, what: str) -> Exception:
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ServiceRequestError
+
+    if isinstance(exc, ResourceNotFoundError):
+        return NotFoundError(f"{what}: not found")
+    if isinstance(exc, HttpResponseError):
+        status = exc.status_code or 0
+        code = getattr(exc.error, "code", None) if exc.error else None
+        message = f"{what}: {status} {code or exc.reason}"
+        retry_after = None
+        if exc.response is not None:
+            try:
+                retry_after = float(getattr(exc.response, "headers", {}).get("Retry-After", ""))
+            except ValueError:
+                retry_after = None
+        if status == 409:
+            return ConcurrencyError(message)
+        if status in (408, 429) or status >= 500:
+            return TemporaryError(message, delay=retry_after)
+        return PermanentError(message)
+    if isinstance(exc, ServiceRequestError):
+        return TemporaryError(f"{what}: {exc.__class__.__name__}")
+    return exc
+
+
+class ComputeClient:
+    """Scale-set operations for one subscription, through azure-mgmt-compute."""
+
+    def __init__(self, subscription_id: str, *, endpoint: str, audience: str, credential: Any) -> None:
+        from azure.mgmt.compute import ComputeManagementClient
+
+        # The workflow retries through the queue (honouring Retry-After there), so the SDK
+        # must not sleep through throttling inside an invocation.
+        self._client = ComputeManagementClient(
+            credential,
+            subscription_id,
+            base_url=endpoint,
+            credential_scopes=[f"{audience.rstrip('/')}/.default"],
+            retry_total=0,
+        )
+
+    def get_instance(self, ref: InstanceRef) -> Instance:
+        try:
+            vm = self._client.virtual_machine_scale_set_vms.get(
+                ref.resource_group, ref.scale_set, ref.instance_id, expand="instanceView"
+            )
+        except Exception as exc:
+            raise _translate(exc, f"get instance {ref.scale_set}/{ref.instance_id}") from exc
+        statuses = [s.code or "" for s in (vm.instance_view.statuses if vm.instance_view else None) or []]
+        power = next((s.split("/", 1)[1] for s in statuses if s.startswith("PowerState/")), "")
+        return Instance(
+            instance_id=str(vm.instance_id),
+            provisioning_state=str(vm.provisioning_state or ""),
+            latest_model_applied=bool(vm.latest_model_applied),
+            image=image_label(vm.storage_profile.image_reference if vm.storage_profile else None),
+            power_state=power,
+            computer_name=str(vm.os_profile.computer_name if vm.os_profile else ""),
+        )
+
+    def get_model_image(self, ref: InstanceRef) -> str:
+        try:
+            vmss = self._client.virtual_machine_scale_sets.get(ref.resource_group, ref.scale_set)
+        except Exception as exc:
+            raise _translate(exc, f"get scale set {ref.scale_set}") from exc
+        profile = vmss.virtual_machine_profile
+        return image_label(
+            profile.storage_profile.image_reference if profile and profile.storage_profile else None
+        )
+
+    def begin_reimage(self, ref: InstanceRef, instance_ids: list[str]) -> str:
+        from azure.mgmt.compute.models import VirtualMachineScaleSetReimageParameters
+
+        return self._begin(
+            f"reimage {ref.scale_set} {instance_ids}",
+            self._client.virtual_machine_scale_sets.begin_reimage,
+            ref.resource_group,
+            ref.scale_set,
+            vm_scale_set_reimage_input=VirtualMachineScaleSetReimageParameters(instance_ids=instance_ids),
+        )
+
+    def begin_upgrade_to_latest_model(self, ref: InstanceRef, instance_ids: list[str]) -> str:
+        from azure.mgmt.compute.models import VirtualMachineScaleSetVMInstanceRequiredIDs
+
+        return self._begin(
+            f"manualupgrade {ref.scale_set} {instance_ids}",
+            self._client.virtual_machine_scale_sets.begin_update_instances,
+            ref.resource_group,
+            ref.scale_set,
+            vm_instance_i_ds=VirtualMachineScaleSetVMInstanceRequiredIDs(instance_ids=instance_ids),
+        )
+
+    def _begin(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> str:
+        try:
+            # polling=False: send the request, keep the token, do not start a polling thread.
+            poller = fn(*args, polling=False, **kwargs)
+            return str(poller.continuation_token())
+        except Exception as exc:
+            raise _translate(exc, what) from exc
+
+    def poll(self, token: str) -> LroStatus:
+        """Resume an LRO from its continuation token and poll it exactly once."""
+        from azure.core.exceptions import HttpResponseError
+        from azure.mgmt.core.polling.arm_polling import ARMPolling
+
+        method = ARMPolling(timeout=0)
+        try:
+            client, initial, deserialize = ARMPolling.from_continuation_token(
+                token, client=self._client._client, deserialization_callback=lambda _r: None
+            )
+            method.initialize(client, initial, deserialize)
+            if not method.finished():
+                method.update_status()
+        except HttpResponseError as exc:
+            # A failed operation surfaces as an error status of the operation itself.
+            if exc.status_code and exc.status_code < 500 and exc.status_code != 429:
+                return LroStatus(done=True, succeeded=False, error=_lro_error(exc))
+            raise _translate(exc, "poll operation") from exc
+        except Exception as exc:
+            raise _translate(exc, "poll operation") from exc
+        status = str(method.status())
+        if status.lower() == "succeeded":
+            return LroStatus(done=True, succeeded=True)
+        if status.lower() in ("failed", "canceled", "cancelled"):
+            return LroStatus(done=True, succeeded=False, error=_operation_error(method) or status)
+        return LroStatus(done=False)
+
+
+def _operation_error(method: Any) -> str:
+    try:
+        body = method._pipeline_response.http_response.json()
+        err = body.get("error") or {}
+        return f"{err.get('code', 'Failed')}: {err.get('message', '')}".strip()
+    except Exception:
+        return ""
+
+
+def _lro_error(exc: Any) -> str:
+    err = getattr(exc, "error", None)
+    if err is not None:
+        return f"{err.code}: {err.message}"
+    return str(exc)

@@ -1,0 +1,180 @@
+"""Which pods a drain evicts, skips or refuses: exactly the decisions of ``kubectl drain``.
+
+The filters and their order mirror k8s.io/kubectl/pkg/drain/filters.go: deleted pods
+past the skip timeout, DaemonSet-owned pods, mirror pods, pods with local (emptyDir)
+storage, unreplicated (bare) pods. A filter that says "do not delete" ends the chain for
+that pod; any error refuses the whole drain, listing every offending pod.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A typed view over a Pod as the API server returned it."""
+
+    raw: Mapping[str, Any]
+
+    @property
+    def namespace(self) -> str:
+        return str(self.raw["metadata"].get("namespace", "default"))
+
+    @property
+    def name(self) -> str:
+        return str(self.raw["metadata"]["name"])
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def uid(self) -> str:
+        return str(self.raw["metadata"].get("uid", ""))
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.raw["metadata"].get("labels") or {}
+
+    @property
+    def phase(self) -> str:
+        return str((self.raw.get("status") or {}).get("phase", ""))
+
+    @property
+    def terminating(self) -> bool:
+        return bool(self.raw["metadata"].get("deletionTimestamp"))
+
+    @property
+    def controller(self) -> Mapping[str, Any] | None:
+        for ref in self.raw["metadata"].get("ownerReferences") or []:
+            if ref.get("controller"):
+                return ref
+        return None
+
+    @property
+    def owner_text(self) -> str:
+        ref = self.controller
+        return f"{ref['kind']}/{ref['name']}" if ref else "no controller"
+
+    @property
+    def is_mirror(self) -> bool:
+        return MIRROR_ANNOTATION in (self.raw["metadata"].get("annotations") or {})
+
+    @property
+    def has_local_storage(self) -> bool:
+        return any("emptyDir" in v for v in (self.raw.get("spec") or {}).get("volumes") or [])
+
+    @property
+    def ready(self) -> bool:
+        for cond in (self.raw.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "Ready":
+                return cond.get("status") == "True"
+        return False
+
+
+@dataclass(frozen=True)
+class DrainOptionsView:
+    delete_emptydir_data: bool = False
+    force: bool = False
+
+
+@dataclass
+class DrainPlan:
+    evict: list[Pod] = field(default_factory=list)
+    skipped: list[tuple[Pod, str]] = field(default_factory=list)
+    refused: list[tuple[Pod, str]] = field(default_factory=list)
+
+    @property
+    def refusal_text(self) -> str:
+        return "; ".join(f"{p.key} ({p.owner_text}): {why}" for p, why in self.refused)
+
+
+DAEMONSET_FATAL = "DaemonSet-managed Pods (use --ignore-daemonsets to ignore)"
+LOCAL_STORAGE_FATAL = "Pods with local storage (use deleteEmptyDirData to override)"
+UNMANAGED_FATAL = "Pods declare no controller (use force to override)"
+
+
+def plan_drain(
+    pods: list[Pod],
+    *,
+    options: DrainOptionsView,
+    daemonset_exists: Callable[[str, str], bool],
+) -> DrainPlan:
+    """Sort the pods on a node into evict / skip / refuse, as kubectl drain
+    --ignore-daemonsets does (the product always ignores DaemonSets: they return with
+    the node)."""
+    plan = DrainPlan()
+    for pod in pods:
+        finished = pod.phase in FINISHED_PHASES
+        controller = pod.controller
+        if controller is not None and controller.get("kind") == "DaemonSet" and not finished:
+            if daemonset_exists(pod.namespace, str(controller["name"])):
+                plan.skipped.append((pod, "DaemonSet-managed"))
+                continue
+            if not options.force:
+                plan.refused.append((pod, "owning DaemonSet not found (orphan; use force)"))
+                continue
+            # An orphaned DaemonSet pod is deleted with --force, with a warning.
+        if pod.is_mirror:
+            plan.skipped.append((pod, "mirror pod"))
+            continue
+        if pod.has_local_storage and not finished and not options.delete_emptydir_data:
+            plan.refused.append((pod, LOCAL_STORAGE_FATAL))
+            continue
+        if controller is None and not finished and not options.force:
+            plan.refused.append((pod, UNMANAGED_FATAL))
+            continue
+        plan.evict.append(pod)
+    return plan
+
+
+def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """metav1.LabelSelector semantics. An empty selector matches everything, as for PDBs
+    in policy/v1; a missing one matches nothing."""
+    if selector is None:
+        return False
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def blocking_budgets(pods: Sequence[Pod], pdbs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Human-readable list of PodDisruptionBudgets that currently allow no disruption of
+    pods we are about to evict, with the pods and their owners."""
+    out = []
+    for pdb in pdbs:
+        status = pdb.get("status") or {}
+        if int(status.get("disruptionsAllowed", 0)) > 0:
+            continue
+        meta = pdb["metadata"]
+        hit = [
+            p
+            for p in pods
+            if p.namespace == meta.get("namespace")
+            and p.phase not in FINISHED_PHASES | {"Pending"}
+            and selector_matches((pdb.get("spec") or {}).get("selector"), p.labels)
+        ]
+        if hit:
+            names = ", ".join(f"{p.name} ({p.owner_text})" for p in hit)
+            out.append(
+                f"PodDisruptionBudget {meta['namespace']}/{meta['name']} allows 0 disruptions "
+                f"({status.get('currentHealthy', '?')}/{status.get('desiredHealthy', '?')} healthy): {names}"
+            )
+    return out

@@ -1,0 +1,284 @@
+"""The Kubernetes side, in kubectl's vocabulary: get, cordon, uncordon, evict, annotate.
+
+Responses are read as raw JSON (``_preload_content=False``) and wrapped in small typed
+views: deserialising into the generated models costs more than the rest of a step. API
+errors are translated here, once, into the product's retry intent (``errors``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from shared import PRODUCT_PREFIX
+from shared.clock import iso
+from shared.drain import Pod
+from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
+
+logger = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = (5, 30)
+ANNOTATION_RUN = f"{PRODUCT_PREFIX}/run"
+ANNOTATION_STATE = f"{PRODUCT_PREFIX}/state"
+ANNOTATION_CORDONED = f"{PRODUCT_PREFIX}/cordoned-by"
+NODE_IMAGE_LABEL = "kubernetes.azure.com/node-image-version"
+
+
+@dataclass(frozen=True)
+class Node:
+    raw: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.raw["metadata"]["name"])
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.raw["metadata"].get("labels") or {}
+
+    @property
+    def annotations(self) -> Mapping[str, str]:
+        return self.raw["metadata"].get("annotations") or {}
+
+    @property
+    def unschedulable(self) -> bool:
+        return bool((self.raw.get("spec") or {}).get("unschedulable"))
+
+    @property
+    def provider_id(self) -> str:
+        return str((self.raw.get("spec") or {}).get("providerID", ""))
+
+    @property
+    def ready(self) -> bool:
+        for cond in (self.raw.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "Ready":
+                return cond.get("status") == "True"
+        return False
+
+    @cached_property
+    def node_info(self) -> Mapping[str, Any]:
+        return (self.raw.get("status") or {}).get("nodeInfo") or {}
+
+    @property
+    def boot_id(self) -> str:
+        return str(self.node_info.get("bootID", ""))
+
+    @property
+    def kubelet_version(self) -> str:
+        return str(self.node_info.get("kubeletVersion", ""))
+
+    @property
+    def image_version(self) -> str:
+        return str(self.labels.get(NODE_IMAGE_LABEL, ""))
+
+    @property
+    def cordoned_by(self) -> str:
+        return str(self.annotations.get(ANNOTATION_CORDONED, ""))
+
+
+@dataclass(frozen=True)
+class EvictionResult:
+    evicted: bool
+    gone: bool = False
+    blocked_reason: str = ""
+    retry_after: float | None = None
+
+
+def _retry_after(exc: Any) -> float | None:
+    headers = getattr(exc, "headers", None) or {}
+    value = headers.get("Retry-After") if hasattr(headers, "get") else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _status_message(exc: Any) -> str:
+    try:
+        body = json.loads(exc.body)
+        return str(body.get("message") or exc.reason)
+    except (TypeError, ValueError):
+        return str(getattr(exc, "reason", exc))
+
+
+def translate(exc: Exception, what: str) -> Exception:
+    """ApiException / connection errors -> the product's error types (one place)."""
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        status = exc.status or 0
+        message = f"{what}: {status} {_status_message(exc)}"
+        if status == 404:
+            return NotFoundError(message)
+        if status == 409:
+            return ConcurrencyError(message)
+        if status == 429 or status >= 500 or status == 0:
+            return TemporaryError(message, delay=_retry_after(exc))
+        return PermanentError(message)
+    # urllib3 connection errors, timeouts, TLS hiccups: the API server may be restarting.
+    return TemporaryError(f"{what}: {exc.__class__.__name__}: {exc}")
+
+
+class KubeClient:
+    """A cluster, as the workflow needs it. Built from a kubeconfig (text or path)."""
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client
+
+        self._api_client = api_client
+        self._core = client.CoreV1Api(api_client)
+        self._apps = client.AppsV1Api(api_client)
+        self._policy = client.PolicyV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str) -> KubeClient:
+        import yaml
+        from kubernetes import client, config
+
+        text = kubeconfig
+        if "\n" not in kubeconfig and not kubeconfig.lstrip().startswith(("{", "apiVersion")):
+            with open(kubeconfig, encoding="utf-8") as fh:
+                text = fh.read()
+        configuration = client.Configuration()
+        loader = config.kube_config.KubeConfigLoader(config_dict=yaml.safe_load(text))
+        loader.load_and_set(configuration)
+        return cls(client.ApiClient(configuration))
+
+    @property
+    def custom(self) -> Any:
+        return self._custom
+
+    def _json(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            resp = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+        except Exception as exc:
+            raise translate(exc, what) from exc
+        data = resp.data
+        return json.loads(data) if data else {}
+
+    # ---- nodes ------------------------------------------------------------------------
+    def get_node(self, name: str) -> Node:
+        return Node(self._json(f"get node {name}", self._core.read_node, name))
+
+    def list_nodes(self, *, label_selector: str | None = None) -> list[Node]:
+        kwargs = {"label_selector": label_selector} if label_selector else {}
+        data = self._json("list nodes", self._core.list_node, **kwargs)
+        return [Node(item) for item in data.get("items", [])]
+
+    def patch_node(self, name: str, patch: Mapping[str, Any]) -> Node:
+        # The client sends a dict body as a strategic merge patch, as kubectl cordon does.
+        return Node(self._json(f"patch node {name}", self._core.patch_node, name, dict(patch)))
+
+    def cordon(self, name: str, *, run_id: str, state: str) -> Node:
+        return self.patch_node(
+            name,
+            {
+                "metadata": {
+                    "annotations": {
+                        ANNOTATION_CORDONED: run_id,
+                        ANNOTATION_RUN: run_id,
+                        ANNOTATION_STATE: state,
+                    }
+                },
+                "spec": {"unschedulable": True},
+            },
+        )
+
+    def uncordon(self, name: str, *, state: str) -> Node:
+        return self.patch_node(
+            name,
+            {
+                "metadata": {"annotations": {ANNOTATION_CORDONED: None, ANNOTATION_STATE: state}},
+                "spec": {"unschedulable": None},
+            },
+        )
+
+    def annotate_node(self, name: str, annotations: Mapping[str, str | None]) -> Node:
+        return self.patch_node(name, {"metadata": {"annotations": dict(annotations)}})
+
+    # ---- pods -------------------------------------------------------------------------
+    def list_pods_on_node(self, node: str) -> list[Pod]:
+        data = self._json(
+            f"list pods on {node}",
+            self._core.list_pod_for_all_namespaces,
+            field_selector=f"spec.nodeName={node}",
+        )
+        return [Pod(item) for item in data.get("items", [])]
+
+    def daemonset_exists(self, namespace: str, name: str) -> bool:
+        try:
+            self._json(
+                f"get daemonset {namespace}/{name}", self._apps.read_namespaced_daemon_set, name, namespace
+            )
+            return True
+        except NotFoundError:
+            return False
+
+    def list_pdbs(self, namespace: str) -> list[dict[str, Any]]:
+        data = self._json(
+            f"list pdbs in {namespace}", self._policy.list_namespaced_pod_disruption_budget, namespace
+        )
+        return list(data.get("items", []))
+
+    def evict(self, pod: Pod, *, grace_period_seconds: int | None = None) -> EvictionResult:
+        from kubernetes.client.exceptions import ApiException
+
+        body: dict[str, Any] = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": pod.name, "namespace": pod.namespace},
+        }
+        if grace_period_seconds is not None:
+            body["deleteOptions"] = {"gracePeriodSeconds": grace_period_seconds}
+        try:
+            self._core.create_namespaced_pod_eviction(
+                pod.name,
+                pod.namespace,
+                body,  # type: ignore[arg-type]  # a dict body is sent as-is, like the models
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+            return EvictionResult(evicted=True)
+        except ApiException as exc:
+            if exc.status == 404:
+                return EvictionResult(evicted=False, gone=True)
+            if exc.status == 429:
+                return EvictionResult(
+                    evicted=False, blocked_reason=_status_message(exc), retry_after=_retry_after(exc)
+                )
+            raise translate(exc, f"evict {pod.key}") from exc
+        except Exception as exc:
+            raise translate(exc, f"evict {pod.key}") from exc
+
+    # ---- events -----------------------------------------------------------------------
+    def record_event(
+        self, node: str, *, reason: str, message: str, warning: bool = False, now: float
+    ) -> None:
+        """A core/v1 Event on the Node, so ``kubectl describe node`` tells the story."""
+        stamp = iso(now)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{node}.{uuid.uuid4().hex[:16]}", "namespace": "default"},
+            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node},
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": "vmss-node-patcher"},
+            "reportingComponent": "vmss-node-patcher",
+            "reportingInstance": "vmss-node-patcher",
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            self._json(f"event on {node}", self._core.create_namespaced_event, "default", body)
+        except (TemporaryError, PermanentError) as exc:
+            # Events are for people; losing one must not stop a node's maintenance.
+            logger.warning("could not record event %s on node %s: %s", reason, node, exc)

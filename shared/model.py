@@ -1,0 +1,229 @@
+"""Runs and per-node work: the records, their states, and every allowed transition.
+
+This module is the one place to read to know what a run or a node can go through.
+The transition tables are checked on every write (``NodeWork.move_to``), so a step
+that tries an undeclared transition fails loudly instead of corrupting a run.
+
+Node lifecycle (one message moves one node forward by one step)::
+
+    pending --admit--> admitted --cordon--> draining --drained--> reimaging --LRO ok--> booting
+    booting --verified, uncordoned--> succeeded
+    admitted --opted out / cordoned by someone else--> skipped
+    draining --timeout or refusal, policy "skip": uncordoned--> deferred
+    pending | admitted | draining --run cancelled: uncordoned--> cancelled
+    reimaging --LRO failed, attempts left--> reimaging
+    any step --permanent error, retries exhausted, timeout--> failed (reason kept)
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from shared.errors import PatcherError
+
+
+class NodeState(enum.StrEnum):
+    PENDING = "pending"
+    ADMITTED = "admitted"
+    DRAINING = "draining"
+    REIMAGING = "reimaging"
+    BOOTING = "booting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    DEFERRED = "deferred"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_NODE_STATES
+
+    @property
+    def holds_slot(self) -> bool:
+        """The node is (or may be) disrupted by us, so it counts against the budget."""
+        return self in {NodeState.ADMITTED, NodeState.DRAINING, NodeState.REIMAGING, NodeState.BOOTING}
+
+
+TERMINAL_NODE_STATES = frozenset(
+    {NodeState.SUCCEEDED, NodeState.FAILED, NodeState.SKIPPED, NodeState.DEFERRED, NodeState.CANCELLED}
+)
+
+NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
+    NodeState.PENDING: frozenset({NodeState.ADMITTED, NodeState.CANCELLED, NodeState.SKIPPED}),
+    NodeState.ADMITTED: frozenset(
+        {NodeState.DRAINING, NodeState.SKIPPED, NodeState.FAILED, NodeState.CANCELLED}
+    ),
+    NodeState.DRAINING: frozenset(
+        {NodeState.REIMAGING, NodeState.FAILED, NodeState.DEFERRED, NodeState.CANCELLED}
+    ),
+    # A failed reimage LRO is retried by going round REIMAGING again (attempt counter).
+    NodeState.REIMAGING: frozenset({NodeState.REIMAGING, NodeState.BOOTING, NodeState.FAILED}),
+    NodeState.BOOTING: frozenset({NodeState.SUCCEEDED, NodeState.FAILED}),
+    NodeState.SUCCEEDED: frozenset(),
+    NodeState.FAILED: frozenset(),
+    NodeState.SKIPPED: frozenset(),
+    NodeState.DEFERRED: frozenset(),
+    NodeState.CANCELLED: frozenset(),
+}
+
+
+class RunState(enum.StrEnum):
+    PLANNED = "planned"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in {RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED}
+
+
+RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    RunState.PLANNED: frozenset({RunState.RUNNING, RunState.PAUSED, RunState.CANCELLED}),
+    RunState.RUNNING: frozenset({RunState.PAUSED, RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED}),
+    RunState.PAUSED: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.FAILED}),
+    RunState.SUCCEEDED: frozenset(),
+    RunState.FAILED: frozenset(),
+    RunState.CANCELLED: frozenset(),
+}
+
+
+class InvalidTransitionError(PatcherError):
+    pass
+
+
+HISTORY_LIMIT = 40  # keeps a node record far below Table storage's 64 KiB per property
+
+
+@dataclass
+class PoolBudget:
+    """A pool's budget as resolved when the run was planned."""
+
+    max_unavailable: int
+    size: int
+    spec: int | str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"maxUnavailable": self.max_unavailable, "size": self.size, "spec": self.spec}
+
+
+@dataclass
+class Run:
+    id: str
+    cluster: str
+    reason: str
+    created_at: str
+    state: RunState = RunState.PLANNED
+    trigger: str = "manual"
+    pools: dict[str, PoolBudget] = field(default_factory=dict)
+    max_concurrent_nodes: int = 1
+    max_failed_nodes: int = 1
+    state_reason: str = ""
+    updated_at: str = ""
+    ended_at: str = ""
+    # Fencing token for budget slots: bumped on every admission write.
+    fence: int = 0
+    # Why pending nodes of a pool are not starting (budget, cluster limit), per pool.
+    waiting: dict[str, str] = field(default_factory=dict)
+    etag: str | None = None
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex[:16]
+
+    def move_to(self, state: RunState, *, reason: str, at: str) -> None:
+        if state == self.state:
+            return
+        if state not in RUN_TRANSITIONS[self.state]:
+            raise InvalidTransitionError(f"run {self.id}: {self.state} -> {state} is not allowed")
+        self.state = state
+        self.state_reason = reason
+        self.updated_at = at
+        if state.terminal:
+            self.ended_at = at
+
+
+@dataclass
+class NodeWork:
+    """One node's progress through a run."""
+
+    run_id: str
+    name: str
+    pool: str
+    scale_set_id: str
+    instance_id: str
+    order: int
+    state: NodeState = NodeState.PENDING
+    # Bumped on every persisted step; a message whose seq differs is stale.
+    seq: int = 0
+    reason: str = ""
+    updated_at: str = ""
+    state_since: str = ""
+    lease_until: float = 0.0
+    lease_owner: str = ""
+    attempts: int = 0
+    last_error: str = ""
+    cordoned_by_us: bool = False
+    drain_started: float = 0.0
+    evicted: dict[str, str] = field(default_factory=dict)  # "ns/name" -> uid
+    blockers: list[str] = field(default_factory=list)
+    boot_id_before: str = ""
+    expected_image: str = ""
+    reimage_op: str = ""  # "reimage" | "manualupgrade"
+    reimage_token: str = ""
+    reimage_attempts: int = 0
+    reimage_started: float = 0.0
+    booting_since: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    etag: str | None = None
+
+    def move_to(self, state: NodeState, *, reason: str, at: str) -> None:
+        if state not in NODE_TRANSITIONS[self.state]:
+            raise InvalidTransitionError(f"node {self.name}: {self.state} -> {state} is not allowed")
+        self.history.append({"at": at, "from": str(self.state), "to": str(state), "reason": reason})
+        del self.history[:-HISTORY_LIMIT]
+        self.state = state
+        self.reason = reason
+        self.state_since = at
+        self.attempts = 0
+        self.last_error = ""
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pool": self.pool,
+            "state": str(self.state),
+            "reason": self.reason,
+            "since": self.state_since,
+            "attempts": self.attempts,
+            "lastError": self.last_error,
+            "blockers": self.blockers,
+            "history": self.history,
+        }
+
+
+def record_to_json(record: Run | NodeWork) -> str:
+    data = asdict(record)
+    data.pop("etag", None)
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def run_from_dict(data: dict[str, Any], etag: str | None) -> Run:
+    data = dict(data)
+    data["state"] = RunState(data["state"])
+    data["pools"] = {k: PoolBudget(**v) for k, v in data.get("pools", {}).items()}
+    data.pop("etag", None)
+    return Run(**data, etag=etag)
+
+
+def node_from_dict(data: dict[str, Any], etag: str | None) -> NodeWork:
+    data = dict(data)
+    data["state"] = NodeState(data["state"])
+    data.pop("etag", None)
+    return NodeWork(**data, etag=etag)

@@ -1,0 +1,184 @@
+"""Run lifecycle for operators: start, inspect, pause, resume, cancel.
+
+These are the operations behind the HTTP endpoints and the event triggers; they never
+touch a node directly. Starting enqueues an "admit" work item; the workflow does the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shared.clock import iso
+from shared.errors import ConcurrencyError, NotFoundError, ValidationError
+from shared.model import NodeState, NodeWork, Run, RunState
+from shared.planner import plan_run
+from shared.workflow import Collaborators
+from shared.workqueue import WorkItem
+
+logger = logging.getLogger(__name__)
+
+
+class RunConflictError(ValidationError):
+    def __init__(self, message: str, *, active_run: str) -> None:
+        super().__init__(message)
+        self.active_run = active_run
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    cluster: str
+    reason: str
+    pools: Sequence[str] | None = None
+    nodes: Sequence[str] | None = None
+    trigger: str = "manual"
+
+    @classmethod
+    def from_json(cls, body: Any) -> StartRequest:
+        if not isinstance(body, dict):
+            raise ValidationError("body must be a JSON object")
+        unknown = sorted(set(body) - {"cluster", "pools", "nodes", "reason"})
+        if unknown:
+            raise ValidationError(f"unknown fields {unknown}")
+        cluster, reason = body.get("cluster"), body.get("reason", "")
+        if not isinstance(cluster, str) or not cluster:
+            raise ValidationError("field 'cluster' (string) is required")
+        if not isinstance(reason, str):
+            raise ValidationError("field 'reason' must be a string")
+        pools, nodes = body.get("pools"), body.get("nodes")
+        for name, value in (("pools", pools), ("nodes", nodes)):
+            if value is not None and (
+                not isinstance(value, list) or not all(isinstance(v, str) for v in value)
+            ):
+                raise ValidationError(f"field '{name}' must be a list of strings")
+        return cls(cluster=cluster, reason=reason or "manual run", pools=pools or None, nodes=nodes or None)
+
+
+class RunService:
+    def __init__(self, deps: Collaborators) -> None:
+        self.deps = deps
+
+    def start(self, request: StartRequest) -> Run:
+        try:
+            cluster = self.deps.config.cluster(request.cluster)
+        except KeyError:
+            known = [c.name for c in self.deps.config.clusters]
+            raise ValidationError(f"unknown cluster {request.cluster!r}; known: {known}") from None
+        kube = self.deps.kube(cluster.name)
+        run, nodes = plan_run(
+            cluster,
+            kube.list_nodes(),
+            reason=request.reason,
+            now=self.deps.clock.now(),
+            trigger=request.trigger,
+            pools=request.pools,
+            only_nodes=request.nodes,
+        )
+        active = self.deps.store.claim_cluster(cluster.name, run.id)
+        if active is not None:
+            raise RunConflictError(
+                f"cluster {cluster.name} already has an active run {active}", active_run=active
+            )
+        try:
+            self.deps.store.create_run(run, nodes)
+        except Exception:
+            self.deps.store.release_cluster(cluster.name, run.id)
+            raise
+        self.deps.queue.send(WorkItem("admit", run.id))
+        logger.info("run %s planned for %s: %d nodes (%s)", run.id, cluster.name, len(nodes), request.reason)
+        return run
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        run = self.deps.store.get_run(run_id)
+        nodes = self.deps.store.list_nodes(run_id)
+        counts: dict[str, int] = {}
+        for n in nodes:
+            counts[str(n.state)] = counts.get(str(n.state), 0) + 1
+        return {
+            **self.summary(run),
+            "pools": {name: b.to_json() for name, b in run.pools.items()},
+            "maxConcurrentNodes": run.max_concurrent_nodes,
+            "maxFailedNodes": run.max_failed_nodes,
+            "counts": counts,
+            "waiting": run.waiting,
+            "nodes": [_node_view(n, run) for n in nodes],
+        }
+
+    @staticmethod
+    def summary(run: Run) -> dict[str, Any]:
+        return {
+            "id": run.id,
+            "cluster": run.cluster,
+            "state": str(run.state),
+            "stateReason": run.state_reason,
+            "reason": run.reason,
+            "trigger": run.trigger,
+            "createdAt": run.created_at,
+            "updatedAt": run.updated_at,
+            "endedAt": run.ended_at,
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self.summary(r) for r in self.deps.store.list_runs()]
+
+    def pause(self, run_id: str) -> Run:
+        return self._set_state(run_id, RunState.PAUSED, "paused by operator")
+
+    def resume(self, run_id: str) -> Run:
+        run = self._set_state(run_id, RunState.RUNNING, "resumed by operator")
+        self.deps.queue.send(WorkItem("admit", run.id))
+        return run
+
+    def cancel(self, run_id: str) -> Run:
+        """Pending nodes are cancelled now; nodes in flight see the cancellation at their
+        next step: not yet reimaged -> uncordoned and cancelled, already reimaging ->
+        finished and uncordoned (a reimage cannot be stopped halfway)."""
+        run = self._set_state(run_id, RunState.CANCELLED, "cancelled by operator")
+        at = iso(self.deps.clock.now())
+        for _ in range(5):
+            pending = [n for n in self.deps.store.list_nodes(run_id) if n.state == NodeState.PENDING]
+            if not pending:
+                break
+            for n in pending:
+                n.move_to(NodeState.CANCELLED, reason="run cancelled before the node started", at=at)
+                n.seq += 1
+            try:
+                for i in range(0, len(pending), 99):
+                    self.deps.store.commit(*pending[i : i + 99])
+            except ConcurrencyError:
+                continue
+        self.deps.queue.send(WorkItem("admit", run.id))  # releases the cluster when nothing is in flight
+        return run
+
+    def _set_state(self, run_id: str, state: RunState, reason: str) -> Run:
+        for _ in range(10):
+            run = self.deps.store.get_run(run_id)
+            if run.state == state:
+                return run
+            if state not in _allowed(run.state):
+                raise ValidationError(f"run {run_id} is {run.state}; cannot become {state}")
+            run.move_to(state, reason=reason, at=iso(self.deps.clock.now()))
+            try:
+                self.deps.store.commit(run)
+                return run
+            except ConcurrencyError:
+                continue
+        raise ConcurrencyError(f"run {run_id} kept changing; try again")
+
+
+def _node_view(node: NodeWork, run: Run) -> dict[str, Any]:
+    view = node.public()
+    if node.state == NodeState.PENDING and node.pool in run.waiting:
+        view["reason"] = run.waiting[node.pool]
+    return view
+
+
+def _allowed(state: RunState) -> frozenset[RunState]:
+    from shared.model import RUN_TRANSITIONS
+
+    return RUN_TRANSITIONS[state]
+
+
+__all__ = ["NotFoundError", "RunConflictError", "RunService", "StartRequest"]

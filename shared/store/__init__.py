@@ -1,0 +1,10 @@
+"""Durable run state behind a small interface; one module per backend.
+
+The base class owns all record logic (serialisation, key layout, the one-active-run
+guard); a backend implements five private primitives, and the atomic part, a
+conditional multi-record write inside one partition, lives in the backend.
+"""
+
+from shared.store.base import RunStore
+
+__all__ = ["RunStore"]

@@ -1,0 +1,640 @@
+"""The per-node maintenance workflow: one work item moves one node forward.
+
+Every step first observes reality (the Node, its pods, the scale-set instance, the run
+record) and then acts, so a message delivered twice, late or out of order finds the
+world already past its step and simply moves on. The rules that make that safe:
+
+* A message carries the node record's ``seq``; a different seq means the message is
+  stale (someone already made that step) and it is dropped.
+* Before acting, a worker takes the node's lease with an ETag-conditioned write; a
+  second delivery of the same message loses that write and is dropped.
+* Every transition is persisted (``seq`` + 1) before the next message is sent. If the
+  send is lost, the sweeper finds the stalled node and sends it again.
+* Nodes only start through ``admit``, which counts the nodes holding a slot and commits
+  the admissions conditional on the run record's ETag, so concurrent workers can never
+  start more nodes than the budgets allow.
+* Waiting (PDBs, LROs, boots) re-enqueues the node with a visibility delay; no
+  invocation sleeps.
+
+``STEPS`` maps each state to the function that handles it: with ``model``'s transition
+tables, that is the whole state machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.budget import PoolObservation, choose_admissions
+from shared.clock import Clock, iso
+from shared.compute import ComputeClient, InstanceRef, image_version, parse_provider_id
+from shared.config import ClusterConfig, PatcherConfig, PoolConfig
+from shared.drain import DrainOptionsView, blocking_budgets, plan_drain
+from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
+from shared.kube import KubeClient, Node
+from shared.model import NodeState, NodeWork, Run, RunState
+from shared.store.base import RunStore
+from shared.workqueue import WorkItem, WorkQueue
+
+logger = logging.getLogger(__name__)
+
+MAX_CHAINED_STEPS = 4  # steps that need no waiting run in one invocation, each persisted
+
+
+@dataclass
+class Collaborators:
+    """What a step needs from the outside world; tests pass fakes, the app real clients."""
+
+    store: RunStore
+    queue: WorkQueue
+    clock: Clock
+    config: PatcherConfig
+    kube: Callable[[str], KubeClient]  # cluster name -> client
+    compute: Callable[[str], ComputeClient]  # subscription id -> client
+
+
+@dataclass
+class StepResult:
+    """What a step decided. ``state`` None means "not yet": stay and look again after ``delay``."""
+
+    state: NodeState | None
+    reason: str
+    delay: float = 0.0
+    event: str = ""
+    warning: bool = False
+    annotate: bool = True
+
+
+def wait(reason: str, delay: float) -> StepResult:
+    return StepResult(state=None, reason=reason, delay=delay)
+
+
+@dataclass
+class StepContext:
+    run: Run
+    node: NodeWork
+    cluster: ClusterConfig
+    pool: PoolConfig
+    kube: KubeClient
+    deps: Collaborators
+    now: float
+    ref: InstanceRef = field(init=False)
+
+    def __post_init__(self) -> None:
+        ref = parse_provider_id(f"azure://{self.node.scale_set_id}/virtualMachines/{self.node.instance_id}")
+        if ref is None:
+            raise PermanentError(f"node {self.node.name}: bad scale set id {self.node.scale_set_id}")
+        self.ref = ref
+
+    @property
+    def compute(self) -> ComputeClient:
+        return self.deps.compute(self.ref.subscription)
+
+    @property
+    def timing(self) -> Any:
+        return self.deps.config.workflow
+
+
+def backoff(attempt: int, *, initial: float, maximum: float) -> float:
+    """Exponential back-off with jitter, from tenacity's strategy (attempt counts from 1)."""
+    import tenacity
+
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = max(1, attempt)
+    strategy = tenacity.wait_exponential(multiplier=initial, max=maximum) + tenacity.wait_random(
+        0, initial / 4
+    )
+    return min(maximum, float(strategy(state)))
+
+
+# ---- the steps ------------------------------------------------------------------------------
+
+
+def step_admitted(ctx: StepContext) -> StepResult:
+    """Cordon (unless someone else did, or the node opted out) and report drain blockers."""
+    node, run = ctx.node, ctx.run
+    try:
+        observed = ctx.kube.get_node(node.name)
+    except NotFoundError:
+        return StepResult(NodeState.SKIPPED, "node no longer exists in the cluster", event="PatchSkipped")
+    ours = observed.cordoned_by == run.id
+    if run.state == RunState.CANCELLED:
+        if ours:
+            ctx.kube.uncordon(node.name, state="cancelled")
+        return StepResult(NodeState.CANCELLED, "run cancelled before the node was drained", annotate=False)
+    if observed.labels.get(ctx.pool.opt_out_label, "").lower() in ("true", "1", "yes") or (
+        observed.annotations.get(ctx.pool.opt_out_label, "").lower() in ("true", "1", "yes")
+    ):
+        if ours:
+            ctx.kube.uncordon(node.name, state="skipped")
+        return StepResult(
+            NodeState.SKIPPED,
+            f"opted out with {ctx.pool.opt_out_label}",
+            event="PatchSkipped",
+            annotate=False,
+        )
+    if observed.unschedulable and not ours:
+        return StepResult(
+            NodeState.SKIPPED,
+            "cordoned by someone else before this run; left cordoned and untouched",
+            event="PatchSkipped",
+            annotate=False,
+        )
+    if not observed.unschedulable:
+        ctx.kube.cordon(node.name, run_id=run.id, state=str(NodeState.DRAINING))
+    node.cordoned_by_us = True
+    node.boot_id_before = observed.boot_id
+    node.drain_started = ctx.now
+    node.evicted = {}
+    pods = ctx.kube.list_pods_on_node(node.name)
+    plan = plan_drain(pods, options=_drain_options(ctx.pool), daemonset_exists=ctx.kube.daemonset_exists)
+    blockers = [f"refused: {plan.refusal_text}"] if plan.refused else []
+    namespaces = sorted({p.namespace for p in plan.evict})
+    pdbs = [pdb for ns in namespaces for pdb in ctx.kube.list_pdbs(ns)]
+    blockers += blocking_budgets(plan.evict, pdbs)
+    node.blockers = blockers
+    message = f"cordoned by run {run.id}; {len(plan.evict)} pods to evict"
+    if blockers:
+        message += "; may block: " + " | ".join(blockers)
+    return StepResult(NodeState.DRAINING, message, event="PatchCordoned", annotate=False)
+
+
+def step_draining(ctx: StepContext) -> StepResult:
+    """Evict through the Eviction API until only DaemonSet and mirror pods are left."""
+    node, pool = ctx.node, ctx.pool
+    if ctx.run.state == RunState.CANCELLED:
+        ctx.kube.uncordon(node.name, state="cancelled")
+        return StepResult(NodeState.CANCELLED, "run cancelled during drain; node uncordoned", annotate=False)
+    pods = ctx.kube.list_pods_on_node(node.name)
+    plan = plan_drain(pods, options=_drain_options(pool), daemonset_exists=ctx.kube.daemonset_exists)
+    elapsed = ctx.now - node.drain_started
+    if plan.refused:
+        return _drain_gives_up(ctx, f"drain refused: {plan.refusal_text}")
+    # A pod we evicted that came back under the same name has a new UID: it is another pod.
+    remaining = [p for p in plan.evict if not (p.terminating and node.evicted.get(p.key) == p.uid)]
+    terminating = [p for p in plan.evict if p.terminating]
+    if not plan.evict:
+        return StepResult(NodeState.REIMAGING, f"drained in {elapsed:.0f}s", event="PatchDrained", delay=0.0)
+    blocked: list[str] = []
+    retry_after: float | None = None
+    for pod in remaining:
+        if pod.terminating:
+            continue
+        result = ctx.kube.evict(pod, grace_period_seconds=pool.drain.grace_period_seconds)
+        if result.evicted:
+            node.evicted[pod.key] = pod.uid
+        elif result.blocked_reason:
+            blocked.append(f"{pod.key} ({pod.owner_text}): {result.blocked_reason}")
+            if result.retry_after:
+                retry_after = max(retry_after or 0.0, result.retry_after)
+    if elapsed > pool.drain.timeout.total_seconds():
+        detail = "; ".join(blocked) or f"{len(terminating)} pods still terminating"
+        return _drain_gives_up(ctx, f"drain timed out after {elapsed:.0f}s: {detail}")
+    if blocked:
+        node.blockers = blocked
+        node.attempts += 1
+        delay = backoff(
+            node.attempts,
+            initial=ctx.timing.drain_retry_interval.total_seconds(),
+            maximum=max(ctx.timing.drain_retry_interval.total_seconds(), 60.0),
+        )
+        return wait(
+            f"eviction refused for {len(blocked)} pods: {'; '.join(blocked)}", max(delay, retry_after or 0)
+        )
+    return wait(
+        f"waiting for {len(plan.evict)} pods to terminate", ctx.timing.drain_retry_interval.total_seconds()
+    )
+
+
+def _drain_gives_up(ctx: StepContext, why: str) -> StepResult:
+    if ctx.pool.drain.on_timeout == "skip":
+        ctx.kube.uncordon(ctx.node.name, state=str(NodeState.DEFERRED))
+        return StepResult(
+            NodeState.DEFERRED,
+            f"{why}; uncordoned, will be retried by a later run",
+            event="PatchDeferred",
+            warning=True,
+            annotate=False,
+        )
+    return StepResult(NodeState.FAILED, f"{why}; left cordoned", event="PatchFailed", warning=True)
+
+
+def step_reimaging(ctx: StepContext) -> StepResult:
+    """Start the reimage (or the upgrade to the latest model) and follow its LRO."""
+    node, timing = ctx.node, ctx.timing
+    poll = timing.poll_interval.total_seconds()
+    if node.reimage_token:
+        status = ctx.compute.poll(node.reimage_token)
+        if not status.done:
+            if ctx.now - node.reimage_started > ctx.pool.reimage_timeout.total_seconds():
+                return StepResult(
+                    NodeState.FAILED,
+                    f"{node.reimage_op} did not finish within {ctx.pool.reimage_timeout}; left cordoned",
+                    event="PatchFailed",
+                    warning=True,
+                )
+            return wait(f"{node.reimage_op} in progress", poll)
+        if status.succeeded:
+            node.booting_since = ctx.now
+            return StepResult(NodeState.BOOTING, f"{node.reimage_op} succeeded", event="PatchReimaged")
+        return _reimage_failed(ctx, status.error)
+    if node.reimage_started:
+        # We asked ARM before but did not live to store the operation: look at the instance.
+        instance = ctx.compute.get_instance(ctx.ref)
+        if instance.provisioning_state.lower() in ("updating", "creating"):
+            return wait("reimage in progress (operation not tracked)", poll)
+        if ctx.now - node.reimage_started < 2 * poll:
+            return wait("waiting for the reimage to show on the instance", poll)
+        if instance.latest_model_applied and (
+            not node.expected_image or instance.image == node.expected_image
+        ):
+            node.booting_since = ctx.now
+            return StepResult(NodeState.BOOTING, "instance is on the latest model", event="PatchReimaged")
+    instance = ctx.compute.get_instance(ctx.ref)
+    node.expected_image = ctx.compute.get_model_image(ctx.ref)
+    node.reimage_op = "reimage" if instance.latest_model_applied else "manualupgrade"
+    node.reimage_started = ctx.now
+    # Write-ahead: the intent is on record before ARM is asked, so a crash between the
+    # request and the next write is recognised on redelivery (branch above).
+    _checkpoint(ctx)
+    try:
+        if node.reimage_op == "reimage":
+            node.reimage_token = ctx.compute.begin_reimage(ctx.ref, [node.instance_id])
+        else:
+            node.reimage_token = ctx.compute.begin_upgrade_to_latest_model(ctx.ref, [node.instance_id])
+    except ConcurrencyError as exc:
+        return wait(f"another operation is running on the instance: {exc}", poll)
+    return wait(f"{node.reimage_op} started for instance {node.instance_id}", poll)
+
+
+def _reimage_failed(ctx: StepContext, error: str) -> StepResult:
+    node = ctx.node
+    node.reimage_attempts += 1
+    node.reimage_token = ""
+    node.reimage_started = 0.0
+    if node.reimage_attempts >= ctx.timing.max_reimage_attempts:
+        return StepResult(
+            NodeState.FAILED,
+            f"{node.reimage_op} failed {node.reimage_attempts} times ({error}); left cordoned",
+            event="PatchFailed",
+            warning=True,
+        )
+    delay = backoff(
+        node.reimage_attempts,
+        initial=ctx.timing.retry_backoff_initial.total_seconds(),
+        maximum=ctx.timing.retry_backoff_max.total_seconds(),
+    )
+    return StepResult(
+        NodeState.REIMAGING, f"{node.reimage_op} failed ({error}); retrying", delay=delay, warning=True
+    )
+
+
+def step_booting(ctx: StepContext) -> StepResult:
+    """Verify from both sides, then uncordon: the node is Ready with a new boot id and the
+    expected image, and the instance succeeded on the latest model."""
+    node, poll = ctx.node, ctx.timing.poll_interval.total_seconds()
+    observed = ctx.kube.get_node(node.name)
+    problems = _node_problems(node, observed)
+    if not problems:
+        instance = ctx.compute.get_instance(ctx.ref)
+        if instance.provisioning_state.lower() != "succeeded":
+            problems.append(f"instance provisioning state is {instance.provisioning_state}")
+        if not instance.latest_model_applied:
+            problems.append("instance is not on the latest model")
+        if node.expected_image and instance.image != node.expected_image:
+            problems.append(f"instance runs {instance.image}, expected {node.expected_image}")
+    if not problems:
+        if node.cordoned_by_us and observed.cordoned_by in (ctx.run.id, ""):
+            ctx.kube.uncordon(node.name, state=str(NodeState.SUCCEEDED))
+        image = image_version(node.expected_image) or "the new image"
+        return StepResult(
+            NodeState.SUCCEEDED,
+            f"Ready on {image} (boot {observed.boot_id[:8]}); uncordoned",
+            event="PatchSucceeded",
+            annotate=False,
+        )
+    timeout = ctx.pool.effective_boot_timeout.total_seconds()
+    if ctx.now - node.booting_since > timeout:
+        return StepResult(
+            NodeState.FAILED,
+            f"not verified within {timeout:.0f}s: {'; '.join(problems)}; left cordoned",
+            event="PatchFailed",
+            warning=True,
+        )
+    return wait("; ".join(problems), poll)
+
+
+def _node_problems(node: NodeWork, observed: Node) -> list[str]:
+    problems = []
+    if not observed.ready:
+        problems.append("node is not Ready")
+    if not observed.boot_id or observed.boot_id == node.boot_id_before:
+        problems.append("node has not rebooted (boot id unchanged)")
+    expected = image_version(node.expected_image)
+    if expected and observed.image_version and observed.image_version.lower() != expected.lower():
+        problems.append(f"node reports image {observed.image_version}, expected {expected}")
+    return problems
+
+
+def _drain_options(pool: PoolConfig) -> DrainOptionsView:
+    return DrainOptionsView(delete_emptydir_data=pool.drain.delete_emptydir_data, force=pool.drain.force)
+
+
+def _checkpoint(ctx: StepContext) -> None:
+    ctx.deps.store.commit(ctx.node)
+
+
+STEPS: dict[NodeState, Callable[[StepContext], StepResult]] = {
+    NodeState.ADMITTED: step_admitted,
+    NodeState.DRAINING: step_draining,
+    NodeState.REIMAGING: step_reimaging,
+    NodeState.BOOTING: step_booting,
+}
+
+
+# ---- the engine ----------------------------------------------------------------------------
+
+
+class Workflow:
+    def __init__(self, deps: Collaborators) -> None:
+        self.deps = deps
+        self.worker_id = uuid.uuid4().hex[:12]
+
+    # Entry point for the queue trigger.
+    def handle(self, item: WorkItem, *, final_attempt: bool = False) -> str:
+        if item.kind == "admit":
+            return self.admit(item.run)
+        return self.step(item, final_attempt=final_attempt)
+
+    def step(self, item: WorkItem, *, final_attempt: bool = False) -> str:
+        store, now = self.deps.store, self.deps.clock.now()
+        try:
+            run = store.get_run(item.run)
+            node = store.get_node(item.run, item.node)
+        except NotFoundError as exc:
+            logger.warning("dropping work item for %s/%s: %s", item.run, item.node, exc)
+            return "unknown"
+        if node.seq != item.seq:
+            return "stale"
+        if node.state.terminal or node.state == NodeState.PENDING:
+            return "nothing to do"
+        if node.lease_owner and node.lease_until > now:
+            return "busy"
+        node.lease_owner, node.lease_until = (
+            self.worker_id,
+            now + self.deps.config.workflow.lease_duration.total_seconds(),
+        )
+        try:
+            store.commit(node)
+        except ConcurrencyError:
+            return "lost race"
+        try:
+            return self._run_steps(run, node)
+        except Exception as exc:
+            self._release_after_crash(node, exc, final_attempt=final_attempt)
+            raise
+
+    def _run_steps(self, run: Run, node: NodeWork) -> str:
+        cluster = self.deps.config.cluster(run.cluster)
+        pool = cluster.pool(node.pool)
+        kube = self.deps.kube(run.cluster)
+        outcome = ""
+        for _ in range(MAX_CHAINED_STEPS):
+            ctx = StepContext(
+                run=run,
+                node=node,
+                cluster=cluster,
+                pool=pool,
+                kube=kube,
+                deps=self.deps,
+                now=self.deps.clock.now(),
+            )
+            result = self._guarded(ctx)
+            outcome = self._apply(ctx, result)
+            if node.state.terminal or result.state is None or result.delay > 0:
+                break
+            node.seq += 1
+            self.deps.store.commit(node)  # persisted step; the lease is still ours
+        node.seq += 1
+        node.lease_owner, node.lease_until = "", 0.0
+        self.deps.store.commit(node)
+        if node.state.terminal:
+            self.admit(run.id)
+        else:
+            self.deps.queue.send(WorkItem("step", run.id, node.name, node.seq), delay=result.delay)
+        return outcome
+
+    def _guarded(self, ctx: StepContext) -> StepResult:
+        """Run one step; turn the adapters' retry intent into a result (the one place)."""
+        node, timing = ctx.node, ctx.timing
+        try:
+            return STEPS[node.state](ctx)
+        except (TemporaryError, ConcurrencyError) as exc:
+            node.attempts += 1
+            node.last_error = str(exc)[:500]
+            if node.attempts > timing.max_transient_retries:
+                return self._give_up(ctx, f"gave up after {node.attempts} attempts: {exc}")
+            delay = backoff(
+                node.attempts,
+                initial=timing.retry_backoff_initial.total_seconds(),
+                maximum=timing.retry_backoff_max.total_seconds(),
+            )
+            server_delay = exc.delay if isinstance(exc, TemporaryError) and exc.delay else 0.0
+            return wait(f"transient error, retrying: {exc}", max(delay, server_delay))
+        except PermanentError as exc:
+            return self._give_up(ctx, str(exc))
+
+    @staticmethod
+    def _give_up(ctx: StepContext, why: str) -> StepResult:
+        left = "left cordoned" if ctx.node.cordoned_by_us else "not cordoned"
+        return StepResult(NodeState.FAILED, f"{why}; {left}", event="PatchFailed", warning=True)
+
+    def _apply(self, ctx: StepContext, result: StepResult) -> str:
+        node, at = ctx.node, iso(ctx.now)
+        if result.state is None:
+            node.reason = result.reason
+            node.updated_at = at
+            return f"waiting: {result.reason}"
+        before = node.state
+        node.move_to(result.state, reason=result.reason, at=at)
+        node.updated_at = at
+        logger.info("run %s node %s: %s -> %s (%s)", ctx.run.id, node.name, before, node.state, result.reason)
+        kube = ctx.kube
+        if result.annotate and node.cordoned_by_us:
+            try:
+                kube.annotate_node(node.name, {"vmss-node-patcher.io/state": str(node.state)})
+            except (TemporaryError, PermanentError) as exc:
+                logger.warning("could not annotate node %s: %s", node.name, exc)
+        kube.record_event(
+            node.name,
+            reason=result.event or f"Patch{str(node.state).capitalize()}",
+            message=f"run {ctx.run.id}: {result.reason}",
+            warning=result.warning,
+            now=ctx.now,
+        )
+        return f"{before} -> {node.state}"
+
+    def _release_after_crash(self, node: NodeWork, exc: Exception, *, final_attempt: bool) -> None:
+        """An unexpected error: let the queue retry, but free the lease and say why on the
+        record; on the final delivery, fail the node so the run records why the message
+        ends in the poison queue."""
+        try:
+            fresh = self.deps.store.get_node(node.run_id, node.name)
+            if fresh.lease_owner != self.worker_id:
+                return
+            fresh.lease_owner, fresh.lease_until = "", 0.0
+            fresh.last_error = f"{exc.__class__.__name__}: {exc}"[:500]
+            if final_attempt and not fresh.state.terminal and fresh.state != NodeState.PENDING:
+                fresh.move_to(
+                    NodeState.FAILED,
+                    reason="work item failed on every delivery and was moved to the poison queue: "
+                    + fresh.last_error,
+                    at=iso(self.deps.clock.now()),
+                )
+                fresh.seq += 1
+            self.deps.store.commit(fresh)
+            if fresh.state.terminal:
+                self.admit(node.run_id)
+        except Exception:
+            logger.exception("could not release node %s after an error", node.name)
+
+    # ---- admission: the budget, enforced atomically ------------------------------------------
+    def admit(self, run_id: str) -> str:
+        for _ in range(10):
+            try:
+                return self._admit_once(run_id)
+            except ConcurrencyError:
+                continue  # another worker admitted or changed the run first: look again
+        raise TemporaryError(f"run {run_id}: admission kept conflicting")
+
+    def _admit_once(self, run_id: str) -> str:
+        store, now = self.deps.store, self.deps.clock.now()
+        run = store.get_run(run_id)
+        nodes = store.list_nodes(run_id)
+        at = iso(now)
+        if run.state.terminal:
+            self._finish_if_done(run, nodes)
+            return f"run is {run.state}"
+        if run.state == RunState.PAUSED:
+            return "run is paused"
+        held: dict[str, set[str]] = {}
+        for n in nodes:
+            if n.state.holds_slot:
+                held.setdefault(n.pool, set()).add(n.name)
+        failed = sum(1 for n in nodes if n.state == NodeState.FAILED)
+        pending = [n for n in nodes if n.state == NodeState.PENDING]
+        if failed >= run.max_failed_nodes:
+            run.move_to(
+                RunState.FAILED,
+                reason=f"{failed} nodes failed (maxFailedNodes {run.max_failed_nodes}); no new nodes start",
+                at=at,
+            )
+            store.commit(run)
+            self._finish_if_done(run, nodes)
+            return "circuit breaker opened"
+        if not pending:
+            self._finish_if_done(run, nodes)
+            return "nothing pending"
+        cluster = self.deps.config.cluster(run.cluster)
+        kube = self.deps.kube(run.cluster)
+        pools_with_room = {n.pool for n in pending}
+        observed: dict[str, PoolObservation] = {}
+        skip: list[tuple[NodeWork, str]] = []
+        pending_names = {n.name: n for n in pending}
+        for pool_name in pools_with_room:
+            pool = cluster.pool(pool_name)
+            elsewhere: set[str] = set()
+            for k8s_node in _pool_nodes(kube, pool):
+                if k8s_node.name in held.get(pool_name, set()):
+                    continue
+                if k8s_node.unschedulable or not k8s_node.ready:
+                    elsewhere.add(k8s_node.name)
+                    if (
+                        k8s_node.name in pending_names
+                        and k8s_node.unschedulable
+                        and k8s_node.cordoned_by != run.id
+                    ):
+                        skip.append(
+                            (
+                                pending_names[k8s_node.name],
+                                "cordoned by someone else; left cordoned and untouched",
+                            )
+                        )
+            observed[pool_name] = PoolObservation(frozenset(elsewhere))
+        skipped_names = {n.name for n, _ in skip}
+        decision = choose_admissions(
+            pending=[(n.name, n.pool) for n in pending if n.name not in skipped_names],
+            held=held,
+            max_unavailable={p: b.max_unavailable for p, b in run.pools.items()},
+            observed=observed,
+            max_concurrent_nodes=run.max_concurrent_nodes,
+        )
+        changed: list[NodeWork] = []
+        for n, why in skip:
+            n.move_to(NodeState.SKIPPED, reason=why, at=at)
+            n.seq += 1
+            changed.append(n)
+        admitted = [pending_names[name] for name in decision.admit]
+        for n in admitted:
+            n.move_to(NodeState.ADMITTED, reason="budget slot acquired", at=at)
+            n.seq += 1
+            n.updated_at = at
+            changed.append(n)
+        waiting_changed = decision.waiting != run.waiting
+        run.waiting = dict(decision.waiting)
+        if not changed:
+            if waiting_changed:
+                run.updated_at = at
+                store.commit(run)
+            return "no slot free"
+        if run.state == RunState.PLANNED:
+            run.move_to(RunState.RUNNING, reason="first nodes admitted", at=at)
+        run.fence += 1
+        run.updated_at = at
+        # One transaction: the run's ETag serialises admissions across all workers.
+        for i in range(0, len(changed), 98):
+            store.commit(run, *changed[i : i + 98])
+        for n in admitted:
+            self.deps.queue.send(WorkItem("step", run.id, n.name, n.seq))
+        for n, why in skip:
+            kube.record_event(n.name, reason="PatchSkipped", message=f"run {run.id}: {why}", now=now)
+        return f"admitted {len(admitted)}"
+
+    def _finish_if_done(self, run: Run, nodes: list[NodeWork]) -> None:
+        if any(not n.state.terminal for n in nodes if n.state != NodeState.PENDING):
+            return  # nodes in flight finish first
+        if any(n.state == NodeState.PENDING for n in nodes) and not run.state.terminal:
+            return
+        at = iso(self.deps.clock.now())
+        if not run.state.terminal:
+            failed = [n.name for n in nodes if n.state == NodeState.FAILED]
+            if failed:
+                run.move_to(
+                    RunState.FAILED, reason=f"{len(failed)} nodes failed: {', '.join(failed[:10])}", at=at
+                )
+            else:
+                counts: dict[str, int] = {}
+                for n in nodes:
+                    counts[str(n.state)] = counts.get(str(n.state), 0) + 1
+                run.move_to(
+                    RunState.SUCCEEDED, reason=", ".join(f"{v} {k}" for k, v in sorted(counts.items())), at=at
+                )
+            self.deps.store.commit(run)
+        self.deps.store.release_cluster(run.cluster, run.id)
+
+
+def _pool_nodes(kube: KubeClient, pool: PoolConfig) -> list[Node]:
+    """The pool's nodes: by its node selector when configured (one filtered list), else
+    every node whose providerID points into the pool's scale set."""
+    if pool.node_selector:
+        selector = ",".join(f"{k}={v}" for k, v in sorted(pool.node_selector.items()))
+        return kube.list_nodes(label_selector=selector)
+    out = []
+    for node in kube.list_nodes():
+        ref = parse_provider_id(node.provider_id)
+        if ref is not None and ref.same_scale_set(pool.scale_set_id):
+            out.append(node)
+    return out

@@ -1,0 +1,239 @@
+"""In-memory stand-ins for the Kubernetes and Compute adapters (unit and functional tests).
+
+They implement the same small surface as ``shared.kube.KubeClient`` and
+``shared.compute.ComputeClient`` with behaviour simple enough to reason about in a test:
+evictions succeed unless a pod is listed as blocked, reimages finish when the test says.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.compute import Instance, InstanceRef, LroStatus
+from shared.drain import Pod
+from shared.errors import NotFoundError, TemporaryError
+from shared.kube import ANNOTATION_CORDONED, EvictionResult, Node
+
+SUB = "00000000-0000-0000-0000-000000000001"
+RG = "rg-test"
+
+
+def scale_set_id(name: str) -> str:
+    return (
+        f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachineScaleSets/{name}"
+    )
+
+
+def make_node(
+    name: str,
+    scale_set: str,
+    instance_id: str,
+    *,
+    zone: str = "1",
+    ready: bool = True,
+    unschedulable: bool = False,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "labels": {"topology.kubernetes.io/zone": f"westeurope-{zone}", **(labels or {})},
+            "annotations": dict(annotations or {}),
+        },
+        "spec": {
+            "providerID": (
+                f"azure://{scale_set_id(scale_set).replace(RG, RG.lower())}/virtualMachines/{instance_id}"
+            ),
+            **({"unschedulable": True} if unschedulable else {}),
+        },
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "nodeInfo": {"bootID": str(uuid.uuid4()), "kubeletVersion": "v1.31.4"},
+        },
+    }
+
+
+def make_pod(
+    ns: str,
+    name: str,
+    node: str,
+    *,
+    owner_kind: str | None = "ReplicaSet",
+    empty_dir: bool = False,
+    phase: str = "Running",
+    mirror: bool = False,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"namespace": ns, "name": name, "uid": str(uuid.uuid4()), "labels": {"app": name}}
+    if owner_kind:
+        meta["ownerReferences"] = [{"kind": owner_kind, "name": f"{name}-owner", "controller": True}]
+    if mirror:
+        meta["annotations"] = {"kubernetes.io/config.mirror": "x"}
+    spec: dict[str, Any] = {"nodeName": node}
+    if empty_dir:
+        spec["volumes"] = [{"name": "v", "emptyDir": {}}]
+    return {"metadata": meta, "spec": spec, "status": {"phase": phase}}
+
+
+@dataclass
+class FakeKube:
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # "ns/name" -> pod
+    blocked: set[str] = field(default_factory=set)  # pods whose eviction gets 429
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    fail_next: list[Exception] = field(default_factory=list)
+    daemonsets: set[str] = field(default_factory=set)
+
+    def _maybe_fail(self, what: str) -> None:
+        self.calls.append(what)
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+
+    def get_node(self, name: str) -> Node:
+        self._maybe_fail(f"get_node {name}")
+        if name not in self.nodes:
+            raise NotFoundError(name)
+        return Node(self.nodes[name])
+
+    def list_nodes(self, *, label_selector: str | None = None) -> list[Node]:
+        self.calls.append("list_nodes")
+        return [Node(n) for n in self.nodes.values()]
+
+    def patch_node(self, name: str, patch: dict[str, Any]) -> Node:
+        self._maybe_fail(f"patch_node {name}")
+        node = self.nodes[name]
+        for key, value in (patch.get("metadata", {}).get("annotations") or {}).items():
+            if value is None:
+                node["metadata"]["annotations"].pop(key, None)
+            else:
+                node["metadata"]["annotations"][key] = value
+        if "spec" in patch:
+            if patch["spec"].get("unschedulable"):
+                node["spec"]["unschedulable"] = True
+            else:
+                node["spec"].pop("unschedulable", None)
+        return Node(node)
+
+    def cordon(self, name: str, *, run_id: str, state: str) -> Node:
+        return self.patch_node(
+            name,
+            {"metadata": {"annotations": {ANNOTATION_CORDONED: run_id}}, "spec": {"unschedulable": True}},
+        )
+
+    def uncordon(self, name: str, *, state: str) -> Node:
+        return self.patch_node(
+            name, {"metadata": {"annotations": {ANNOTATION_CORDONED: None}}, "spec": {"unschedulable": None}}
+        )
+
+    def annotate_node(self, name: str, annotations: dict[str, str | None]) -> Node:
+        return self.patch_node(name, {"metadata": {"annotations": annotations}})
+
+    def list_pods_on_node(self, node: str) -> list[Pod]:
+        self._maybe_fail(f"list_pods {node}")
+        return [Pod(p) for p in self.pods.values() if p["spec"].get("nodeName") == node]
+
+    def daemonset_exists(self, namespace: str, name: str) -> bool:
+        return f"{namespace}/{name}" in self.daemonsets
+
+    def list_pdbs(self, namespace: str) -> list[dict[str, Any]]:
+        return []
+
+    def evict(self, pod: Pod, *, grace_period_seconds: int | None = None) -> EvictionResult:
+        self._maybe_fail(f"evict {pod.key}")
+        if pod.key in self.blocked:
+            return EvictionResult(
+                evicted=False,
+                blocked_reason="Cannot evict pod as it would violate the pod's disruption budget.",
+            )
+        if pod.key not in self.pods:
+            return EvictionResult(evicted=False, gone=True)
+        del self.pods[pod.key]  # instant termination keeps unit tests simple
+        return EvictionResult(evicted=True)
+
+    def record_event(
+        self, node: str, *, reason: str, message: str, warning: bool = False, now: float
+    ) -> None:
+        self.events.append((node, reason, message))
+
+    def reboot(self, name: str, *, image: str | None = None) -> None:
+        node = self.nodes[name]
+        node["status"]["nodeInfo"]["bootID"] = str(uuid.uuid4())
+        node["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+        if image:
+            node["metadata"]["labels"]["kubernetes.azure.com/node-image-version"] = image
+
+
+@dataclass
+class FakeCompute:
+    model_image: str = (
+        "/subscriptions/x/resourcegroups/rg/providers/microsoft.compute/galleries/g/images/d/versions/2.0.0"
+    )
+    instances: dict[str, dict[str, Any]] = field(default_factory=dict)  # instance id -> state
+    operations: dict[str, dict[str, Any]] = field(default_factory=dict)  # token -> op
+    calls: list[str] = field(default_factory=list)
+    fail_lro: int = 0
+    fail_next: list[Exception] = field(default_factory=list)
+
+    def _maybe_fail(self, what: str) -> None:
+        self.calls.append(what)
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+
+    def instance(self, instance_id: str) -> dict[str, Any]:
+        return self.instances.setdefault(instance_id, {"state": "Succeeded", "latest": False, "image": "old"})
+
+    def get_instance(self, ref: InstanceRef) -> Instance:
+        self._maybe_fail(f"get_instance {ref.instance_id}")
+        inst = self.instance(ref.instance_id)
+        return Instance(ref.instance_id, inst["state"], inst["latest"], inst["image"], "running", "")
+
+    def get_model_image(self, ref: InstanceRef) -> str:
+        self._maybe_fail("get_model_image")
+        return self.model_image
+
+    def _begin(self, op: str, instance_ids: list[str]) -> str:
+        self._maybe_fail(f"{op} {instance_ids}")
+        token = uuid.uuid4().hex
+        failed = self.fail_lro > 0
+        self.fail_lro -= 1 if failed else 0
+        self.operations[token] = {"ids": instance_ids, "done": False, "failed": failed}
+        for i in instance_ids:
+            self.instance(i)["state"] = "Updating"
+        return token
+
+    def begin_reimage(self, ref: InstanceRef, instance_ids: list[str]) -> str:
+        return self._begin("reimage", instance_ids)
+
+    def begin_upgrade_to_latest_model(self, ref: InstanceRef, instance_ids: list[str]) -> str:
+        return self._begin("manualupgrade", instance_ids)
+
+    def finish_all(self) -> list[str]:
+        """Complete every running operation; returns the instance ids reimaged."""
+        done = []
+        for op in self.operations.values():
+            if op["done"]:
+                continue
+            op["done"] = True
+            for i in op["ids"]:
+                inst = self.instance(i)
+                inst["state"] = "Failed" if op["failed"] else "Succeeded"
+                if not op["failed"]:
+                    inst.update(latest=True, image=self.model_image)
+                    done.append(i)
+        return done
+
+    def poll(self, token: str) -> LroStatus:
+        self._maybe_fail("poll")
+        op = self.operations[token]
+        if not op["done"]:
+            return LroStatus(done=False)
+        if op["failed"]:
+            return LroStatus(done=True, succeeded=False, error="InternalExecutionError: boom")
+        return LroStatus(done=True, succeeded=True)
+
+
+def transient(message: str = "boom", delay: float | None = None) -> TemporaryError:
+    return TemporaryError(message, delay=delay)

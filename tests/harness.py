@@ -1,0 +1,149 @@
+"""Drives the workflow with in-memory collaborators and a fake clock.
+
+``pump()`` delivers queued work items in due order (advancing the clock to the next due
+item when nothing is due), completes reimages after ``reimage_seconds`` of fake time and
+reboots the node onto the new image. It also tracks the most nodes of each pool that
+were ever disrupted at once, the invariant the budget promises.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from shared.clock import FakeClock
+from shared.config import parse_config
+from shared.model import NodeState
+from shared.runs import RunService, StartRequest
+from shared.store.memory import MemoryRunStore
+from shared.workflow import Collaborators, Workflow
+from shared.workqueue import MemoryWorkQueue, WorkItem
+from tests.fakes import SUB, FakeCompute, FakeKube, make_node, scale_set_id
+
+
+def config_dict(pools: dict[str, int], **cluster: Any) -> dict[str, Any]:
+    return {
+        "clusters": [
+            {
+                "name": "test",
+                "kubeconfig": {"setting": "KUBECONFIG_TEST"},
+                "maxConcurrentNodes": cluster.pop("maxConcurrentNodes", 10),
+                "maxFailedNodes": cluster.pop("maxFailedNodes", 3),
+                "pools": [
+                    {
+                        "name": name,
+                        "scaleSetId": scale_set_id(f"vmss-{name}"),
+                        "os": "windows" if name.startswith("win") else "linux",
+                        "maxUnavailable": budget,
+                        **cluster.pop(f"pool_{name}", {}),
+                    }
+                    for name, budget in pools.items()
+                ],
+            }
+        ],
+        "workflow": {
+            "pollInterval": 5,
+            "drainRetryInterval": 5,
+            "leaseDuration": 60,
+            "stallAfter": 600,
+            "retryBackoffInitial": 1,
+            "retryBackoffMax": 30,
+            "maxTransientRetries": 4,
+        },
+    }
+
+
+class Harness:
+    def __init__(
+        self, pools: dict[str, int], *, nodes_per_pool: int = 3, reimage_seconds: float = 60.0, **cluster: Any
+    ) -> None:
+        self.clock = FakeClock()
+        self.kube = FakeKube()
+        self.compute = FakeCompute()
+        self.store = MemoryRunStore()
+        self.queue = MemoryWorkQueue()
+        self.config = parse_config(config_dict(pools, **cluster))
+        self.deps = Collaborators(
+            store=self.store,
+            queue=self.queue,
+            clock=self.clock,
+            config=self.config,
+            kube=lambda _c: self.kube,
+            compute=lambda _s: self.compute,  # type: ignore[arg-type,return-value]
+        )
+        self.workflow = Workflow(self.deps)
+        self.reimage_seconds = reimage_seconds
+        self.pending: list[tuple[float, WorkItem]] = []
+        self.op_started: dict[str, float] = {}
+        self.max_disrupted: dict[str, int] = defaultdict(int)
+        self.outcomes: list[str] = []
+        self.duplicate_every_message = False
+        self.instance_to_node: dict[str, str] = {}
+        for pool in pools:
+            for i in range(nodes_per_pool):
+                name = f"{pool}-{i}"
+                iid = f"{pool}{i}"
+                self.kube.nodes[name] = make_node(name, f"vmss-{pool}", iid, zone=str(i % 3 + 1))
+                self.instance_to_node[iid] = name
+
+    def start(self, **kwargs: Any) -> str:
+        run = RunService(self.deps).start(StartRequest(cluster="test", reason="test", **kwargs))
+        return run.id
+
+    def _collect(self) -> None:
+        for item, delay in self.queue.take():
+            self.pending.append((self.clock.now() + delay, item))
+            if self.duplicate_every_message:
+                self.pending.append((self.clock.now() + delay, item))
+
+    def _complete_reimages(self) -> None:
+        for token, op in self.compute.operations.items():
+            self.op_started.setdefault(token, self.clock.now())
+            if not op["done"] and self.clock.now() - self.op_started[token] >= self.reimage_seconds:
+                op["done"] = True
+                for iid in op["ids"]:
+                    inst = self.compute.instance(iid)
+                    inst["state"] = "Failed" if op["failed"] else "Succeeded"
+                    if not op["failed"]:
+                        inst.update(latest=True, image=self.compute.model_image)
+                        self.kube.reboot(
+                            self.instance_to_node[iid], image=self.compute.model_image.rsplit("/", 1)[-1]
+                        )
+
+    def _track_budget(self, run_id: str) -> None:
+        by_pool: dict[str, int] = defaultdict(int)
+        for n in self.store.list_nodes(run_id):
+            if n.state.holds_slot:
+                by_pool[n.pool] += 1
+        for pool, count in by_pool.items():
+            self.max_disrupted[pool] = max(self.max_disrupted[pool], count)
+
+    def pump(self, run_id: str, *, max_steps: int = 2000) -> None:
+        for _ in range(max_steps):
+            self._collect()
+            self._complete_reimages()
+            if not self.pending:
+                if any(
+                    not n.state.terminal and n.state != NodeState.PENDING
+                    for n in self.store.list_nodes(run_id)
+                ):
+                    self.clock.advance(1)
+                    continue
+                return
+            self.pending.sort(key=lambda p: p[0])
+            due, item = self.pending[0]
+            if due > self.clock.now():
+                # Reimages may finish before the next item is due.
+                self.clock.advance(min(due - self.clock.now(), 5))
+                continue
+            self.pending.pop(0)
+            self.outcomes.append(self.workflow.handle(item))
+            self._track_budget(run_id)
+        raise AssertionError("workflow did not settle")
+
+    def node_states(self, run_id: str) -> dict[str, str]:
+        return {n.name: str(n.state) for n in self.store.list_nodes(run_id)}
+
+    @property
+    def subscription(self) -> str:
+        return SUB

@@ -1,0 +1,306 @@
+"""The per-node workflow with in-memory collaborators: outcomes, budgets, retries."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import NotFoundError, PermanentError
+from shared.model import NodeState, RunState
+from shared.runs import RunConflictError, RunService, StartRequest
+from shared.sweeper import sweep
+from shared.workqueue import WorkItem
+from tests.fakes import make_pod, transient
+from tests.harness import Harness
+
+
+def test_every_node_is_patched_and_uncordoned_within_the_pool_budget() -> None:
+    h = Harness({"linux": 1, "other": 2}, nodes_per_pool=4)
+    run_id = h.start()
+    h.pump(run_id)
+    assert set(h.node_states(run_id).values()) == {"succeeded"}
+    assert h.store.get_run(run_id).state == RunState.SUCCEEDED
+    assert h.max_disrupted == {"linux": 1, "other": 2}
+    for node in h.kube.nodes.values():
+        assert not node["spec"].get("unschedulable")
+    reimages = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
+    assert len(reimages) == 8
+    assert h.store.active_run("test") is None
+
+
+def test_cluster_limit_caps_nodes_in_flight_across_pools() -> None:
+    h = Harness({"a": 3, "b": 3}, nodes_per_pool=3, maxConcurrentNodes=2)
+    run_id = h.start()
+    held_max = 0
+    original = h._track_budget
+
+    def track(rid: str) -> None:
+        nonlocal held_max
+        original(rid)
+        held_max = max(held_max, sum(1 for n in h.store.list_nodes(rid) if n.state.holds_slot))
+
+    h._track_budget = track  # type: ignore[method-assign]
+    h.pump(run_id)
+    assert held_max == 2
+    assert set(h.node_states(run_id).values()) == {"succeeded"}
+
+
+def test_duplicated_messages_do_no_harm() -> None:
+    h = Harness({"linux": 2}, nodes_per_pool=4)
+    h.duplicate_every_message = True
+    run_id = h.start()
+    h.pump(run_id)
+    assert set(h.node_states(run_id).values()) == {"succeeded"}
+    assert h.max_disrupted["linux"] <= 2
+    reimages = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
+    assert len(reimages) == 4  # exactly one per node
+    assert "stale" in h.outcomes
+
+
+def test_a_node_cordoned_by_someone_else_is_skipped_and_stays_cordoned() -> None:
+    h = Harness({"linux": 2}, nodes_per_pool=2)
+    h.kube.nodes["linux-0"]["spec"]["unschedulable"] = True
+    run_id = h.start()
+    h.pump(run_id)
+    states = h.node_states(run_id)
+    assert states == {"linux-0": "skipped", "linux-1": "succeeded"}
+    assert h.kube.nodes["linux-0"]["spec"]["unschedulable"] is True
+    assert "someone else" in h.store.get_node(run_id, "linux-0").reason
+
+
+def test_a_node_cordoned_by_someone_else_counts_against_the_budget() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=3)
+    h.kube.nodes["linux-2"]["spec"]["unschedulable"] = True
+    run_id = h.start()
+    h.pump(run_id)
+    assert h.node_states(run_id) == {"linux-2": "skipped", "linux-0": "pending", "linux-1": "pending"}
+    reason = h.store.get_run(run_id).waiting["linux"]
+    assert "budget of 1" in reason and "1 unavailable otherwise" in reason
+    h.kube.nodes["linux-2"]["spec"].pop("unschedulable")  # its owner uncordons it
+    h.workflow.admit(run_id)
+    h.pump(run_id)
+    assert h.node_states(run_id) == {"linux-2": "skipped", "linux-0": "succeeded", "linux-1": "succeeded"}
+
+
+def test_an_opted_out_node_is_skipped_untouched() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=2)
+    h.kube.nodes["linux-1"]["metadata"]["labels"]["vmss-node-patcher.io/opt-out"] = "true"
+    run_id = h.start()
+    h.pump(run_id)
+    assert h.node_states(run_id)["linux-1"] == "skipped"
+    assert not h.kube.nodes["linux-1"]["spec"].get("unschedulable")
+
+
+@pytest.mark.parametrize(
+    ("policy", "state", "cordoned"),
+    [("fail", "failed", True), ("skip", "deferred", False)],
+)
+def test_a_budget_that_never_allows_eviction_ends_by_the_pool_policy(
+    policy: str, state: str, cordoned: bool
+) -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1, pool_linux={"drain": {"timeout": 60, "onTimeout": policy}})
+    h.kube.pods["web/web-1"] = make_pod("web", "web-1", "linux-0")
+    h.kube.blocked.add("web/web-1")
+    run_id = h.start()
+    h.pump(run_id)
+    node = h.store.get_node(run_id, "linux-0")
+    assert str(node.state) == state
+    assert "timed out" in node.reason and "web/web-1" in node.reason
+    assert bool(h.kube.nodes["linux-0"]["spec"].get("unschedulable")) is cordoned
+    assert not any(c.startswith("reimage") for c in h.compute.calls)
+
+
+@pytest.mark.parametrize(
+    ("pod_kwargs", "drain_options", "expected"),
+    [
+        ({"empty_dir": True}, {}, "failed"),
+        ({"empty_dir": True}, {"deleteEmptyDirData": True}, "succeeded"),
+        ({"owner_kind": None}, {}, "failed"),
+        ({"owner_kind": None}, {"force": True}, "succeeded"),
+        ({"owner_kind": None, "phase": "Succeeded"}, {}, "succeeded"),
+        ({"mirror": True, "owner_kind": "Node"}, {}, "succeeded"),
+    ],
+)
+def test_drain_refuses_exactly_what_kubectl_refuses(
+    pod_kwargs: dict, drain_options: dict, expected: str
+) -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1, pool_linux={"drain": drain_options})
+    h.kube.pods["ns/p"] = make_pod("ns", "p", "linux-0", **pod_kwargs)
+    run_id = h.start()
+    h.pump(run_id)
+    assert h.node_states(run_id)["linux-0"] == expected
+
+
+def test_daemonset_pods_are_not_evicted() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    h.kube.pods["kube-system/agent"] = make_pod("kube-system", "agent", "linux-0", owner_kind="DaemonSet")
+    h.kube.daemonsets.add("kube-system/agent-owner")
+    run_id = h.start()
+    h.pump(run_id)
+    assert h.node_states(run_id)["linux-0"] == "succeeded"
+    assert not any(c.startswith("evict kube-system") for c in h.kube.calls)
+
+
+def test_a_failed_reimage_is_retried_then_succeeds() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    h.compute.fail_lro = 1
+    run_id = h.start()
+    h.pump(run_id)
+    node = h.store.get_node(run_id, "linux-0")
+    assert node.state == NodeState.SUCCEEDED
+    assert node.reimage_attempts == 1
+    assert any("failed (InternalExecutionError" in step["reason"] for step in node.history)
+
+
+def test_a_reimage_that_always_fails_fails_the_node_left_cordoned() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    h.compute.fail_lro = 5
+    run_id = h.start()
+    h.pump(run_id)
+    node = h.store.get_node(run_id, "linux-0")
+    assert node.state == NodeState.FAILED
+    assert "failed 2 times" in node.reason
+    assert h.kube.nodes["linux-0"]["spec"]["unschedulable"] is True
+    assert h.store.get_run(run_id).state == RunState.FAILED
+
+
+def test_transient_errors_are_retried_with_backoff() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    h.kube.fail_next = [transient("503 ServiceUnavailable"), transient("429", delay=30.0)]
+    run_id = h.start()
+    h.pump(run_id)
+    assert h.node_states(run_id)["linux-0"] == "succeeded"
+
+
+def test_persistent_transient_errors_fail_the_node_with_the_error() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    h.compute.fail_next = [transient("500 InternalServerError")] * 20
+    run_id = h.start()
+    h.pump(run_id)
+    node = h.store.get_node(run_id, "linux-0")
+    assert node.state == NodeState.FAILED
+    assert "gave up after 5 attempts" in node.reason and "500" in node.reason
+
+
+def test_permanent_errors_fail_at_once() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    h.compute.fail_next = [PermanentError("403 AuthorizationFailed")]
+    run_id = h.start()
+    h.pump(run_id)
+    assert "AuthorizationFailed" in h.store.get_node(run_id, "linux-0").reason
+
+
+def test_circuit_breaker_stops_new_nodes_after_max_failed() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=4, maxFailedNodes=1)
+    h.compute.fail_lro = 2  # the first node fails both attempts
+    run_id = h.start()
+    h.pump(run_id)
+    states = h.node_states(run_id)
+    assert list(states.values()).count("failed") == 1
+    assert list(states.values()).count("pending") == 3
+    run = h.store.get_run(run_id)
+    assert run.state == RunState.FAILED and "maxFailedNodes" in run.state_reason
+    assert h.store.active_run("test") is None
+
+
+def test_cancel_uncordons_nodes_not_yet_reimaged_and_cancels_pending() -> None:
+    h = Harness({"linux": 2}, nodes_per_pool=4)
+    h.kube.pods["web/slow"] = make_pod("web", "slow", "linux-0")
+    h.kube.blocked.add("web/slow")
+    run_id = h.start()
+    # Let the first two nodes start, then cancel while linux-0 is stuck draining.
+    for _ in range(8):
+        h._collect()
+        if h.pending:
+            h.pending.sort(key=lambda p: p[0])
+            h.outcomes.append(h.workflow.handle(h.pending.pop(0)[1]))
+    RunService(h.deps).cancel(run_id)
+    h.kube.blocked.clear()
+    h.pump(run_id)
+    states = h.node_states(run_id)
+    assert states["linux-0"] == "cancelled"
+    assert states["linux-2"] == "cancelled" and states["linux-3"] == "cancelled"
+    for node in h.kube.nodes.values():
+        assert not node["spec"].get("unschedulable"), node["metadata"]["name"]
+    assert h.store.get_run(run_id).state == RunState.CANCELLED
+    assert h.store.active_run("test") is None
+
+
+def test_pause_stops_admissions_and_resume_continues() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=3)
+    run_id = h.start()
+    RunService(h.deps).pause(run_id)
+    h.pump(run_id)
+    assert set(h.node_states(run_id).values()) == {"pending"}
+    RunService(h.deps).resume(run_id)
+    h.pump(run_id)
+    assert set(h.node_states(run_id).values()) == {"succeeded"}
+
+
+def test_a_second_run_on_a_busy_cluster_is_refused() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=2)
+    first = h.start()
+    with pytest.raises(RunConflictError) as err:
+        h.start()
+    assert err.value.active_run == first
+
+
+def test_a_stale_message_is_dropped() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    run_id = h.start()
+    h.pump(run_id)
+    assert h.workflow.handle(WorkItem("step", run_id, "linux-0", 1)) == "stale"
+
+
+def test_the_sweeper_resumes_a_node_whose_message_was_lost() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    run_id = h.start()
+    h._collect()
+    h.workflow.handle(h.pending.pop(0)[1])  # admit
+    h._collect()
+    h.pending.clear()  # the step message for linux-0 is lost
+    h.clock.advance(601)
+    report = sweep(h.deps)
+    assert report.resumed == [f"{run_id}/linux-0"]
+    h.pump(run_id)
+    assert h.node_states(run_id)["linux-0"] == "succeeded"
+
+
+def test_a_crash_after_the_reimage_request_is_recovered_without_a_second_reimage() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    original = h.compute.begin_upgrade_to_latest_model
+
+    def crash_after(*args, **kwargs):  # type: ignore[no-untyped-def]
+        original(*args, **kwargs)
+        raise RuntimeError("worker killed after ARM accepted the request")
+
+    h.compute.begin_upgrade_to_latest_model = crash_after  # type: ignore[method-assign]
+    run_id = h.start()
+    with pytest.raises(RuntimeError):
+        h.pump(run_id)
+    h.compute.begin_upgrade_to_latest_model = original  # type: ignore[method-assign]
+    # The queue redelivers the same message; the lease was released with the error.
+    h.pending.append(
+        (h.clock.now(), WorkItem("step", run_id, "linux-0", h.store.get_node(run_id, "linux-0").seq))
+    )
+    h.pump(run_id)
+    node = h.store.get_node(run_id, "linux-0")
+    assert node.state == NodeState.SUCCEEDED
+    assert len([c for c in h.compute.calls if c.startswith("manualupgrade")]) == 1
+
+
+def test_unknown_runs_and_nodes_are_dropped_with_a_log() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    assert h.workflow.handle(WorkItem("step", "nope", "x", 0)) == "unknown"
+    with pytest.raises(NotFoundError):
+        h.workflow.handle(WorkItem("admit", "nope"))
+
+
+def test_a_start_request_is_validated() -> None:
+    from shared.errors import ValidationError
+
+    for body in ([], {"cluster": 3}, {"cluster": "test", "pools": "linux"}, {"cluster": "test", "extra": 1}):
+        with pytest.raises(ValidationError):
+            StartRequest.from_json(body)
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    with pytest.raises(ValidationError, match="unknown pools"):
+        RunService(h.deps).start(StartRequest(cluster="test", reason="x", pools=["nope"]))
