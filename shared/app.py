@@ -61,8 +61,21 @@ class _ClientCache:
             return self._compute[subscription]
 
 
-@lru_cache(maxsize=1)
+_override: Collaborators | None = None
+
+
+def use_collaborators(deps: Collaborators | None) -> None:
+    """Run the triggers against other collaborators (functional tests use in-memory ones)."""
+    global _override  # noqa: PLW0603 - the composition root is process-wide by nature
+    _override = deps
+
+
 def collaborators() -> Collaborators:
+    return _override if _override is not None else _real_collaborators()
+
+
+@lru_cache(maxsize=1)
+def _real_collaborators() -> Collaborators:
     from shared.store.table import TableRunStore
     from shared.workqueue import StorageWorkQueue
 

@@ -1,0 +1,107 @@
+"""The operator HTTP API, called as the host calls it: real HttpRequest objects."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import azure.functions as func
+
+from tests.harness import Harness
+
+
+def call(
+    functions: dict[str, Any],
+    name: str,
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    route_params: dict[str, str] | None = None,
+) -> func.HttpResponse:
+    raw = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else b"")
+    req = func.HttpRequest(
+        method=method,
+        url=url,
+        body=raw,
+        headers={"content-type": "application/json"},
+        route_params=route_params or {},
+    )
+    return functions[name].get_user_function()(req)
+
+
+def test_post_runs_starts_a_run_and_answers_202_with_its_id(functions: dict, harness: Harness) -> None:
+    resp = call(
+        functions, "runs_collection", "POST", "/api/runs", {"cluster": "test", "reason": "kernel CVE"}
+    )
+    assert resp.status_code == 202
+    run_id = json.loads(resp.get_body())["id"]
+    assert resp.headers["Location"] == f"/api/runs/{run_id}"
+    harness.pump(run_id)
+    got = call(functions, "run_item", "GET", f"/api/runs/{run_id}", route_params={"id": run_id})
+    body = json.loads(got.get_body())
+    assert body["state"] == "succeeded"
+    assert body["pools"]["linux"]["maxUnavailable"] == 1
+    assert {n["state"] for n in body["nodes"]} == {"succeeded"}
+    listed = json.loads(call(functions, "runs_collection", "GET", "/api/runs").get_body())
+    assert [r["id"] for r in listed["runs"]] == [run_id]
+
+
+def test_post_runs_limited_to_pools_and_nodes(functions: dict, harness: Harness) -> None:
+    resp = call(
+        functions,
+        "runs_collection",
+        "POST",
+        "/api/runs",
+        {"cluster": "test", "pools": ["win"], "nodes": ["win-1"], "reason": "one node"},
+    )
+    run_id = json.loads(resp.get_body())["id"]
+    body = json.loads(call(functions, "run_item", "GET", "/", route_params={"id": run_id}).get_body())
+    assert [n["name"] for n in body["nodes"]] == ["win-1"]
+    assert list(body["pools"]) == ["win"]
+
+
+def test_bad_requests_get_400_with_a_reason(functions: dict, harness: Harness) -> None:
+    for body, needle in [
+        (b"{not json", "not valid JSON"),
+        (b"", "must be JSON"),
+        ({"reason": "x"}, "cluster"),
+        ({"cluster": "nope"}, "unknown cluster"),
+        ({"cluster": "test", "nodes": ["ghost"]}, "ghost"),
+    ]:
+        resp = call(functions, "runs_collection", "POST", "/api/runs", body)
+        assert resp.status_code == 400, body
+        assert needle in json.loads(resp.get_body())["error"]
+
+
+def test_a_second_run_on_the_same_cluster_gets_409(functions: dict, harness: Harness) -> None:
+    first = json.loads(call(functions, "runs_collection", "POST", "/", {"cluster": "test"}).get_body())["id"]
+    resp = call(functions, "runs_collection", "POST", "/", {"cluster": "test"})
+    assert resp.status_code == 409
+    assert json.loads(resp.get_body())["activeRun"] == first
+
+
+def test_pause_resume_cancel_and_unknown_actions(functions: dict, harness: Harness) -> None:
+    run_id = json.loads(call(functions, "runs_collection", "POST", "/", {"cluster": "test"}).get_body())["id"]
+    for action, state in (("pause", "paused"), ("resume", "running"), ("cancel", "cancelled")):
+        resp = call(functions, "run_action", "POST", "/", route_params={"id": run_id, "action": action})
+        assert resp.status_code == 202, action
+        if action != "resume":  # resume of a planned run goes straight to running
+            assert json.loads(resp.get_body())["state"] == state
+    assert (
+        call(
+            functions, "run_action", "POST", "/", route_params={"id": run_id, "action": "resume"}
+        ).status_code
+        == 409
+    )
+    assert (
+        call(
+            functions, "run_action", "POST", "/", route_params={"id": run_id, "action": "reboot"}
+        ).status_code
+        == 404
+    )
+    assert (
+        call(functions, "run_action", "POST", "/", route_params={"id": "nope", "action": "pause"}).status_code
+        == 404
+    )
+    assert call(functions, "run_item", "GET", "/", route_params={"id": "nope"}).status_code == 404
