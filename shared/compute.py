@@ -185,8 +185,7 @@ class ComputeClient:
 
     def _begin(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> str:
         try:
-            # polling=False: send the request, keep the token, do not start a polling thread.
-            poller = fn(*args, polling=False, **kwargs)
+            poller = fn(*args, polling=_start_only(), **kwargs)
             return str(poller.continuation_token())
         except Exception as exc:
             raise _translate(exc, what) from exc
@@ -217,6 +216,18 @@ class ComputeClient:
         if status.lower() in ("failed", "canceled", "cancelled"):
             return LroStatus(done=True, succeeded=False, error=_operation_error(method) or status)
         return LroStatus(done=False)
+
+
+def _start_only() -> Any:
+    """ARM polling that sends the request and keeps the operation's token but never polls
+    in this process: later steps resume it from the token (``poll``)."""
+    from azure.mgmt.core.polling.arm_polling import ARMPolling
+
+    class StartOnlyPolling(ARMPolling):
+        def run(self) -> None:
+            return None
+
+    return StartOnlyPolling(timeout=0)
 
 
 def _operation_error(method: Any) -> str:

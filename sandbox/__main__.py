@@ -1,0 +1,64 @@
+"""``python -m sandbox up|demo``: the local stand-ins for Azure and Kubernetes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from sandbox.cluster import PoolSpec
+from sandbox.stack import DEFAULT_POOLS, Sandbox, SandboxOptions
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start everything and run until SIGTERM/SIGINT")
+    up.add_argument("--state-dir", type=Path, required=True)
+    up.add_argument("--pools", default=DEFAULT_POOLS, help="NAME:OS:COUNT,... (default: %(default)s)")
+    up.add_argument("--runners", type=int, default=2, help="Functions runner processes (default: %(default)s)")
+    up.add_argument("--time-scale", type=float, default=0.02, help="sandbox seconds per cloud second")
+    up.add_argument("--max-unavailable", default="2", help="each pool's budget, a count or a percentage")
+    demo = sub.add_parser("demo", help="a whole patch run, shown live, with invariant checks")
+    demo.add_argument("--state-dir", type=Path, default=None)
+    demo.add_argument("--pools", default=DEFAULT_POOLS)
+    demo.add_argument("--runners", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    if args.command == "demo":
+        from sandbox.demo import run_demo
+
+        return run_demo(state_dir=args.state_dir, pools=args.pools, runners=args.runners)
+
+    try:
+        pools = PoolSpec.parse_list(args.pools)
+    except ValueError as exc:
+        parser.error(str(exc))
+    budget: int | str = int(args.max_unavailable) if args.max_unavailable.isdigit() else args.max_unavailable
+    sandbox = Sandbox(
+        SandboxOptions(
+            state_dir=args.state_dir,
+            pools=pools,
+            runners=args.runners,
+            time_scale=args.time_scale,
+            max_unavailable=budget,
+        )
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    sandbox.start()
+    print(f"sandbox up: {sandbox.endpoints_path}", flush=True)
+    try:
+        stop.wait()
+    finally:
+        sandbox.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
