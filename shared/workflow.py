@@ -191,16 +191,15 @@ def step_draining(ctx: StepContext) -> StepResult:
             if result.retry_after:
                 retry_after = max(retry_after or 0.0, result.retry_after)
     if elapsed > pool.drain.timeout.total_seconds():
-        detail = "; ".join(blocked) or f"{len(terminating)} pods still terminating"
+        detail = "; ".join(blocked or node.blockers) or f"{len(terminating)} pods still terminating"
         return _drain_gives_up(ctx, f"drain timed out after {elapsed:.0f}s: {detail}")
     if blocked:
         node.blockers = blocked
         node.attempts += 1
-        delay = backoff(
-            node.attempts,
-            initial=ctx.timing.drain_retry_interval.total_seconds(),
-            maximum=max(ctx.timing.drain_retry_interval.total_seconds(), 60.0),
-        )
+        # Like kubectl drain, keep asking at a steady pace: a PDB frees up as soon as a
+        # replacement pod is Ready, and a long back-off would waste the drain timeout.
+        interval = ctx.timing.drain_retry_interval.total_seconds()
+        delay = backoff(node.attempts, initial=interval, maximum=4 * interval)
         return wait(
             f"eviction refused for {len(blocked)} pods: {'; '.join(blocked)}", max(delay, retry_after or 0)
         )

@@ -1,0 +1,37 @@
+"""One sandbox for the whole test session: 30 nodes in three pools (one Windows),
+4 runner processes. Tests that patch take turns on it (one active run per cluster)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from sandbox.cluster import PoolSpec
+from sandbox.stack import Sandbox, SandboxOptions
+from tests.integration.sandbox_helpers import Driver
+
+SESSION_POOLS = "alpha:linux:12,beta:linux:10,win:windows:8"
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    sb = Sandbox(
+        SandboxOptions(
+            state_dir=tmp_path_factory.mktemp("sandbox"),
+            pools=PoolSpec.parse_list(SESSION_POOLS),
+            runners=4,
+            time_scale=0.01,
+            max_unavailable=2,
+            max_concurrent_nodes=6,
+            max_failed_nodes=30,
+        )
+    )
+    sb.start()
+    yield sb
+    sb.stop()
+
+
+@pytest.fixture(scope="session")
+def driver(sandbox: Sandbox) -> Driver:
+    return Driver(sandbox)

@@ -1,0 +1,93 @@
+"""Helpers for tests that drive the whole sandbox through the app's real entry points."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from sandbox.demo import node_pools, publish_image
+from sandbox.invariants import Report, check_final_nodes, check_history
+from sandbox.stack import CLUSTER, Sandbox
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        return err.code, json.loads(raw) if raw else None
+
+
+class Driver:
+    """Starts runs through POST /api/runs and waits for them through GET /api/runs/{id}."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        self.version = 0
+
+    @property
+    def url(self) -> str:
+        return self.sandbox.functions_url
+
+    def new_image(self) -> str:
+        self.version += 1
+        image = f"2026.12.{self.version:02d}"
+        publish_image(self.sandbox, image)
+        return image
+
+    def start(self, **body: Any) -> str:
+        status, answer = http_json(
+            "POST", f"{self.url}/api/runs", {"cluster": CLUSTER, "reason": "test", **body}
+        )
+        assert status == 202, answer
+        return str(answer["id"])
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        status, answer = http_json("GET", f"{self.url}/api/runs/{run_id}")
+        assert status == 200, answer
+        return dict(answer)
+
+    def wait(self, run_id: str, *, timeout: float = 180.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                run = self.get(run_id)
+            except (OSError, AssertionError):
+                run = {"state": "unknown"}  # a runner may be restarting
+            if run["state"] in ("succeeded", "failed", "cancelled") and not any(
+                n["state"] in ("admitted", "draining", "reimaging", "booting") for n in run.get("nodes", [])
+            ):
+                return run
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run {run_id} did not finish in {timeout}s: {json.dumps(run)[:3000]}")
+            time.sleep(0.3)
+
+    @staticmethod
+    def explain(run: dict[str, Any]) -> str:
+        lines = [f"run {run.get('id')} {run.get('state')}: {run.get('stateReason')}"]
+        for n in run.get("nodes", []):
+            if n["state"] != "succeeded":
+                lines.append(f"  {n['name']} {n['state']}: {n['reason']} (last error: {n.get('lastError')})")
+                lines += [
+                    f"     {h['at']} {h['from']} -> {h['to']}: {h['reason']}" for h in n.get("history", [])
+                ]
+        return "\n".join(lines)
+
+    def check(self, run: dict[str, Any], *, since: float, image: str | None = None) -> Report:
+        assert self.sandbox.world and self.sandbox.kube
+        records = [r for r in self.sandbox.world.history.records() if r["t"] >= since]
+        budgets = {name: pool["maxUnavailable"] for name, pool in run["pools"].items()}
+        report = check_history(records, node_pools=node_pools(self.sandbox), budgets=budgets)
+        if image is not None:
+            succeeded = {n["name"] for n in run["nodes"] if n["state"] == "succeeded"}
+            report.violations += check_final_nodes(
+                self.sandbox.kube.list("nodes"), targets=succeeded, image=image
+            )
+        return report
