@@ -94,7 +94,7 @@ class Workload:
     replicas: int = 0
     empty_dir: bool = False
     grace: int = 30
-    counter: itertools.count = field(default_factory=lambda: itertools.count(1))  # type: ignore[type-arg]
+    counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
 
 class SandboxCluster:

@@ -59,7 +59,9 @@ def publish_image(sandbox: Sandbox, version: str) -> None:
         vmss = client.virtual_machine_scale_sets.get(rg, spec.scale_set)
         ref = vmss.virtual_machine_profile.storage_profile.image_reference
         ref.id = ref.id.rsplit("/", 1)[0] + "/" + version
-        client.virtual_machine_scale_sets.begin_create_or_update(rg, spec.scale_set, vmss, polling_interval=0.2).result()
+        client.virtual_machine_scale_sets.begin_create_or_update(
+            rg, spec.scale_set, vmss, polling_interval=0.2
+        ).result()
 
 
 def node_pools(sandbox: Sandbox) -> dict[str, str]:
@@ -70,7 +72,9 @@ def node_pools(sandbox: Sandbox) -> dict[str, str]:
     }
 
 
-def run_demo(*, state_dir: Path | None = None, pools: str = DEFAULT_POOLS, runners: int = 2, quiet: bool = False) -> int:
+def run_demo(
+    *, state_dir: Path | None = None, pools: str = DEFAULT_POOLS, runners: int = 2, quiet: bool = False
+) -> int:
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
@@ -121,7 +125,13 @@ def _table(run: dict[str, Any], elapsed: float, table_cls: Any) -> Any:
     table = table_cls(title=f"run {run['id']} - {run['state']} - {elapsed:.0f}s", expand=False)
     for col in ("node", "pool", "state", "detail"):
         table.add_column(col)
-    colors = {"succeeded": "green", "failed": "red", "draining": "yellow", "reimaging": "magenta", "booting": "cyan"}
+    colors = {
+        "succeeded": "green",
+        "failed": "red",
+        "draining": "yellow",
+        "reimaging": "magenta",
+        "booting": "cyan",
+    }
     for node in run["nodes"]:
         color = colors.get(node["state"], "white")
         table.add_row(node["name"], node["pool"], f"[{color}]{node['state']}[/]", node["reason"][:70])
@@ -146,18 +156,28 @@ def _summary(console: Any, sandbox: Sandbox, run: dict[str, Any], makespan: floa
     console.print(f"  nodes patched       {patched}/{len(run['nodes'])}")
     console.print(f"  makespan            {makespan:.1f}s")
     for pool, budget in budgets.items():
-        console.print(f"  pool {pool:<14} most disrupted at once {report.max_disrupted.get(pool, 0)} (budget {budget})")
-    console.print(f"  evictions           {report.evictions} accepted, {report.evictions_refused} refused by PDBs")
+        console.print(
+            f"  pool {pool:<14} most disrupted at once {report.max_disrupted.get(pool, 0)} (budget {budget})"
+        )
     console.print(
-        f"  ARM requests        {len(arm_log)} ({arm_reads} reads, {arm_writes} writes, {throttled} throttled)"
-        f" = {len(arm_log) / max(1, len(targets)):.1f} per node"
+        f"  evictions           {report.evictions} accepted, {report.evictions_refused} refused by PDBs"
     )
-    console.print(f"  Kubernetes requests {len(kube_log)} = {len(kube_log) / max(1, len(targets)):.1f} per node")
+    per_node = len(arm_log) / max(1, len(targets))
+    console.print(
+        f"  ARM requests        {len(arm_log)} ({arm_reads} reads, {arm_writes} writes, "
+        f"{throttled} throttled) = {per_node:.1f} per node"
+    )
+    console.print(
+        f"  Kubernetes requests {len(kube_log)} = {len(kube_log) / max(1, len(targets)):.1f} per node"
+    )
     violations = report.violations + problems
     if violations:
         console.print("[red]Invariant violations:[/]")
         for v in violations:
             console.print(f"  - {v}")
     else:
-        console.print("  invariants          [green]all held[/] (budget, eviction-only, drained before reimage, clean finish)")
+        console.print(
+            "  invariants          [green]all held[/] "
+            "(budget, eviction-only, drained before reimage, clean finish)"
+        )
     return 0 if run["state"] == "succeeded" and not violations else 1

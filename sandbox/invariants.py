@@ -64,10 +64,8 @@ def check_history(
             else:
                 report.evictions_refused += 1
         elif kind == "pod_deleted" and rec.get("via") == "delete" and not allow_pod_delete:
-            if not rec.get("daemonset"):
-                report.violations.append(
-                    f"{rec['at']}: pod {rec.get('namespace')}/{rec.get('name')} was deleted outside the Eviction API"
-                )
+            pod = f"{rec.get('namespace')}/{rec.get('name')}"
+            report.violations.append(f"{rec['at']}: pod {pod} was deleted outside the Eviction API")
         if kind in ("node_cordoned", "node_not_ready"):
             disrupted: dict[str, int] = defaultdict(int)
             for name in cordoned | not_ready:
@@ -77,7 +75,8 @@ def check_history(
                 peak[pool] = max(peak[pool], count)
                 if pool in budgets and count > budgets[pool]:
                     report.violations.append(
-                        f"{rec['at']}: {count} nodes of pool {pool} disrupted at once (budget {budgets[pool]})"
+                        f"{rec['at']}: {count} nodes of pool {pool} disrupted at once "
+                        f"(budget {budgets[pool]})"
                     )
     report.max_disrupted = dict(peak)
     return report

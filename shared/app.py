@@ -41,6 +41,8 @@ class _ClientCache:
                 from shared.kube import KubeClient
 
                 ref = self._config.cluster(cluster).kubeconfig
+                if ref is None:
+                    raise ConfigError(f"cluster {cluster}: Entra ID (azureAd) auth is not supported yet")
                 value = os.environ.get(ref.setting, "")
                 if not value:
                     raise ConfigError(f"app setting {ref.setting} (kubeconfig of cluster {cluster}) is empty")

@@ -59,6 +59,16 @@ class PoolConfig(_Model):
     drain: DrainOptions = DrainOptions()
     reimage_timeout: Seconds = Field(timedelta(minutes=60), alias="reimageTimeout")
     boot_timeout: Seconds | None = Field(None, alias="bootTimeout")
+    window: str | None = Field(None, description="name of a maintenance window; none = any time")
+    max_node_age: Seconds | None = Field(None, alias="maxNodeAge")
+    reboot_required_condition: str | None = Field(
+        None, alias="rebootRequiredCondition", description="a Node condition type that asks for a reimage"
+    )
+    kubernetes_version: str | None = Field(
+        None,
+        alias="kubernetesVersion",
+        description="kubelet version of the pool's images if no image tag says",
+    )
 
     @field_validator("scale_set_id")
     @classmethod
@@ -96,12 +106,34 @@ class PoolConfig(_Model):
         return match.groupdict()
 
 
+class AzureAdAuth(_Model):
+    """Entra ID token auth for AKS-style clusters (AAD-integrated API servers)."""
+
+    server: str = Field(pattern=r"^https://", description="API server URL")
+    ca_setting: str | None = Field(None, alias="caSetting", description="app setting with the CA (PEM)")
+    # The AKS AAD server application id: the same in every tenant.
+    audience: str = "6dae42f8-4368-4678-94ff-3960e28e3630"
+
+
+class ProxyConfig(_Model):
+    https: str = Field(pattern=r"^https?://")
+    no_proxy: list[str] = Field(default_factory=list, alias="noProxy")
+
+
 class ClusterConfig(_Model):
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    kubeconfig: SettingRef
+    kubeconfig: SettingRef | None = None
+    azure_ad: AzureAdAuth | None = Field(None, alias="azureAd")
+    proxy: ProxyConfig | None = None
     max_concurrent_nodes: int = Field(4, alias="maxConcurrentNodes", ge=1)
     max_failed_nodes: int = Field(1, alias="maxFailedNodes", ge=1)
     pools: list[PoolConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> ClusterConfig:
+        if (self.kubeconfig is None) == (self.azure_ad is None):
+            raise ValueError("set exactly one of kubeconfig (an app setting) or azureAd")
+        return self
 
     @model_validator(mode="after")
     def _unique_pools(self) -> ClusterConfig:
@@ -143,9 +175,126 @@ class WorkflowTiming(_Model):
         return self
 
 
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+DAY_NAMES: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+HHMM_RE = r"^([01]\d|2[0-3]):[0-5]\d$"
+
+
+class WindowConfig(_Model):
+    """A recurring maintenance window in its own time zone; may cross midnight."""
+
+    name: str = Field(min_length=1)
+    days: list[Day] = Field(
+        default_factory=lambda: list(DAY_NAMES), description="days on which the window starts"
+    )
+    start: str = Field(pattern=HHMM_RE)
+    end: str = Field(pattern=HHMM_RE)
+    time_zone: str = Field("UTC", alias="timeZone")
+    blackout_dates: list[str] = Field(default_factory=list, alias="blackoutDates")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone such as Europe/Amsterdam") from None
+        return value
+
+    @field_validator("blackout_dates")
+    @classmethod
+    def _dates(cls, value: list[str]) -> list[str]:
+        from datetime import date
+
+        for item in value:
+            try:
+                date.fromisoformat(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not a date (YYYY-MM-DD)") from None
+        return value
+
+
+PoolRef = Annotated[str, Field(pattern=r"^[a-z0-9-]+/[^/]+$", description="CLUSTER/POOL")]
+
+
+class MaintenanceMapping(_Model):
+    """Azure Update Manager maintenance configuration -> the pools it patches."""
+
+    maintenance_configuration_id: str = Field(alias="maintenanceConfigurationId")
+    pools: list[PoolRef] = Field(min_length=1)
+
+
+class GalleryImageMapping(_Model):
+    """Compute Gallery image definition -> the pools built from it."""
+
+    image_definition_id: str = Field(alias="imageDefinitionId")
+    pools: list[PoolRef] = Field(min_length=1)
+    pin_versions: bool = Field(
+        True, alias="pinVersions", description="update the scale-set model to the new version"
+    )
+    kubernetes_version_tag: str = Field("kubernetesVersion", alias="kubernetesVersionTag")
+
+
+class EventMappings(_Model):
+    maintenance_configurations: list[MaintenanceMapping] = Field(
+        default_factory=list, alias="maintenanceConfigurations"
+    )
+    gallery_images: list[GalleryImageMapping] = Field(default_factory=list, alias="galleryImages")
+
+
+class GitRepositoryConfig(_Model):
+    url: str = Field(min_length=1, description="https, ssh or scp-like URL of the configuration repository")
+    clusters: list[str] = Field(default_factory=list, description="clusters to sync; empty = every cluster")
+
+
+class GitOpsConfig(_Model):
+    secrets: list[SettingRef] = Field(
+        default_factory=list, max_length=2, description="webhook secrets (two during rotation)"
+    )
+    max_body_bytes: int = Field(5 * 1024 * 1024, alias="maxBodyBytes", ge=1024, le=25 * 1024 * 1024)
+    repositories: list[GitRepositoryConfig] = Field(default_factory=list)
+
+
 class PatcherConfig(_Model):
     clusters: list[ClusterConfig] = Field(min_length=1)
     workflow: WorkflowTiming = WorkflowTiming()
+    windows: list[WindowConfig] = Field(default_factory=list)
+    events: EventMappings = EventMappings()
+    gitops: GitOpsConfig = GitOpsConfig()
+
+    @model_validator(mode="after")
+    def _references(self) -> PatcherConfig:
+        window_names = {w.name for w in self.windows}
+        pools = {f"{c.name}/{p.name}" for c in self.clusters for p in c.pools}
+        problems = []
+        for c in self.clusters:
+            for p in c.pools:
+                if p.window and p.window not in window_names:
+                    problems.append(f"pool {c.name}/{p.name} names unknown window {p.window!r}")
+        mappings: list[MaintenanceMapping | GalleryImageMapping] = [
+            *self.events.maintenance_configurations,
+            *self.events.gallery_images,
+        ]
+        for m in mappings:
+            for ref in m.pools:
+                if ref not in pools:
+                    problems.append(f"event mapping names unknown pool {ref!r}")
+        cluster_names = {c.name for c in self.clusters}
+        for repo in self.gitops.repositories:
+            for name in repo.clusters:
+                if name not in cluster_names:
+                    problems.append(f"gitops repository {repo.url} names unknown cluster {name!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def window(self, name: str) -> WindowConfig:
+        for window in self.windows:
+            if window.name == name:
+                return window
+        raise KeyError(name)
 
     @model_validator(mode="after")
     def _unique_clusters(self) -> PatcherConfig:

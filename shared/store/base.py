@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -54,7 +55,7 @@ class RunStore(abc.ABC):
     def _transact(
         self, partition: str, ops: Sequence[tuple[str, str, dict[str, Any], str | None]]
     ) -> list[str]:
-        """Apply (kind, row, data, etag) ops atomically; kind is "create", "update" or "delete".
+        """Apply (kind, row, data, etag) ops atomically; kind is "create", "update", "upsert" or "delete".
 
         "update" and "delete" with an etag are conditional on it. Returns the new etags in
         order ("" for deletes). Raises ConcurrencyError if any condition fails or a
@@ -118,6 +119,25 @@ class RunStore(abc.ABC):
         for record, etag in zip(records, etags, strict=True):
             record.etag = etag
 
+    # ---- small keyed records: de-duplication and audit (events, deliveries, syncs) -----------
+    def create_record(self, kind: str, key: str, data: dict[str, Any]) -> bool:
+        """Write a record once. False if one with that key exists already (a duplicate)."""
+        try:
+            self._transact(f"{kind}~", [("create", record_row(key), {"key": key, **data}, None)])
+            return True
+        except ConcurrencyError:
+            return False
+
+    def put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
+        self._transact(f"{kind}~", [("upsert", record_row(key), {"key": key, **data}, None)])
+
+    def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
+        found = self._get(f"{kind}~", record_row(key))
+        return None if found is None else found[0]
+
+    def list_records(self, kind: str) -> list[dict[str, Any]]:
+        return [d for d, _ in self._query_partition(f"{kind}~", "")]
+
     # ---- one active run per cluster ----------------------------------------------------------
     def claim_cluster(self, cluster: str, run_id: str) -> str | None:
         """Make ``run_id`` the cluster's active run. Returns the run already active, if any."""
@@ -141,6 +161,11 @@ class RunStore(abc.ABC):
         # A conflict means someone else released or re-claimed it: not ours to delete any more.
         with contextlib.suppress(ConcurrencyError):
             self._transact(guard_partition(cluster), [("delete", GUARD_ROW, {}, found[1])])
+
+
+def record_row(key: str) -> str:
+    """Table row keys may not contain / \\ # ? or control characters; event ids do."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def _data(record: Run | NodeWork) -> dict[str, Any]:

@@ -80,6 +80,8 @@ class TableRunStore(RunStore):
             )
             if kind == "create":
                 batch.append(("create", entity))
+            elif kind == "upsert":
+                batch.append(("upsert", entity, {"mode": UpdateMode.REPLACE}))
             elif kind == "update":
                 batch.append(("update", entity, {"mode": UpdateMode.REPLACE, **conditions}))
             else:
@@ -110,6 +112,8 @@ class TableRunStore(RunStore):
         kwargs = op[2] if len(op) > 2 else {}
         if kind == "create":
             meta = self._table.create_entity(entity)
+        elif kind == "upsert":
+            meta = self._table.upsert_entity(entity, **kwargs)
         elif kind == "update":
             meta = self._table.update_entity(entity, **kwargs)
         else:

@@ -1,0 +1,1713 @@
+"""A simulated Azure Resource Manager for Microsoft.Compute virtual machine scale sets.
+
+Why it exists: the app talks to Azure only through the unmodified
+``azure.mgmt.compute.ComputeManagementClient`` and ``DefaultAzureCredential``. To test
+it without a subscription, this module serves the same REST surface over HTTPS (with the
+sandbox CA from :mod:`sandbox.tls`), so the SDK, azure-core's ARM long-running-operation
+poller, its retry policy and azure-identity's App Service managed-identity client all run
+exactly as they would in Azure Functions. Nothing in the app needs a "sandbox" branch:
+only ``base_url`` and the ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER``/``REQUESTS_CA_BUNDLE``
+settings differ.
+
+Design:
+
+* :class:`ComputeState` owns the scale sets, their VM instances and the long-running
+  operations, all behind one lock. Time comes from the shared :class:`sandbox.world.World`:
+  operation durations and the write-throttling bucket are given in cloud seconds and scaled
+  by its clock, and completions are timers on its scheduler. Every state change is written
+  to the world's history and announced to listeners *after* the lock is released, so a
+  listener (e.g. the simulated Kubernetes API turning a node NotReady) may call back in.
+* :class:`ArmServer` is the HTTP face: routing, bearer-token checks, ``api-version``
+  validation, fault injection, ARM headers and a request log. It also serves the App
+  Service managed-identity token endpoint at ``/msi/token``, and only tokens it issued
+  are accepted by the ARM routes.
+* :class:`FaultInjector` lets tests make the next N requests (or the next N LROs) of a
+  kind fail the way Azure fails.
+
+Fidelity choices (sources: Azure REST API reference, azure-docs, recorded responses):
+
+* LROs answer 202 with ``Azure-AsyncOperation`` (``.../locations/LOC/operations/ID``),
+  ``Location`` (the same URL with ``monitor=true``, as Compute does; ``operationResults/ID``
+  is accepted too) and an integer ``Retry-After`` on the initial response only. Status
+  polls carry no ``Retry-After`` (so the client's ``polling_interval`` applies after the
+  first wait, as with Compute). The Location URL answers 202 while running and 200 with
+  an empty body when done.
+* ``reimage`` without ``exactVersion`` restores the image the instance already runs (REST
+  reference: "If exact version is not provided, the OS disk is reimaged to the existing
+  version of OS Disk"); only ``manualupgrade`` applies the scale set model, which makes
+  ``latestModelApplied`` true. ``manualupgrade`` skips instances already on the latest
+  model.
+* A reimage/manualupgrade/delete of an instance that another operation is still working
+  on is accepted and *preempts* that operation: the older one ends ``Canceled`` with
+  ``OperationPreempted`` ("Operation execution has been preempted by a more recent
+  operation."), as Compute does. Writes to an instance being deleted answer 409
+  ``OperationNotAllowed`` ("... since it is marked for deletion ...").
+* Throttling: one token bucket per scale set for all writes to it or its VMs. An empty
+  bucket answers 429 with ``Retry-After`` (sandbox seconds, rounded up, at least 1) and
+  the Compute body ``OperationNotAllowed`` / detail ``TooManyRequests``. Responses carry
+  ``x-ms-ratelimit-remaining-resource: Microsoft.Compute/<policy>;<count>``; read
+  policies are reported but not enforced.
+* Unknown instance ids in batch writes: 400 ``InvalidParameter`` "The provided instanceId
+  N is not an active Virtual Machine Scale Set VM instanceId." (target ``instanceIds``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import re
+import secrets
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from copy import deepcopy
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+from sandbox.tls import SandboxTLS
+from sandbox.world import World
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ArmServer", "ComputeDurations", "ComputeState", "FaultInjector", "WriteLimit"]
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+_ARM_RESOURCES = {"https://management.azure.com", "https://management.core.windows.net"}
+_VM_SIZE = "Standard_D4s_v5"
+_TOKEN_LIFETIME_S = 24 * 3600
+
+# Operation names used by the request log and FaultInjector.fail_next.
+REQUEST_OPERATIONS = frozenset(
+    {
+        "get_scale_set",
+        "list_scale_sets",
+        "update_model",
+        "get_scale_set_instance_view",
+        "reimage",
+        "reimage_all",
+        "manualupgrade",
+        "delete_instances",
+        "list_vms",
+        "get_vm",
+        "get_instance_view",
+        "delete_vm",
+        "poll",
+        "msi_token",
+    }
+)
+# Kinds of long-running operation FaultInjector.fail_lro can target.
+LRO_KINDS = frozenset({"reimage", "reimage_all", "manualupgrade", "update_model", "delete"})
+
+_KNOWN_ERROR_MESSAGES = {
+    "InternalExecutionError": "An internal execution error occurred. Please retry later.",
+    "InternalServerError": "Encountered internal server error. Diagnostic information has been collected.",
+    "ServiceUnavailable": "The service is currently unavailable. Please retry later.",
+    "AllocationFailed": "Allocation failed. We do not have sufficient capacity for the requested VM size "
+    "in this region.",
+}
+
+
+def _iso(ts: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if ts is None else ts, UTC).isoformat()
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+def computer_name(prefix: str, instance_id: str | int) -> str:
+    """Uniform VMSS hostname: prefix + base-36 instance id, zero-padded to 6 (lower-case)."""
+    return f"{prefix}{_base36(int(instance_id)).zfill(6)}"
+
+
+def arm_error(
+    code: str, message: str, *, target: str | None = None, details: list[dict] | None = None
+) -> dict:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if target is not None:
+        err["target"] = target
+    if details:
+        err["details"] = details
+    return {"error": err}
+
+
+# --------------------------------------------------------------------------- public config
+
+
+@dataclass
+class ComputeDurations:
+    """How long Compute takes, in cloud seconds; the World's clock scales them."""
+
+    reimage: float = 240.0
+    model_update: float = 20.0
+    scale: float = 120.0
+    delete: float = 60.0
+
+
+@dataclass
+class WriteLimit:
+    """Compute's "Update VMSS" per-resource token bucket (capacity / refill per cloud minute)."""
+
+    burst: int = 12
+    per_minute: float = 4.0
+
+
+# --------------------------------------------------------------------------- faults
+
+
+@dataclass
+class _RequestFault:
+    operation: str
+    remaining: int
+    status: int
+    code: str
+    retry_after: int | None
+
+
+@dataclass
+class _LroFault:
+    operation: str
+    remaining: int
+    code: str
+
+
+class FaultInjector:
+    """Makes the next requests or LROs of a kind fail as Azure would."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._request_faults: list[_RequestFault] = []
+        self._lro_faults: list[_LroFault] = []
+
+    def fail_next(
+        self,
+        operation: str,
+        count: int = 1,
+        *,
+        status: int = 500,
+        code: str = "InternalServerError",
+        retry_after: int | None = None,
+    ) -> None:
+        if operation != "any" and operation not in REQUEST_OPERATIONS:
+            raise ValueError(f"unknown operation {operation!r}; known: any, {sorted(REQUEST_OPERATIONS)}")
+        with self._lock:
+            self._request_faults.append(_RequestFault(operation, count, status, code, retry_after))
+
+    def fail_lro(self, operation: str, count: int = 1, *, code: str = "InternalExecutionError") -> None:
+        # "delete_instances"/"delete_vm" are accepted as aliases so callers can reuse request names.
+        kind = "delete" if operation in {"delete_instances", "delete_vm"} else operation
+        if kind != "any" and kind not in LRO_KINDS:
+            raise ValueError(f"unknown LRO kind {operation!r}; known: any, {sorted(LRO_KINDS)}")
+        with self._lock:
+            self._lro_faults.append(_LroFault(kind, count, code))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._request_faults.clear()
+            self._lro_faults.clear()
+
+    def _take_request_fault(self, operation: str) -> _RequestFault | None:
+        with self._lock:
+            for fault in self._request_faults:
+                # "any" never matches the identity endpoint: breaking token acquisition
+                # silently would make every other fault look like an auth problem.
+                if fault.operation == operation or (fault.operation == "any" and operation != "msi_token"):
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._request_faults.remove(fault)
+                    return fault
+        return None
+
+    def _take_lro_fault(self, kind: str) -> str | None:
+        with self._lock:
+            for fault in self._lro_faults:
+                if fault.operation in (kind, "any"):
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._lro_faults.remove(fault)
+                    return fault.code
+        return None
+
+
+# --------------------------------------------------------------------------- internal state
+
+
+class _TokenBucket:
+    def __init__(self, capacity: float, refill_per_s: float) -> None:
+        self.capacity = capacity
+        self.rate = refill_per_s
+        self.tokens = float(capacity)
+        self.stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def take(self) -> bool:
+        self._refill()
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def take_soft(self) -> None:
+        """Charge a read: counts down the reported headroom but never refuses."""
+        self._refill()
+        self.tokens = max(0.0, self.tokens - 1.0)
+
+    def remaining(self) -> int:
+        self._refill()
+        return math.floor(self.tokens)
+
+    def seconds_until_token(self) -> float:
+        self._refill()
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
+
+
+@dataclass
+class _Instance:
+    instance_id: str
+    computer_name: str
+    zone: str | None
+    image: dict[str, Any]
+    model_version: int
+    vm_id: str
+    time_created: str
+    provisioning_state: str = "Succeeded"
+    power_state: str = "running"
+    state_time: str = field(default_factory=_iso)
+    failure: dict[str, str] | None = None
+    op_id: str | None = None
+    task_seq: int = 0
+    task_kind: str | None = None
+    target_image: dict[str, Any] | None = None
+    target_model_version: int | None = None
+    etag: int = 1
+
+
+@dataclass
+class _ScaleSet:
+    resource_group: str
+    name: str
+    os_type: str
+    prefix: str
+    zones: list[str] | None
+    tags: dict[str, str]
+    image: dict[str, Any]
+    model_version: int
+    unique_id: str
+    time_created: str
+    bucket: _TokenBucket
+    read_buckets: dict[str, _TokenBucket]
+    instances: dict[str, _Instance] = field(default_factory=dict)
+    next_id: int = 0
+    provisioning_state: str = "Succeeded"
+    model_ops_in_flight: int = 0
+    etag: int = 1
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.resource_group.lower(), self.name.lower())
+
+    def capacity(self) -> int:
+        return sum(1 for i in self.instances.values() if i.provisioning_state != "Deleting")
+
+
+@dataclass
+class _Operation:
+    op_id: str
+    kind: str
+    key: tuple[str, str]
+    start_time: str
+    fail_code: str | None
+    status: str = "InProgress"
+    end_time: str | None = None
+    error: dict[str, str] | None = None
+    pending: set[str] = field(default_factory=set)
+    model_pending: bool = False
+
+    def json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"startTime": self.start_time, "status": self.status, "name": self.op_id}
+        if self.end_time:
+            body["endTime"] = self.end_time
+        if self.error:
+            body["error"] = dict(self.error)
+        return body
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    resource_group: str | None = None
+    scale_set: str | None = None
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **kw: Any) -> None:
+        super().__init__(message)
+        self.reply = _Reply(status, arm_error(code, message, **kw))
+
+
+@dataclass
+class _Ctx:
+    """What a handler needs from one HTTP request."""
+
+    match: dict[str, str]
+    query: dict[str, str]
+    body: Any
+    headers: dict[str, str]
+    base_url: str
+    api_version: str
+
+
+# --------------------------------------------------------------------------- compute state
+
+
+class ComputeState:
+    """Scale sets, their instances and LROs; the single source of truth behind ArmServer."""
+
+    def __init__(
+        self,
+        world: World,
+        *,
+        subscription_id: str,
+        location: str = "westeurope",
+        durations: ComputeDurations | None = None,
+        write_limit: WriteLimit | None = None,
+    ) -> None:
+        self.world = world
+        self.subscription_id = subscription_id
+        self.location = location
+        self.durations = durations or ComputeDurations()
+        self.write_limit = write_limit or WriteLimit()
+        self.faults = FaultInjector()
+        self.page_size = 50  # VMs per page of the list API (Compute's own page size varies)
+        self._lock = threading.RLock()
+        self._scale_sets: dict[tuple[str, str], _ScaleSet] = {}
+        self._operations: dict[str, _Operation] = {}
+        self._listeners: list[Listener] = []
+        self._pending_events: list[tuple[str, dict[str, Any]]] = []
+        self._tls = threading.local()  # transaction nesting depth, per thread
+
+    # ---------------------------------------------------------------- public API
+
+    def add_scale_set(
+        self,
+        *,
+        resource_group: str,
+        name: str,
+        os_type: str,
+        capacity: int,
+        image_reference: dict,
+        computer_name_prefix: str,
+        zones: list[str] | None = None,
+        tags: dict | None = None,
+    ) -> dict:
+        """Create a scale set whose instances already exist and run (no instance_created events)."""
+        os_norm = {"linux": "Linux", "windows": "Windows"}.get(os_type.lower())
+        if os_norm is None:
+            raise ValueError(f"os_type must be Linux or Windows, got {os_type!r}")
+        with self._transaction():
+            key = (resource_group.lower(), name.lower())
+            if key in self._scale_sets:
+                raise ValueError(f"scale set {resource_group}/{name} already exists")
+            clock = self.world.clock
+            ss = _ScaleSet(
+                resource_group=resource_group,
+                name=name,
+                os_type=os_norm,
+                prefix=computer_name_prefix,
+                zones=list(zones) if zones else None,
+                tags=dict(tags or {}),
+                image=deepcopy(image_reference),
+                model_version=1,
+                unique_id=str(uuid.uuid4()),
+                time_created=_iso(),
+                bucket=_TokenBucket(
+                    self.write_limit.burst, self.write_limit.per_minute / clock.seconds(60.0)
+                ),
+                read_buckets={
+                    # Documented Compute read limits (per resource): low-cost 36/12, high-cost 30/10.
+                    "GetVMScaleSet3Min": _TokenBucket(36, 12 / clock.seconds(60.0)),
+                    "HighCostGetVMScaleSet3Min": _TokenBucket(30, 10 / clock.seconds(60.0)),
+                    "GetVMScaleSetVM3Min": _TokenBucket(36, 12 / clock.seconds(60.0)),
+                },
+            )
+            for _ in range(capacity):
+                self._new_instance(ss, state="Succeeded")
+            self._scale_sets[key] = ss
+            self.world.history.append(
+                "scale_set_added",
+                resource_group=resource_group,
+                scale_set=name,
+                os_type=os_norm,
+                capacity=capacity,
+                image=deepcopy(image_reference),
+            )
+            return self._scale_set_json(ss)
+
+    def scale_set(self, resource_group: str, name: str) -> dict:
+        with self._lock:
+            return self._scale_set_json(self._require(resource_group, name))
+
+    def vms(self, resource_group: str, name: str) -> list[dict]:
+        with self._lock:
+            ss = self._require(resource_group, name)
+            return [self._vm_json(ss, inst, expand=True) for inst in self._sorted(ss)]
+
+    def add_listener(self, fn: Callable[[str, dict], None]) -> None:
+        with self._lock:
+            self._listeners.append(fn)
+
+    # ---------------------------------------------------------------- locking and events
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Hold the state lock; deliver the events raised inside after releasing it.
+
+        Events are delivered even when the block raises: the state changes they describe
+        have already happened.
+        """
+        self._lock.acquire()
+        depth = getattr(self._tls, "depth", 0)
+        self._tls.depth = depth + 1
+        events: list[tuple[str, dict[str, Any]]] = []
+        listeners: list[Listener] = []
+        try:
+            yield
+        finally:
+            self._tls.depth = depth
+            if depth == 0:
+                events, self._pending_events = self._pending_events, []
+                listeners = list(self._listeners)
+            self._lock.release()
+            for kind, payload in events:
+                for fn in listeners:
+                    try:
+                        fn(kind, deepcopy(payload))
+                    except Exception:  # one broken listener must not break the others or the server
+                        logger.exception("compute listener failed on %s", kind)
+
+    def _emit(
+        self, kind: str, ss: _ScaleSet, inst: _Instance | None, image: dict[str, Any], **extra: Any
+    ) -> None:
+        payload: dict[str, Any] = {
+            "resource_group": ss.resource_group,
+            "scale_set": ss.name,
+            "os_type": ss.os_type,
+            "image_reference": deepcopy(image),
+        }
+        history: dict[str, Any] = {
+            "resource_group": ss.resource_group,
+            "scale_set": ss.name,
+            "image": deepcopy(image),
+        }
+        if inst is not None:
+            payload.update(instance_id=inst.instance_id, computer_name=inst.computer_name, zone=inst.zone)
+            history.update(instance_id=inst.instance_id, computer_name=inst.computer_name, zone=inst.zone)
+        history.update(extra)
+        self.world.history.append(kind, **history)
+        self._pending_events.append((kind, payload))
+
+    # ---------------------------------------------------------------- helpers
+
+    def _require(self, resource_group: str, name: str) -> _ScaleSet:
+        ss = self._scale_sets.get((resource_group.lower(), name.lower()))
+        if ss is None:
+            raise KeyError(f"no scale set {resource_group}/{name}")
+        return ss
+
+    @staticmethod
+    def _sorted(ss: _ScaleSet) -> list[_Instance]:
+        return sorted(ss.instances.values(), key=lambda i: int(i.instance_id))
+
+    def _new_instance(self, ss: _ScaleSet, *, state: str) -> _Instance:
+        iid = str(ss.next_id)
+        ss.next_id += 1
+        zone = ss.zones[int(iid) % len(ss.zones)] if ss.zones else None
+        inst = _Instance(
+            instance_id=iid,
+            computer_name=computer_name(ss.prefix, iid),
+            zone=zone,
+            image=deepcopy(ss.image),
+            model_version=ss.model_version,
+            vm_id=str(uuid.uuid4()),
+            time_created=_iso(),
+            provisioning_state=state,
+            power_state="running" if state == "Succeeded" else "starting",
+        )
+        ss.instances[iid] = inst
+        return inst
+
+    def _resource_id(self, ss: _ScaleSet) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{ss.resource_group}"
+            f"/providers/Microsoft.Compute/virtualMachineScaleSets/{ss.name}"
+        )
+
+    def _os_config(self, ss: _ScaleSet) -> dict[str, Any]:
+        if ss.os_type == "Windows":
+            return {
+                "windowsConfiguration": {
+                    "provisionVMAgent": True,
+                    "enableAutomaticUpdates": False,
+                    "patchSettings": {"patchMode": "Manual"},
+                }
+            }
+        return {
+            "linuxConfiguration": {
+                "disablePasswordAuthentication": True,
+                "provisionVMAgent": True,
+                "patchSettings": {"patchMode": "ImageDefault"},
+            }
+        }
+
+    def _scale_set_json(self, ss: _ScaleSet) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": ss.name,
+            "id": self._resource_id(ss),
+            "type": "Microsoft.Compute/virtualMachineScaleSets",
+            "location": self.location,
+            "tags": dict(ss.tags),
+            "etag": f'"{ss.etag}"',
+            "sku": {"name": _VM_SIZE, "tier": "Standard", "capacity": ss.capacity()},
+            "properties": {
+                "singlePlacementGroup": False,
+                "orchestrationMode": "Uniform",
+                "upgradePolicy": {"mode": "Manual"},
+                "virtualMachineProfile": {
+                    "osProfile": {
+                        "computerNamePrefix": ss.prefix,
+                        "adminUsername": "azureuser",
+                        **self._os_config(ss),
+                        "secrets": [],
+                        "allowExtensionOperations": True,
+                        "requireGuestProvisionSignal": True,
+                    },
+                    "storageProfile": {
+                        "imageReference": deepcopy(ss.image),
+                        "osDisk": {
+                            "osType": ss.os_type,
+                            "createOption": "FromImage",
+                            "caching": "ReadOnly",
+                            "managedDisk": {"storageAccountType": "Premium_LRS"},
+                            "diskSizeGB": 128,
+                        },
+                    },
+                },
+                "provisioningState": ss.provisioning_state,
+                "overprovision": False,
+                "doNotRunExtensionsOnOverprovisionedVMs": False,
+                "uniqueId": ss.unique_id,
+                "platformFaultDomainCount": 1,
+                "timeCreated": ss.time_created,
+            },
+        }
+        if ss.zones:
+            body["zones"] = list(ss.zones)
+        return body
+
+    def _instance_view(self, ss: _ScaleSet, inst: _Instance) -> dict[str, Any]:
+        ps = inst.provisioning_state.lower()
+        if ps == "failed":
+            failure = inst.failure or {"code": "InternalExecutionError", "message": ""}
+            prov: dict[str, Any] = {
+                "code": f"ProvisioningState/failed/{failure['code']}",
+                "level": "Error",
+                "displayStatus": "Provisioning failed",
+                "message": failure["message"],
+                "time": inst.state_time,
+            }
+        else:
+            display = "Provisioning succeeded" if ps == "succeeded" else inst.provisioning_state
+            prov = {"code": f"ProvisioningState/{ps}", "level": "Info", "displayStatus": display}
+            if ps == "succeeded":
+                prov["time"] = inst.state_time
+        power = {
+            "code": f"PowerState/{inst.power_state}",
+            "level": "Info",
+            "displayStatus": f"VM {inst.power_state}",
+        }
+        linux = ss.os_type == "Linux"
+        return {
+            "platformUpdateDomain": int(inst.instance_id) % 5,
+            "platformFaultDomain": 0,
+            "computerName": inst.computer_name,
+            "osName": "ubuntu" if linux else "Windows Server 2022 Datacenter",
+            "osVersion": "22.04" if linux else "10.0.20348",
+            "hyperVGeneration": "V2",
+            "statuses": [prov, power],
+        }
+
+    def _vm_json(self, ss: _ScaleSet, inst: _Instance, *, expand: bool) -> dict[str, Any]:
+        vm_res = f"{self._resource_id(ss)}/virtualMachines/{inst.instance_id}"
+        props: dict[str, Any] = {
+            "latestModelApplied": inst.model_version == ss.model_version,
+            "modelDefinitionApplied": "VirtualMachineScaleSet",
+            "vmId": inst.vm_id,
+            "hardwareProfile": {"vmSize": _VM_SIZE},
+            "storageProfile": {
+                "imageReference": deepcopy(inst.image),
+                "osDisk": {
+                    "osType": ss.os_type,
+                    "name": f"{ss.name}_{inst.instance_id}_OsDisk_1_{inst.vm_id.replace('-', '')}",
+                    "createOption": "FromImage",
+                    "caching": "ReadOnly",
+                    "managedDisk": {"storageAccountType": "Premium_LRS"},
+                    "diskSizeGB": 128,
+                },
+                "dataDisks": [],
+            },
+            "osProfile": {
+                "computerName": inst.computer_name,
+                "adminUsername": "azureuser",
+                **self._os_config(ss),
+                "secrets": [],
+                "allowExtensionOperations": True,
+                "requireGuestProvisionSignal": True,
+            },
+            "provisioningState": inst.provisioning_state,
+            "timeCreated": inst.time_created,
+        }
+        if expand:
+            props["instanceView"] = self._instance_view(ss, inst)
+        body: dict[str, Any] = {
+            "name": f"{ss.name}_{inst.instance_id}",
+            "id": vm_res,
+            "type": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines",
+            "location": self.location,
+            "tags": dict(ss.tags),
+            "instanceId": inst.instance_id,
+            "sku": {"name": _VM_SIZE, "tier": "Standard"},
+            "etag": f'"{inst.etag}"',
+            "properties": props,
+        }
+        if inst.zone:
+            body["zones"] = [inst.zone]
+        return body
+
+    # ---------------------------------------------------------------- API: lookup and throttling
+
+    def _check_subscription(self, ctx: _Ctx) -> None:
+        sub = ctx.match["sub"]
+        if sub.lower() != self.subscription_id.lower():
+            raise _ApiError(404, "SubscriptionNotFound", f"The subscription '{sub}' could not be found.")
+
+    def _lookup(self, ctx: _Ctx, *, parent: bool = False) -> _ScaleSet:
+        self._check_subscription(ctx)
+        rg, name = ctx.match["rg"], ctx.match["vmss"]
+        if not any(k[0] == rg.lower() for k in self._scale_sets):
+            raise _ApiError(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+        ss = self._scale_sets.get((rg.lower(), name.lower()))
+        if ss is None:
+            if parent:
+                raise _ApiError(
+                    404,
+                    "ParentResourceNotFound",
+                    "Can not perform requested operation on nested resource. "
+                    f"Parent resource '{name}' not found.",
+                )
+            raise _ApiError(
+                404,
+                "ResourceNotFound",
+                f"The Resource 'Microsoft.Compute/virtualMachineScaleSets/{name}' under resource group "
+                f"'{rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
+            )
+        return ss
+
+    def _lookup_vm(self, ctx: _Ctx) -> tuple[_ScaleSet, _Instance]:
+        ss = self._lookup(ctx, parent=True)
+        iid = ctx.match["iid"]
+        inst = ss.instances.get(iid)
+        if inst is None:
+            raise _ApiError(
+                404,
+                "ResourceNotFound",
+                f"The Resource 'Microsoft.Compute/virtualMachineScaleSets/{ss.name}/virtualMachines/{iid}' "
+                f"under resource group '{ss.resource_group}' was not found. "
+                "For more details please go to https://aka.ms/ARMResourceNotFoundFix",
+            )
+        return ss, inst
+
+    def _read_headers(self, ss: _ScaleSet, policy: str) -> dict[str, str]:
+        bucket = ss.read_buckets[policy]
+        bucket.take_soft()
+        return {"x-ms-ratelimit-remaining-resource": f"Microsoft.Compute/{policy};{bucket.remaining()}"}
+
+    def _charge_write(self, ss: _ScaleSet) -> dict[str, str]:
+        """Take a write token or raise 429 the way Compute does."""
+        ok = ss.bucket.take()
+        policy = "VMScaleSetActions3Min"
+        header = {"x-ms-ratelimit-remaining-resource": f"Microsoft.Compute/{policy};{ss.bucket.remaining()}"}
+        if ok:
+            return header
+        wait = ss.bucket.seconds_until_token()
+        now = time.time()
+        detail = {
+            "operationGroup": "VMScaleSetActions3Min",
+            "startTime": _iso(now),
+            "endTime": _iso(now + wait),
+            "allowedRequestCount": self.write_limit.burst,
+            "measuredRequestCount": self.write_limit.burst + 1,
+        }
+        err = _ApiError(
+            429,
+            "OperationNotAllowed",
+            "The server rejected the request because too many requests have been received "
+            "for this subscription.",
+            details=[
+                {"code": "TooManyRequests", "target": "VMScaleSetActions3Min", "message": json.dumps(detail)}
+            ],
+        )
+        err.reply.headers.update(header)
+        err.reply.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        raise err
+
+    # ---------------------------------------------------------------- API: reads
+
+    def _api_get_scale_set(self, ctx: _Ctx) -> _Reply:
+        ss = self._lookup(ctx)
+        return _Reply(200, self._scale_set_json(ss), self._read_headers(ss, "GetVMScaleSet3Min"))
+
+    def _api_list_scale_sets(self, ctx: _Ctx) -> _Reply:
+        self._check_subscription(ctx)
+        rg = ctx.match.get("rg")
+        if rg is not None and not any(k[0] == rg.lower() for k in self._scale_sets):
+            raise _ApiError(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+        items = [
+            self._scale_set_json(ss)
+            for key, ss in sorted(self._scale_sets.items())
+            if rg is None or key[0] == rg.lower()
+        ]
+        return _Reply(
+            200,
+            {"value": items},
+            {"x-ms-ratelimit-remaining-resource": "Microsoft.Compute/HighCostGet3Min;159"},
+        )
+
+    def _api_scale_set_instance_view(self, ctx: _Ctx) -> _Reply:
+        ss = self._lookup(ctx)
+        counts: dict[str, int] = {}
+        for inst in ss.instances.values():
+            code = f"ProvisioningState/{inst.provisioning_state.lower()}"
+            counts[code] = counts.get(code, 0) + 1
+        body = {
+            "virtualMachine": {
+                "statusesSummary": [{"code": c, "count": n} for c, n in sorted(counts.items())]
+            },
+            "statuses": [
+                {
+                    "code": f"ProvisioningState/{ss.provisioning_state.lower()}",
+                    "level": "Info",
+                    "displayStatus": "Provisioning succeeded"
+                    if ss.provisioning_state == "Succeeded"
+                    else ss.provisioning_state,
+                    "time": ss.time_created,
+                }
+            ],
+        }
+        return _Reply(200, body, self._read_headers(ss, "HighCostGetVMScaleSet3Min"))
+
+    def _api_list_vms(self, ctx: _Ctx) -> _Reply:
+        ss = self._lookup(ctx, parent=True)
+        expand = ctx.query.get("$expand", "").lower() == "instanceview"
+        flt = ctx.query.get("$filter")
+        want_latest: bool | None = None
+        if flt:
+            m = re.fullmatch(r"\s*properties/latestModelApplied\s+eq\s+(true|false)\s*", flt, re.IGNORECASE)
+            if not m:
+                raise _ApiError(
+                    400,
+                    "InvalidParameter",
+                    f"The value of parameter $filter is invalid (the sandbox supports only "
+                    f"'properties/latestModelApplied eq true|false'): {flt}",
+                    target="$filter",
+                )
+            want_latest = m.group(1).lower() == "true"
+        after = -1
+        token = ctx.query.get("$skiptoken")
+        if token:
+            try:
+                after = int(base64.urlsafe_b64decode(token.encode() + b"==").decode())
+            except ValueError as exc:
+                raise _ApiError(
+                    400, "InvalidParameter", "The $skiptoken is invalid.", target="$skiptoken"
+                ) from exc
+        # Paging by "instance ids after X" keeps pages stable while instances come and go.
+        candidates = [
+            i
+            for i in self._sorted(ss)
+            if int(i.instance_id) > after
+            and (want_latest is None or (i.model_version == ss.model_version) == want_latest)
+        ]
+        page = candidates[: max(1, self.page_size)]
+        body: dict[str, Any] = {"value": [self._vm_json(ss, i, expand=expand) for i in page]}
+        if len(candidates) > len(page):
+            # Absolute, and carrying every original parameter: the SDK follows it verbatim.
+            params = {k: v for k, v in ctx.query.items() if k != "$skiptoken"}
+            params["$skiptoken"] = (
+                base64.urlsafe_b64encode(page[-1].instance_id.encode()).decode().rstrip("=")
+            )
+            path = f"{self._resource_id(ss)}/virtualMachines"
+            body["nextLink"] = f"{ctx.base_url}{quote(path)}?{urlencode(params, safe='$')}"
+        return _Reply(200, body, self._read_headers(ss, "HighCostGetVMScaleSet3Min"))
+
+    def _api_get_vm(self, ctx: _Ctx) -> _Reply:
+        ss, inst = self._lookup_vm(ctx)
+        expand = ctx.query.get("$expand", "").lower() == "instanceview"
+        return _Reply(
+            200, self._vm_json(ss, inst, expand=expand), self._read_headers(ss, "GetVMScaleSetVM3Min")
+        )
+
+    def _api_get_instance_view(self, ctx: _Ctx) -> _Reply:
+        ss, inst = self._lookup_vm(ctx)
+        return _Reply(200, self._instance_view(ss, inst), self._read_headers(ss, "GetVMScaleSetVM3Min"))
+
+    def _api_poll(self, ctx: _Ctx) -> _Reply:
+        self._check_subscription(ctx)
+        op = self._operations.get(ctx.match["op"])
+        headers = {"x-ms-ratelimit-remaining-resource": "Microsoft.Compute/GetOperation3Min;14999"}
+        if op is None:
+            raise _ApiError(404, "NotFound", "The entity was not found in this Azure location.")
+        monitor = (
+            ctx.match["kind"].lower() == "operationresults" or ctx.query.get("monitor", "").lower() == "true"
+        )
+        if not monitor:
+            return _Reply(200, op.json(), headers)
+        # Location-header semantics: 202 until done, then the (empty) result or the error.
+        if op.status == "InProgress":
+            loc = self._op_urls(ctx, op.op_id)[1]
+            headers.update({"Location": loc, "Retry-After": "1"})
+            return _Reply(202, None, headers)
+        if op.status == "Succeeded":
+            return _Reply(200, None, headers)
+        return _Reply(409 if op.status == "Canceled" else 500, {"error": dict(op.error or {})}, headers)
+
+    # ---------------------------------------------------------------- API: writes
+
+    def _op_urls(self, ctx: _Ctx, op_id: str) -> tuple[str, str]:
+        base = (
+            f"{ctx.base_url}/subscriptions/{self.subscription_id}/providers/Microsoft.Compute"
+            f"/locations/{self.location}/operations/{op_id}"
+        )
+        v = quote(ctx.api_version, safe="")
+        return f"{base}?api-version={v}", f"{base}?monitor=true&api-version={v}"
+
+    def _start_op(self, ctx: _Ctx, ss: _ScaleSet, kind: str) -> _Operation:
+        op = _Operation(
+            op_id=str(uuid.uuid4()),
+            kind=kind,
+            key=ss.key,
+            start_time=_iso(),
+            fail_code=self.faults._take_lro_fault(kind),
+        )
+        self._operations[op.op_id] = op
+        return op
+
+    def _accepted(self, ctx: _Ctx, op: _Operation, duration: float, headers: dict[str, str]) -> _Reply:
+        async_url, location_url = self._op_urls(ctx, op.op_id)
+        # Integer seconds, as the SDK parses it with int(); never 0 so clients do not spin.
+        retry_after = max(1, math.ceil(self.world.clock.seconds(min(duration, 10.0))))
+        headers = {
+            **headers,
+            "Azure-AsyncOperation": async_url,
+            "Location": location_url,
+            "Retry-After": str(retry_after),
+            "x-ms-request-id": op.op_id,
+        }
+        self._maybe_finish_op(op)
+        return _Reply(202, None, headers)
+
+    def _instance_ids(self, ss: _ScaleSet, body: Any, *, required: bool) -> list[str]:
+        ids = body.get("instanceIds") if isinstance(body, dict) else None
+        if ids is None or (required and not ids):
+            if required:
+                raise _ApiError(
+                    400,
+                    "InvalidParameter",
+                    "Required parameter 'instanceIds' is missing (null).",
+                    target="instanceIds",
+                )
+            return [i.instance_id for i in self._sorted(ss) if i.provisioning_state != "Deleting"]
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise _ApiError(
+                400,
+                "InvalidParameter",
+                "The value of parameter instanceIds is invalid.",
+                target="instanceIds",
+            )
+        for iid in ids:
+            if iid not in ss.instances:
+                raise _ApiError(
+                    400,
+                    "InvalidParameter",
+                    f"The provided instanceId {iid} is not an active "
+                    "Virtual Machine Scale Set VM instanceId.",
+                    target="instanceIds",
+                )
+        return list(dict.fromkeys(ids))
+
+    def _check_writable(self, ss: _ScaleSet, inst: _Instance, verb: str) -> None:
+        if inst.provisioning_state == "Deleting" and verb != "delete":
+            raise _ApiError(
+                409,
+                "OperationNotAllowed",
+                f"Operation '{verb}' is not allowed on VM '{ss.name}_{inst.instance_id}' "
+                "since it is marked for deletion. You can only retry the Delete operation "
+                "(or wait for an ongoing one to complete).",
+            )
+        if inst.provisioning_state == "Creating" and verb != "delete":
+            raise _ApiError(
+                409,
+                "OperationNotAllowed",
+                f"Operation '{verb}' is not allowed on VM '{ss.name}_{inst.instance_id}' "
+                "since the VM is being created. Retry after the create operation completes.",
+            )
+
+    def _claim(self, ss: _ScaleSet, inst: _Instance, op: _Operation, kind: str, delay: float) -> None:
+        """Give ``inst`` to ``op``; an operation still working on it is preempted."""
+        previous = self._operations.get(inst.op_id) if inst.op_id else None
+        if previous is not None and previous is not op and inst.instance_id in previous.pending:
+            previous.pending.discard(inst.instance_id)
+            if previous.status == "InProgress":
+                previous.status = "Canceled"
+                previous.end_time = _iso()
+                previous.error = {
+                    "code": "OperationPreempted",
+                    "message": "Operation execution has been preempted by a more recent operation.",
+                }
+            self.world.history.append(
+                "operation_preempted",
+                resource_group=ss.resource_group,
+                scale_set=ss.name,
+                instance_id=inst.instance_id,
+                operation_id=previous.op_id,
+                preempted_by=op.op_id,
+            )
+            self._maybe_finish_op(previous)
+        inst.op_id = op.op_id
+        inst.task_seq += 1
+        inst.task_kind = kind
+        inst.etag += 1
+        op.pending.add(inst.instance_id)
+        seq, key, iid = inst.task_seq, ss.key, inst.instance_id
+        self.world.scheduler.call_later(
+            self.world.clock.seconds(delay), lambda: self._finish_instance_task(key, iid, seq)
+        )
+
+    def _start_reimage(
+        self, ctx: _Ctx, ss: _ScaleSet, ids: list[str], kind: str, headers: dict[str, str]
+    ) -> _Reply:
+        for iid in ids:
+            self._check_writable(
+                ss, ss.instances[iid], "reimage" if kind != "manualupgrade" else "manualupgrade"
+            )
+        op = self._start_op(ctx, ss, kind)
+        for iid in ids:
+            inst = ss.instances[iid]
+            if kind == "manualupgrade":
+                if inst.model_version == ss.model_version and inst.op_id is None:
+                    continue  # already on the latest model: Compute leaves it alone
+                target, version = deepcopy(ss.image), ss.model_version
+            else:
+                # A plain reimage restores what the instance runs (or was being upgraded to).
+                target = deepcopy(inst.target_image if inst.target_image is not None else inst.image)
+                version = (
+                    inst.target_model_version if inst.target_model_version is not None else inst.model_version
+                )
+            inst.target_image, inst.target_model_version = target, version
+            inst.provisioning_state, inst.power_state, inst.failure = "Updating", "starting", None
+            inst.state_time = _iso()
+            self._claim(ss, inst, op, kind, self.durations.reimage)
+            self._emit("reimage_started", ss, inst, target, operation=kind, operation_id=op.op_id)
+        return self._accepted(ctx, op, self.durations.reimage, headers)
+
+    def _start_delete(self, ctx: _Ctx, ss: _ScaleSet, ids: list[str], headers: dict[str, str]) -> _Reply:
+        op = self._start_op(ctx, ss, "delete")
+        for iid in ids:
+            inst = ss.instances[iid]
+            if inst.provisioning_state == "Deleting":
+                continue
+            inst.provisioning_state, inst.power_state = "Deleting", "stopping"
+            inst.state_time = _iso()
+            self._claim(ss, inst, op, "delete", self.durations.delete)
+        return self._accepted(ctx, op, self.durations.delete, headers)
+
+    def _api_reimage(self, ctx: _Ctx) -> _Reply:
+        ss = self._lookup(ctx)
+        headers = self._charge_write(ss)
+        ids = self._instance_ids(ss, ctx.body, required=False)
+        return self._start_reimage(ctx, ss, ids, "reimage", headers)
+
+    def _api_reimage_all(self, ctx: _Ctx) -> _Reply:
+        ss = self._lookup(ctx)
+        headers = self._charge_write(ss)
+        ids = self._instance_ids(ss, ctx.body, required=False)
+        return self._start_reimage(ctx, ss, ids, "reimage_all", headers)
+
+    def _api_manualupgrade(self, ctx: _Ctx) -> _Reply:
+        ss = self._lookup(ctx)
+        headers = self._charge_write(ss)
+        ids = self._instance_ids(ss, ctx.body, required=True)
+        return self._start_reimage(ctx, ss, ids, "manualupgrade", headers)
+
+    def _api_delete_instances(self, ctx: _Ctx) -> _Reply:
+        ss = self._lookup(ctx)
+        headers = self._charge_write(ss)
+        ids = self._instance_ids(ss, ctx.body, required=True)
+        return self._start_delete(ctx, ss, ids, headers)
+
+    def _api_vm_reimage(self, ctx: _Ctx, kind: str = "reimage") -> _Reply:
+        ss, inst = self._lookup_vm(ctx)
+        headers = self._charge_write(ss)
+        return self._start_reimage(ctx, ss, [inst.instance_id], kind, headers)
+
+    def _api_vm_reimage_all(self, ctx: _Ctx) -> _Reply:
+        return self._api_vm_reimage(ctx, "reimage_all")
+
+    def _api_delete_vm(self, ctx: _Ctx) -> _Reply:
+        ss, inst = self._lookup_vm(ctx)
+        headers = self._charge_write(ss)
+        return self._start_delete(ctx, ss, [inst.instance_id], headers)
+
+    def _api_update_model(self, ctx: _Ctx, *, patch: bool) -> _Reply:
+        ss = self._lookup(ctx)
+        if_match = ctx.headers.get("if-match")
+        if if_match and if_match not in ("*", f'"{ss.etag}"'):
+            raise _ApiError(
+                412, "PreconditionFailed", f"The specified precondition 'If-Match = {if_match}' failed."
+            )
+        body = ctx.body
+        if not isinstance(body, dict):
+            raise _ApiError(
+                400, "InvalidRequestContent", "The request content was invalid and could not be deserialized."
+            )
+        headers = self._charge_write(ss)
+        props = body.get("properties") or {}
+        vm_profile = props.get("virtualMachineProfile") or {}
+        image = (vm_profile.get("storageProfile") or {}).get("imageReference")
+        prefix = (vm_profile.get("osProfile") or {}).get("computerNamePrefix")
+        if prefix is not None and prefix != ss.prefix:
+            raise _ApiError(
+                409,
+                "PropertyChangeNotAllowed",
+                "Changing property 'computerNamePrefix' is not allowed.",
+                target="computerNamePrefix",
+            )
+        capacity = (body.get("sku") or {}).get("capacity")
+        if capacity is not None and (not isinstance(capacity, int) or capacity < 0):
+            raise _ApiError(
+                400,
+                "InvalidParameter",
+                "The value of parameter sku.capacity is invalid.",
+                target="sku.capacity",
+            )
+
+        op = self._start_op(ctx, ss, "update_model")
+        image_changed = False
+        if isinstance(image, dict) and image:
+            # Compute returns only the fields it knows; drop client-side nulls before comparing.
+            new_image = {k: v for k, v in image.items() if v is not None}
+            if new_image != ss.image:
+                ss.image = new_image
+                ss.model_version += 1
+                image_changed = True
+        if "tags" in body or not patch:
+            ss.tags = dict(body.get("tags") or {})
+        ss.etag += 1
+        ss.provisioning_state = "Updating"
+        ss.model_ops_in_flight += 1
+        op.model_pending = True
+        key, op_id = ss.key, op.op_id
+        self.world.scheduler.call_later(
+            self.world.clock.seconds(self.durations.model_update),
+            lambda: self._finish_model_task(key, op_id, image_changed),
+        )
+        duration = self.durations.model_update
+        if capacity is not None:
+            current = self._sorted(ss)
+            live = [i for i in current if i.provisioning_state != "Deleting"]
+            if capacity > len(live):
+                for _ in range(capacity - len(live)):
+                    inst = self._new_instance(ss, state="Creating")
+                    self._claim(ss, inst, op, "create", self.durations.scale)
+                duration = max(duration, self.durations.scale)
+            elif capacity < len(live):
+                # Default scale-in policy removes the highest instance ids first.
+                for inst in sorted(live, key=lambda i: int(i.instance_id), reverse=True)[
+                    : len(live) - capacity
+                ]:
+                    inst.provisioning_state, inst.power_state = "Deleting", "stopping"
+                    inst.state_time = _iso()
+                    self._claim(ss, inst, op, "delete", self.durations.delete)
+                duration = max(duration, self.durations.delete)
+        async_url, _ = self._op_urls(ctx, op.op_id)
+        headers.update({"Azure-AsyncOperation": async_url, "x-ms-request-id": op.op_id})
+        return _Reply(200, self._scale_set_json(ss), headers)
+
+    def _api_put_scale_set(self, ctx: _Ctx) -> _Reply:
+        return self._api_update_model(ctx, patch=False)
+
+    def _api_patch_scale_set(self, ctx: _Ctx) -> _Reply:
+        return self._api_update_model(ctx, patch=True)
+
+    # ---------------------------------------------------------------- completions (scheduler thread)
+
+    def _finish_instance_task(self, key: tuple[str, str], iid: str, seq: int) -> None:
+        with self._transaction():
+            ss = self._scale_sets.get(key)
+            inst = ss.instances.get(iid) if ss else None
+            if ss is None or inst is None or inst.task_seq != seq:
+                return  # preempted or gone: a newer task owns this instance
+            op = self._operations.get(inst.op_id or "")
+            kind = inst.task_kind
+            fail_code = op.fail_code if op is not None else None
+            inst.op_id, inst.task_kind = None, None
+            inst.state_time = _iso()
+            if kind == "delete" and fail_code is not None:
+                inst.provisioning_state, inst.power_state = "Failed", "running"
+                inst.failure = {"code": fail_code, "message": self._error_message(fail_code)}
+            elif kind == "delete":
+                del ss.instances[iid]
+                self._emit("instance_deleted", ss, inst, inst.image, operation_id=op.op_id if op else None)
+            elif kind == "create":
+                inst.provisioning_state, inst.power_state = "Succeeded", "running"
+                self._emit("instance_created", ss, inst, inst.image, operation_id=op.op_id if op else None)
+            elif fail_code is not None:
+                inst.provisioning_state, inst.power_state = "Failed", "running"
+                inst.failure = {"code": fail_code, "message": self._error_message(fail_code)}
+                inst.target_image, inst.target_model_version = None, None
+                self._emit(
+                    "reimage_failed",
+                    ss,
+                    inst,
+                    inst.image,
+                    error_code=fail_code,
+                    operation_id=op.op_id if op else None,
+                )
+            else:
+                if inst.target_image is not None:
+                    inst.image = inst.target_image
+                if inst.target_model_version is not None:
+                    inst.model_version = inst.target_model_version
+                inst.target_image, inst.target_model_version = None, None
+                inst.provisioning_state, inst.power_state = "Succeeded", "running"
+                inst.etag += 1
+                self._emit("reimage_completed", ss, inst, inst.image, operation_id=op.op_id if op else None)
+            if op is not None:
+                op.pending.discard(iid)
+                self._maybe_finish_op(op)
+
+    def _finish_model_task(self, key: tuple[str, str], op_id: str, image_changed: bool) -> None:
+        with self._transaction():
+            ss = self._scale_sets.get(key)
+            op = self._operations.get(op_id)
+            if ss is None or op is None:
+                return
+            op.model_pending = False
+            ss.model_ops_in_flight -= 1
+            if op.fail_code is not None:
+                ss.provisioning_state = "Failed"
+            elif ss.model_ops_in_flight == 0:
+                ss.provisioning_state = "Succeeded"
+            if image_changed and op.fail_code is None:
+                self._emit("model_updated", ss, None, ss.image, operation_id=op_id)
+            self._maybe_finish_op(op)
+
+    def _maybe_finish_op(self, op: _Operation) -> None:
+        if op.pending or op.model_pending or op.status != "InProgress":
+            return
+        op.end_time = _iso()
+        if op.fail_code is not None:
+            op.status = "Failed"
+            op.error = {"code": op.fail_code, "message": self._error_message(op.fail_code)}
+        else:
+            op.status = "Succeeded"
+        self.world.history.append(
+            "operation_finished", operation_id=op.op_id, operation=op.kind, status=op.status, error=op.error
+        )
+
+    @staticmethod
+    def _error_message(code: str) -> str:
+        return _KNOWN_ERROR_MESSAGES.get(code, f"The operation failed with error code '{code}'.")
+
+
+# --------------------------------------------------------------------------- HTTP server
+
+_SUB = r"/subscriptions/(?P<sub>[^/]+)"
+_RG = _SUB + r"/resourcegroups/(?P<rg>[^/]+)"
+_VMSS_COLL = r"/providers/microsoft\.compute/virtualmachinescalesets"
+_VMSS = _RG + _VMSS_COLL + r"/(?P<vmss>[^/]+)"
+_VM = _VMSS + r"/virtualmachines/(?P<iid>[^/]+)"
+_OPS = (
+    _SUB
+    + r"/providers/microsoft\.compute/locations/(?P<loc>[^/]+)"
+    + r"/(?P<kind>operations|operationresults)/(?P<op>[^/]+)"
+)
+
+# (method, path regex, operation name, is write, ComputeState handler name)
+_ROUTES: list[tuple[str, re.Pattern[str], str, bool, str]] = [
+    (m, re.compile(p + r"/?", re.IGNORECASE), op, w, h)
+    for m, p, op, w, h in [
+        ("GET", _SUB + _VMSS_COLL, "list_scale_sets", False, "_api_list_scale_sets"),
+        ("GET", _RG + _VMSS_COLL, "list_scale_sets", False, "_api_list_scale_sets"),
+        ("GET", _VMSS, "get_scale_set", False, "_api_get_scale_set"),
+        ("PUT", _VMSS, "update_model", True, "_api_put_scale_set"),
+        ("PATCH", _VMSS, "update_model", True, "_api_patch_scale_set"),
+        (
+            "GET",
+            _VMSS + r"/instanceview",
+            "get_scale_set_instance_view",
+            False,
+            "_api_scale_set_instance_view",
+        ),
+        ("POST", _VMSS + r"/reimage", "reimage", True, "_api_reimage"),
+        ("POST", _VMSS + r"/reimageall", "reimage_all", True, "_api_reimage_all"),
+        ("POST", _VMSS + r"/manualupgrade", "manualupgrade", True, "_api_manualupgrade"),
+        ("POST", _VMSS + r"/delete", "delete_instances", True, "_api_delete_instances"),
+        ("GET", _VMSS + r"/virtualmachines", "list_vms", False, "_api_list_vms"),
+        ("GET", _VM, "get_vm", False, "_api_get_vm"),
+        ("DELETE", _VM, "delete_vm", True, "_api_delete_vm"),
+        ("GET", _VM + r"/instanceview", "get_instance_view", False, "_api_get_instance_view"),
+        ("POST", _VM + r"/reimage", "reimage", True, "_api_vm_reimage"),
+        ("POST", _VM + r"/reimageall", "reimage_all", True, "_api_vm_reimage_all"),
+        ("GET", _OPS, "poll", False, "_api_poll"),
+    ]
+]
+
+
+@dataclass
+class _Issued:
+    resource: str
+    expires_on: int
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], arm: ArmServer, ssl_context: ssl.SSLContext | None) -> None:
+        self.arm = arm
+        self.ssl_context = ssl_context
+        super().__init__(addr, _Handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            # Handshake later, in the handler thread, so one slow client cannot stall accept().
+            sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logger.debug("sandbox ARM connection error from %s", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "Microsoft-HTTPAPI/2.0"
+    sys_version = ""
+    timeout = 120  # idle keep-alive connections are closed after this
+    server: _Server
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)
+            self.request.do_handshake()
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("sandbox ARM: " + format, *args)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _serve(self) -> None:
+        # The body is always drained first: answering early would leave it in the
+        # keep-alive stream and corrupt the next request on this connection.
+        raw = self._read_body()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        reply = self.server.arm._dispatch(self.command, self.path, headers, raw)
+        payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+        self.send_response(reply.status)
+        for k, v in reply.headers.items():
+            self.send_header(k, v)
+        if payload:
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if payload:
+            self.wfile.write(payload)
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_PATCH(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+
+class ArmServer:
+    """HTTPS front for a ComputeState, plus the managed-identity token endpoint."""
+
+    def __init__(
+        self,
+        state: ComputeState,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: SandboxTLS | None = None,
+    ) -> None:
+        self.state = state
+        self.identity_header = secrets.token_urlsafe(24)
+        self.client_id = str(uuid.uuid4())
+        self.tenant_id = str(uuid.uuid4())
+        self.request_log: list[dict[str, Any]] = []
+        self._log_lock = threading.Lock()
+        self._tokens: dict[str, _Issued] = {}
+        self._token_lock = threading.Lock()
+        self._httpd = _Server((host, port), self, tls.server_context() if tls else None)
+        bound_host, bound_port = self._httpd.server_address[:2]
+        shown = bound_host if isinstance(bound_host, str) else bound_host.decode()
+        self.url = f"{'https' if tls else 'http'}://{shown}:{bound_port}"
+        self.identity_endpoint = self.url + "/msi/token"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="sandbox-arm", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._httpd.server_close()
+
+    def __enter__(self) -> ArmServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def issue_token(self, resource: str = "https://management.azure.com/") -> str:
+        """Mint a token as the identity endpoint would (for tests that bypass azure-identity)."""
+        now = int(time.time())
+        expires_on = now + _TOKEN_LIFETIME_S
+
+        def b64(obj: dict[str, Any]) -> str:
+            return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+        # JWT-shaped so tools that peek at claims see something plausible; it is not signed.
+        token = ".".join(
+            [
+                b64({"typ": "JWT", "alg": "none"}),
+                b64(
+                    {
+                        "aud": resource,
+                        "iss": f"https://sts.windows.net/{self.tenant_id}/",
+                        "iat": now,
+                        "nbf": now,
+                        "exp": expires_on,
+                        "appid": self.client_id,
+                        "oid": self.client_id,
+                        "tid": self.tenant_id,
+                        "jti": secrets.token_hex(8),
+                    }
+                ),
+                secrets.token_urlsafe(16),
+            ]
+        )
+        with self._token_lock:
+            self._tokens[token] = _Issued(resource.rstrip("/"), expires_on)
+        return token
+
+    # ---------------------------------------------------------------- dispatch
+
+    def _log(self, **entry: Any) -> None:
+        with self._log_lock:
+            self.request_log.append(entry)
+
+    def _dispatch(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> _Reply:
+        parts = urlsplit(target)
+        path = unquote(parts.path).rstrip("/") or "/"
+        query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        lquery = {k.lower(): v for k, v in query.items()}
+        started = time.time()
+        if path.lower() == "/msi/token":
+            reply = self._msi(method, headers, lquery)
+            self._log(
+                t=started,
+                method=method,
+                path=path,
+                query=query,
+                status=reply.status,
+                operation="msi_token",
+                write=False,
+                resource_group=None,
+                scale_set=None,
+            )
+            return reply
+
+        operation: str | None = None
+        write = False
+        handler: str | None = None
+        match: dict[str, str] = {}
+        path_known = False
+        for r_method, rx, r_op, r_write, r_handler in _ROUTES:
+            m = rx.fullmatch(path)
+            if m:
+                path_known = True
+                if r_method == method:
+                    operation, write, handler, match = r_op, r_write, r_handler, m.groupdict()
+                    break
+
+        reply = self._serve_arm(
+            method=method,
+            path=path,
+            headers=headers,
+            raw=raw,
+            query=query,
+            lquery=lquery,
+            operation=operation,
+            handler=handler,
+            match=match,
+            path_known=path_known,
+        )
+        reply.headers.setdefault("x-ms-request-id", str(uuid.uuid4()))
+        corr = headers.get("x-ms-correlation-request-id") or str(uuid.uuid4())
+        reply.headers["x-ms-correlation-request-id"] = corr
+        reply.headers["x-ms-routing-request-id"] = (
+            f"{self.state.location.upper()}:{datetime.now(UTC):%Y%m%dT%H%M%SZ}:{corr}"
+        )
+        if reply.status != 401:
+            kind = "writes" if write else "reads"
+            reply.headers[f"x-ms-ratelimit-remaining-subscription-{kind}"] = "1199" if write else "11999"
+        reply.headers.update({"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "-1"})
+        self._log(
+            t=started,
+            method=method,
+            path=path,
+            query=query,
+            status=reply.status,
+            operation=operation,
+            write=write,
+            resource_group=match.get("rg"),
+            scale_set=match.get("vmss"),
+        )
+        return reply
+
+    def _serve_arm(
+        self,
+        *,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        raw: bytes,
+        query: dict[str, str],
+        lquery: dict[str, str],
+        operation: str | None,
+        handler: str | None,
+        match: dict[str, str],
+        path_known: bool,
+    ) -> _Reply:
+        denied = self._authenticate(headers)
+        if denied is not None:
+            return denied
+        api_version = lquery.get("api-version", "")
+        if not api_version:
+            return _Reply(
+                400,
+                arm_error(
+                    "MissingApiVersionParameter",
+                    "The api-version query parameter (?api-version=) is required for all requests.",
+                ),
+            )
+        if handler is None or operation is None:
+            if path_known:
+                return _Reply(
+                    405,
+                    arm_error(
+                        "MethodNotAllowed", f"The HTTP method '{method}' is not supported at '{path}'."
+                    ),
+                )
+            return _Reply(404, arm_error("NotFound", f"No HTTP resource was found that matches '{path}'."))
+
+        fault = self.state.faults._take_request_fault(operation)
+        if fault is not None:
+            reply = _Reply(
+                fault.status,
+                arm_error(
+                    fault.code,
+                    _KNOWN_ERROR_MESSAGES.get(fault.code, f"Injected failure '{fault.code}'.")
+                    + " (injected by the sandbox)",
+                ),
+            )
+            if fault.retry_after is not None:
+                reply.headers["Retry-After"] = str(fault.retry_after)
+            return reply
+
+        body: Any = None
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                return _Reply(
+                    400,
+                    arm_error(
+                        "InvalidRequestContent",
+                        "The request content was invalid and could not be deserialized.",
+                    ),
+                )
+        ctx = _Ctx(
+            match=match,
+            query={k if not k.startswith("$") else k.lower(): v for k, v in query.items()},
+            body=body,
+            headers=headers,
+            base_url=self.url,
+            api_version=api_version,
+        )
+        state = self.state
+        try:
+            with state._transaction():
+                return getattr(state, handler)(ctx)
+        except _ApiError as err:
+            return err.reply
+        except Exception:
+            logger.exception("sandbox ARM handler %s failed", handler)
+            return _Reply(500, arm_error("InternalServerError", "The sandbox failed to process the request."))
+
+    def _authenticate(self, headers: dict[str, str]) -> _Reply | None:
+        challenge = {
+            "WWW-Authenticate": 'Bearer authorization_uri="https://login.microsoftonline.com/'
+            f'{self.tenant_id}", error="invalid_token", error_description="The authentication failed."'
+        }
+        auth = headers.get("authorization", "")
+        if not auth:
+            return _Reply(
+                401,
+                arm_error(
+                    "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing."
+                ),
+                dict(challenge),
+            )
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _Reply(
+                401,
+                arm_error(
+                    "AuthenticationFailed", "Authentication failed. The 'Authorization' header is invalid."
+                ),
+                dict(challenge),
+            )
+        with self._token_lock:
+            issued = self._tokens.get(token.strip())
+        if issued is None:
+            return _Reply(
+                401,
+                arm_error("InvalidAuthenticationToken", "The access token is invalid."),
+                dict(challenge),
+            )
+        if issued.expires_on <= time.time():
+            return _Reply(
+                401,
+                arm_error(
+                    "ExpiredAuthenticationToken",
+                    "The access token expiry UTC time is earlier than current UTC time.",
+                ),
+                dict(challenge),
+            )
+        if issued.resource not in _ARM_RESOURCES:
+            return _Reply(
+                401,
+                arm_error(
+                    "InvalidAuthenticationTokenAudience",
+                    f"The access token has been obtained for wrong audience or resource '{issued.resource}'.",
+                ),
+                dict(challenge),
+            )
+        return None
+
+    def _msi(self, method: str, headers: dict[str, str], query: dict[str, str]) -> _Reply:
+        """App Service managed identity protocol (api-version 2019-08-01)."""
+
+        def fail(status: int, message: str) -> _Reply:
+            return _Reply(
+                status, {"statusCode": status, "message": message, "correlationId": str(uuid.uuid4())}
+            )
+
+        if method != "GET":
+            return fail(405, "Only GET is supported.")
+        secret = headers.get("x-identity-header")
+        if not secret:
+            return fail(400, "The X-IDENTITY-HEADER header is required.")
+        if not secrets.compare_digest(secret, self.identity_header):
+            return fail(401, "Unauthorized: the X-IDENTITY-HEADER value does not match.")
+        fault = self.state.faults._take_request_fault("msi_token")
+        if fault is not None:
+            reply = fail(fault.status, f"Injected failure '{fault.code}' (injected by the sandbox).")
+            if fault.retry_after is not None:
+                reply.headers["Retry-After"] = str(fault.retry_after)
+            return reply
+        if not query.get("api-version"):
+            return fail(400, "The api-version query parameter is required.")
+        resource = query.get("resource")
+        if not resource:
+            return fail(400, "The resource query parameter is required.")
+        wanted = query.get("client_id")
+        if wanted and wanted != self.client_id:
+            return fail(400, f"No managed identity with client_id '{wanted}' is assigned to this app.")
+        token = self.issue_token(resource)
+        with self._token_lock:
+            expires_on = self._tokens[token].expires_on
+        return _Reply(
+            200,
+            {
+                "access_token": token,
+                "expires_on": str(expires_on),
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": self.client_id,
+            },
+        )
