@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start everything and run until SIGTERM/SIGINT")
     up.add_argument("--state-dir", type=Path, required=True)
     up.add_argument("--pools", default=DEFAULT_POOLS, help="NAME:OS:COUNT,... (default: %(default)s)")
-    up.add_argument("--runners", type=int, default=2, help="Functions runner processes (default: %(default)s)")
+    up.add_argument(
+        "--runners", type=int, default=2, help="Functions runner processes (default: %(default)s)"
+    )
     up.add_argument("--time-scale", type=float, default=0.02, help="sandbox seconds per cloud second")
     up.add_argument("--max-unavailable", default="2", help="each pool's budget, a count or a percentage")
     demo = sub.add_parser("demo", help="a whole patch run, shown live, with invariant checks")

@@ -114,7 +114,9 @@ class Sandbox:
         self.kube_server = KubeAPIServer(self.kube, tls=tls, token=self.kube_token)
         self.kube_server.start()
         self.kube_server.write_kubeconfig(self.kubeconfig_path, cluster_name=CLUSTER)
-        self.compute = ComputeState(self.world, subscription_id=SUBSCRIPTION, durations=opts.compute_durations)
+        self.compute = ComputeState(
+            self.world, subscription_id=SUBSCRIPTION, durations=opts.compute_durations
+        )
         self.arm_server = ArmServer(self.compute, tls=tls)
         self.arm_server.start()
         self.cluster = SandboxCluster(
@@ -172,7 +174,11 @@ class Sandbox:
         if windows:
             self.cluster.add_daemonset("kube-system", "kube-proxy-windows", os_name="windows")
             self.cluster.add_deployment(
-                "legacy", "iis", replicas=max(2, sum(p.count for p in windows)), os_name="windows", pdb_max_unavailable=1
+                "legacy",
+                "iis",
+                replicas=max(2, sum(p.count for p in windows)),
+                os_name="windows",
+                pdb_max_unavailable=1,
             )
 
     def pool_name_of(self, spec: PoolSpec) -> str:
