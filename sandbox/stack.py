@@ -55,6 +55,8 @@ class SandboxOptions:
     workflow: dict[str, Any] = field(default_factory=dict)
     pool_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweep_schedule: str = "*/2 * * * * *"
+    # Rare by default, so scheduled runs never surprise a test; tests trigger it on demand.
+    patch_schedule: str = "0 0 0 1 1 *"
 
 
 class Sandbox:
@@ -237,6 +239,7 @@ class Sandbox:
             "AzureWebJobsStorage": self.azurite.connection_string,
             "PATCHER_CONFIG_PATH": str(self.config_path),
             "PATCHER_SWEEP_SCHEDULE": self.options.sweep_schedule,
+            "PATCHER_SCHEDULE": self.options.patch_schedule,
             "PATCHER_ARM_ENDPOINT": self.arm_server.url,
             "KUBECONFIG_SANDBOX": str(self.kubeconfig_path),
             # The same managed-identity protocol as App Service; the sandbox serves it.

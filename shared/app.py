@@ -92,3 +92,13 @@ def _real_collaborators() -> Collaborators:
         kube=cache.kube,
         compute=cache.compute,
     )
+
+
+@lru_cache(maxsize=1)
+def automation_client() -> Any:
+    from shared.automation import AutomationClient
+
+    app_settings = settings()
+    return AutomationClient(
+        endpoint=app_settings.arm_endpoint, audience=app_settings.arm_audience, credential=azure_credential()
+    )

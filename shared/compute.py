@@ -45,6 +45,13 @@ class InstanceRef:
         return self.scale_set_id.lower() == scale_set_id.lower()
 
 
+def _scale_set_ref(scale_set_id: str) -> InstanceRef:
+    ref = parse_provider_id(f"{scale_set_id}/virtualMachines/0")
+    if ref is None:
+        raise PermanentError(f"not a scale set id: {scale_set_id}")
+    return ref
+
+
 def parse_provider_id(provider_id: str) -> InstanceRef | None:
     """``azure:///subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/
     virtualMachineScaleSets/VMSS/virtualMachines/ID`` -> its parts; None if not a VMSS VM."""
@@ -161,6 +168,92 @@ class ComputeClient:
             profile.storage_profile.image_reference if profile and profile.storage_profile else None
         )
 
+    def list_instances(self, scale_set_id: str) -> list[Instance]:
+        """Every instance of a scale set (one paged list; the model flag comes without expand)."""
+        ref = _scale_set_ref(scale_set_id)
+        try:
+            vms = list(self._client.virtual_machine_scale_set_vms.list(ref.resource_group, ref.scale_set))
+        except Exception as exc:
+            raise _translate(exc, f"list instances of {ref.scale_set}") from exc
+        return [
+            Instance(
+                instance_id=str(vm.instance_id),
+                provisioning_state=str(vm.provisioning_state or ""),
+                latest_model_applied=bool(vm.latest_model_applied),
+                image=image_label(vm.storage_profile.image_reference if vm.storage_profile else None),
+                power_state="",
+                computer_name=str(vm.os_profile.computer_name if vm.os_profile else ""),
+            )
+            for vm in vms
+        ]
+
+    def get_image_version(self, version_id: str) -> ImageVersion:
+        match = GALLERY_VERSION_RE.match(version_id)
+        if not match:
+            raise PermanentError(f"not a gallery image version id: {version_id}")
+        parts = match.groupdict()
+        try:
+            version = self._client.gallery_image_versions.get(
+                parts["resource_group"], parts["gallery"], parts["image"], parts["version"]
+            )
+        except Exception as exc:
+            raise _translate(exc, f"get image version {parts['image']}/{parts['version']}") from exc
+        profile = version.publishing_profile
+        regions = tuple(r.name for r in (profile.target_regions or [])) if profile else ()
+        return ImageVersion(
+            id=str(version.id or version_id),
+            provisioning_state=str(version.provisioning_state or ""),
+            tags=dict(version.tags or {}),
+            target_regions=regions,
+        )
+
+    def set_model_image(self, scale_set_id: str, image_id: str) -> None:
+        """Point the scale-set model at an image (instances follow on manualupgrade)."""
+        from azure.mgmt.compute.models import (
+            ImageReference,
+            VirtualMachineScaleSetUpdate,
+            VirtualMachineScaleSetUpdateProperties,
+            VirtualMachineScaleSetUpdateStorageProfile,
+            VirtualMachineScaleSetUpdateVMProfile,
+        )
+
+        ref = _scale_set_ref(scale_set_id)
+        update = VirtualMachineScaleSetUpdate(
+            properties=VirtualMachineScaleSetUpdateProperties(
+                virtual_machine_profile=VirtualMachineScaleSetUpdateVMProfile(
+                    storage_profile=VirtualMachineScaleSetUpdateStorageProfile(
+                        image_reference=ImageReference(id=image_id)
+                    )
+                )
+            )
+        )
+        self._begin(
+            f"update model of {ref.scale_set}",
+            self._client.virtual_machine_scale_sets.begin_update,
+            ref.resource_group,
+            ref.scale_set,
+            update,
+        )
+
+    def arm_request(self, method: str, path: str, *, api_version: str, body: Any = None) -> Any:
+        """A plain ARM call through the same authenticated pipeline, for operations no
+        installed SDK covers (cancelling an Update Manager run)."""
+        from azure.core.rest import HttpRequest
+
+        request = HttpRequest(method, f"{path}?api-version={api_version}", json=body)
+        try:
+            response = self._client.send_request(request)
+        except Exception as exc:
+            raise _translate(exc, f"{method} {path}") from exc
+        if response.status_code >= 400:
+            from azure.core.exceptions import HttpResponseError
+
+            raise _translate(HttpResponseError(response=response), f"{method} {path}")
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
     def begin_reimage(self, ref: InstanceRef, instance_ids: list[str]) -> str:
         from azure.mgmt.compute.models import VirtualMachineScaleSetReimageParameters
 
@@ -216,6 +309,30 @@ class ComputeClient:
         if status.lower() in ("failed", "canceled", "cancelled"):
             return LroStatus(done=True, succeeded=False, error=_operation_error(method) or status)
         return LroStatus(done=False)
+
+
+@dataclass(frozen=True)
+class ImageVersion:
+    id: str
+    provisioning_state: str
+    tags: dict[str, str]
+    target_regions: tuple[str, ...]
+
+    @property
+    def definition_id(self) -> str:
+        return self.id.rsplit("/versions/", 1)[0]
+
+    @property
+    def version(self) -> str:
+        return self.id.rsplit("/", 1)[-1]
+
+
+GALLERY_VERSION_RE = re.compile(
+    r"^/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<resource_group>[^/]+)"
+    r"/providers/Microsoft\.Compute/galleries/(?P<gallery>[^/]+)/images/(?P<image>[^/]+)"
+    r"/versions/(?P<version>[^/]+)$",
+    re.IGNORECASE,
+)
 
 
 def _start_only() -> Any:

@@ -59,6 +59,11 @@ class PoolConfig(_Model):
     drain: DrainOptions = DrainOptions()
     reimage_timeout: Seconds = Field(timedelta(minutes=60), alias="reimageTimeout")
     boot_timeout: Seconds | None = Field(None, alias="bootTimeout")
+    estimated_node_duration: Seconds | None = Field(
+        None,
+        alias="estimatedNodeDuration",
+        description="how long one node takes, to start none that could not finish before a window closes",
+    )
     window: str | None = Field(None, description="name of a maintenance window; none = any time")
     max_node_age: Seconds | None = Field(None, alias="maxNodeAge")
     reboot_required_condition: str | None = Field(
@@ -98,6 +103,12 @@ class PoolConfig(_Model):
         if self.boot_timeout is not None:
             return self.boot_timeout
         return timedelta(minutes=30) if self.os == "windows" else timedelta(minutes=15)
+
+    @property
+    def effective_node_duration(self) -> timedelta:
+        if self.estimated_node_duration is not None:
+            return self.estimated_node_duration
+        return timedelta(minutes=40) if self.os == "windows" else timedelta(minutes=20)
 
     @cached_property
     def scale_set(self) -> dict[str, str]:
@@ -242,6 +253,11 @@ class EventMappings(_Model):
         default_factory=list, alias="maintenanceConfigurations"
     )
     gallery_images: list[GalleryImageMapping] = Field(default_factory=list, alias="galleryImages")
+    automation_accounts: list[str] = Field(
+        default_factory=list,
+        alias="automationAccounts",
+        description="Automation account ids whose software update configurations the hook may read",
+    )
 
 
 class GitRepositoryConfig(_Model):

@@ -26,6 +26,7 @@ REQUEST_TIMEOUT = (5, 30)
 ANNOTATION_RUN = f"{PRODUCT_PREFIX}/run"
 ANNOTATION_STATE = f"{PRODUCT_PREFIX}/state"
 ANNOTATION_CORDONED = f"{PRODUCT_PREFIX}/cordoned-by"
+ANNOTATION_PATCHED_AT = f"{PRODUCT_PREFIX}/patched-at"
 NODE_IMAGE_LABEL = "kubernetes.azure.com/node-image-version"
 
 
@@ -162,6 +163,13 @@ class KubeClient:
         data = resp.data
         return json.loads(data) if data else {}
 
+    def server_version(self) -> str:
+        """The API server's gitVersion (``GET /version``)."""
+        from kubernetes import client
+
+        data = self._json("get version", client.VersionApi(self._api_client).get_code)
+        return str(data.get("gitVersion", ""))
+
     # ---- nodes ------------------------------------------------------------------------
     def get_node(self, name: str) -> Node:
         return Node(self._json(f"get node {name}", self._core.read_node, name))
@@ -190,13 +198,12 @@ class KubeClient:
             },
         )
 
-    def uncordon(self, name: str, *, state: str) -> Node:
+    def uncordon(self, name: str, *, state: str, patched_at: str | None = None) -> Node:
+        annotations: dict[str, str | None] = {ANNOTATION_CORDONED: None, ANNOTATION_STATE: state}
+        if patched_at:
+            annotations[ANNOTATION_PATCHED_AT] = patched_at
         return self.patch_node(
-            name,
-            {
-                "metadata": {"annotations": {ANNOTATION_CORDONED: None, ANNOTATION_STATE: state}},
-                "spec": {"unschedulable": None},
-            },
+            name, {"metadata": {"annotations": annotations}, "spec": {"unschedulable": None}}
         )
 
     def annotate_node(self, name: str, annotations: Mapping[str, str | None]) -> Node:

@@ -10,6 +10,7 @@ Node lifecycle (one message moves one node forward by one step)::
     booting --verified, uncordoned--> succeeded
     admitted --opted out / cordoned by someone else--> skipped
     draining --timeout or refusal, policy "skip": uncordoned--> deferred
+    pending --maintenance window closes before it could finish--> deferred
     pending | admitted | draining --run cancelled: uncordoned--> cancelled
     reimaging --LRO failed, attempts left--> reimaging
     any step --permanent error, retries exhausted, timeout--> failed (reason kept)
@@ -53,7 +54,10 @@ TERMINAL_NODE_STATES = frozenset(
 )
 
 NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
-    NodeState.PENDING: frozenset({NodeState.ADMITTED, NodeState.CANCELLED, NodeState.SKIPPED}),
+    # A window that closes before a pending node could finish defers it to the next one.
+    NodeState.PENDING: frozenset(
+        {NodeState.ADMITTED, NodeState.CANCELLED, NodeState.SKIPPED, NodeState.DEFERRED}
+    ),
     NodeState.ADMITTED: frozenset(
         {NodeState.DRAINING, NodeState.SKIPPED, NodeState.FAILED, NodeState.CANCELLED}
     ),
@@ -85,7 +89,10 @@ class RunState(enum.StrEnum):
 
 
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
-    RunState.PLANNED: frozenset({RunState.RUNNING, RunState.PAUSED, RunState.CANCELLED}),
+    # A planned run can end without starting a node (its window closed, every node skipped).
+    RunState.PLANNED: frozenset(
+        {RunState.RUNNING, RunState.PAUSED, RunState.CANCELLED, RunState.SUCCEEDED, RunState.FAILED}
+    ),
     RunState.RUNNING: frozenset({RunState.PAUSED, RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED}),
     RunState.PAUSED: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.FAILED}),
     RunState.SUCCEEDED: frozenset(),
@@ -131,6 +138,12 @@ class Run:
     fence: int = 0
     # Why pending nodes of a pool are not starting (budget, cluster limit), per pool.
     waiting: dict[str, str] = field(default_factory=dict)
+    # A maintenance window: no node starts before not_before, nor unless it can finish
+    # by deadline (epoch seconds; 0 = unbounded).
+    not_before: float = 0.0
+    deadline: float = 0.0
+    # What started it (event id, automation run id, schedule occurrence), for de-duplication.
+    source: str = ""
     etag: str | None = None
 
     @staticmethod

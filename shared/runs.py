@@ -34,6 +34,9 @@ class StartRequest:
     pools: Sequence[str] | None = None
     nodes: Sequence[str] | None = None
     trigger: str = "manual"
+    not_before: float = 0.0
+    deadline: float = 0.0
+    source: str = ""
 
     @classmethod
     def from_json(cls, body: Any) -> StartRequest:
@@ -76,6 +79,7 @@ class RunService:
             pools=request.pools,
             only_nodes=request.nodes,
         )
+        run.not_before, run.deadline, run.source = request.not_before, request.deadline, request.source
         active = self.deps.store.claim_cluster(cluster.name, run.id)
         if active is not None:
             raise RunConflictError(
@@ -86,7 +90,8 @@ class RunService:
         except Exception:
             self.deps.store.release_cluster(cluster.name, run.id)
             raise
-        self.deps.queue.send(WorkItem("admit", run.id))
+        delay = max(0.0, run.not_before - self.deps.clock.now())
+        self.deps.queue.send(WorkItem("admit", run.id), delay=delay)
         logger.info("run %s planned for %s: %d nodes (%s)", run.id, cluster.name, len(nodes), request.reason)
         return run
 
@@ -115,6 +120,9 @@ class RunService:
             "stateReason": run.state_reason,
             "reason": run.reason,
             "trigger": run.trigger,
+            "notBefore": iso(run.not_before) if run.not_before else None,
+            "deadline": iso(run.deadline) if run.deadline else None,
+            "source": run.source,
             "createdAt": run.created_at,
             "updatedAt": run.updated_at,
             "endedAt": run.ended_at,

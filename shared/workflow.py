@@ -307,7 +307,7 @@ def step_booting(ctx: StepContext) -> StepResult:
             problems.append(f"instance runs {instance.image}, expected {node.expected_image}")
     if not problems:
         if node.cordoned_by_us and observed.cordoned_by in (ctx.run.id, ""):
-            ctx.kube.uncordon(node.name, state=str(NodeState.SUCCEEDED))
+            ctx.kube.uncordon(node.name, state=str(NodeState.SUCCEEDED), patched_at=iso(ctx.now))
         image = image_version(node.expected_image) or "the new image"
         return StepResult(
             NodeState.SUCCEEDED,
@@ -366,6 +366,10 @@ class Workflow:
     def handle(self, item: WorkItem, *, final_attempt: bool = False) -> str:
         if item.kind == "admit":
             return self.admit(item.run)
+        if item.kind == "image":
+            from shared.intake import Intake
+
+            return Intake(self.deps).image_version(item.ref).describe()
         return self.step(item, final_attempt=final_attempt)
 
     def step(self, item: WorkItem, *, final_attempt: bool = False) -> str:
@@ -519,6 +523,9 @@ class Workflow:
             return f"run is {run.state}"
         if run.state == RunState.PAUSED:
             return "run is paused"
+        if run.not_before and now < run.not_before:
+            self.deps.queue.send(WorkItem("admit", run.id), delay=run.not_before - now)
+            return "window not open yet"
         held: dict[str, set[str]] = {}
         for n in nodes:
             if n.state.holds_slot:
@@ -534,10 +541,29 @@ class Workflow:
             store.commit(run)
             self._finish_if_done(run, nodes)
             return "circuit breaker opened"
+        cluster = self.deps.config.cluster(run.cluster)
+        if run.deadline:
+            late = [
+                n
+                for n in pending
+                if now + cluster.pool(n.pool).effective_node_duration.total_seconds() > run.deadline
+            ]
+            if late:
+                # Time only moves forward: a node that cannot finish now never will in this window.
+                for n in late:
+                    n.move_to(
+                        NodeState.DEFERRED,
+                        reason="the maintenance window closes before it could finish; "
+                        "left for the next window",
+                        at=at,
+                    )
+                    n.seq += 1
+                for i in range(0, len(late), 99):
+                    store.commit(*late[i : i + 99])
+                pending = [n for n in pending if n not in late]
         if not pending:
             self._finish_if_done(run, nodes)
             return "nothing pending"
-        cluster = self.deps.config.cluster(run.cluster)
         kube = self.deps.kube(run.cluster)
         pools_with_room = {n.pool for n in pending}
         observed: dict[str, PoolObservation] = {}

@@ -26,17 +26,21 @@ MAX_VISIBILITY_DELAY = 7 * 24 * 3600 - 1  # Azure queues refuse a longer invisib
 @dataclass(frozen=True)
 class WorkItem:
     """``kind`` "step": move ``node`` of ``run`` one step, if the record is still at ``seq``.
-    ``kind`` "admit": start as many pending nodes of ``run`` as the budgets allow."""
+    ``kind`` "admit": start as many pending nodes of ``run`` as the budgets allow.
+    ``kind`` "image": look again at gallery image version ``ref`` (still replicating)."""
 
     kind: str
     run: str
     node: str = ""
     seq: int = 0
+    ref: str = ""  # kind "image": the gallery image version to re-check
 
     def to_json(self) -> str:
         body: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": self.kind, "run": self.run}
         if self.kind == "step":
             body.update(node=self.node, seq=self.seq)
+        if self.kind == "image":
+            body.update(ref=self.ref)
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
@@ -50,6 +54,11 @@ class WorkItem:
         if data.get("v") != SCHEMA_VERSION:
             raise ValidationError(f"unsupported work item version {data.get('v')!r}")
         kind, run = data.get("kind"), data.get("run")
+        if kind == "image":
+            ref = data.get("ref")
+            if not isinstance(ref, str) or "/versions/" not in ref:
+                raise ValidationError("image work item has no image version id")
+            return cls(kind="image", run="", ref=ref)
         if not isinstance(run, str) or not run:
             raise ValidationError("work item has no run id")
         if kind == "admit":

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.compute import Instance, InstanceRef, LroStatus
+from shared.compute import ImageVersion, Instance, InstanceRef, LroStatus
 from shared.drain import Pod
 from shared.errors import NotFoundError, TemporaryError
 from shared.kube import ANNOTATION_CORDONED, EvictionResult, Node
@@ -92,6 +92,12 @@ class FakeKube:
         if self.fail_next:
             raise self.fail_next.pop(0)
 
+    api_version: str = "v1.31.4"
+
+    def server_version(self) -> str:
+        self._maybe_fail("version")
+        return self.api_version
+
     def get_node(self, name: str) -> Node:
         self._maybe_fail(f"get_node {name}")
         if name not in self.nodes:
@@ -123,7 +129,7 @@ class FakeKube:
             {"metadata": {"annotations": {ANNOTATION_CORDONED: run_id}}, "spec": {"unschedulable": True}},
         )
 
-    def uncordon(self, name: str, *, state: str) -> Node:
+    def uncordon(self, name: str, *, state: str, patched_at: str | None = None) -> Node:
         return self.patch_node(
             name, {"metadata": {"annotations": {ANNOTATION_CORDONED: None}}, "spec": {"unschedulable": None}}
         )
@@ -189,6 +195,37 @@ class FakeCompute:
         self._maybe_fail(f"get_instance {ref.instance_id}")
         inst = self.instance(ref.instance_id)
         return Instance(ref.instance_id, inst["state"], inst["latest"], inst["image"], "running", "")
+
+    scale_sets: dict[str, list[str]] = field(default_factory=dict)  # scale set id (lower) -> instance ids
+    image_versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # id (lower) -> state, tags
+    arm_calls: list[tuple[str, str, Any]] = field(default_factory=list)
+
+    def list_instances(self, scale_set_id: str) -> list[Instance]:
+        self._maybe_fail(f"list_instances {scale_set_id}")
+        out = []
+        for iid in self.scale_sets.get(scale_set_id.lower(), []):
+            inst = self.instance(iid)
+            out.append(Instance(iid, inst["state"], inst["latest"], inst["image"], "running", ""))
+        return out
+
+    def get_image_version(self, version_id: str) -> ImageVersion:
+        self._maybe_fail(f"get_image_version {version_id}")
+        found = self.image_versions.get(version_id.lower())
+        if found is None:
+            raise NotFoundError(version_id)
+        return ImageVersion(version_id, found["state"], dict(found.get("tags", {})), ("westeurope",))
+
+    def set_model_image(self, scale_set_id: str, image_id: str) -> None:
+        self._maybe_fail(f"set_model_image {scale_set_id}")
+        self.model_image = image_id.lower()
+        for iid in self.scale_sets.get(scale_set_id.lower(), []):
+            inst = self.instance(iid)
+            inst["latest"] = inst["image"] == self.model_image
+
+    def arm_request(self, method: str, path: str, *, api_version: str, body: Any = None) -> Any:
+        self._maybe_fail(f"arm {method} {path}")
+        self.arm_calls.append((method, path, body))
+        return {"properties": {"status": "Cancelled"}}
 
     def get_model_image(self, ref: InstanceRef) -> str:
         self._maybe_fail("get_model_image")

@@ -55,14 +55,20 @@ def config_dict(pools: dict[str, int], **cluster: Any) -> dict[str, Any]:
 
 class Harness:
     def __init__(
-        self, pools: dict[str, int], *, nodes_per_pool: int = 3, reimage_seconds: float = 60.0, **cluster: Any
+        self,
+        pools: dict[str, int],
+        *,
+        nodes_per_pool: int = 3,
+        reimage_seconds: float = 60.0,
+        extra_config: dict[str, Any] | None = None,
+        **cluster: Any,
     ) -> None:
         self.clock = FakeClock()
         self.kube = FakeKube()
         self.compute = FakeCompute()
         self.store = MemoryRunStore()
         self.queue = MemoryWorkQueue()
-        self.config = parse_config(config_dict(pools, **cluster))
+        self.config = parse_config({**config_dict(pools, **cluster), **(extra_config or {})})
         self.deps = Collaborators(
             store=self.store,
             queue=self.queue,
@@ -85,6 +91,7 @@ class Harness:
                 iid = f"{pool}{i}"
                 self.kube.nodes[name] = make_node(name, f"vmss-{pool}", iid, zone=str(i % 3 + 1))
                 self.instance_to_node[iid] = name
+                self.compute.scale_sets.setdefault(scale_set_id(f"vmss-{pool}").lower(), []).append(iid)
 
     def start(self, **kwargs: Any) -> str:
         run = RunService(self.deps).start(StartRequest(cluster="test", reason="test", **kwargs))
