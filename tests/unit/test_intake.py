@@ -26,7 +26,7 @@ from tests.fakes import SUB, scale_set_id
 from tests.harness import Harness
 
 PAYLOADS = Path(__file__).parent.parent / "payloads"
-MC = f"/subscriptions/{SUB}/resourceGroups/rg-maint/providers/Microsoft.Maintenance/maintenanceConfigurations/w"
+MC = f"/subscriptions/{SUB}/resourceGroups/rg-m/providers/Microsoft.Maintenance/maintenanceConfigurations/w"
 DEF = f"/subscriptions/{SUB}/resourceGroups/rg-img/providers/Microsoft.Compute/galleries/g/images/ubuntu"
 ACCOUNT = (
     f"/subscriptions/{SUB}/resourceGroups/rg-auto/providers/Microsoft.Automation/automationAccounts/acct"
