@@ -2671,6 +2671,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if method in ("HEAD", "OPTIONS"):
             raise _method_not_allowed()
+        fault = self.api.faults.take(method, path)
+        if fault is not None:
+            raise fault
         if self._discovery(method, path):
             return
         route = self._route(path)
@@ -3025,6 +3028,44 @@ class _Server(ThreadingHTTPServer):
                     conn.close()
 
 
+_FAULT_REASONS = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+
+
+class KubeFaults:
+    """Fail the next N requests that match a method and a path pattern, with a real
+    ``Status`` body: the API server's answer to overload, conflicts and internal errors."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[list[Any]] = []  # [method, compiled path regex, remaining, status]
+
+    def fail_next(self, method: str, path_pattern: str, count: int = 1, *, status: int = 500) -> None:
+        import re
+
+        with self._lock:
+            self._rules.append([method.upper(), re.compile(path_pattern), count, status])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def take(self, method: str, path: str) -> KubeError | None:
+        with self._lock:
+            for rule in self._rules:
+                if rule[2] > 0 and rule[0] in (method, "*") and rule[1].search(path):
+                    rule[2] -= 1
+                    status = int(rule[3])
+                    reason = _FAULT_REASONS.get(status, "InternalError")
+                    message = (
+                        "Operation cannot be fulfilled: the object has been modified; please apply your changes "
+                        "to the latest version and try again"
+                        if status == 409
+                        else f"sandbox fault injection: {reason}"
+                    )
+                    return KubeError(status, reason, message)
+        return None
+
+
 class KubeAPIServer:
     """Serves a ``KubeStore`` over HTTP(S) as the Kubernetes REST API."""
 
@@ -3042,6 +3083,7 @@ class KubeAPIServer:
         self.tls = tls
         self.token = token
         self.request_log: list[dict[str, Any]] = []
+        self.faults = KubeFaults()
         self._log_lock = threading.Lock()
         self._ssl_context = tls.server_context() if tls is not None else None
         self._stopping = threading.Event()

@@ -91,3 +91,34 @@ class Driver:
                 self.sandbox.kube.list("nodes"), targets=succeeded, image=image
             )
         return report
+
+    def nodes_of(self, pool: str) -> list[str]:
+        assert self.sandbox.kube
+        return sorted(
+            n["metadata"]["name"]
+            for n in self.sandbox.kube.list("nodes", label_selector=f"kubernetes.azure.com/agentpool={pool}")
+        )
+
+    def reset(self, *names: str) -> None:
+        """Undo what a fault test left behind: uncordon, forget our annotations, clear faults."""
+        assert self.sandbox.kube and self.sandbox.compute and self.sandbox.kube_server
+        self.sandbox.compute.faults.clear()
+        self.sandbox.kube_server.faults.clear()
+
+        def clean(obj: dict[str, Any]) -> None:
+            obj.get("spec", {}).pop("unschedulable", None)
+            annotations = obj["metadata"].get("annotations") or {}
+            for key in [k for k in annotations if k.startswith("vmss-node-patcher.io/")]:
+                del annotations[key]
+
+        for name in names:
+            self.sandbox.kube.mutate("nodes", None, name, clean)
+
+    def pod_on(self, node: str, namespace: str | None = None) -> dict[str, Any]:
+        assert self.sandbox.kube
+        pods = self.sandbox.kube.list("pods", namespace, field_selector=f"spec.nodeName={node}")
+        owned = [
+            p for p in pods if any(r["kind"] != "DaemonSet" for r in p["metadata"].get("ownerReferences", []))
+        ]
+        assert owned, f"no controller-owned pod on {node}"
+        return owned[0]
