@@ -3057,8 +3057,8 @@ class KubeFaults:
                     status = int(rule[3])
                     reason = _FAULT_REASONS.get(status, "InternalError")
                     message = (
-                        "Operation cannot be fulfilled: the object has been modified; please apply your changes "
-                        "to the latest version and try again"
+                        "Operation cannot be fulfilled: the object has been modified; "
+                        "please apply your changes to the latest version and try again"
                         if status == 409
                         else f"sandbox fault injection: {reason}"
                     )
