@@ -5,15 +5,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.installed
 STAMP_NPM := node_modules/.installed
+# checkov pins packaging<24 and python-dateutil<3, which pytest and kubernetes outgrow:
+# it gets a virtualenv of its own inside .venv.
+STAMP_CHECKOV := $(VENV)/checkov/.installed
 
 .PHONY: install demo test lint unit integration bench clean
 
-install: $(STAMP_PY) $(STAMP_NPM)
+install: $(STAMP_PY) $(STAMP_NPM) $(STAMP_CHECKOV)
 
 $(STAMP_PY): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+$(STAMP_CHECKOV): infra/requirements-checkov.txt $(STAMP_PY)
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet -r infra/requirements-checkov.txt
 	touch $@
 
 $(STAMP_NPM): package.json package-lock.json

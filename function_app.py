@@ -2,9 +2,17 @@
 
 import azure.functions as func
 
-from functions import automation_http, azure_events, node_work, runs_http, schedule, sweeper
+from functions import automation_http, azure_events, gitops, node_work, runs_http, schedule, sweeper
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
-for blueprint in (runs_http.bp, node_work.bp, sweeper.bp, azure_events.bp, automation_http.bp, schedule.bp):
+for blueprint in (
+    runs_http.bp,
+    node_work.bp,
+    sweeper.bp,
+    azure_events.bp,
+    automation_http.bp,
+    schedule.bp,
+    gitops.bp,
+):
     app.register_blueprint(blueprint)

@@ -1,4 +1,7 @@
-"""A simulated Azure Resource Manager for Microsoft.Compute virtual machine scale sets.
+"""A simulated Azure Resource Manager for Microsoft.Compute virtual machine scale sets,
+plus the few other resource types the patcher's triggers read: Compute Gallery image
+definitions and versions, Update Manager maintenance configurations and their runs
+(``applyUpdates``), and Automation software update configurations and their runs.
 
 Why it exists: the app talks to Azure only through the unmodified
 ``azure.mgmt.compute.ComputeManagementClient`` and ``DefaultAzureCredential``. To test
@@ -49,6 +52,52 @@ Fidelity choices (sources: Azure REST API reference, azure-docs, recorded respon
   policies are reported but not enforced.
 * Unknown instance ids in batch writes: 400 ``InvalidParameter`` "The provided instanceId
   N is not an active Virtual Machine Scale Set VM instanceId." (target ``instanceIds``).
+
+Compute Gallery (REST examples of api-version 2022-01-03 and later; the SDK sends 2026-03-03):
+
+* ``PUT .../galleries/G/images/I/versions/V`` is an LRO: 201 with ``provisioningState``
+  ``Creating`` for a new version (200 ``Updating`` for an existing one) and an
+  ``Azure-AsyncOperation`` URL served by the same Compute operations endpoint. The version
+  stays ``Creating`` for the replication time, then becomes ``Succeeded`` (or ``Failed``
+  with ``FaultInjector.fail_lro("image_version")``). ``$expand=ReplicationStatus`` adds
+  ``replicationStatus`` (``aggregatedState`` ``InProgress``/``Completed``/``Failed`` and a
+  per-region summary with ``progress``). Version names must be ``Major.Minor.Patch``.
+  A completed version write is announced to listeners as ``resource_write`` (the event
+  ARM's resource-group topic would publish as ``Microsoft.Resources.ResourceWriteSuccess``
+  or ``...Failure``), with the write's ``x-ms-correlation-request-id``.
+* Image definitions (``osType``, ``osState`` ``Generalized``, ``hyperVGeneration``,
+  ``identifier``) are created at once (201 ``Succeeded`` plus a finished async operation).
+* Scale-set models are *not* checked against the gallery: an ``imageReference.id`` may name
+  a version the sandbox does not know, as the existing tests and the demo rely on.
+
+Update Manager (``Microsoft.Maintenance``, spec 2023-09-01-preview):
+
+* ``maintenanceConfigurations/{name}`` GET/PUT (``maintenanceScope``, ``maintenanceWindow``
+  ``{startDateTime "YYYY-MM-DD hh:mm", duration "HH:mm", timeZone, recurEvery}``,
+  ``extensionProperties.InGuestPatchMode``, ``installPatches``).
+* A scheduled run is ``{configId}/providers/microsoft.maintenance/applyupdates/{yyyyMMddHHmmss}``
+  (the ``correlationId`` and ``id`` of its pre/post events). GET answers ``status``
+  ``Pending`` before the window, ``InProgress`` in it, ``Completed`` after it, ``Cancelled``
+  once cancelled, judged by the wall clock against the absolute start/end given to
+  :meth:`ComputeState.schedule_maintenance_run` (not scaled). The body id is lower-case,
+  as in the REST examples.
+* Cancel: ``PUT {correlationId}?api-version=2023-09-01-preview`` with
+  ``{"properties": {"status": "Cancel"}}`` answers **202** with ``properties.status``
+  ``"Cancel"`` (REST example ApplyUpdates_CreateOrUpdate_CancelMaintenance); later GETs say
+  ``Cancelled``; a repeated cancel answers 202 again. At or after the cancellation cut-off
+  (default start - 10 minutes, the documented "T-10") it answers 409 ``Conflict`` (the
+  spec lists 409; the exact error code Azure uses is not documented, this one is the
+  sandbox's). Older api-versions cannot cancel (400). History: ``maintenance_cancelled``.
+
+Automation (``Microsoft.Automation``, JSON shapes of the REST examples, as
+azure-mgmt-automation 2.0.0 deserialises them; it sends api-version 2024-10-23):
+
+* ``softwareUpdateConfigurations`` GET/list (list items are the collection-item shape with
+  ``frequency``/``startTime``/``nextRun`` at the top of ``properties``; ``$filter``
+  ``properties/updateConfiguration/azureVirtualMachines/any(m: m eq 'ID')``) and
+  ``softwareUpdateConfigurationRuns`` GET/list (``$filter`` on
+  ``properties/softwareUpdateConfiguration/name``, ``properties/status``, ``properties/osType``).
+  A run is ``InProgress`` for ``ComputeDurations.software_update_run``, then ``Succeeded``.
 """
 
 from __future__ import annotations
@@ -68,7 +117,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
@@ -78,7 +128,15 @@ from sandbox.world import World
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ArmServer", "ComputeDurations", "ComputeState", "FaultInjector", "WriteLimit"]
+__all__ = [
+    "CANCELLATION_CUTOFF",
+    "IMAGE_VERSION_WRITE",
+    "ArmServer",
+    "ComputeDurations",
+    "ComputeState",
+    "FaultInjector",
+    "WriteLimit",
+]
 
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -103,10 +161,35 @@ REQUEST_OPERATIONS = frozenset(
         "delete_vm",
         "poll",
         "msi_token",
+        # Compute Gallery
+        "get_gallery",
+        "list_gallery_images",
+        "get_gallery_image",
+        "put_gallery_image",
+        "list_gallery_image_versions",
+        "get_gallery_image_version",
+        "put_gallery_image_version",
+        # Update Manager
+        "list_maintenance_configurations",
+        "get_maintenance_configuration",
+        "put_maintenance_configuration",
+        "get_maintenance_run",
+        "cancel_maintenance_run",
+        # Automation
+        "get_automation_account",
+        "list_software_update_configurations",
+        "get_software_update_configuration",
+        "list_software_update_configuration_runs",
+        "get_software_update_configuration_run",
     }
 )
 # Kinds of long-running operation FaultInjector.fail_lro can target.
-LRO_KINDS = frozenset({"reimage", "reimage_all", "manualupgrade", "update_model", "delete"})
+LRO_KINDS = frozenset({"reimage", "reimage_all", "manualupgrade", "update_model", "delete", "image_version"})
+
+IMAGE_VERSION_WRITE = "Microsoft.Compute/galleries/images/versions/write"
+CANCEL_API_VERSION = "2023-09-01-preview"
+# Update Manager: "the latest time to call cancel is T-10 minutes" (pre-post-scripts-overview.md).
+CANCELLATION_CUTOFF = timedelta(minutes=10)
 
 _KNOWN_ERROR_MESSAGES = {
     "InternalExecutionError": "An internal execution error occurred. Please retry later.",
@@ -158,6 +241,8 @@ class ComputeDurations:
     model_update: float = 20.0
     scale: float = 120.0
     delete: float = 60.0
+    image_replication: float = 60.0  # a gallery version PUT: Creating -> Succeeded
+    software_update_run: float = 300.0  # an Automation software update run: InProgress -> Succeeded
 
 
 @dataclass
@@ -379,6 +464,242 @@ class _Ctx:
     api_version: str
 
 
+def _resource_not_found(type_and_name: str, resource_group: str) -> _ApiError:
+    return _ApiError(
+        404,
+        "ResourceNotFound",
+        f"The Resource '{type_and_name}' under resource group '{resource_group}' was not found. "
+        "For more details please go to https://aka.ms/ARMResourceNotFoundFix",
+    )
+
+
+def _parent_not_found(name: str) -> _ApiError:
+    return _ApiError(
+        404,
+        "ParentResourceNotFound",
+        f"Can not perform requested operation on nested resource. Parent resource '{name}' not found.",
+    )
+
+
+def _automation_error(status: int, code: str, message: str) -> _ApiError:
+    """Automation answers its own errors as a flat ``{"code", "message"}`` object."""
+    err = _ApiError(status, code, message)
+    err.reply.body = {"code": code, "message": message}
+    return err
+
+
+def _require_body(ctx: _Ctx) -> dict[str, Any]:
+    if not isinstance(ctx.body, dict):
+        raise _ApiError(
+            400, "InvalidRequestContent", "The request content was invalid and could not be deserialized."
+        )
+    return ctx.body
+
+
+def _get_ci(obj: dict[str, Any], key: str) -> Any:
+    """A JSON member looked up case-insensitively (the REST example sends ``"Status": 6``)."""
+    for k, v in obj.items():
+        if k.lower() == key.lower():
+            return v
+    return None
+
+
+def _int_query(ctx: _Ctx, name: str) -> int | None:
+    raw = ctx.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise _ApiError(400, "BadRequest", f"The value of parameter {name} is invalid.", target=name)
+    return value
+
+
+def _os_name(os_type: str) -> str:
+    os_norm = {"linux": "Linux", "windows": "Windows"}.get(os_type.lower())
+    if os_norm is None:
+        raise ValueError(f"os_type must be Linux or Windows, got {os_type!r}")
+    return os_norm
+
+
+_REGION_NAMES = {
+    "westeurope": "West Europe",
+    "northeurope": "North Europe",
+    "swedencentral": "Sweden Central",
+    "germanywestcentral": "Germany West Central",
+    "uksouth": "UK South",
+    "eastus": "East US",
+    "eastus2": "East US 2",
+    "westus": "West US",
+    "westus2": "West US 2",
+    "westus3": "West US 3",
+    "centralus": "Central US",
+}
+
+
+def _region_display_name(name: str) -> str:
+    """Compute reports gallery target regions by display name ("West Europe")."""
+    return _REGION_NAMES.get(name.replace(" ", "").lower(), name)
+
+
+_VERSION_NAME = re.compile(r"(\d{1,10})\.(\d{1,10})\.(\d{1,10})")
+
+
+def _version_key(v: Any) -> tuple[int, ...]:
+    return tuple(int(p) for p in v.name.split("."))
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _zulu(value: datetime) -> str:
+    return _as_utc(value).isoformat().replace("+00:00", "Z")
+
+
+def _api_version_at_least(api_version: str, minimum: str) -> bool:
+    """Compare ``YYYY-MM-DD[-preview]`` api-versions by date (a preview ranks below its GA)."""
+
+    def key(v: str) -> tuple[str, int]:
+        return v[:10], 0 if v[10:].lower().startswith("-preview") else 1
+
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(-preview)?", api_version, re.IGNORECASE):
+        return False
+    return key(api_version) >= key(minimum)
+
+
+_MAINTENANCE_SCOPES = frozenset(
+    {"Host", "Resource", "OSImage", "Extension", "InGuestPatch", "SQLDB", "SQLManagedInstance"}
+)
+_CANCEL_ENUM = 6  # UpdateStatus.Cancel as a number, as the REST example sends it
+_MC_ID = re.compile(
+    r"/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)"
+    r"/providers/microsoft\.maintenance/maintenanceconfigurations/(?P<name>[^/]+)",
+    re.IGNORECASE,
+)
+_RUN_ID = re.compile(
+    r"(?P<config>.+)/providers/microsoft\.maintenance/applyupdates/(?P<run>[^/]+)", re.IGNORECASE
+)
+_AA_ID = re.compile(
+    r"/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)"
+    r"/providers/microsoft\.automation/automationaccounts/(?P<name>[^/]+)",
+    re.IGNORECASE,
+)
+_VM_FILTER = re.compile(
+    r"\s*properties/updateConfiguration/azureVirtualMachines/any\(\s*(?P<var>\w+)\s*:\s*(?P=var)"
+    r"\s+eq\s+'(?P<vm>[^']*)'\s*\)\s*",
+    re.IGNORECASE,
+)
+_RUN_FILTER = re.compile(r"\s*(?P<field>properties/[A-Za-z/]+)\s+eq\s+'(?P<value>[^']*)'\s*", re.IGNORECASE)
+_RUN_FILTER_FIELDS = {
+    "properties/softwareupdateconfiguration/name": "config",
+    "properties/status": "status",
+    "properties/ostype": "os",
+}
+
+
+@dataclass
+class _ImageVersion:
+    name: str
+    location: str
+    tags: dict[str, str]
+    target_regions: list[dict[str, Any]]
+    storage_profile: dict[str, Any]
+    published_date: str
+    exclude_from_latest: bool = False
+    end_of_life_date: str | None = None
+    provisioning_state: str = "Creating"
+    failure: dict[str, str] | None = None
+    op_id: str | None = None
+    task_seq: int = 0
+    replicating_since: float = 0.0  # monotonic
+    replicating_for: float = 0.0  # sandbox seconds
+
+
+@dataclass
+class _GalleryImage:
+    name: str
+    location: str
+    os_type: str
+    os_state: str
+    hyper_v_generation: str
+    identifier: dict[str, str]
+    tags: dict[str, str]
+    architecture: str = "x64"
+    description: str | None = None
+    versions: dict[str, _ImageVersion] = field(default_factory=dict)
+
+
+@dataclass
+class _Gallery:
+    resource_group: str
+    name: str
+    location: str
+    images: dict[str, _GalleryImage] = field(default_factory=dict)
+
+
+@dataclass
+class _MaintenanceRun:
+    name: str  # yyyyMMddHHmmss of the window start
+    correlation_id: str
+    start: datetime
+    end: datetime
+    cutoff: datetime
+    scheduled_at: datetime
+    cancelled_at: datetime | None = None
+
+
+@dataclass
+class _MaintenanceConfig:
+    resource_group: str
+    name: str
+    location: str
+    tags: dict[str, str]
+    properties: dict[str, Any]
+    runs: dict[str, _MaintenanceRun] = field(default_factory=dict)
+
+
+@dataclass
+class _UpdateConfig:
+    name: str
+    os: str  # Linux | Windows
+    vm_ids: list[str]
+    duration: str
+    created: str
+    start_time: str
+    pre_task: str | None = None
+    post_task: str | None = None
+
+
+@dataclass
+class _UpdateRun:
+    run_id: str
+    config: str
+    os: str
+    duration: str
+    computer_count: int
+    start_time: str
+    pre_task: str | None
+    post_task: str | None
+    status: str = "InProgress"
+    end_time: str | None = None
+    modified: str = field(default_factory=_iso)
+    pre_job: str = field(default_factory=lambda: str(uuid.uuid4()))
+    post_job: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass
+class _AutomationAccount:
+    resource_group: str
+    name: str
+    location: str
+    created: str
+    configs: dict[str, _UpdateConfig] = field(default_factory=dict)
+    runs: dict[str, _UpdateRun] = field(default_factory=dict)
+
+
 # --------------------------------------------------------------------------- compute state
 
 
@@ -403,6 +724,9 @@ class ComputeState:
         self.page_size = 50  # VMs per page of the list API (Compute's own page size varies)
         self._lock = threading.RLock()
         self._scale_sets: dict[tuple[str, str], _ScaleSet] = {}
+        self._galleries: dict[tuple[str, str], _Gallery] = {}
+        self._maintenance: dict[tuple[str, str], _MaintenanceConfig] = {}
+        self._automation: dict[tuple[str, str], _AutomationAccount] = {}
         self._operations: dict[str, _Operation] = {}
         self._listeners: list[Listener] = []
         self._pending_events: list[tuple[str, dict[str, Any]]] = []
@@ -712,11 +1036,17 @@ class ComputeState:
         if sub.lower() != self.subscription_id.lower():
             raise _ApiError(404, "SubscriptionNotFound", f"The subscription '{sub}' could not be found.")
 
+    def _require_group(self, rg: str) -> None:
+        """A resource group exists when the sandbox holds any resource in it."""
+        key = rg.lower()
+        stores: list[Any] = [self._scale_sets, self._galleries, self._maintenance, self._automation]
+        if not any(k[0] == key for store in stores for k in store):
+            raise _ApiError(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+
     def _lookup(self, ctx: _Ctx, *, parent: bool = False) -> _ScaleSet:
         self._check_subscription(ctx)
         rg, name = ctx.match["rg"], ctx.match["vmss"]
-        if not any(k[0] == rg.lower() for k in self._scale_sets):
-            raise _ApiError(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+        self._require_group(rg)
         ss = self._scale_sets.get((rg.lower(), name.lower()))
         if ss is None:
             if parent:
@@ -791,8 +1121,8 @@ class ComputeState:
     def _api_list_scale_sets(self, ctx: _Ctx) -> _Reply:
         self._check_subscription(ctx)
         rg = ctx.match.get("rg")
-        if rg is not None and not any(k[0] == rg.lower() for k in self._scale_sets):
-            raise _ApiError(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+        if rg is not None:
+            self._require_group(rg)
         items = [
             self._scale_set_json(ss)
             for key, ss in sorted(self._scale_sets.items())
@@ -1250,6 +1580,1138 @@ class ComputeState:
     def _error_message(code: str) -> str:
         return _KNOWN_ERROR_MESSAGES.get(code, f"The operation failed with error code '{code}'.")
 
+    # ================================================================ Compute Gallery
+
+    def add_gallery_image(
+        self,
+        resource_group: str,
+        gallery: str,
+        image: str,
+        *,
+        os_type: str,
+        hyper_v_generation: str = "V2",
+        identifier: dict[str, str] | None = None,
+    ) -> str:
+        """Create an image definition (and its gallery if needed); returns its resource id.
+
+        Adding a definition that exists with the same OS type is a no-op.
+        """
+        os_norm = _os_name(os_type)
+        with self._transaction():
+            g = self._galleries.get((resource_group.lower(), gallery.lower()))
+            if g is None:
+                g = _Gallery(resource_group=resource_group, name=gallery, location=self.location)
+                self._galleries[(resource_group.lower(), gallery.lower())] = g
+                self.world.history.append("gallery_added", resource_group=resource_group, gallery=gallery)
+            img = g.images.get(image.lower())
+            if img is not None:
+                if img.os_type != os_norm:
+                    raise ValueError(f"image definition {gallery}/{image} exists with osType {img.os_type}")
+                return self._image_id(g, img)
+            img = _GalleryImage(
+                name=image,
+                location=self.location,
+                os_type=os_norm,
+                os_state="Generalized",
+                hyper_v_generation=hyper_v_generation,
+                identifier=dict(identifier or {"publisher": "sandbox", "offer": gallery, "sku": image}),
+                tags={},
+            )
+            g.images[image.lower()] = img
+            self.world.history.append(
+                "gallery_image_added",
+                resource_id=self._image_id(g, img),
+                os_type=os_norm,
+            )
+            return self._image_id(g, img)
+
+    def publish_image_version(
+        self,
+        resource_group: str,
+        gallery: str,
+        image: str,
+        version: str,
+        *,
+        tags: dict[str, str] | None = None,
+        replicate_seconds: float = 60.0,
+        target_regions: list[str] | None = None,
+    ) -> str:
+        """What a ``PUT .../versions/{version}`` does, without HTTP; returns the version id.
+
+        The version is ``Creating`` for ``replicate_seconds`` cloud seconds, then
+        ``Succeeded`` (0 or less: at once). Its completion is announced as
+        ``resource_write``, like a PUT through the API.
+        """
+        with self._transaction():
+            g = self._galleries.get((resource_group.lower(), gallery.lower()))
+            img = g.images.get(image.lower()) if g else None
+            if g is None or img is None:
+                raise KeyError(f"no image definition {resource_group}/{gallery}/{image}")
+            if not _VERSION_NAME.fullmatch(version):
+                raise ValueError(f"gallery image version names are Major.Minor.Patch, got {version!r}")
+            current = img.versions.get(version)
+            if current is not None and current.provisioning_state in ("Creating", "Updating"):
+                raise ValueError(f"image version {version} is still {current.provisioning_state}")
+            body: dict[str, Any] = {"location": self.location, "tags": dict(tags or {})}
+            if target_regions:
+                body["properties"] = {
+                    "publishingProfile": {"targetRegions": [{"name": r} for r in target_regions]}
+                }
+            v, _ = self._write_version(
+                g,
+                img,
+                version,
+                body,
+                correlation_id=str(uuid.uuid4()),
+                api_version=None,
+                replicate_seconds=replicate_seconds,
+                op=None,
+            )
+            return self._version_id(g, img, v)
+
+    # ---------------------------------------------------------------- gallery ids and JSON
+
+    def _gallery_id(self, g: _Gallery) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{g.resource_group}"
+            f"/providers/Microsoft.Compute/galleries/{g.name}"
+        )
+
+    def _image_id(self, g: _Gallery, img: _GalleryImage) -> str:
+        return f"{self._gallery_id(g)}/images/{img.name}"
+
+    def _version_id(self, g: _Gallery, img: _GalleryImage, v: _ImageVersion) -> str:
+        return f"{self._image_id(g, img)}/versions/{v.name}"
+
+    def _gallery_json(self, g: _Gallery) -> dict[str, Any]:
+        return {
+            "id": self._gallery_id(g),
+            "name": g.name,
+            "type": "Microsoft.Compute/galleries",
+            "location": g.location,
+            "tags": {},
+            "properties": {
+                "identifier": {"uniqueName": f"{self.subscription_id}-{g.name.upper()}"},
+                "provisioningState": "Succeeded",
+            },
+        }
+
+    def _gallery_image_json(self, g: _Gallery, img: _GalleryImage) -> dict[str, Any]:
+        props: dict[str, Any] = {
+            "osType": img.os_type,
+            "osState": img.os_state,
+            "hyperVGeneration": img.hyper_v_generation,
+            "identifier": dict(img.identifier),
+            "architecture": img.architecture,
+            "provisioningState": "Succeeded",
+        }
+        if img.description is not None:
+            props["description"] = img.description
+        return {
+            "id": self._image_id(g, img),
+            "name": img.name,
+            "type": "Microsoft.Compute/galleries/images",
+            "location": img.location,
+            "tags": dict(img.tags),
+            "properties": props,
+        }
+
+    def _image_version_json(
+        self, g: _Gallery, img: _GalleryImage, v: _ImageVersion, *, replication: bool = False
+    ) -> dict[str, Any]:
+        publishing: dict[str, Any] = {
+            "targetRegions": deepcopy(v.target_regions),
+            "replicaCount": 1,
+            "excludeFromLatest": v.exclude_from_latest,
+            "publishedDate": v.published_date,
+            "storageAccountType": "Standard_LRS",
+            "replicationMode": "Full",
+        }
+        if v.end_of_life_date is not None:
+            publishing["endOfLifeDate"] = v.end_of_life_date
+        props: dict[str, Any] = {
+            "publishingProfile": publishing,
+            "storageProfile": deepcopy(v.storage_profile),
+            "safetyProfile": {
+                "allowDeletionOfReplicatedLocations": True,
+                "reportedForPolicyViolation": False,
+            },
+            "provisioningState": v.provisioning_state,
+        }
+        if replication:
+            props["replicationStatus"] = self._replication_status(v)
+        return {
+            "id": self._version_id(g, img, v),
+            "name": v.name,
+            "type": "Microsoft.Compute/galleries/images/versions",
+            "location": v.location,
+            "tags": dict(v.tags),
+            "properties": props,
+        }
+
+    @staticmethod
+    def _replication_status(v: _ImageVersion) -> dict[str, Any]:
+        if v.provisioning_state == "Succeeded":
+            aggregated, state, progress, details = "Completed", "Completed", 100, ""
+        elif v.provisioning_state == "Failed":
+            failure = v.failure or {}
+            aggregated, state, progress = "Failed", "Failed", 0
+            details = failure.get("message", "")
+        else:
+            elapsed = time.monotonic() - v.replicating_since
+            fraction = 1.0 if v.replicating_for <= 0 else min(1.0, elapsed / v.replicating_for)
+            aggregated, state, progress, details = (
+                "InProgress",
+                "Replicating",
+                min(99, int(fraction * 100)),
+                "",
+            )
+        return {
+            "aggregatedState": aggregated,
+            "summary": [
+                {"region": r["name"], "state": state, "details": details, "progress": progress}
+                for r in v.target_regions
+            ],
+        }
+
+    def _target_region(self, raw: Any) -> dict[str, Any]:
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise _ApiError(
+                400,
+                "InvalidParameter",
+                "The value of parameter publishingProfile.targetRegions is invalid.",
+                target="publishingProfile.targetRegions",
+            )
+        region: dict[str, Any] = {
+            "name": _region_display_name(raw["name"]),
+            "regionalReplicaCount": int(raw.get("regionalReplicaCount") or 1),
+            "storageAccountType": raw.get("storageAccountType") or "Standard_LRS",
+        }
+        if raw.get("excludeFromLatest") is not None:
+            region["excludeFromLatest"] = bool(raw["excludeFromLatest"])
+        return region
+
+    # ---------------------------------------------------------------- gallery writes
+
+    def _write_version(
+        self,
+        g: _Gallery,
+        img: _GalleryImage,
+        name: str,
+        body: dict[str, Any],
+        *,
+        correlation_id: str,
+        api_version: str | None,
+        replicate_seconds: float,
+        op: _Operation | None,
+    ) -> tuple[_ImageVersion, bool]:
+        props = body.get("properties") or {}
+        publishing = props.get("publishingProfile") or {}
+        location = str(body.get("location") or self.location)
+        regions = [self._target_region(r) for r in publishing.get("targetRegions") or [{"name": location}]]
+        storage = deepcopy(props.get("storageProfile") or {})
+        storage.setdefault("osDiskImage", {"sizeInGB": 30, "hostCaching": "ReadOnly"})
+        storage.setdefault("dataDiskImages", [])
+        v = img.versions.get(name)
+        created = v is None
+        if v is None:
+            v = _ImageVersion(
+                name=name,
+                location=location,
+                tags={},
+                target_regions=regions,
+                storage_profile=storage,
+                published_date=_iso(),
+            )
+            img.versions[name] = v
+        else:
+            v.provisioning_state = "Updating"
+        v.tags = {str(k): str(val) for k, val in (body.get("tags") or {}).items()}
+        v.target_regions, v.storage_profile = regions, storage
+        v.exclude_from_latest = bool(publishing.get("excludeFromLatest") or False)
+        v.end_of_life_date = publishing.get("endOfLifeDate")
+        v.failure = None
+        v.op_id = op.op_id if op else None
+        v.task_seq += 1
+        delay = self.world.clock.seconds(max(0.0, replicate_seconds))
+        v.replicating_since, v.replicating_for = time.monotonic(), delay
+        fail_code = self.faults._take_lro_fault("image_version")
+        version_id = self._version_id(g, img, v)
+        self.world.history.append(
+            "image_version_write_started",
+            resource_id=version_id,
+            created=created,
+            correlation_id=correlation_id,
+            tags=dict(v.tags),
+        )
+        key = (g.resource_group.lower(), g.name.lower(), img.name.lower(), name)
+        seq = v.task_seq
+
+        def finish() -> None:
+            self._finish_version(key, seq, fail_code, correlation_id, api_version)
+
+        if delay <= 0:
+            finish()
+        else:
+            self.world.scheduler.call_later(delay, finish)
+        return v, created
+
+    def _finish_version(
+        self,
+        key: tuple[str, str, str, str],
+        seq: int,
+        fail_code: str | None,
+        correlation_id: str,
+        api_version: str | None,
+    ) -> None:
+        with self._transaction():
+            g = self._galleries.get(key[:2])
+            img = g.images.get(key[2]) if g else None
+            v = img.versions.get(key[3]) if img else None
+            if g is None or img is None or v is None or v.task_seq != seq:
+                return
+            op = self._operations.get(v.op_id or "")
+            v.op_id = None
+            if fail_code is not None:
+                v.provisioning_state = "Failed"
+                v.failure = {"code": fail_code, "message": self._error_message(fail_code)}
+            else:
+                v.provisioning_state = "Succeeded"
+            if op is not None:
+                op.fail_code, op.model_pending = fail_code, False
+                self._maybe_finish_op(op)
+            version_id = self._version_id(g, img, v)
+            status = v.provisioning_state
+            self.world.history.append(
+                "image_version_published",
+                resource_id=version_id,
+                status=status,
+                correlation_id=correlation_id,
+                tags=dict(v.tags),
+            )
+            url = f"https://management.azure.com{version_id}"
+            if api_version:
+                url += f"?api-version={api_version}"
+            self._pending_events.append(
+                (
+                    "resource_write",
+                    {
+                        "resource_id": version_id,
+                        "operation_name": IMAGE_VERSION_WRITE,
+                        "status": status,
+                        "resource_provider": "Microsoft.Compute",
+                        "subscription_id": self.subscription_id,
+                        "resource_group": g.resource_group,
+                        "correlation_id": correlation_id,
+                        "http_method": "PUT",
+                        "http_url": url,
+                        "tags": dict(v.tags),
+                    },
+                )
+            )
+
+    # ---------------------------------------------------------------- gallery API
+
+    def _lookup_gallery(self, ctx: _Ctx, *, parent: bool = False) -> _Gallery:
+        self._check_subscription(ctx)
+        rg, name = ctx.match["rg"], ctx.match["gallery"]
+        self._require_group(rg)
+        g = self._galleries.get((rg.lower(), name.lower()))
+        if g is None:
+            if parent:
+                raise _parent_not_found(name)
+            raise _resource_not_found(f"Microsoft.Compute/galleries/{name}", rg)
+        return g
+
+    def _lookup_gallery_image(self, ctx: _Ctx, *, parent: bool = False) -> tuple[_Gallery, _GalleryImage]:
+        g = self._lookup_gallery(ctx, parent=True)
+        name = ctx.match["image"]
+        img = g.images.get(name.lower())
+        if img is None:
+            if parent:
+                raise _parent_not_found(f"{g.name}/{name}")
+            raise _resource_not_found(f"Microsoft.Compute/galleries/{g.name}/images/{name}", g.resource_group)
+        return g, img
+
+    def _api_get_gallery(self, ctx: _Ctx) -> _Reply:
+        return _Reply(200, self._gallery_json(self._lookup_gallery(ctx)))
+
+    def _api_list_gallery_images(self, ctx: _Ctx) -> _Reply:
+        g = self._lookup_gallery(ctx, parent=True)
+        items = [self._gallery_image_json(g, img) for _, img in sorted(g.images.items())]
+        return _Reply(200, {"value": items})
+
+    def _api_get_gallery_image(self, ctx: _Ctx) -> _Reply:
+        g, img = self._lookup_gallery_image(ctx)
+        return _Reply(200, self._gallery_image_json(g, img))
+
+    def _api_put_gallery_image(self, ctx: _Ctx) -> _Reply:
+        g = self._lookup_gallery(ctx, parent=True)
+        body = _require_body(ctx)
+        if not body.get("location"):
+            raise _ApiError(400, "LocationRequired", "The location property is required for this definition.")
+        props = body.get("properties") or {}
+        os_type = props.get("osType")
+        identifier = props.get("identifier")
+        if os_type not in ("Linux", "Windows"):
+            raise _ApiError(
+                400,
+                "InvalidParameter",
+                "The value of parameter galleryImage.properties.osType is invalid.",
+                target="galleryImage.properties.osType",
+            )
+        if not isinstance(identifier, dict) or not all(
+            identifier.get(k) for k in ("publisher", "offer", "sku")
+        ):
+            raise _ApiError(
+                400,
+                "InvalidParameter",
+                "Required parameter 'galleryImage.properties.identifier' is missing (null).",
+                target="galleryImage.properties.identifier",
+            )
+        name = ctx.match["image"]
+        img = g.images.get(name.lower())
+        created = img is None
+        if img is None:
+            img = _GalleryImage(
+                name=name,
+                location=str(body["location"]),
+                os_type=os_type,
+                os_state=str(props.get("osState") or "Generalized"),
+                hyper_v_generation=str(props.get("hyperVGeneration") or "V1"),
+                identifier={k: str(identifier[k]) for k in ("publisher", "offer", "sku")},
+                tags={},
+            )
+            g.images[name.lower()] = img
+        elif img.os_type != os_type:
+            raise _ApiError(
+                409,
+                "PropertyChangeNotAllowed",
+                "Changing property 'galleryImage.properties.osType' is not allowed.",
+                target="galleryImage.properties.osType",
+            )
+        img.tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items()}
+        img.description = props.get("description")
+        if props.get("architecture"):
+            img.architecture = str(props["architecture"])
+        self.world.history.append(
+            "gallery_image_added" if created else "gallery_image_updated",
+            resource_id=self._image_id(g, img),
+            os_type=img.os_type,
+        )
+        op = self._finished_op("gallery_image", self._image_id(g, img))
+        headers = {"Azure-AsyncOperation": self._op_urls(ctx, op.op_id)[0], "x-ms-request-id": op.op_id}
+        return _Reply(201 if created else 200, self._gallery_image_json(g, img), headers)
+
+    def _api_list_gallery_image_versions(self, ctx: _Ctx) -> _Reply:
+        g, img = self._lookup_gallery_image(ctx, parent=True)
+        items = [self._image_version_json(g, img, v) for v in sorted(img.versions.values(), key=_version_key)]
+        return _Reply(200, {"value": items})
+
+    def _api_get_gallery_image_version(self, ctx: _Ctx) -> _Reply:
+        g, img = self._lookup_gallery_image(ctx, parent=True)
+        name = ctx.match["version"]
+        v = img.versions.get(name)
+        if v is None:
+            raise _resource_not_found(
+                f"Microsoft.Compute/galleries/{g.name}/images/{img.name}/versions/{name}", g.resource_group
+            )
+        expand = ctx.query.get("$expand", "").lower()
+        if expand and expand not in ("replicationstatus", "uefisettings"):
+            raise _ApiError(
+                400,
+                "InvalidParameter",
+                f"The value '{ctx.query['$expand']}' of parameter '$expand' is invalid.",
+                target="$expand",
+            )
+        return _Reply(200, self._image_version_json(g, img, v, replication=expand == "replicationstatus"))
+
+    def _api_put_gallery_image_version(self, ctx: _Ctx) -> _Reply:
+        g, img = self._lookup_gallery_image(ctx, parent=True)
+        name = ctx.match["version"]
+        if not _VERSION_NAME.fullmatch(name):
+            raise _ApiError(
+                400,
+                "InvalidParameter",
+                f"The gallery image version name '{name}' is invalid. It must follow the "
+                "Major(int32).Minor(int32).Patch(int32) format.",
+                target="galleryImageVersionName",
+            )
+        body = _require_body(ctx)
+        if not body.get("location"):
+            raise _ApiError(400, "LocationRequired", "The location property is required for this definition.")
+        current = img.versions.get(name)
+        if current is not None and current.provisioning_state in ("Creating", "Updating"):
+            raise _ApiError(
+                409,
+                "OperationNotAllowed",
+                f"Operation 'Update' is not allowed on gallery image version '{name}' since a previous "
+                "operation on it is still in progress. Please retry after it completes.",
+            )
+        version_id = f"{self._image_id(g, img)}/versions/{name}"  # the op's key: the resource it writes
+        op = _Operation(
+            op_id=str(uuid.uuid4()),
+            kind="image_version",
+            key=("gallery", version_id.lower()),
+            start_time=_iso(),
+            fail_code=None,
+            model_pending=True,
+        )
+        self._operations[op.op_id] = op
+        v, created = self._write_version(
+            g,
+            img,
+            name,
+            body,
+            correlation_id=ctx.headers.get("x-ms-correlation-request-id") or str(uuid.uuid4()),
+            api_version=ctx.api_version,
+            replicate_seconds=self.durations.image_replication,
+            op=op,
+        )
+        headers = {"Azure-AsyncOperation": self._op_urls(ctx, op.op_id)[0], "x-ms-request-id": op.op_id}
+        # A zero replication time finishes inside _write_version: answer what the resource is now.
+        return _Reply(201 if created else 200, self._image_version_json(g, img, v), headers)
+
+    def _finished_op(self, kind: str, resource_id: str) -> _Operation:
+        """An async operation that is already done (for writes Compute finishes at once)."""
+        now = _iso()
+        op = _Operation(
+            op_id=str(uuid.uuid4()),
+            kind=kind,
+            key=("resource", resource_id.lower()),
+            start_time=now,
+            fail_code=None,
+            status="Succeeded",
+            end_time=now,
+        )
+        self._operations[op.op_id] = op
+        return op
+
+    # ================================================================ Update Manager (Microsoft.Maintenance)
+
+    def add_maintenance_configuration(
+        self,
+        resource_group: str,
+        name: str,
+        *,
+        location: str | None = None,
+        window: dict[str, str] | None = None,
+    ) -> str:
+        """An InGuestPatch maintenance configuration (weekly window by default); returns its id."""
+        with self._transaction():
+            key = (resource_group.lower(), name.lower())
+            if key in self._maintenance:
+                raise ValueError(f"maintenance configuration {resource_group}/{name} already exists")
+            now = datetime.now(UTC)
+            props: dict[str, Any] = {
+                "namespace": "Microsoft.Maintenance",
+                "extensionProperties": {"InGuestPatchMode": "User"},
+                "maintenanceScope": "InGuestPatch",
+                "maintenanceWindow": {
+                    "startDateTime": now.strftime("%Y-%m-%d %H:%M"),
+                    "expirationDateTime": "9999-12-31 23:59",
+                    "duration": "03:55",
+                    "timeZone": "UTC",
+                    "recurEvery": "1Week Saturday",
+                    **(window or {}),
+                },
+                "visibility": "Custom",
+                "installPatches": {
+                    "rebootSetting": "IfRequired",
+                    "linuxParameters": {
+                        "classificationsToInclude": ["Critical", "Security"],
+                        "packageNameMasksToExclude": [],
+                        "packageNameMasksToInclude": [],
+                    },
+                    "windowsParameters": {
+                        "classificationsToInclude": ["Critical", "Security"],
+                        "kbNumbersToExclude": [],
+                        "kbNumbersToInclude": [],
+                        "excludeKbsRequiringReboot": False,
+                    },
+                },
+            }
+            mc = _MaintenanceConfig(
+                resource_group=resource_group,
+                name=name,
+                location=location or self.location,
+                tags={},
+                properties=props,
+            )
+            self._maintenance[key] = mc
+            self.world.history.append("maintenance_configuration_added", resource_id=self._mc_id(mc))
+            return self._mc_id(mc)
+
+    def schedule_maintenance_run(
+        self, config_id: str, start: datetime, end: datetime, *, cutoff: datetime | None = None
+    ) -> tuple[str, str]:
+        """Schedule one run of a configuration's window; returns ``(run_id, correlation_id)``.
+
+        ``run_id`` is the applyUpdates name (``yyyyMMddHHmmss`` of ``start``, UTC);
+        ``correlation_id`` is the run's resource id, exactly as the pre/post events carry
+        it in ``id`` and ``data.correlationId``. ``start``/``end``/``cutoff`` are absolute
+        wall-clock instants (naive means UTC); the cut-off defaults to start - 10 minutes.
+        Listeners get ``maintenance_scheduled`` now, then ``maintenance_started`` and
+        ``maintenance_completed`` at the window's start and end unless it is cancelled.
+        """
+        start_utc, end_utc = _as_utc(start), _as_utc(end)
+        if end_utc <= start_utc:
+            raise ValueError("a maintenance window must end after it starts")
+        cutoff_utc = _as_utc(cutoff) if cutoff is not None else start_utc - CANCELLATION_CUTOFF
+        with self._transaction():
+            mc = self._maintenance_from_id(config_id)
+            name = start_utc.strftime("%Y%m%d%H%M%S")
+            if name in mc.runs:
+                raise ValueError(f"{config_id} already has a run starting at {name}")
+            run = _MaintenanceRun(
+                name=name,
+                correlation_id=f"{self._mc_id(mc)}/providers/microsoft.maintenance/applyupdates/{name}",
+                start=start_utc,
+                end=end_utc,
+                cutoff=cutoff_utc,
+                scheduled_at=datetime.now(UTC),
+            )
+            mc.runs[name] = run
+            self._announce("maintenance_scheduled", self._run_event(mc, run))
+            key = (mc.resource_group.lower(), mc.name.lower())
+            for when, kind in ((start_utc, "maintenance_started"), (end_utc, "maintenance_completed")):
+                delay = max(0.0, (when - datetime.now(UTC)).total_seconds())
+                self.world.scheduler.call_later(delay, partial(self._maintenance_tick, key, name, kind))
+            return name, run.correlation_id
+
+    def maintenance_run(self, correlation_id: str) -> dict[str, Any]:
+        """The run as ``GET {correlationId}`` answers it (``properties.status`` etc.)."""
+        with self._lock:
+            mc, run = self._find_run(correlation_id)
+            return self._apply_update_json(mc, run)
+
+    # ---------------------------------------------------------------- maintenance helpers
+
+    def _mc_id(self, mc: _MaintenanceConfig) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{mc.resource_group}"
+            f"/providers/Microsoft.Maintenance/maintenanceConfigurations/{mc.name}"
+        )
+
+    def _maintenance_from_id(self, config_id: str) -> _MaintenanceConfig:
+        m = _MC_ID.fullmatch(config_id.rstrip("/"))
+        if m is None or m["sub"].lower() != self.subscription_id.lower():
+            raise KeyError(f"not a maintenance configuration id of this subscription: {config_id}")
+        mc = self._maintenance.get((m["rg"].lower(), m["name"].lower()))
+        if mc is None:
+            raise KeyError(f"no maintenance configuration {config_id}")
+        return mc
+
+    def _find_run(self, correlation_id: str) -> tuple[_MaintenanceConfig, _MaintenanceRun]:
+        m = _RUN_ID.fullmatch(correlation_id.rstrip("/"))
+        if m is None:
+            raise KeyError(f"not a maintenance run id: {correlation_id}")
+        mc = self._maintenance_from_id(m["config"])
+        run = mc.runs.get(m["run"])
+        if run is None:
+            raise KeyError(f"no maintenance run {correlation_id}")
+        return mc, run
+
+    @staticmethod
+    def _run_status(run: _MaintenanceRun, now: datetime) -> str:
+        if run.cancelled_at is not None:
+            return "Cancelled"
+        if now < run.start:
+            return "Pending"
+        return "InProgress" if now < run.end else "Completed"
+
+    def _apply_update_json(
+        self, mc: _MaintenanceConfig, run: _MaintenanceRun, *, status: str | None = None
+    ) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        if run.cancelled_at is not None:
+            updated = run.cancelled_at
+        elif now >= run.end:
+            updated = run.end
+        elif now >= run.start:
+            updated = run.start
+        else:
+            updated = run.scheduled_at
+        return {
+            "id": run.correlation_id.lower(),
+            "name": run.name,
+            "type": "Microsoft.Maintenance/applyUpdates",
+            "properties": {
+                "status": status or self._run_status(run, now),
+                "resourceId": self._mc_id(mc),
+                "lastUpdateTime": _zulu(updated),
+            },
+        }
+
+    def _run_event(self, mc: _MaintenanceConfig, run: _MaintenanceRun) -> dict[str, Any]:
+        return {
+            "maintenance_configuration_id": self._mc_id(mc),
+            "correlation_id": run.correlation_id,
+            "run_id": run.name,
+            "start": _zulu(run.start),
+            "end": _zulu(run.end),
+            "cutoff": _zulu(run.cutoff),
+            "status": self._run_status(run, datetime.now(UTC)),
+        }
+
+    def _announce(self, kind: str, payload: dict[str, Any]) -> None:
+        """Record ``kind`` in the history and queue it for listeners (inside a transaction)."""
+        self.world.history.append(kind, **payload)
+        self._pending_events.append((kind, payload))
+
+    def _maintenance_tick(self, key: tuple[str, str], name: str, kind: str) -> None:
+        with self._transaction():
+            mc = self._maintenance.get(key)
+            run = mc.runs.get(name) if mc else None
+            if mc is None or run is None or run.cancelled_at is not None:
+                return
+            self._announce(kind, self._run_event(mc, run))
+
+    def _maintenance_mc_json(self, mc: _MaintenanceConfig) -> dict[str, Any]:
+        return {
+            "id": self._mc_id(mc),
+            "name": mc.name,
+            "type": "Microsoft.Maintenance/maintenanceConfigurations",
+            "location": mc.location,
+            "tags": dict(mc.tags),
+            "properties": deepcopy(mc.properties),
+        }
+
+    # ---------------------------------------------------------------- maintenance API
+
+    def _lookup_mc(self, ctx: _Ctx, *, parent: bool = False) -> _MaintenanceConfig:
+        self._check_subscription(ctx)
+        rg, name = ctx.match["rg"], ctx.match["mc"]
+        self._require_group(rg)
+        mc = self._maintenance.get((rg.lower(), name.lower()))
+        if mc is None:
+            if parent:
+                raise _parent_not_found(name)
+            raise _resource_not_found(f"Microsoft.Maintenance/maintenanceConfigurations/{name}", rg)
+        return mc
+
+    def _api_list_maintenance_configurations(self, ctx: _Ctx) -> _Reply:
+        self._check_subscription(ctx)
+        self._require_group(ctx.match["rg"])
+        rg = ctx.match["rg"].lower()
+        items = [self._maintenance_mc_json(mc) for k, mc in sorted(self._maintenance.items()) if k[0] == rg]
+        return _Reply(200, {"value": items})
+
+    def _api_get_maintenance_configuration(self, ctx: _Ctx) -> _Reply:
+        return _Reply(200, self._maintenance_mc_json(self._lookup_mc(ctx)))
+
+    def _api_put_maintenance_configuration(self, ctx: _Ctx) -> _Reply:
+        self._check_subscription(ctx)
+        rg, name = ctx.match["rg"], ctx.match["mc"]
+        self._require_group(rg)
+        body = _require_body(ctx)
+        if not body.get("location"):
+            raise _ApiError(400, "LocationRequired", "The location property is required for this definition.")
+        props = body.get("properties") or {}
+        scope = props.get("maintenanceScope")
+        if scope is not None and scope not in _MAINTENANCE_SCOPES:
+            raise _ApiError(
+                400,
+                "InvalidParameter",
+                f"The value '{scope}' of property 'maintenanceScope' is invalid.",
+                target="properties.maintenanceScope",
+            )
+        key = (rg.lower(), name.lower())
+        mc = self._maintenance.get(key)
+        properties = {"namespace": "Microsoft.Maintenance", "visibility": "Custom", **deepcopy(props)}
+        if mc is None:
+            mc = _MaintenanceConfig(
+                resource_group=rg, name=name, location=str(body["location"]), tags={}, properties=properties
+            )
+            self._maintenance[key] = mc
+        else:
+            mc.properties = properties
+        mc.tags = {str(k): str(v) for k, v in (body.get("tags") or {}).items()}
+        self.world.history.append("maintenance_configuration_put", resource_id=self._mc_id(mc))
+        return _Reply(200, self._maintenance_mc_json(mc))
+
+    def _lookup_run(self, ctx: _Ctx) -> tuple[_MaintenanceConfig, _MaintenanceRun]:
+        mc = self._lookup_mc(ctx, parent=True)
+        name = ctx.match["run"]
+        run = mc.runs.get(name)
+        if run is None:
+            raise _ApiError(
+                404,
+                "NotFound",
+                f"Maintenance run '{name}' of maintenance configuration '{mc.name}' was not found.",
+            )
+        return mc, run
+
+    def _api_get_maintenance_run(self, ctx: _Ctx) -> _Reply:
+        mc, run = self._lookup_run(ctx)
+        return _Reply(200, self._apply_update_json(mc, run))
+
+    def _api_cancel_maintenance_run(self, ctx: _Ctx) -> _Reply:
+        if not _api_version_at_least(ctx.api_version, CANCEL_API_VERSION):
+            raise _ApiError(
+                400,
+                "InvalidApiVersionParameter",
+                f"The api-version '{ctx.api_version}' does not support cancelling a maintenance run. "
+                f"Use api-version '{CANCEL_API_VERSION}' or later.",
+            )
+        mc, run = self._lookup_run(ctx)
+        body = _require_body(ctx)
+        props = {str(k).lower(): v for k, v in (_get_ci(body, "properties") or {}).items()}
+        wanted = props.get("status")
+        if not (isinstance(wanted, str) and wanted.lower() == "cancel") and wanted != _CANCEL_ENUM:
+            raise _ApiError(
+                400,
+                "InvalidParameter",
+                "Only status 'Cancel' can be requested for a maintenance configuration's run.",
+                target="properties.status",
+            )
+        now = datetime.now(UTC)
+        if run.cancelled_at is None:
+            if now >= run.cutoff:
+                raise _ApiError(
+                    409,
+                    "Conflict",
+                    f"Maintenance run '{run.name}' of maintenance configuration '{mc.name}' can no longer be "
+                    f"cancelled: its cancellation cut-off time {_zulu(run.cutoff)} has passed "
+                    f"(status {self._run_status(run, now)}).",
+                )
+            run.cancelled_at = now
+            self._announce("maintenance_cancelled", self._run_event(mc, run))
+        return _Reply(202, self._apply_update_json(mc, run, status="Cancel"))
+
+    # ================================================================ Automation (Microsoft.Automation)
+
+    def add_automation_account(self, resource_group: str, name: str) -> str:
+        """An Automation account to hold software update configurations; returns its id."""
+        with self._transaction():
+            key = (resource_group.lower(), name.lower())
+            if key in self._automation:
+                raise ValueError(f"automation account {resource_group}/{name} already exists")
+            aa = _AutomationAccount(
+                resource_group=resource_group, name=name, location=self.location, created=_iso()
+            )
+            self._automation[key] = aa
+            self.world.history.append("automation_account_added", resource_id=self._aa_id(aa))
+            return self._aa_id(aa)
+
+    def add_software_update_configuration(
+        self,
+        account_id: str,
+        name: str,
+        *,
+        vm_ids: list[str],
+        os: str = "Linux",
+        duration: str = "PT2H",
+        pre_task: str | None = None,
+        post_task: str | None = None,
+    ) -> dict[str, Any]:
+        """A weekly software update configuration targeting ``vm_ids``; returns its GET body."""
+        os_norm = _os_name(os)
+        with self._transaction():
+            aa = self._automation_from_id(account_id)
+            if name.lower() in aa.configs:
+                raise ValueError(f"software update configuration {name} already exists")
+            created = datetime.now(UTC)
+            cfg = _UpdateConfig(
+                name=name,
+                os=os_norm,
+                vm_ids=list(vm_ids),
+                duration=duration,
+                created=_iso(created.timestamp()),
+                start_time=_iso((created + timedelta(days=1)).replace(microsecond=0).timestamp()),
+                pre_task=pre_task,
+                post_task=post_task,
+            )
+            aa.configs[name.lower()] = cfg
+            self.world.history.append(
+                "software_update_configuration_added",
+                resource_id=self._suc_id(aa, cfg),
+                vm_ids=list(vm_ids),
+                os=os_norm,
+            )
+            return self._suc_json(aa, cfg)
+
+    def start_software_update_run(self, account_id: str, name: str) -> str:
+        """Start a run of a configuration now; returns the run id (a GUID).
+
+        The run is ``InProgress`` for ``ComputeDurations.software_update_run`` cloud
+        seconds, then ``Succeeded``. Listeners get ``software_update_run_started`` and
+        ``software_update_run_finished``.
+        """
+        with self._transaction():
+            aa = self._automation_from_id(account_id)
+            cfg = aa.configs.get(name.lower())
+            if cfg is None:
+                raise KeyError(f"no software update configuration {name} in {account_id}")
+            run = _UpdateRun(
+                run_id=str(uuid.uuid4()),
+                config=cfg.name,
+                os=cfg.os,
+                duration=cfg.duration,
+                computer_count=len({v.lower() for v in cfg.vm_ids}),
+                start_time=_iso(),
+                pre_task=cfg.pre_task,
+                post_task=cfg.post_task,
+            )
+            aa.runs[run.run_id] = run
+            self._announce("software_update_run_started", self._update_run_event(aa, run, cfg))
+            key = (aa.resource_group.lower(), aa.name.lower())
+            self.world.scheduler.call_later(
+                self.world.clock.seconds(self.durations.software_update_run),
+                lambda: self._finish_update_run(key, run.run_id),
+            )
+            return run.run_id
+
+    # ---------------------------------------------------------------- automation helpers
+
+    def _aa_id(self, aa: _AutomationAccount) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{aa.resource_group}"
+            f"/providers/Microsoft.Automation/automationAccounts/{aa.name}"
+        )
+
+    def _suc_id(self, aa: _AutomationAccount, cfg: _UpdateConfig) -> str:
+        return f"{self._aa_id(aa)}/softwareUpdateConfigurations/{cfg.name}"
+
+    def _automation_from_id(self, account_id: str) -> _AutomationAccount:
+        m = _AA_ID.fullmatch(account_id.rstrip("/"))
+        if m is None or m["sub"].lower() != self.subscription_id.lower():
+            raise KeyError(f"not an automation account id of this subscription: {account_id}")
+        aa = self._automation.get((m["rg"].lower(), m["name"].lower()))
+        if aa is None:
+            raise KeyError(f"no automation account {account_id}")
+        return aa
+
+    def _update_run_event(
+        self, aa: _AutomationAccount, run: _UpdateRun, cfg: _UpdateConfig | None
+    ) -> dict[str, Any]:
+        return {
+            "automation_account_id": self._aa_id(aa),
+            "software_update_configuration": run.config,
+            "run_id": run.run_id,
+            "status": run.status,
+            "vm_ids": list(cfg.vm_ids) if cfg else [],
+        }
+
+    def _finish_update_run(self, key: tuple[str, str], run_id: str) -> None:
+        with self._transaction():
+            aa = self._automation.get(key)
+            run = aa.runs.get(run_id) if aa else None
+            if aa is None or run is None or run.status != "InProgress":
+                return
+            run.status, run.end_time = "Succeeded", _iso()
+            run.modified = run.end_time
+            self._announce(
+                "software_update_run_finished",
+                self._update_run_event(aa, run, aa.configs.get(run.config.lower())),
+            )
+
+    def _update_configuration_json(self, cfg: _UpdateConfig) -> dict[str, Any]:
+        linux = cfg.os == "Linux"
+        return {
+            "operatingSystem": cfg.os,
+            "windows": None
+            if linux
+            else {
+                "includedUpdateClassifications": "Critical, Security",
+                "excludedKbNumbers": None,
+                "includedKbNumbers": None,
+                "rebootSetting": "IfRequired",
+            },
+            "linux": {
+                "includedPackageClassifications": "Critical, Security",
+                "excludedPackageNameMasks": None,
+                "includedPackageNameMasks": None,
+                "rebootSetting": "IfRequired",
+            }
+            if linux
+            else None,
+            "duration": cfg.duration,
+            "azureVirtualMachines": list(cfg.vm_ids),
+            "nonAzureComputerNames": [],
+            "targets": {"azureQueries": [], "nonAzureQueries": []},
+        }
+
+    @staticmethod
+    def _suc_tasks(pre: str | None, post: str | None) -> dict[str, Any]:
+        return {
+            "preTask": {"source": pre, "parameters": None} if pre else None,
+            "postTask": {"source": post, "parameters": None} if post else None,
+        }
+
+    def _suc_json(self, aa: _AutomationAccount, cfg: _UpdateConfig) -> dict[str, Any]:
+        return {
+            "id": self._suc_id(aa, cfg),
+            "name": cfg.name,
+            "type": "Microsoft.Automation/AutomationAccounts/softwareUpdateConfigurations",
+            "properties": {
+                "updateConfiguration": self._update_configuration_json(cfg),
+                "scheduleInfo": {
+                    "description": "",
+                    "startTime": cfg.start_time,
+                    "startTimeOffsetMinutes": 0,
+                    "expiryTime": "9999-12-31T23:59:59.9999999+00:00",
+                    "expiryTimeOffsetMinutes": 0,
+                    "isEnabled": True,
+                    "nextRun": cfg.start_time,
+                    "nextRunOffsetMinutes": 0,
+                    "interval": 1,
+                    "frequency": "Week",
+                    "creationTime": cfg.created,
+                    "lastModifiedTime": cfg.created,
+                    "timeZone": "UTC",
+                    "advancedSchedule": {
+                        "weekDays": ["Saturday"],
+                        "monthDays": None,
+                        "monthlyOccurrences": None,
+                    },
+                },
+                "tasks": self._suc_tasks(cfg.pre_task, cfg.post_task),
+                "provisioningState": "Succeeded",
+                "createdBy": "",
+                "error": None,
+                "creationTime": cfg.created,
+                "lastModifiedBy": "",
+                "lastModifiedTime": cfg.created,
+            },
+        }
+
+    def _suc_item_json(self, aa: _AutomationAccount, cfg: _UpdateConfig) -> dict[str, Any]:
+        return {
+            "name": cfg.name,
+            "id": self._suc_id(aa, cfg),
+            "properties": {
+                "updateConfiguration": self._update_configuration_json(cfg),
+                "tasks": self._suc_tasks(cfg.pre_task, cfg.post_task),
+                "frequency": "Week",
+                "startTime": cfg.start_time,
+                "creationTime": cfg.created,
+                "lastModifiedTime": cfg.created,
+                "provisioningState": "Succeeded",
+                "nextRun": cfg.start_time,
+            },
+        }
+
+    def _update_run_json(self, aa: _AutomationAccount, run: _UpdateRun) -> dict[str, Any]:
+        def task(source: str | None, job: str, started: bool) -> dict[str, Any] | None:
+            if not source:
+                return None
+            return {"jobId": job, "source": source, "status": "Completed" if started else "New"}
+
+        return {
+            "id": f"{self._aa_id(aa)}/softwareUpdateConfigurationRuns/{run.run_id}",
+            "name": run.run_id,
+            "properties": {
+                "softwareUpdateConfiguration": {"name": run.config},
+                "status": run.status,
+                "tasks": {
+                    "preTask": task(run.pre_task, run.pre_job, True),
+                    "postTask": task(run.post_task, run.post_job, run.end_time is not None),
+                },
+                "configuredDuration": run.duration,
+                "osType": run.os,
+                "startTime": run.start_time,
+                "endTime": run.end_time,
+                "computerCount": run.computer_count,
+                "failedCount": 0,
+                "creationTime": run.start_time,
+                "createdBy": "",
+                "lastModifiedBy": "",
+                "lastModifiedTime": run.modified,
+            },
+        }
+
+    # ---------------------------------------------------------------- automation API
+
+    def _lookup_aa(self, ctx: _Ctx, *, parent: bool = False) -> _AutomationAccount:
+        self._check_subscription(ctx)
+        rg, name = ctx.match["rg"], ctx.match["aa"]
+        self._require_group(rg)
+        aa = self._automation.get((rg.lower(), name.lower()))
+        if aa is None:
+            if parent:
+                raise _parent_not_found(name)
+            raise _resource_not_found(f"Microsoft.Automation/automationAccounts/{name}", rg)
+        return aa
+
+    def _api_get_automation_account(self, ctx: _Ctx) -> _Reply:
+        aa = self._lookup_aa(ctx)
+        body = {
+            "id": self._aa_id(aa),
+            "name": aa.name,
+            "type": "Microsoft.Automation/AutomationAccounts",
+            "location": aa.location,
+            "tags": {},
+            "properties": {
+                "sku": {"name": "Basic"},
+                "state": "Ok",
+                "creationTime": aa.created,
+                "lastModifiedTime": aa.created,
+                "publicNetworkAccess": True,
+                "disableLocalAuth": False,
+            },
+        }
+        return _Reply(200, body)
+
+    def _api_list_software_update_configurations(self, ctx: _Ctx) -> _Reply:
+        aa = self._lookup_aa(ctx, parent=True)
+        configs = [cfg for _, cfg in sorted(aa.configs.items())]
+        flt = ctx.query.get("$filter")
+        if flt:
+            m = _VM_FILTER.fullmatch(flt)
+            if m is None:
+                raise _automation_error(
+                    400,
+                    "BadRequest",
+                    "The $filter is invalid: the sandbox supports only "
+                    "properties/updateConfiguration/azureVirtualMachines/any(m: m eq 'ID').",
+                )
+            vm = m["vm"].lower()
+            configs = [c for c in configs if vm in {v.lower() for v in c.vm_ids}]
+        return _Reply(200, {"value": [self._suc_item_json(aa, c) for c in configs]})
+
+    def _api_get_software_update_configuration(self, ctx: _Ctx) -> _Reply:
+        aa = self._lookup_aa(ctx, parent=True)
+        name = ctx.match["suc"]
+        cfg = aa.configs.get(name.lower())
+        if cfg is None:
+            raise _automation_error(404, "NotFound", f"Software update configuration '{name}' was not found.")
+        return _Reply(200, self._suc_json(aa, cfg))
+
+    def _api_list_software_update_configuration_runs(self, ctx: _Ctx) -> _Reply:
+        aa = self._lookup_aa(ctx, parent=True)
+        runs = sorted(aa.runs.values(), key=lambda r: r.start_time, reverse=True)
+        flt = ctx.query.get("$filter")
+        if flt:
+            for clause in re.split(r"\s+and\s+", flt.strip(), flags=re.IGNORECASE):
+                m = _RUN_FILTER.fullmatch(clause)
+                field_name = m["field"].lower() if m else ""
+                if m is None or field_name not in _RUN_FILTER_FIELDS:
+                    raise _automation_error(
+                        400,
+                        "BadRequest",
+                        f"The $filter clause '{clause}' is invalid: the sandbox supports 'eq' on "
+                        "properties/softwareUpdateConfiguration/name, properties/status, properties/osType.",
+                    )
+                attr, value = _RUN_FILTER_FIELDS[field_name], m["value"].lower()
+                runs = [r for r in runs if str(getattr(r, attr)).lower() == value]
+        skip = _int_query(ctx, "$skip")
+        top = _int_query(ctx, "$top")
+        runs = runs[skip or 0 :]
+        if top is not None:
+            runs = runs[:top]
+        return _Reply(200, {"value": [self._update_run_json(aa, r) for r in runs]})
+
+    def _api_get_software_update_configuration_run(self, ctx: _Ctx) -> _Reply:
+        aa = self._lookup_aa(ctx, parent=True)
+        run_id = ctx.match["run"]
+        run = aa.runs.get(run_id.lower())
+        if run is None:
+            raise _automation_error(
+                404, "NotFound", f"Software update configuration run '{run_id}' was not found."
+            )
+        return _Reply(200, self._update_run_json(aa, run))
+
 
 # --------------------------------------------------------------------------- HTTP server
 
@@ -1263,6 +2725,15 @@ _OPS = (
     + r"/providers/microsoft\.compute/locations/(?P<loc>[^/]+)"
     + r"/(?P<kind>operations|operationresults)/(?P<op>[^/]+)"
 )
+_GALLERY = _RG + r"/providers/microsoft\.compute/galleries/(?P<gallery>[^/]+)"
+_GALLERY_IMAGE = _GALLERY + r"/images/(?P<image>[^/]+)"
+_IMAGE_VERSION = _GALLERY_IMAGE + r"/versions/(?P<version>[^/]+)"
+_MC_COLL = _RG + r"/providers/microsoft\.maintenance/maintenanceconfigurations"
+_MC = _MC_COLL + r"/(?P<mc>[^/]+)"
+_APPLY_UPDATE = _MC + r"/providers/microsoft\.maintenance/applyupdates/(?P<run>[^/]+)"
+_AA = _RG + r"/providers/microsoft\.automation/automationaccounts/(?P<aa>[^/]+)"
+_SUC_COLL = _AA + r"/softwareupdateconfigurations"
+_SUC_RUNS = _AA + r"/softwareupdateconfigurationruns"
 
 # (method, path regex, operation name, is write, ComputeState handler name)
 _ROUTES: list[tuple[str, re.Pattern[str], str, bool, str]] = [
@@ -1291,6 +2762,62 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool, str]] = [
         ("POST", _VM + r"/reimage", "reimage", True, "_api_vm_reimage"),
         ("POST", _VM + r"/reimageall", "reimage_all", True, "_api_vm_reimage_all"),
         ("GET", _OPS, "poll", False, "_api_poll"),
+        # Compute Gallery
+        ("GET", _GALLERY, "get_gallery", False, "_api_get_gallery"),
+        ("GET", _GALLERY + r"/images", "list_gallery_images", False, "_api_list_gallery_images"),
+        ("GET", _GALLERY_IMAGE, "get_gallery_image", False, "_api_get_gallery_image"),
+        ("PUT", _GALLERY_IMAGE, "put_gallery_image", True, "_api_put_gallery_image"),
+        (
+            "GET",
+            _GALLERY_IMAGE + r"/versions",
+            "list_gallery_image_versions",
+            False,
+            "_api_list_gallery_image_versions",
+        ),
+        ("GET", _IMAGE_VERSION, "get_gallery_image_version", False, "_api_get_gallery_image_version"),
+        ("PUT", _IMAGE_VERSION, "put_gallery_image_version", True, "_api_put_gallery_image_version"),
+        # Update Manager
+        (
+            "GET",
+            _MC_COLL,
+            "list_maintenance_configurations",
+            False,
+            "_api_list_maintenance_configurations",
+        ),
+        ("GET", _MC, "get_maintenance_configuration", False, "_api_get_maintenance_configuration"),
+        ("PUT", _MC, "put_maintenance_configuration", True, "_api_put_maintenance_configuration"),
+        ("GET", _APPLY_UPDATE, "get_maintenance_run", False, "_api_get_maintenance_run"),
+        ("PUT", _APPLY_UPDATE, "cancel_maintenance_run", True, "_api_cancel_maintenance_run"),
+        # Automation
+        ("GET", _AA, "get_automation_account", False, "_api_get_automation_account"),
+        (
+            "GET",
+            _SUC_COLL,
+            "list_software_update_configurations",
+            False,
+            "_api_list_software_update_configurations",
+        ),
+        (
+            "GET",
+            _SUC_COLL + r"/(?P<suc>[^/]+)",
+            "get_software_update_configuration",
+            False,
+            "_api_get_software_update_configuration",
+        ),
+        (
+            "GET",
+            _SUC_RUNS,
+            "list_software_update_configuration_runs",
+            False,
+            "_api_list_software_update_configuration_runs",
+        ),
+        (
+            "GET",
+            _SUC_RUNS + r"/(?P<run>[^/]+)",
+            "get_software_update_configuration_run",
+            False,
+            "_api_get_software_update_configuration_run",
+        ),
     ]
 ]
 
@@ -1503,6 +3030,10 @@ class ArmServer:
                     operation, write, handler, match = r_op, r_write, r_handler, m.groupdict()
                     break
 
+        # ARM assigns the correlation id before the provider sees the request (resource
+        # events carry it as data.correlationId), so handlers get it in their headers.
+        corr = headers.get("x-ms-correlation-request-id") or str(uuid.uuid4())
+        headers = {**headers, "x-ms-correlation-request-id": corr}
         reply = self._serve_arm(
             method=method,
             path=path,
@@ -1516,7 +3047,6 @@ class ArmServer:
             path_known=path_known,
         )
         reply.headers.setdefault("x-ms-request-id", str(uuid.uuid4()))
-        corr = headers.get("x-ms-correlation-request-id") or str(uuid.uuid4())
         reply.headers["x-ms-correlation-request-id"] = corr
         reply.headers["x-ms-routing-request-id"] = (
             f"{self.state.location.upper()}:{datetime.now(UTC):%Y%m%dT%H%M%SZ}:{corr}"

@@ -2,10 +2,10 @@
 
 1. brings the sandbox up (a Linux and a Windows pool with Deployments + PDBs, a
    DaemonSet and a StatefulSet);
-2. publishes a new node image the way an image pipeline does: a scale-set model update
-   through ARM;
-3. starts a run through the app's real HTTP trigger (``POST /api/runs``);
-4. follows it (``GET /api/runs/{id}``) with a live table, then checks the invariants on
+2. publishes a new node image version to the Compute Gallery, as an image build does;
+3. the image's ResourceWriteSuccess event reaches the app's ``azure_events`` function
+   over the Event Grid webhook protocol, and the app starts the rollout itself;
+4. follows the runs (``GET /api/runs``) with a live table, then checks the invariants on
    the sandbox's own record of what happened, and prints a summary.
 
 Exit status 0 only if the run succeeded and every invariant held.
@@ -22,7 +22,7 @@ from typing import Any
 
 from sandbox.cluster import PoolSpec
 from sandbox.invariants import check_final_nodes, check_history
-from sandbox.stack import CLUSTER, DEFAULT_POOLS, Sandbox, SandboxOptions
+from sandbox.stack import DEFAULT_POOLS, Sandbox, SandboxOptions
 
 IMAGE_V2 = "2026.11.15"
 
@@ -72,6 +72,29 @@ def node_pools(sandbox: Sandbox) -> dict[str, str]:
     }
 
 
+def publish_gallery_version(sandbox: Sandbox, version: str) -> list[str]:
+    """What an image build (Azure Image Builder, Packer) ends with: a new version in the
+    Compute Gallery. When it has replicated, ARM raises ResourceWriteSuccess, which the
+    sandbox delivers to the app's ``azure_events`` function as Event Grid would."""
+    from sandbox.stack import GALLERY, KUBERNETES_VERSION
+
+    assert sandbox.compute and sandbox.cluster
+    definitions = sorted(
+        {"aks-windows" if p.os == "windows" else "aks-ubuntu" for p in sandbox.options.pools}
+    )
+    return [
+        sandbox.compute.publish_image_version(
+            sandbox.cluster.resource_group,
+            GALLERY,
+            definition,
+            version,
+            tags={"kubernetesVersion": KUBERNETES_VERSION},
+            replicate_seconds=120,
+        )
+        for definition in definitions
+    ]
+
+
 def run_demo(
     *, state_dir: Path | None = None, pools: str = DEFAULT_POOLS, runners: int = 2, quiet: bool = False
 ) -> int:
@@ -91,38 +114,42 @@ def run_demo(
             f"{sandbox.kube_server.url if sandbox.kube_server else ''}, Functions {sandbox.functions_url} "
             f"(up in {time.monotonic() - started:.1f}s)"
         )
-        console.print(f"[bold]Publishing node image {IMAGE_V2}[/] (scale-set model update through ARM) ...")
-        publish_image(sandbox, IMAGE_V2)
-        status, body = http_json(
-            "POST",
-            f"{sandbox.functions_url}/api/runs",
-            {"cluster": CLUSTER, "reason": f"roll out node image {IMAGE_V2}"},
-        )
-        if status != 202:
-            console.print(f"[red]POST /api/runs answered {status}: {body}[/]")
-            return 1
-        run_id = body["id"]
-        console.print(f"[bold]Run {run_id}[/] started through POST /api/runs")
         t0 = time.monotonic()
-        run: dict[str, Any] = {}
+        versions = publish_gallery_version(sandbox, IMAGE_V2)
+        console.print(
+            f"[bold]An image build published {IMAGE_V2}[/] to the Compute Gallery ({len(versions)} image "
+            "definitions); its ResourceWriteSuccess event goes to the app's azure_events function"
+        )
+        runs: dict[str, dict[str, Any]] = {}
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             while True:
-                _, run = http_json("GET", f"{sandbox.functions_url}/api/runs/{run_id}")
-                live.update(_table(run, time.monotonic() - t0, Table))
-                if run["state"] in ("succeeded", "failed", "cancelled"):
+                _, listing = http_json("GET", f"{sandbox.functions_url}/api/runs")
+                for summary in (listing or {}).get("runs", []):
+                    _, runs[summary["id"]] = http_json(
+                        "GET", f"{sandbox.functions_url}/api/runs/{summary['id']}"
+                    )
+                live.update(_table(list(runs.values()), time.monotonic() - t0, Table))
+                pools_seen = {p for r in runs.values() for p in r["pools"]}
+                done = all(r["state"] in ("succeeded", "failed", "cancelled") for r in runs.values())
+                if runs and done and pools_seen >= {p.name for p in sandbox.options.pools}:
+                    break
+                if runs and done and any(r["state"] != "succeeded" for r in runs.values()):
                     break
                 if time.monotonic() - t0 > 600:
-                    console.print("[red]the run did not finish within 10 minutes[/]")
+                    console.print("[red]the rollout did not finish within 10 minutes[/]")
                     break
                 time.sleep(0.5)
         makespan = time.monotonic() - t0
-        return _summary(console, sandbox, run, makespan)
+        return _summary(console, sandbox, list(runs.values()), makespan)
     finally:
         sandbox.stop()
 
 
-def _table(run: dict[str, Any], elapsed: float, table_cls: Any) -> Any:
-    table = table_cls(title=f"run {run['id']} - {run['state']} - {elapsed:.0f}s", expand=False)
+def _table(runs: list[dict[str, Any]], elapsed: float, table_cls: Any) -> Any:
+    title = (
+        " | ".join(f"run {r['id'][:8]} ({r['trigger']}): {r['state']}" for r in runs) or "waiting for a run"
+    )
+    table = table_cls(title=f"{title} - {elapsed:.0f}s", expand=False)
     table.add_column("node", no_wrap=True)
     table.add_column("pool", no_wrap=True)
     table.add_column("state", no_wrap=True)
@@ -134,28 +161,31 @@ def _table(run: dict[str, Any], elapsed: float, table_cls: Any) -> Any:
         "reimaging": "magenta",
         "booting": "cyan",
     }
-    for node in run["nodes"]:
-        color = colors.get(node["state"], "white")
-        table.add_row(node["name"], node["pool"], f"[{color}]{node['state']}[/]", node["reason"][:70])
+    for run in runs:
+        for node in run["nodes"]:
+            color = colors.get(node["state"], "white")
+            table.add_row(node["name"], node["pool"], f"[{color}]{node['state']}[/]", node["reason"][:70])
     return table
 
 
-def _summary(console: Any, sandbox: Sandbox, run: dict[str, Any], makespan: float) -> int:
+def _summary(console: Any, sandbox: Sandbox, runs: list[dict[str, Any]], makespan: float) -> int:
     assert sandbox.world and sandbox.kube and sandbox.arm_server and sandbox.kube_server
-    budgets = {name: pool["maxUnavailable"] for name, pool in run["pools"].items()}
+    budgets = {name: pool["maxUnavailable"] for run in runs for name, pool in run["pools"].items()}
     report = check_history(sandbox.world.history.records(), node_pools=node_pools(sandbox), budgets=budgets)
-    targets = {n["name"] for n in run["nodes"]}
+    nodes = [n for run in runs for n in run["nodes"]]
+    targets = {n["name"] for n in nodes}
     problems = check_final_nodes(sandbox.kube.list("nodes"), targets=targets, image=IMAGE_V2)
     arm_log = list(sandbox.arm_server.request_log)
     kube_log = list(sandbox.kube_server.request_log)
     arm_writes = sum(1 for r in arm_log if r.get("write"))
     arm_reads = len(arm_log) - arm_writes
-    patched = sum(1 for n in run["nodes"] if n["state"] == "succeeded")
+    patched = sum(1 for n in nodes if n["state"] == "succeeded")
     throttled = sum(1 for r in arm_log if r.get("status") == 429)
     console.print()
     console.print("[bold]Summary[/]")
-    console.print(f"  run state           {run['state']} ({run['stateReason']})")
-    console.print(f"  nodes patched       {patched}/{len(run['nodes'])}")
+    for run in runs:
+        console.print(f"  run {run['id'][:8]} ({run['trigger']:<6}) {run['state']} ({run['stateReason']})")
+    console.print(f"  nodes patched       {patched}/{len(nodes)}")
     console.print(f"  makespan            {makespan:.1f}s")
     for pool, budget in budgets.items():
         console.print(
@@ -182,4 +212,5 @@ def _summary(console: Any, sandbox: Sandbox, run: dict[str, Any], makespan: floa
             "  invariants          [green]all held[/] "
             "(budget, eviction-only, drained before reimage, clean finish)"
         )
-    return 0 if run["state"] == "succeeded" and not violations else 1
+    ok = bool(runs) and all(r["state"] == "succeeded" for r in runs) and patched == len(nodes)
+    return 0 if ok and not violations else 1

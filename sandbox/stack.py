@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -26,6 +27,8 @@ import yaml
 from sandbox.arm import ArmServer, ComputeDurations, ComputeState
 from sandbox.azurite import Azurite
 from sandbox.cluster import ClusterTimings, PoolSpec, SandboxCluster
+from sandbox.events import EventGridPublisher, image_version_write_event
+from sandbox.flux import add_flux_objects, start_flux_controller
 from sandbox.kubeapi import KubeAPIServer, KubeStore
 from sandbox.tls import create_tls
 from sandbox.world import World
@@ -36,7 +39,12 @@ REPO = Path(__file__).resolve().parent.parent
 SUBSCRIPTION = "8f3e2a71-5c1d-4b8e-9a2f-0c6d7e1b4a90"
 CLUSTER = "sandbox"
 IMAGE_V1 = "2026.11.01"
+GALLERY = "sandboxgallery"
+KUBERNETES_VERSION = "1.31.4"  # what the sandbox API server and kubelets report
 DEFAULT_POOLS = "linux:linux:6,win:windows:3"
+# The fleet repository the sandbox's Flux objects track (the GitOps webhook).
+GITOPS_REPO_URL = "https://github.com/Octocoders/fleet-gitops.git"
+GITOPS_BRANCH = "main"
 
 
 @dataclass
@@ -55,6 +63,9 @@ class SandboxOptions:
     workflow: dict[str, Any] = field(default_factory=dict)
     pool_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweep_schedule: str = "*/2 * * * * *"
+    # Merged into patcher.yaml (top-level sections) and into the runners' app settings.
+    extra_config: dict[str, Any] = field(default_factory=dict)
+    extra_settings: dict[str, str] = field(default_factory=dict)
     # Rare by default, so scheduled runs never surprise a test; tests trigger it on demand.
     patch_schedule: str = "0 0 0 1 1 *"
 
@@ -77,6 +88,11 @@ class Sandbox:
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._runner_lock = threading.Lock()
+        self.github_webhook_secret = os.urandom(16).hex()
+        self.gallery_image_ids: dict[str, str] = {}  # "linux"/"windows" -> image definition id
+        self.maintenance_configuration_id = ""
+        self.automation_account_id = ""
+        self._grid_events: queue.Queue[dict[str, Any]] = queue.Queue()
 
     # ---- paths ---------------------------------------------------------------------------
     @property
@@ -124,10 +140,28 @@ class Sandbox:
         self.cluster = SandboxCluster(
             self.world, self.kube, self.compute, subscription_id=SUBSCRIPTION, timings=opts.cluster_timings
         )
+        rg = self.cluster.resource_group
+        for definition, os_type in (("aks-ubuntu", "Linux"), ("aks-windows", "Windows")):
+            self.gallery_image_ids[os_type.lower()] = self.compute.add_gallery_image(
+                rg, GALLERY, definition, os_type=os_type
+            )
+            self.compute.publish_image_version(
+                rg,
+                GALLERY,
+                definition,
+                IMAGE_V1,
+                tags={"kubernetesVersion": KUBERNETES_VERSION},
+                replicate_seconds=0,
+            )
+        self.maintenance_configuration_id = self.compute.add_maintenance_configuration(rg, "sandbox-weekly")
+        self.automation_account_id = self.compute.add_automation_account(rg, "sandbox-automation")
         for pool in opts.pools:
             self.cluster.add_pool(pool, image_version=IMAGE_V1)
         if opts.workloads:
             self._add_workloads()
+        # A fleet repository's Flux objects, and a stand-in for the Flux controllers.
+        add_flux_objects(self.kube, repo_url=GITOPS_REPO_URL, branch=GITOPS_BRANCH)
+        start_flux_controller(self.kube, self.world)
         self.azurite = Azurite(self.state_dir / "azurite")
         self.azurite.start()
         self._write_config()
@@ -137,6 +171,9 @@ class Sandbox:
         self._wait_for_runners()
         self._supervisor = threading.Thread(target=self._supervise, name="runner-supervisor", daemon=True)
         self._supervisor.start()
+        # ARM's resource-group topic -> Event Grid subscription -> the app's azure_events function.
+        self.compute.add_listener(self._on_compute_event)
+        threading.Thread(target=self._forward_events, name="eventgrid-forwarder", daemon=True).start()
         self.write_endpoints()
 
     def stop(self) -> None:
@@ -212,6 +249,10 @@ class Sandbox:
             "retryBackoffInitial": 0.5,
             "retryBackoffMax": 5,
             "maxTransientRetries": 8,
+            "imageRecheckInterval": 1,
+            # Compute's write limit scaled like the simulated one (4 per cloud minute).
+            "writeBurst": 10,
+            "writesPerMinute": round(3.5 / scale, 3),
             **opts.workflow,
         }
         config = {
@@ -225,12 +266,36 @@ class Sandbox:
                 }
             ],
             "workflow": workflow,
+            "events": self._event_mappings(),
+            "gitops": {
+                "secrets": [{"setting": "GITHUB_WEBHOOK_SECRET"}],
+                "repositories": [{"url": GITOPS_REPO_URL, "clusters": [CLUSTER]}],
+            },
         }
+        config.update(opts.extra_config)
         self.config_path.write_text(
             "# Written by `python -m sandbox up`: the sandbox cluster, with cloud durations scaled "
             f"by {scale}.\n" + yaml.safe_dump(config, sort_keys=False),
             encoding="utf-8",
         )
+
+    def _event_mappings(self) -> dict[str, Any]:
+        """Map the sandbox's maintenance configuration, gallery images and Automation
+        account to its pools, the way an operator would in their configuration."""
+        pools = [f"{CLUSTER}/{p.name}" for p in self.options.pools]
+        by_os: dict[str, list[str]] = {}
+        for p in self.options.pools:
+            by_os.setdefault(p.os, []).append(f"{CLUSTER}/{p.name}")
+        return {
+            "maintenanceConfigurations": [
+                {"maintenanceConfigurationId": self.maintenance_configuration_id, "pools": pools}
+            ],
+            "galleryImages": [
+                {"imageDefinitionId": self.gallery_image_ids[os_name], "pools": refs, "pinVersions": True}
+                for os_name, refs in by_os.items()
+            ],
+            "automationAccounts": [self.automation_account_id],
+        }
 
     def app_settings(self) -> dict[str, str]:
         assert self.azurite and self.arm_server
@@ -247,6 +312,8 @@ class Sandbox:
             "IDENTITY_HEADER": self.arm_server.identity_header,
             # Trust the sandbox CA, as a private-cloud deployment would trust its own.
             "REQUESTS_CA_BUNDLE": str(self.tls.ca_path),
+            "GITHUB_WEBHOOK_SECRET": self.github_webhook_secret,
+            **self.options.extra_settings,
         }
 
     def _write_settings(self) -> None:
@@ -309,6 +376,38 @@ class Sandbox:
             if changed:
                 self.write_endpoints()
 
+    def _on_compute_event(self, kind: str, payload: dict[str, Any]) -> None:
+        # Listeners run on the sandbox's scheduler thread: queue, never block it on HTTP.
+        if kind == "resource_write" and self.arm_server is not None:
+            ok = payload["status"] == "Succeeded"
+            self._grid_events.put(
+                image_version_write_event(
+                    payload["resource_id"],
+                    subscription_id=SUBSCRIPTION,
+                    tenant_id=self.arm_server.tenant_id,
+                    correlation_id=payload["correlation_id"],
+                    operation_name=payload["operation_name"],
+                    event_type="Microsoft.Resources.ResourceWrite" + ("Success" if ok else "Failure"),
+                )
+            )
+
+    def _forward_events(self) -> None:
+        """Deliver queued events like Event Grid: retried with back-off, except 400/403/413."""
+        publisher = EventGridPublisher(self.functions_url, "azure_events")
+        while not self._stopping.is_set():
+            try:
+                event = self._grid_events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            for attempt in range(6):
+                try:
+                    status = publisher.deliver([event], delivery_count=attempt)
+                except OSError:
+                    status = 0  # the runner is restarting
+                if 200 <= status < 300 or status in (400, 403, 413):
+                    break
+                self._stopping.wait(min(30.0, 10.0 * 2**attempt) * self.options.time_scale)
+
     def kill_runner(self, index: int, sig: int = signal.SIGKILL) -> int:
         with self._runner_lock:
             proc = self.runners[index]
@@ -327,6 +426,9 @@ class Sandbox:
             "functions_url": self.functions_url,
             "runner_urls": [f"http://127.0.0.1:{p}" for p in self.runner_ports],
             "subscription_id": SUBSCRIPTION,
+            "github_webhook_secret": self.github_webhook_secret,
+            "gitops_repo_url": GITOPS_REPO_URL,
+            "gitops_branch": GITOPS_BRANCH,
             "resource_group": self.cluster.resource_group if self.cluster else "",
             "cluster": CLUSTER,
             "runner_pids": [p.pid for p in self.runners],
@@ -337,6 +439,11 @@ class Sandbox:
             "time_scale": self.options.time_scale,
             "identity_endpoint": self.arm_server.identity_endpoint,
             "identity_header": self.arm_server.identity_header,
+            "tenant_id": self.arm_server.tenant_id,
+            "gallery_image_definition_id": self.gallery_image_ids.get("linux", ""),
+            "gallery_image_definition_ids": dict(self.gallery_image_ids),
+            "maintenance_configuration_id": self.maintenance_configuration_id,
+            "automation_account_id": self.automation_account_id,
         }
         tmp = self.endpoints_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")

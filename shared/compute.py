@@ -151,7 +151,7 @@ class ComputeClient:
         power = next((s.split("/", 1)[1] for s in statuses if s.startswith("PowerState/")), "")
         return Instance(
             instance_id=str(vm.instance_id),
-            provisioning_state=str(vm.provisioning_state or ""),
+            provisioning_state=_text(vm.provisioning_state),
             latest_model_applied=bool(vm.latest_model_applied),
             image=image_label(vm.storage_profile.image_reference if vm.storage_profile else None),
             power_state=power,
@@ -178,7 +178,7 @@ class ComputeClient:
         return [
             Instance(
                 instance_id=str(vm.instance_id),
-                provisioning_state=str(vm.provisioning_state or ""),
+                provisioning_state=_text(vm.provisioning_state),
                 latest_model_applied=bool(vm.latest_model_applied),
                 image=image_label(vm.storage_profile.image_reference if vm.storage_profile else None),
                 power_state="",
@@ -202,7 +202,7 @@ class ComputeClient:
         regions = tuple(r.name for r in (profile.target_regions or [])) if profile else ()
         return ImageVersion(
             id=str(version.id or version_id),
-            provisioning_state=str(version.provisioning_state or ""),
+            provisioning_state=_text(version.provisioning_state),
             tags=dict(version.tags or {}),
             target_regions=regions,
         )
@@ -333,6 +333,11 @@ GALLERY_VERSION_RE = re.compile(
     r"/versions/(?P<version>[^/]+)$",
     re.IGNORECASE,
 )
+
+
+def _text(value: Any) -> str:
+    """SDK enums print as ``Enum.MEMBER``; the wire value is what we compare."""
+    return str(getattr(value, "value", value) or "")
 
 
 def _start_only() -> Any:

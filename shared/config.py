@@ -172,6 +172,9 @@ class WorkflowTiming(_Model):
     retry_backoff_initial: Seconds = Field(timedelta(seconds=2), alias="retryBackoffInitial")
     retry_backoff_max: Seconds = Field(timedelta(minutes=5), alias="retryBackoffMax")
     max_reimage_attempts: int = Field(2, alias="maxReimageAttempts", ge=1)
+    # How often an image version that is still replicating, or that waits for a busy
+    # cluster, is looked at again.
+    image_recheck_interval: Seconds = Field(timedelta(seconds=60), alias="imageRecheckInterval")
     # Compute's "Update VMSS" limit is 12 at once and 4 per minute per scale set; stay
     # a little under it to leave room for other writers (model updates, people).
     write_burst: int = Field(10, alias="writeBurst", ge=1)

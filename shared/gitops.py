@@ -122,7 +122,7 @@ def repository_key(url: str) -> str | None:
 # ---- refs -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class _Version:
     major: int
     minor: int
@@ -534,10 +534,12 @@ class FluxObjects:
     helm_charts: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def load(cls, flux: FluxClient) -> FluxObjects:
+    def load(cls, flux: FluxClient, push: PushFacts | None = None) -> FluxObjects:
         sources = flux.list(GIT_REPOSITORY)
+        if push is not None:
+            sources = [s for s in sources if repository_key(str(_spec(s).get("url") or "")) in push.repo_keys]
         if not sources:
-            return cls([], [], [])  # no GitRepository: nothing else can concern a push
+            return cls([], [], [])  # no source on this repository: nothing else can concern the push
         releases = flux.list(HELM_RELEASE)
         # HelmCharts are listed only when a release refers to one (spec.chartRef).
         needs_charts = any(_sub(_spec(r), "chartRef", "kind") == HELM_CHART.kind for r in releases)

@@ -454,7 +454,7 @@ class GitOpsService:
                 continue
             try:
                 flux = self._flux(cluster, INLINE_TIMEOUT)
-                plan = plan_cluster(cluster, FluxObjects.load(flux), request.facts)
+                plan = plan_cluster(cluster, FluxObjects.load(flux, request.facts), request.facts)
                 pending = len(plan.pending(request.token))
                 if pending and requested + pending > self._max_inline:
                     deferred.append(cluster)
@@ -487,7 +487,7 @@ class GitOpsService:
         key = f"{message.delivery}/{message.cluster}"
         try:
             flux = self._flux(message.cluster, QUEUED_TIMEOUT)
-            plan = plan_cluster(message.cluster, FluxObjects.load(flux), request.facts)
+            plan = plan_cluster(message.cluster, FluxObjects.load(flux, request.facts), request.facts)
             result = _done(plan, execute(flux, plan, request.token))
         except TemporaryError as exc:
             if not final_attempt:

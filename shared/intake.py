@@ -42,7 +42,7 @@ from shared.workqueue import WorkItem
 logger = logging.getLogger(__name__)
 
 MAINTENANCE_API_VERSION = "2023-09-01-preview"
-IMAGE_RECHECK_SECONDS = 60.0
+MAX_IMAGE_CHECKS = 240  # with the default interval: four hours of replication or a busy cluster
 
 
 @dataclass(frozen=True)
@@ -217,9 +217,9 @@ class Intake:
         return Outcome("closed", f"maintenance window closed ({event.status or 'no status'})", tuple(closed))
 
     # ---- Compute Gallery ----------------------------------------------------------------------
-    def image_version(self, version_id: str) -> Outcome:
+    def image_version(self, version_id: str, *, attempt: int = 0) -> Outcome:
         """Roll a new image version onto the pools built from its definition, once it has
-        finished replicating."""
+        finished replicating (looked at again up to ``MAX_IMAGE_CHECKS`` times)."""
         definition = version_id.rsplit("/versions/", 1)[0].lower()
         mappings = [
             m for m in self.deps.config.events.gallery_images if m.image_definition_id.lower() == definition
@@ -237,9 +237,10 @@ class Intake:
             return Outcome(
                 "ignored", f"image version {version_id} does not exist (deleted, or an intermediate event)"
             )
+        if version.provisioning_state.lower() == "failed":
+            return Outcome("ignored", f"image version {version_id} failed to provision")
         if version.provisioning_state.lower() != "succeeded":
-            self.deps.queue.send(WorkItem("image", "", ref=version_id), delay=IMAGE_RECHECK_SECONDS)
-            return Outcome("waiting", f"image version is {version.provisioning_state}; looking again shortly")
+            return self._look_again(version_id, attempt, f"image version is {version.provisioning_state}")
         started: list[str] = []
         notes: list[str] = []
         waiting = False
@@ -290,8 +291,8 @@ class Intake:
                 except RunConflictError as exc:
                     waiting = True
                     notes.append(f"{cluster_name}: {exc}")
-        if waiting:
-            self.deps.queue.send(WorkItem("image", "", ref=version_id), delay=IMAGE_RECHECK_SECONDS)
+        if waiting and not started:
+            return self._look_again(version_id, attempt, "; ".join(notes))
         refused = [n for n in notes if "refused" in n]
         if started or not waiting:
             self.deps.store.put_record(
@@ -305,6 +306,17 @@ class Intake:
         return Outcome(
             action, f"image {version.version}: " + ("; ".join(notes) or "rolling out"), tuple(started)
         )
+
+    def _look_again(self, version_id: str, attempt: int, why: str) -> Outcome:
+        if attempt >= MAX_IMAGE_CHECKS:
+            outcome = Outcome(
+                "refused", f"gave up on image version {version_id} after {attempt} checks: {why}"
+            )
+            self._record("image-check", version_id.lower(), outcome)
+            return outcome
+        delay = self.deps.config.workflow.image_recheck_interval.total_seconds()
+        self.deps.queue.send(WorkItem("image", "", ref=version_id, seq=attempt + 1), delay=delay)
+        return Outcome("waiting", f"{why}; looking again in {delay:.0f}s")
 
     def _off_model(
         self, cluster: ClusterConfig, pool_names: list[str], compute: ComputeClient, *, pin: str | None

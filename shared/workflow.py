@@ -284,9 +284,18 @@ def _start_batch(ctx: StepContext) -> StepResult:
     if delay > 0:
         return wait(f"pacing writes to scale set {ctx.ref.scale_set} under Compute's limit", delay)
     run.pacers[key] = pacer.state()
+    nodes = store.list_nodes(run.id)
+    # Poll first when earlier operations on this scale set finished, not every interval:
+    # the nodes already past their reimage say how long one takes (no extra reads).
+    took = sorted(
+        n.booting_since - n.reimage_started
+        for n in nodes
+        if n.scale_set_id.lower() == key and n.booting_since > n.reimage_started > 0
+    )
+    first_poll = max(poll, 0.9 * took[len(took) // 2]) if took else poll
     peers = [
         n
-        for n in store.list_nodes(run.id)
+        for n in nodes
         if n.name != node.name
         and n.state == NodeState.REIMAGING
         and not n.reimage_started
@@ -314,18 +323,20 @@ def _start_batch(ctx: StepContext) -> StepResult:
             token = ctx.compute.begin_upgrade_to_latest_model(ctx.ref, instance_ids)
     except Exception as exc:
         node.reimage_started, node.reimage_batch = 0.0, ""
-        _hand_over(ctx, peers, batch, token=None)
+        _hand_over(ctx, peers, batch, token=None, first_poll=0.0)
         if isinstance(exc, ConcurrencyError):
             return wait(f"another operation is running on the scale set: {exc}", poll)
         raise
     node.reimage_token = token
-    _hand_over(ctx, peers, batch, token=token)
+    _hand_over(ctx, peers, batch, token=token, first_poll=first_poll)
     return wait(
-        f"{node.reimage_op} started for {len(instance_ids)} instances ({', '.join(instance_ids)})", poll
+        f"{node.reimage_op} started for {len(instance_ids)} instances ({', '.join(instance_ids)})", first_poll
     )
 
 
-def _hand_over(ctx: StepContext, peers: list[NodeWork], batch: str, *, token: str | None) -> None:
+def _hand_over(
+    ctx: StepContext, peers: list[NodeWork], batch: str, *, token: str | None, first_poll: float
+) -> None:
     """Give each claimed peer the batch's operation (or release it if the request failed)
     and a work item to follow it with."""
     store = ctx.deps.store
@@ -344,7 +355,7 @@ def _hand_over(ctx: StepContext, peers: list[NodeWork], batch: str, *, token: st
                 continue
             ctx.deps.queue.send(
                 WorkItem("step", fresh.run_id, fresh.name, fresh.seq),
-                delay=ctx.timing.poll_interval.total_seconds() if token else 0.0,
+                delay=first_poll,
             )
             break
 
@@ -445,7 +456,7 @@ class Workflow:
         if item.kind == "image":
             from shared.intake import Intake
 
-            return Intake(self.deps).image_version(item.ref).describe()
+            return Intake(self.deps).image_version(item.ref, attempt=item.seq).describe()
         return self.step(item, final_attempt=final_attempt)
 
     def step(self, item: WorkItem, *, final_attempt: bool = False) -> str:

@@ -40,7 +40,7 @@ class WorkItem:
         if self.kind == "step":
             body.update(node=self.node, seq=self.seq)
         if self.kind == "image":
-            body.update(ref=self.ref)
+            body.update(ref=self.ref, seq=self.seq)
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
@@ -58,7 +58,10 @@ class WorkItem:
             ref = data.get("ref")
             if not isinstance(ref, str) or "/versions/" not in ref:
                 raise ValidationError("image work item has no image version id")
-            return cls(kind="image", run="", ref=ref)
+            attempt = data.get("seq", 0)
+            if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
+                raise ValidationError("image work item has no valid seq")
+            return cls(kind="image", run="", ref=ref, seq=attempt)
         if not isinstance(run, str) or not run:
             raise ValidationError("work item has no run id")
         if kind == "admit":

@@ -673,3 +673,13 @@ def test_a_malformed_sync_message_is_refused(body: bytes) -> None:
 def test_a_sync_message_for_an_unknown_delivery_is_dropped() -> None:
     svc, _queue, _deps = service({"prod": fleet()})
     assert svc.sync_cluster(SyncMessage("ghost", "prod")) == "unknown delivery"
+
+
+def test_a_cluster_without_a_source_on_the_pushed_repository_is_asked_for_nothing_more() -> None:
+    custom = FakeCustomObjects()
+    custom.add(git_repository("platform", "https://github.com/Octocoders/platform.git"))
+    custom.add(kustomization("platform", "./", "platform"))
+    svc, _queue, _deps = service({"prod": custom})
+    answer = svc.handle_push("d-none", push_event())
+    assert answer.status == 200 and answer.body["clusters"]["prod"]["objects"] == []
+    assert custom.calls == ["list gitrepositories"]
