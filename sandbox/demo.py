@@ -39,7 +39,7 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 30.0) ->
         return err.code, json.loads(raw) if raw else None
 
 
-def publish_image(sandbox: Sandbox, version: str) -> None:
+def publish_image(sandbox: Sandbox, version: str, *, pools: list[str] | None = None) -> None:
     """What an image pipeline does after a gallery version is replicated: point each
     scale set's model at it (real ARM PUT through azure-mgmt-compute)."""
     import os
@@ -56,6 +56,8 @@ def publish_image(sandbox: Sandbox, version: str) -> None:
     )
     rg = sandbox.cluster.resource_group
     for spec in sandbox.options.pools:
+        if pools is not None and spec.name not in pools:
+            continue
         vmss = client.virtual_machine_scale_sets.get(rg, spec.scale_set)
         ref = vmss.virtual_machine_profile.storage_profile.image_reference
         ref.id = ref.id.rsplit("/", 1)[0] + "/" + version

@@ -63,6 +63,8 @@ class SandboxOptions:
     workflow: dict[str, Any] = field(default_factory=dict)
     pool_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweep_schedule: str = "*/2 * * * * *"
+    # Pools the sandbox's maintenance configuration patches (default: all of them).
+    maintenance_pools: list[str] | None = None
     # Merged into patcher.yaml (top-level sections) and into the runners' app settings.
     extra_config: dict[str, Any] = field(default_factory=dict)
     extra_settings: dict[str, str] = field(default_factory=dict)
@@ -282,7 +284,11 @@ class Sandbox:
     def _event_mappings(self) -> dict[str, Any]:
         """Map the sandbox's maintenance configuration, gallery images and Automation
         account to its pools, the way an operator would in their configuration."""
-        pools = [f"{CLUSTER}/{p.name}" for p in self.options.pools]
+        pools = [
+            f"{CLUSTER}/{p.name}"
+            for p in self.options.pools
+            if self.options.maintenance_pools is None or p.name in self.options.maintenance_pools
+        ]
         by_os: dict[str, list[str]] = {}
         for p in self.options.pools:
             by_os.setdefault(p.os, []).append(f"{CLUSTER}/{p.name}")

@@ -64,12 +64,15 @@ class Intake:
 
     # ---- Event Grid ------------------------------------------------------------------------
     def handle_event(self, envelope: EventEnvelope) -> Outcome:
-        seen = self.deps.store.get_record("event", envelope.id)
+        kind = envelope.effective_type
+        # Update Manager gives the pre- and the post-event of one run the same id (the
+        # run's), so an event is identified by its type and id together.
+        key = f"{kind}|{envelope.id}"
+        seen = self.deps.store.get_record("event", key)
         if seen is not None:
             return Outcome(
                 "duplicate", f"event {envelope.id} was handled at {seen.get('at')}: {seen.get('outcome')}"
             )
-        kind = envelope.effective_type
         if kind == PRE_MAINTENANCE:
             outcome = self.pre_maintenance(MaintenanceEvent.from_envelope(envelope))
         elif kind == POST_MAINTENANCE:
@@ -82,7 +85,7 @@ class Intake:
                 outcome = self.image_version(write.resource_uri)
         else:
             outcome = Outcome("ignored", f"event type {envelope.type or '(none)'} is not handled")
-        self._record("event", envelope.id, outcome, type=kind or "")
+        self._record("event", key, outcome, type=kind or "", id=envelope.id)
         return outcome
 
     def _record(self, kind: str, key: str, outcome: Outcome, **extra: str) -> None:

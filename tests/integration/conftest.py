@@ -25,6 +25,13 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
             max_unavailable=2,
             max_concurrent_nodes=6,
             max_failed_nodes=30,
+            maintenance_pools=["win"],
+            # The crash test kills runners every second or so: give drains in its pools
+            # room for the redeliveries (beta keeps the short default for the fault tests).
+            pool_overrides={
+                "alpha": {"drain": {"timeout": 30, "deleteEmptyDirData": True, "onTimeout": "fail"}},
+                "win": {"drain": {"timeout": 30, "deleteEmptyDirData": True, "onTimeout": "fail"}},
+            },
         )
     )
     sb.start()

@@ -36,10 +36,11 @@ class Driver:
     def url(self) -> str:
         return self.sandbox.functions_url
 
-    def new_image(self) -> str:
+    def new_image(self, *, pools: list[str] | None = None) -> str:
+        """Point the scale-set models at a new image version (all pools, or those named)."""
         self.version += 1
         image = f"2026.12.{self.version:02d}"
-        publish_image(self.sandbox, image)
+        publish_image(self.sandbox, image, pools=pools)
         return image
 
     def start(self, **body: Any) -> str:

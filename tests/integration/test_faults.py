@@ -79,7 +79,7 @@ def test_a_budget_that_never_allows_eviction_fails_the_node_with_the_blocking_pd
 
 
 def test_a_pod_that_hangs_in_terminating_fails_the_drain_on_timeout(sandbox: Sandbox, driver: Driver) -> None:
-    node = driver.nodes_of("alpha")[-1]
+    node = driver.nodes_of("beta")[-1]
     pod = driver.pod_on(node)
     ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
     sandbox.kube.mutate(

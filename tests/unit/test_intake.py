@@ -106,7 +106,7 @@ def test_an_unhealthy_pool_cancels_the_maintenance_run_with_the_reason(h: Harnes
     assert outcome.action == "cancelled"
     assert "2 nodes NotReady" in outcome.detail
     assert h.compute.arm_calls == [("PUT", data["correlationId"], {"properties": {"status": "Cancel"}})]
-    assert h.store.get_record("event", "e1")["outcome"] == "cancelled"
+    assert h.store.get_record("event", f"{PRE_MAINTENANCE}|e1")["outcome"] == "cancelled"
 
 
 def test_after_the_cutoff_a_run_that_cannot_proceed_is_not_cancelled(h: Harness) -> None:
@@ -135,7 +135,7 @@ def test_a_post_maintenance_event_closes_the_window(h: Harness) -> None:
     data = maintenance_data(h, start_in=0)
     run_id = Intake(h.deps).handle_event(envelope(PRE_MAINTENANCE, data)).runs[0]
     post = {k: v for k, v in data.items() if k != "cancellationCutOffDateTime"} | {"status": "Succeeded"}
-    outcome = Intake(h.deps).handle_event(envelope(POST_MAINTENANCE, post, "e-post"))
+    outcome = Intake(h.deps).handle_event(envelope(POST_MAINTENANCE, post, "e1"))  # same id as the pre-event
     assert outcome.action == "closed" and outcome.runs == (run_id,)
     h.pump(run_id)
     assert set(h.node_states(run_id).values()) == {"deferred"}

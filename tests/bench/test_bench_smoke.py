@@ -1,0 +1,108 @@
+"""The benchmark code runs and produces well-formed results (never a timing assertion).
+
+One tiny rollout on the sandbox (4 nodes, budget 2, a very short time scale), planning
+at 50 nodes, one cold-start repetition and a few webhook deliveries; then the table,
+results.json and results.md are built from what came out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import SECTIONS, run, write
+from bench.bound import Durations, WriteLimit, lower_bound
+from bench.report import HEADERS, build_rows, markdown, print_table
+from bench.rollout import Phases, chain_breakdown, classify_outcome, critical_chain
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_smoke_profile_runs_and_produces_well_formed_results(tmp_path: Path) -> None:
+    results = run("smoke", SECTIONS, runners=2, log=lambda _m: None)
+    write(results, tmp_path)
+
+    data = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert {"cpus", "cpu_model", "memory_gib", "python", "date"} <= set(data["machine"])
+    (rollout,) = data["rollouts"]
+    assert "error" not in rollout, rollout.get("error")
+    assert rollout["outcome"] == "complete"
+    assert rollout["nodes"]["done"] == 4
+    assert rollout["bound"]["waves"] == 2
+    assert rollout["ratio"] > 0.95  # nothing beats the bound
+    assert set(rollout["breakdown_seconds"]) == {
+        "queue",
+        "drain wait",
+        "reimage start",
+        "cloud jitter",
+        "verify",
+    }
+    assert rollout["invariants"]["ok"], rollout["invariants"]["violations"]
+    economy = rollout["economy"]
+    assert economy["arm_writes"] >= 1 and economy["kube_requests"] > 0
+    assert economy["cluster_wide_lists_steps"] == 0
+    assert rollout["runners"]["node_work_invocations"] > 0
+
+    planning = data["planning"]
+    assert planning["planned"] == 50 and planning["plan_seconds"] > 0 and planning["ratio"] > 0
+    assert data["coldstart"]["reps"] == 1 and data["coldstart"]["ratio"] > 0
+    webhook = data["webhook"]
+    assert webhook.get("pending") or (webhook["ok"] and webhook["handler_p50_ms"] > 0)
+
+    rows = build_rows(data)
+    assert len(rows) == 5  # makespan, economy, planning, cold start, webhook
+    assert all(len(r.cells()) == len(HEADERS) for r in rows)
+    md = (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert md == markdown(data)
+    assert "| makespan N=4 budget 2 |" in md
+    print_table(data)
+
+
+def test_the_lower_bound_counts_waves_and_waits_for_reimage_writes() -> None:
+    durations = Durations(drain=5, reimage=240, boot=90)
+    bound = lower_bound(10, 3, durations)
+    assert bound.wave_sizes == (3, 3, 3, 1)
+    assert bound.cloud_seconds == 4 * 335 and bound.write_wait == 0
+    # Short waves of 250 nodes need 3 writes each: the bucket (3 burst, 1 a minute) runs dry.
+    fast = lower_bound(1000, 250, Durations(0, 10, 0), WriteLimit(burst=3, per_minute=1, max_batch=100))
+    assert fast.writes == 12
+    assert fast.write_wait == pytest.approx(3 * 180 - 30, abs=1e-6)
+    assert fast.cloud_seconds == pytest.approx(40 + fast.write_wait)
+
+
+def test_the_breakdown_follows_the_critical_chain_and_sums_to_the_overhead() -> None:
+    def node(start: float) -> Phases:
+        return Phases(
+            admitted=start + 1,
+            cordoned=start + 2,
+            reimaging=start + 4,
+            wiped=start + 5,
+            reimaged=start + 15,
+            booted=start + 18,
+            uncordoned=start + 19,
+        )
+
+    phases = {"a": node(0), "b": node(19.5), "c": node(0.5)}
+    chain = critical_chain(phases)
+    assert chain == ["c", "b"]  # b started when c, the later of the two, finished
+    ideal = {"drain": 1.0, "reimage": 10.0, "boot": 3.0}
+    out = chain_breakdown(chain, phases, start=0.0, end=40.0, ideal=ideal)
+    assert sum(out.values()) == pytest.approx(40 - 2 * 14)
+    assert out["drain wait"] == pytest.approx(2 * 1) and out["verify"] == pytest.approx(2 * 1)
+
+
+def test_outcomes_are_classified() -> None:
+    assert classify_outcome("stale") == "dropped (stale)"
+    assert classify_outcome("waiting: waiting for 1 pods to terminate") == "wait: drain"
+    assert classify_outcome("waiting: manualupgrade in progress") == "wait: LRO poll"
+    assert (
+        classify_outcome("waiting: pacing writes to scale set x under Compute's limit")
+        == "wait: write pacing"
+    )
+    assert classify_outcome("waiting: transient error, retrying: reimage: 429 OperationNotAllowed") == (
+        "wait: throttled (429)"
+    )
+    assert classify_outcome("booting -> succeeded") == "transition"
+    assert classify_outcome("admitted 3") == "admission"
