@@ -12,35 +12,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.kube_objects import KubeObject
+
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 
 
 @dataclass(frozen=True)
-class Pod:
+class Pod(KubeObject):
     """A typed view over a Pod as the API server returned it."""
-
-    raw: Mapping[str, Any]
 
     @property
     def namespace(self) -> str:
         return str(self.raw["metadata"].get("namespace", "default"))
 
     @property
-    def name(self) -> str:
-        return str(self.raw["metadata"]["name"])
-
-    @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
-
-    @property
-    def uid(self) -> str:
-        return str(self.raw["metadata"].get("uid", ""))
-
-    @property
-    def labels(self) -> Mapping[str, str]:
-        return self.raw["metadata"].get("labels") or {}
 
     @property
     def phase(self) -> str:
@@ -72,10 +60,7 @@ class Pod:
 
     @property
     def ready(self) -> bool:
-        for cond in (self.raw.get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "Ready":
-                return cond.get("status") == "True"
-        return False
+        return self.condition_true("Ready")
 
 
 @dataclass(frozen=True)

@@ -464,8 +464,8 @@ class Intake:
             off_model = instance is not None and not instance.latest_model_applied
             max_age = pool.max_node_age.total_seconds() if pool.max_node_age else None
             too_old = max_age is not None and _age(node, now) > max_age
-            asks = bool(pool.reboot_required_condition) and _condition_true(
-                node, str(pool.reboot_required_condition)
+            asks = bool(pool.reboot_required_condition) and node.condition_true(
+                str(pool.reboot_required_condition)
             )
             if off_model or too_old or asks:
                 due.append(node.name)
@@ -494,13 +494,6 @@ def _age(node: Node, now: float) -> float:
         return now - parse_iso(str(stamp))
     except ValueError:
         return 0.0
-
-
-def _condition_true(node: Node, condition: str) -> bool:
-    return any(
-        c.get("type") == condition and c.get("status") == "True"
-        for c in (node.raw.get("status") or {}).get("conditions") or []
-    )
 
 
 __all__ = ["Intake", "Outcome"]

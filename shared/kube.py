@@ -19,6 +19,7 @@ from shared import PRODUCT_PREFIX
 from shared.clock import iso
 from shared.drain import Pod
 from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
+from shared.kube_objects import KubeObject
 
 logger = logging.getLogger(__name__)
 
@@ -31,21 +32,7 @@ NODE_IMAGE_LABEL = "kubernetes.azure.com/node-image-version"
 
 
 @dataclass(frozen=True)
-class Node:
-    raw: Mapping[str, Any]
-
-    @property
-    def name(self) -> str:
-        return str(self.raw["metadata"]["name"])
-
-    @property
-    def labels(self) -> Mapping[str, str]:
-        return self.raw["metadata"].get("labels") or {}
-
-    @property
-    def annotations(self) -> Mapping[str, str]:
-        return self.raw["metadata"].get("annotations") or {}
-
+class Node(KubeObject):
     @property
     def unschedulable(self) -> bool:
         return bool((self.raw.get("spec") or {}).get("unschedulable"))
@@ -56,10 +43,7 @@ class Node:
 
     @property
     def ready(self) -> bool:
-        for cond in (self.raw.get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "Ready":
-                return cond.get("status") == "True"
-        return False
+        return self.condition_true("Ready")
 
     @cached_property
     def node_info(self) -> Mapping[str, Any]:
