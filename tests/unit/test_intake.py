@@ -301,3 +301,19 @@ def test_the_schedule_patches_only_pools_inside_their_window(h: Harness) -> None
     outcomes = Intake(hw.deps).scheduled()
     assert [o.action for o in outcomes] == ["started"]
     assert set(hw.node_states(outcomes[0].runs[0])) == {"linux-0", "linux-1"}
+
+
+def test_the_schedule_patches_nodes_asking_for_a_reboot_or_too_old() -> None:
+    hw = Harness(
+        {"linux": 1},
+        nodes_per_pool=3,
+        pool_linux={"rebootRequiredCondition": "KernelDeadlock", "maxNodeAge": "P30D"},
+    )
+    for inst in hw.compute.scale_sets[scale_set_id("vmss-linux").lower()]:
+        hw.compute.instance(inst)["latest"] = True  # every instance is on the latest model
+    hw.kube.nodes["linux-0"]["status"]["conditions"].append({"type": "KernelDeadlock", "status": "True"})
+    old = datetime.fromtimestamp(hw.clock.now() - 31 * 86400, UTC).isoformat().replace("+00:00", "Z")
+    hw.kube.nodes["linux-2"]["metadata"]["creationTimestamp"] = old
+    (outcome,) = Intake(hw.deps).scheduled()
+    assert outcome.action == "started"
+    assert set(hw.node_states(outcome.runs[0])) == {"linux-0", "linux-2"}
