@@ -1,0 +1,140 @@
+"""``python -m bench`` (``make bench``): every benchmark, one table, results.json + results.md.
+
+Profiles:
+
+* ``default`` (about 20 minutes on 2 cores): the nine rollouts (N = 10, 100, 1,000 x
+  budget 1, 10 %, 25 %), budget 1 at N >= 100 measured over its first 10 waves, the
+  1,000-node runs at 10 % and 25 % capped; planning at 5,000 nodes; cold start; webhook.
+* ``long``: the same rollouts without caps, budget 1 over every wave at N = 100 and over
+  50 waves at N = 1,000 (well over an hour on 2 cores).
+* ``smoke``: tiny sizes, to check that the code runs (the test suite uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import coldstart, planning, webhook
+from bench.machine import describe
+from bench.report import markdown, print_table
+from bench.rollout import RolloutSpec, run_rollout
+
+HERE = Path(__file__).resolve().parent
+SECTIONS = ("rollout", "planning", "coldstart", "webhook")
+
+TARGETS: dict[str, Any] = {
+    "makespan_ratio": {"100": 1.05, "1000": 1.10},
+    "arm_reads_per_node": 10.0,
+    "plan_seconds": 1.0,
+    "plan_mib": 200.0,
+    "coldstart_ratio": 1.5,
+}
+
+
+def _rollouts(profile: str, runners: int) -> list[RolloutSpec]:
+    if profile == "smoke":
+        return [RolloutSpec(4, 2, 0.005, cap_seconds=60, runners=2)]
+    long = profile == "long"
+    specs = []
+    # N = 10 is not a target: a short time scale keeps it quick (its ratio shows the
+    # per-wave overhead at its worst).
+    for budget in (1, "10%", "25%"):
+        specs.append(RolloutSpec(10, budget, 0.03 if long else 0.01, runners=runners))
+    specs += [
+        RolloutSpec(100, 1, 0.03, waves_limit=None if long else 10, cap_seconds=3600, runners=runners),
+        RolloutSpec(100, "10%", 0.03, runners=runners),
+        RolloutSpec(100, "25%", 0.03, runners=runners),
+        RolloutSpec(1000, 1, 0.03, waves_limit=50 if long else 10, cap_seconds=3600, runners=runners),
+        RolloutSpec(1000, "10%", 0.03, cap_seconds=1800 if long else 180, runners=runners),
+        RolloutSpec(1000, "25%", 0.03, cap_seconds=1800 if long else 180, runners=runners),
+    ]
+    return specs
+
+
+def _guard(name: str, fn: Callable[[], dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        result = fn()
+    except Exception as exc:
+        log(f"{name} failed: {exc}\n{traceback.format_exc()}")
+        result = {"error": f"{exc.__class__.__name__}: {exc}"}
+    result["wall_seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def run(
+    profile: str, sections: tuple[str, ...], *, runners: int, log: Callable[[str], None]
+) -> dict[str, Any]:
+    smoke = profile == "smoke"
+    results: dict[str, Any] = {"profile": profile, "machine": describe(), "targets": TARGETS}
+    started = time.monotonic()
+    if "planning" in sections:
+        log("planning ...")
+        nodes, pools = (50, 5) if smoke else (5000, 50)
+        results["planning"] = _guard(
+            "planning", lambda: planning.measure(nodes, pools, 1 if smoke else 5), log
+        )
+    if "coldstart" in sections:
+        log("cold start ...")
+        results["coldstart"] = _guard("cold start", lambda: coldstart.measure(1 if smoke else 9), log)
+    if "webhook" in sections:
+        log("webhook ...")
+        results["webhook"] = _guard("webhook", lambda: webhook.measure(iterations=5 if smoke else 200), log)
+    if "rollout" in sections:
+        results["rollouts"] = []
+        for spec in _rollouts(profile, runners):
+            log(f"rollout {spec.label} at time scale {spec.scale} ...")
+            result = _guard(spec.label, functools.partial(run_rollout, spec, progress=log), log)
+            result.setdefault("label", spec.label)
+            result.setdefault("spec", spec.__dict__)
+            results["rollouts"].append(result)
+    results["wall_seconds"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(markdown(results), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--profile", choices=("default", "long", "smoke"), default="default")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
+    parser.add_argument("--runners", type=int, default=4, help="Functions runner processes per sandbox")
+    parser.add_argument("--out", type=Path, default=HERE, help="where results.json and results.md go")
+    args = parser.parse_args(argv)
+    sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(width=max(200, Console().width))
+    err = Console(stderr=True, width=max(200, Console().width))
+
+    def log(message: str) -> None:
+        err.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(message)}", highlight=False)
+
+    results = run(args.profile, sections, runners=args.runners, log=log)
+    write(results, args.out)
+    print_table(results, console)
+    console.print(f"written: {args.out / 'results.json'}, {args.out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
