@@ -182,6 +182,9 @@ class NodeWork:
     state_since: str = ""
     lease_until: float = 0.0
     lease_owner: str = ""
+    # When the work item last sent for this node becomes visible: a node only counts as
+    # stalled once it is overdue, not while its message waits out a delay or a backlog.
+    next_due: float = 0.0
     attempts: int = 0
     last_error: str = ""
     cordoned_by_us: bool = False

@@ -41,7 +41,7 @@ def sweep(deps: Collaborators) -> SweepReport:
             continue
         report.runs_checked += 1
         for node in in_flight:
-            last = parse_iso(node.updated_at) if node.updated_at else 0.0
+            last = max(parse_iso(node.updated_at) if node.updated_at else 0.0, node.next_due)
             if now - last < stall or node.lease_until > now:
                 continue
             node.seq += 1

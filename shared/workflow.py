@@ -349,6 +349,7 @@ def _hand_over(
                 fresh.reimage_started, fresh.reimage_batch = 0.0, ""
             else:
                 fresh.reimage_token = token
+            fresh.next_due = ctx.now + first_poll
             try:
                 store.commit(fresh)
             except ConcurrencyError:
@@ -510,6 +511,7 @@ class Workflow:
             self.deps.store.commit(node)  # persisted step; the lease is still ours
         node.seq += 1
         node.lease_owner, node.lease_until = "", 0.0
+        node.next_due = self.deps.clock.now() + result.delay
         self.deps.store.commit(node)
         if node.state.terminal:
             self.admit(run.id)

@@ -330,3 +330,17 @@ def test_write_pacer_refills_at_the_configured_rate() -> None:
     assert pacer.take(10.0) == 0.0
     restored = WritePacer.load(pacer.state(), burst=2, per_minute=6, now=99.0)
     assert restored.take(10.0) == pytest.approx(10.0)
+
+
+def test_the_sweeper_leaves_a_node_whose_message_is_not_yet_due() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    run_id = h.start()
+    h._collect()
+    h.workflow.handle(h.pending.pop(0)[1])  # admit; the step message is queued
+    node = h.store.get_node(run_id, "linux-0")
+    node.next_due = h.clock.now() + 900  # e.g. a long back-off or a queue backlog
+    h.store.commit(node)
+    h.clock.advance(601)
+    assert sweep(h.deps).resumed == []
+    h.clock.advance(900)
+    assert sweep(h.deps).resumed == [f"{run_id}/linux-0"]
