@@ -40,13 +40,29 @@ class _ClientCache:
             if cluster not in self._kube:
                 from shared.kube import KubeClient
 
-                ref = self._config.cluster(cluster).kubeconfig
-                if ref is None:
-                    raise ConfigError(f"cluster {cluster}: Entra ID (azureAd) auth is not supported yet")
-                value = os.environ.get(ref.setting, "")
-                if not value:
-                    raise ConfigError(f"app setting {ref.setting} (kubeconfig of cluster {cluster}) is empty")
-                self._kube[cluster] = KubeClient.from_kubeconfig(value)
+                spec = self._config.cluster(cluster)
+                proxy = spec.proxy.https if spec.proxy else None
+                no_proxy = spec.proxy.no_proxy if spec.proxy else []
+                if spec.azure_ad is not None:
+                    ad = spec.azure_ad
+                    ca = os.environ.get(ad.ca_setting, "") if ad.ca_setting else None
+                    if ad.ca_setting and not ca:
+                        raise ConfigError(f"app setting {ad.ca_setting} (CA of cluster {cluster}) is empty")
+                    self._kube[cluster] = KubeClient.from_azure_ad(
+                        ad.server,
+                        credential=azure_credential(),
+                        audience=ad.audience,
+                        ca_pem=ca,
+                        proxy=proxy,
+                        no_proxy=no_proxy,
+                    )
+                else:
+                    assert spec.kubeconfig is not None  # the config validator requires one of the two
+                    value = os.environ.get(spec.kubeconfig.setting, "")
+                    if not value:
+                        setting = spec.kubeconfig.setting
+                        raise ConfigError(f"app setting {setting} (kubeconfig of cluster {cluster}) is empty")
+                    self._kube[cluster] = KubeClient.from_kubeconfig(value, proxy=proxy, no_proxy=no_proxy)
             return self._kube[cluster]
 
     def compute(self, subscription: str) -> Any:
