@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from shared import PRODUCT_PREFIX
@@ -32,7 +32,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
-Seconds = Annotated[timedelta, Field(description="seconds, or ISO 8601 (PT10M), or HH:MM:SS")]
+Seconds = Annotated[
+    timedelta,
+    WithJsonSchema(
+        {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}]},
+        mode="validation",
+    ),
+    Field(description="seconds, or ISO 8601 (PT10M), or HH:MM:SS"),
+]
 
 
 class SettingRef(_Model):
@@ -365,3 +372,17 @@ def load_config(path: str | Path) -> PatcherConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
     return parse_config(data, source=f"configuration file {path}")
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema editors use for the YAML file (``config/patcher.schema.json``)."""
+    schema = PatcherConfig.model_json_schema(by_alias=True, mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "vmss-node-patcher configuration"
+    return schema
+
+
+if __name__ == "__main__":  # python -m shared.config > config/patcher.schema.json
+    import json
+
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))

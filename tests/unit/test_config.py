@@ -1,0 +1,69 @@
+"""The configuration file: the documented example, the editors' JSON schema, and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from shared.config import json_schema, load_config, parse_config
+from shared.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+
+def test_the_documented_example_is_valid() -> None:
+    config = load_config(CONFIG_DIR / "patcher.example.yaml")
+    assert [c.name for c in config.clusters] == ["prod-weu", "prod-neu"]
+    assert config.clusters[1].azure_ad is not None and config.clusters[1].proxy is not None
+
+
+def test_the_committed_json_schema_is_the_one_the_code_generates() -> None:
+    committed = json.loads((CONFIG_DIR / "patcher.schema.json").read_text())
+    assert committed == json.loads(json.dumps(json_schema())), (
+        "regenerate it: python -m shared.config > config/patcher.schema.json"
+    )
+
+
+def test_editors_see_the_example_as_valid_against_the_schema() -> None:
+    schema = json.loads((CONFIG_DIR / "patcher.schema.json").read_text())
+    example = yaml.safe_load((CONFIG_DIR / "patcher.example.yaml").read_text())
+    jsonschema.validate(example, schema)
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"maxUnavailable": 0}, "clusters[0].pools[0].maxUnavailable"),
+        ({"maxUnavailable": "150%"}, "percentage from 1% to 100%"),
+        ({"scaleSetId": "/subscriptions/x/vm"}, "clusters[0].pools[0].scaleSetId"),
+        ({"window": "nope"}, "unknown window 'nope'"),
+        ({"drain": {"onTimeout": "ignore"}}, "clusters[0].pools[0].drain.onTimeout"),
+        ({"bootTimeout": "soon"}, "clusters[0].pools[0].bootTimeout"),
+    ],
+)
+def test_errors_name_the_field_and_the_value(patch: dict, needle: str) -> None:
+    data = yaml.safe_load((CONFIG_DIR / "patcher.example.yaml").read_text())
+    data["clusters"][0]["pools"][0].update(patch)
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert needle in str(err.value)
+
+
+def test_a_cluster_needs_exactly_one_credential_source() -> None:
+    data = yaml.safe_load((CONFIG_DIR / "patcher.example.yaml").read_text())
+    data["clusters"][0]["azureAd"] = {"server": "https://x"}
+    with pytest.raises(ConfigError, match="exactly one of kubeconfig"):
+        parse_config(data)
+
+
+def test_unreadable_and_malformed_files_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clusters: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
