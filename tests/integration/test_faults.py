@@ -24,7 +24,7 @@ def test_arm_throttling_and_server_errors_are_retried_until_the_node_succeeds(
     sandbox: Sandbox, driver: Driver
 ) -> None:
     node = driver.nodes_of("beta")[0]
-    driver.new_image()
+    driver.new_image(pools=["beta"])
     sandbox.compute.faults.fail_next("manualupgrade", 2, status=429, code="TooManyRequests", retry_after=1)
     sandbox.compute.faults.fail_next("get_vm", 2, status=500)
     before = len(sandbox.arm_server.request_log)
@@ -41,7 +41,7 @@ def test_a_failing_reimage_is_retried_once_then_fails_the_node_left_cordoned(
     sandbox: Sandbox, driver: Driver
 ) -> None:
     first, second = driver.nodes_of("beta")[1:3]
-    driver.new_image()
+    driver.new_image(pools=["beta"])
     sandbox.compute.faults.fail_lro("manualupgrade", 1)
     try:
         run = driver.wait(driver.start(nodes=[first]))
@@ -101,7 +101,7 @@ def test_a_pod_that_hangs_in_terminating_fails_the_drain_on_timeout(sandbox: San
 
 def test_kubernetes_conflicts_and_server_errors_are_retried(sandbox: Sandbox, driver: Driver) -> None:
     node = driver.nodes_of("alpha")[0]
-    driver.new_image()
+    driver.new_image(pools=["alpha"])
     sandbox.kube_server.faults.fail_next("PATCH", rf"/api/v1/nodes/{node}$", 1, status=409)
     sandbox.kube_server.faults.fail_next("GET", r"/api/v1/pods$", 2, status=500)
     before = len(sandbox.kube_server.request_log)
@@ -134,7 +134,7 @@ def test_a_lost_in_flight_message_is_recovered_by_the_sweeper(sandbox: Sandbox, 
                     queue.update_message(msg, visibility_timeout=0)
             stop.wait(0.01)
 
-    driver.new_image()
+    driver.new_image(pools=["win"])
     thread = threading.Thread(target=steal, daemon=True)
     thread.start()
     started = time.monotonic()

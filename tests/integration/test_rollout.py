@@ -49,7 +49,7 @@ def test_a_30_node_rollout_over_3_pools_keeps_every_invariant(sandbox: Sandbox, 
 
 
 def test_runner_processes_killed_at_random_keep_every_invariant(sandbox: Sandbox, driver: Driver) -> None:
-    image = driver.new_image()
+    image = driver.new_image(pools=["alpha", "win"])
     since = time.time()
     run_id = driver.start(pools=["alpha", "win"])
     stop = threading.Event()
@@ -94,7 +94,7 @@ def test_every_message_delivered_twice_does_no_harm(sandbox: Sandbox, driver: Dr
                     copies += 1
             stop.wait(0.02)
 
-    image = driver.new_image()
+    image = driver.new_image(pools=["beta"])
     since = time.time()
     thread = threading.Thread(target=duplicate, daemon=True)
     thread.start()
