@@ -18,7 +18,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sandbox.arm import ComputeState
@@ -94,7 +94,6 @@ class Workload:
     replicas: int = 0
     empty_dir: bool = False
     grace: int = 30
-    counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
 
 class SandboxCluster:

@@ -222,9 +222,6 @@ class Sandbox:
                 pdb_max_unavailable=1,
             )
 
-    def pool_name_of(self, spec: PoolSpec) -> str:
-        return spec.name
-
     def _write_config(self) -> None:
         assert self.cluster is not None
         opts = self.options

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from shared.compute import _translate
+from shared.compute import translate_azure_error
 from shared.errors import PermanentError
 
 ACCOUNT_RE = re.compile(
@@ -53,7 +53,7 @@ class AutomationClient:
                 parts["resource_group"], parts["account"], name
             )
         except Exception as exc:
-            raise _translate(exc, f"get software update configuration {name}") from exc
+            raise translate_azure_error(exc, f"get software update configuration {name}") from exc
         update = config.update_configuration
         vms = list(getattr(update, "azure_virtual_machines", None) or [])
         return list(dict.fromkeys(str(v).lower() for v in vms))

@@ -99,7 +99,7 @@ def image_version(label: str) -> str:
     return label.rsplit("/", 1)[-1] if "/" in label else label.rsplit(":", 1)[-1]
 
 
-def _translate(exc: Exception, what: str) -> Exception:
+def translate_azure_error(exc: Exception, what: str) -> Exception:
     from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ServiceRequestError
 
     if isinstance(exc, ResourceNotFoundError):
@@ -146,7 +146,7 @@ class ComputeClient:
                 ref.resource_group, ref.scale_set, ref.instance_id, expand="instanceView"
             )
         except Exception as exc:
-            raise _translate(exc, f"get instance {ref.scale_set}/{ref.instance_id}") from exc
+            raise translate_azure_error(exc, f"get instance {ref.scale_set}/{ref.instance_id}") from exc
         statuses = [s.code or "" for s in (vm.instance_view.statuses if vm.instance_view else None) or []]
         power = next((s.split("/", 1)[1] for s in statuses if s.startswith("PowerState/")), "")
         return Instance(
@@ -162,7 +162,7 @@ class ComputeClient:
         try:
             vmss = self._client.virtual_machine_scale_sets.get(ref.resource_group, ref.scale_set)
         except Exception as exc:
-            raise _translate(exc, f"get scale set {ref.scale_set}") from exc
+            raise translate_azure_error(exc, f"get scale set {ref.scale_set}") from exc
         profile = vmss.virtual_machine_profile
         return image_label(
             profile.storage_profile.image_reference if profile and profile.storage_profile else None
@@ -174,7 +174,7 @@ class ComputeClient:
         try:
             vms = list(self._client.virtual_machine_scale_set_vms.list(ref.resource_group, ref.scale_set))
         except Exception as exc:
-            raise _translate(exc, f"list instances of {ref.scale_set}") from exc
+            raise translate_azure_error(exc, f"list instances of {ref.scale_set}") from exc
         return [
             Instance(
                 instance_id=str(vm.instance_id),
@@ -197,7 +197,9 @@ class ComputeClient:
                 parts["resource_group"], parts["gallery"], parts["image"], parts["version"]
             )
         except Exception as exc:
-            raise _translate(exc, f"get image version {parts['image']}/{parts['version']}") from exc
+            raise translate_azure_error(
+                exc, f"get image version {parts['image']}/{parts['version']}"
+            ) from exc
         profile = version.publishing_profile
         regions = tuple(r.name for r in (profile.target_regions or [])) if profile else ()
         return ImageVersion(
@@ -244,11 +246,11 @@ class ComputeClient:
         try:
             response = self._client.send_request(request)
         except Exception as exc:
-            raise _translate(exc, f"{method} {path}") from exc
+            raise translate_azure_error(exc, f"{method} {path}") from exc
         if response.status_code >= 400:
             from azure.core.exceptions import HttpResponseError
 
-            raise _translate(HttpResponseError(response=response), f"{method} {path}")
+            raise translate_azure_error(HttpResponseError(response=response), f"{method} {path}")
         try:
             return response.json()
         except ValueError:
@@ -281,7 +283,7 @@ class ComputeClient:
             poller = fn(*args, polling=_start_only(), **kwargs)
             return str(poller.continuation_token())
         except Exception as exc:
-            raise _translate(exc, what) from exc
+            raise translate_azure_error(exc, what) from exc
 
     def poll(self, token: str) -> LroStatus:
         """Resume an LRO from its continuation token and poll it exactly once."""
@@ -300,9 +302,9 @@ class ComputeClient:
             # A failed operation surfaces as an error status of the operation itself.
             if exc.status_code and exc.status_code < 500 and exc.status_code != 429:
                 return LroStatus(done=True, succeeded=False, error=_lro_error(exc))
-            raise _translate(exc, "poll operation") from exc
+            raise translate_azure_error(exc, "poll operation") from exc
         except Exception as exc:
-            raise _translate(exc, "poll operation") from exc
+            raise translate_azure_error(exc, "poll operation") from exc
         status = str(method.status())
         if status.lower() == "succeeded":
             return LroStatus(done=True, succeeded=True)

@@ -19,6 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from shared.budget import resolve_max_unavailable
 from shared.clock import iso
 from shared.compute import ComputeClient, Instance, parse_provider_id
 from shared.config import ClusterConfig, PoolConfig
@@ -173,8 +174,6 @@ class Intake:
             pool = cluster.pool(pool_name)
             members = [n for n in nodes if _in_pool(n, pool)]
             unhealthy = [n.name for n in members if not n.ready]
-            from shared.budget import resolve_max_unavailable
-
             budget = resolve_max_unavailable(pool.max_unavailable, len(members))
             if len(unhealthy) > budget:
                 return (

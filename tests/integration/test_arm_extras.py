@@ -55,7 +55,7 @@ from sandbox.events import (
 from sandbox.runner import FunctionsRunner
 from sandbox.tls import SandboxTLS, create_tls
 from sandbox.world import World
-from tests.integration.test_arm_fidelity import CREDENTIAL_ENV
+from tests.integration.test_arm_fidelity import managed_identity_env
 
 pytestmark = pytest.mark.integration
 
@@ -125,16 +125,10 @@ def arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm]:
     server.start()
     sb = Arm(world, state, server, tls, config_id, account_id)
     state.add_listener(sb.record)
-    mp = pytest.MonkeyPatch()
-    for name in CREDENTIAL_ENV:
-        mp.delenv(name, raising=False)
-    mp.setenv("IDENTITY_ENDPOINT", server.identity_endpoint)
-    mp.setenv("IDENTITY_HEADER", server.identity_header)
-    mp.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_path))
     try:
-        yield sb
+        with managed_identity_env(server, tls.ca_path):
+            yield sb
     finally:
-        mp.undo()
         server.stop()
         world.close()
 

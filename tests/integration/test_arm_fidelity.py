@@ -11,6 +11,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,22 @@ CREDENTIAL_ENV = [
     "IMDS_ENDPOINT",
     "IDENTITY_SERVER_THUMBPRINT",
 ]
+
+
+@contextmanager
+def managed_identity_env(server: ArmServer, ca_path: Path) -> Iterator[None]:
+    """Only the App Service managed-identity protocol, pointed at this server, and its CA
+    trusted: exactly what the app sees in Azure (and in the sandbox)."""
+    mp = pytest.MonkeyPatch()
+    for name in CREDENTIAL_ENV:
+        mp.delenv(name, raising=False)
+    mp.setenv("IDENTITY_ENDPOINT", server.identity_endpoint)
+    mp.setenv("IDENTITY_HEADER", server.identity_header)
+    mp.setenv("REQUESTS_CA_BUNDLE", str(ca_path))
+    try:
+        yield
+    finally:
+        mp.undo()
 
 
 @dataclass
@@ -192,16 +209,10 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     server.start()
     sb = Sandbox(world, state, server, tls)
     state.add_listener(sb.record)
-    mp = pytest.MonkeyPatch()
-    for name in CREDENTIAL_ENV:
-        mp.delenv(name, raising=False)
-    mp.setenv("IDENTITY_ENDPOINT", server.identity_endpoint)
-    mp.setenv("IDENTITY_HEADER", server.identity_header)
-    mp.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_path))
     try:
-        yield sb
+        with managed_identity_env(server, tls.ca_path):
+            yield sb
     finally:
-        mp.undo()
         server.stop()
         world.close()
 
