@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from shared.admission import Admission
 from shared.clock import iso, parse_iso
 from shared.errors import ConcurrencyError
 from shared.model import NodeState, RunState
-from shared.workflow import Collaborators, Workflow
+from shared.workflow import Collaborators
 from shared.workqueue import WorkItem
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def sweep(deps: Collaborators) -> SweepReport:
         in_flight = [n for n in nodes if n.state.holds_slot]
         if run.state.terminal and not in_flight:
             if deps.store.active_run(run.cluster) == run.id:
-                Workflow(deps).admit(run.id)  # closes the run and releases the cluster
+                Admission(deps).admit(run.id)  # closes the run and releases the cluster
             continue
         report.runs_checked += 1
         for node in in_flight:
