@@ -244,6 +244,7 @@ class Sandbox:
             "pollInterval": 0.5,
             "drainRetryInterval": 0.5,
             "leaseDuration": 10,
+            "inlineWait": 2,
             "stallAfter": 20,
             "retryBackoffInitial": 0.5,
             "retryBackoffMax": 5,

@@ -186,12 +186,21 @@ class WorkflowTiming(_Model):
     # a little under it to leave room for other writers (model updates, people).
     write_burst: int = Field(10, alias="writeBurst", ge=1)
     writes_per_minute: float = Field(3.5, alias="writesPerMinute", gt=0)
+    # Waits expected to end soon (evicted pods terminating, a rebooted node turning
+    # Ready) are watched inside the invocation for up to this long, so the step moves on
+    # the moment they end instead of one re-check interval (plus queue latency) later.
+    inline_wait: Seconds = Field(timedelta(seconds=20), alias="inlineWait")
 
     @model_validator(mode="after")
     def _stall_longer_than_lease(self) -> WorkflowTiming:
         if self.stall_after <= self.lease_duration:
             raise ValueError(
                 "stallAfter must be longer than leaseDuration, or the sweeper races live workers"
+            )
+        if self.inline_wait * 3 > self.lease_duration:
+            raise ValueError(
+                "inlineWait must be at most a third of leaseDuration: a step that waits in place "
+                "must finish well within its lease"
             )
         if self.stall_after <= self.retry_backoff_max or self.stall_after <= self.poll_interval:
             raise ValueError(

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -251,6 +253,89 @@ class KubeClient:
             field_selector=f"spec.nodeName={node}",
         )
         return [Pod(item) for item in data.get("items", [])]
+
+    def wait_for_pods_gone(self, node: str, uids: Collection[str], *, timeout: float) -> bool:
+        """Watch the node's pods until none of ``uids`` is left, at most ``timeout`` seconds.
+
+        One list and one watch request, instead of listing again every few seconds: the
+        step learns that the last pod went the moment it goes.
+        """
+        selector = f"spec.nodeName={node}"
+        data = self._json(
+            f"list pods on {node}", self._core.list_pod_for_all_namespaces, field_selector=selector
+        )
+        left = {str(item["metadata"].get("uid", "")) for item in data.get("items", [])} & set(uids)
+        if not left:
+            return True
+        version = str(data.get("metadata", {}).get("resourceVersion", ""))
+        for event in self._watch(
+            f"watch pods on {node}",
+            self._core.list_pod_for_all_namespaces,
+            version,
+            timeout,
+            field_selector=selector,
+        ):
+            if event.get("type") == "DELETED":
+                left.discard(str(event.get("object", {}).get("metadata", {}).get("uid", "")))
+                if not left:
+                    return True
+        return False
+
+    def wait_for_node(self, name: str, done: Callable[[Node], bool], *, timeout: float) -> Node:
+        """Watch one Node until ``done`` says so, at most ``timeout`` seconds; returns the
+        last version seen (check ``done`` again: it may have timed out)."""
+        node = self.get_node(name)
+        if done(node):
+            return node
+        for event in self._watch(
+            f"watch node {name}",
+            self._core.list_node,
+            node.resource_version,
+            timeout,
+            field_selector=f"metadata.name={name}",
+        ):
+            if event.get("type") in ("ADDED", "MODIFIED"):
+                node = Node(event["object"])
+                if done(node):
+                    break
+        return node
+
+    def _watch(
+        self, what: str, fn: Any, resource_version: str, timeout: float, **kwargs: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Watch events from ``resource_version`` until ``timeout``. Ends quietly when the
+        time is up or the server ends the watch (410 Gone included): callers look again
+        on their own, so a lost watch costs a step, never correctness."""
+        from kubernetes.watch.watch import iter_resp_lines
+
+        if timeout <= 0:
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            resp = fn(
+                watch=True,
+                resource_version=resource_version,
+                # The server wants whole seconds; the read timeout ends sub-second waits.
+                timeout_seconds=max(1, math.ceil(timeout)),
+                allow_watch_bookmarks=True,
+                _preload_content=False,
+                _request_timeout=(REQUEST_TIMEOUT[0], timeout),
+                **kwargs,
+            )
+        except Exception as exc:
+            raise translate(exc, what) from exc
+        try:
+            for line in iter_resp_lines(resp):
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    return
+                yield event
+                if time.monotonic() >= deadline:
+                    return
+        except Exception as exc:  # the read timeout, or the server closing: both end the wait
+            logger.debug("%s ended: %s", what, exc)
+        finally:
+            resp.release_conn()
 
     def daemonset_exists(self, namespace: str, name: str) -> bool:
         try:

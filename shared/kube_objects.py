@@ -20,6 +20,10 @@ class KubeObject:
         return str(self.raw["metadata"].get("uid", ""))
 
     @property
+    def resource_version(self) -> str:
+        return str(self.raw["metadata"].get("resourceVersion", ""))
+
+    @property
     def labels(self) -> Mapping[str, str]:
         return self.raw["metadata"].get("labels") or {}
 

@@ -83,6 +83,8 @@ class StepContext:
     deps: Collaborators
     now: float
     ref: InstanceRef = field(init=False)
+    # Each invocation waits in place at most once, so it stays within its lease.
+    waited_inline: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         ref = parse_provider_id(f"azure://{self.node.scale_set_id}/virtualMachines/{self.node.instance_id}")
@@ -97,6 +99,16 @@ class StepContext:
     @property
     def timing(self) -> Any:
         return self.deps.config.workflow
+
+    def inline_wait(self) -> float:
+        """Seconds this invocation may still wait in place (0 once it has waited)."""
+        if self.waited_inline:
+            return 0.0
+        self.waited_inline = True
+        return float(self.timing.inline_wait.total_seconds())
+
+    def after_waiting(self) -> None:
+        self.now = self.deps.clock.now()
 
 
 def backoff(attempt: int, *, initial: float, maximum: float) -> float:
@@ -204,6 +216,12 @@ def step_draining(ctx: StepContext) -> StepResult:
         return wait(
             f"eviction refused for {len(blocked)} pods: {'; '.join(blocked)}", max(delay, retry_after or 0)
         )
+    inline = ctx.inline_wait()
+    if inline > 0:
+        gone = ctx.kube.wait_for_pods_gone(node.name, {p.uid for p in plan.evict}, timeout=inline)
+        ctx.after_waiting()
+        if gone:
+            return step_draining(ctx)  # look once more: the drain is complete unless pods came back
     return wait(
         f"waiting for {len(plan.evict)} pods to terminate", ctx.timing.drain_retry_interval.total_seconds()
     )
@@ -390,6 +408,13 @@ def step_booting(ctx: StepContext) -> StepResult:
     node, poll = ctx.node, ctx.timing.poll_interval.total_seconds()
     observed = ctx.kube.get_node(node.name)
     problems = _node_problems(node, observed)
+    if problems and (inline := ctx.inline_wait()) > 0:
+        # Watch the Node turn Ready on its new boot rather than polling it.
+        observed = ctx.kube.wait_for_node(
+            node.name, lambda seen: not _node_problems(node, seen), timeout=inline
+        )
+        ctx.after_waiting()
+        problems = _node_problems(node, observed)
     if not problems:
         instance = ctx.compute.get_instance(ctx.ref)
         if instance.provisioning_state.lower() != "succeeded":

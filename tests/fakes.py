@@ -141,6 +141,15 @@ class FakeKube:
         self._maybe_fail(f"list_pods {node}")
         return [Pod(p) for p in self.pods.values() if p["spec"].get("nodeName") == node]
 
+    def wait_for_pods_gone(self, node: str, uids: Any, *, timeout: float) -> bool:
+        # No time passes in the fake: the wait ends at once with what is true now.
+        self.calls.append(f"wait_for_pods_gone {node}")
+        return not any(p["metadata"].get("uid") in set(uids) for p in self.pods.values())
+
+    def wait_for_node(self, name: str, done: Any, *, timeout: float) -> Node:
+        self.calls.append(f"wait_for_node {name}")
+        return self.get_node(name)
+
     def daemonset_exists(self, namespace: str, name: str) -> bool:
         return f"{namespace}/{name}" in self.daemonsets
 

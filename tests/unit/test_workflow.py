@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import NotFoundError, PermanentError
+from shared.kube import EvictionResult
 from shared.model import NodeState, RunState
 from shared.runs import RunConflictError, RunService, StartRequest
 from shared.sweeper import sweep
@@ -344,3 +345,39 @@ def test_the_sweeper_leaves_a_node_whose_message_is_not_yet_due() -> None:
     assert sweep(h.deps).resumed == []
     h.clock.advance(900)
     assert sweep(h.deps).resumed == [f"{run_id}/linux-0"]
+
+
+def test_the_drain_watches_its_evictions_end_and_moves_on_in_the_same_invocation() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    h.kube.pods["web/web-1"] = make_pod("web", "web-1", "linux-0")
+    run_id = h.start()
+    admitted = _first_step(h)
+    h.workflow.handle(admitted)
+    node = h.store.get_node(run_id, "linux-0")
+    # cordon -> drain (evict, watch them go) -> reimage started: one delivery, no re-check.
+    assert node.state == NodeState.REIMAGING and node.reimage_token
+    assert "wait_for_pods_gone linux-0" in h.kube.calls
+    assert [c for c in h.kube.calls if c.startswith("wait_")] == ["wait_for_pods_gone linux-0"]
+
+
+def test_a_pod_still_terminating_after_the_inline_wait_is_looked_at_again_later() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    h.kube.pods["web/web-1"] = make_pod("web", "web-1", "linux-0")
+    h.kube.wait_for_pods_gone = lambda node, uids, *, timeout: False  # type: ignore[method-assign]
+    h.kube.evict = lambda pod, **_: EvictionResult(evicted=True)  # type: ignore[method-assign]
+    run_id = h.start()
+    h.workflow.handle(_first_step(h))
+    node = h.store.get_node(run_id, "linux-0")
+    assert node.state == NodeState.DRAINING
+    ((item, delay),) = h.queue.take()
+    assert item.node == "linux-0" and delay == h.config.workflow.drain_retry_interval.total_seconds()
+
+
+def _first_step(h: Harness) -> WorkItem:
+    """Deliver admissions until the first node's step item is queued; return it."""
+    for _ in range(5):
+        for item, _delay in h.queue.take():
+            if item.kind == "step":
+                return item
+            h.workflow.handle(item)
+    raise AssertionError("no node was admitted")
