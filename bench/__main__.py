@@ -71,7 +71,12 @@ def _guard(name: str, fn: Callable[[], dict[str, Any]], log: Callable[[str], Non
 
 
 def run(
-    profile: str, sections: tuple[str, ...], *, runners: int, log: Callable[[str], None]
+    profile: str,
+    sections: tuple[str, ...],
+    *,
+    runners: int,
+    log: Callable[[str], None],
+    sizes: set[int] | None = None,
 ) -> dict[str, Any]:
     smoke = profile == "smoke"
     results: dict[str, Any] = {"profile": profile, "machine": describe(), "targets": TARGETS}
@@ -91,6 +96,8 @@ def run(
     if "rollout" in sections:
         results["rollouts"] = []
         for spec in _rollouts(profile, runners):
+            if sizes and spec.n not in sizes:
+                continue
             log(f"rollout {spec.label} at time scale {spec.scale} ...")
             result = _guard(spec.label, functools.partial(run_rollout, spec, progress=log), log)
             result.setdefault("label", spec.label)
@@ -113,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
     )
     parser.add_argument("--runners", type=int, default=4, help="Functions runner processes per sandbox")
+    parser.add_argument(
+        "--nodes", default="", help="comma-separated fleet sizes: only the rollouts of these N (e.g. 100)"
+    )
     parser.add_argument("--out", type=Path, default=HERE, help="where results.json and results.md go")
     args = parser.parse_args(argv)
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
@@ -129,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         err.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(message)}", highlight=False)
 
-    results = run(args.profile, sections, runners=args.runners, log=log)
+    sizes = {int(n) for n in args.nodes.split(",") if n.strip()}
+    results = run(args.profile, sections, runners=args.runners, log=log, sizes=sizes)
     write(results, args.out)
     print_table(results, console)
     console.print(f"written: {args.out / 'results.json'}, {args.out / 'results.md'}")

@@ -73,8 +73,9 @@ def rollout_rows(rollouts: list[dict[str, Any]], targets: dict[int, float]) -> l
     for r in rollouts:
         spec = r["spec"]
         target = _target_for(spec["n"], targets)
+        waves = r["bound"]["waves"] if "bound" in r else "?"
         config = (
-            f"scale {spec['scale']}, {r['bound']['waves']} waves of ≤{r['budget']}"
+            f"scale {spec['scale']}, {waves} waves of ≤{r.get('budget', spec['budget'])}"
             + (f" ({spec['budget']} of {spec['n']:,})" if isinstance(spec["budget"], str) else "")
             + f", {spec['runners']} runners"
         )

@@ -222,7 +222,8 @@ def economy(
     planned_at: float,
 ) -> dict[str, Any]:
     """Requests per node from the servers' own logs. A cluster-wide list is a pod list
-    without a ``spec.nodeName`` field selector or a node list without a label selector;
+    without a ``spec.nodeName`` field selector or a node list with neither a label
+    selector nor a ``metadata.name`` field selector;
     those made while ``POST /api/runs`` was being answered are the plan's, the rest are
     the steps'."""
     per = max(1, nodes)
@@ -237,7 +238,8 @@ def economy(
         query = str(r.get("query") or "")
         if r.get("path") == "/api/v1/pods":
             return "spec.nodeName" not in query
-        return r.get("path") == "/api/v1/nodes" and "labelSelector" not in query
+        # A watch of one Node (fieldSelector metadata.name) is not a list of the cluster.
+        return r.get("path") == "/api/v1/nodes" and not ("labelSelector" in query or "metadata.name" in query)
 
     wide = [r for r in kube_log if cluster_wide(r)]
     pool_lists = [

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shared.admission import Admission
@@ -475,9 +475,11 @@ class Workflow:
     def __init__(self, deps: Collaborators) -> None:
         self.deps = deps
         self.worker_id = uuid.uuid4().hex[:12]
+        self._carried_on = False
 
     # Entry point for the queue trigger.
     def handle(self, item: WorkItem, *, final_attempt: bool = False) -> str:
+        self._carried_on = False  # one hand-off per invocation
         if item.kind == "admit":
             return self.admit(item.run)
         if item.kind == "image":
@@ -540,10 +542,33 @@ class Workflow:
         node.next_due = self.deps.clock.now() + result.delay
         self.deps.store.commit(node)
         if node.state.terminal:
-            self.admit(run.id)
+            self._admit_and_carry_on(run.id)
         else:
             self.deps.queue.send(WorkItem("step", run.id, node.name, node.seq), delay=result.delay)
         return outcome
+
+    def _admit_and_carry_on(self, run_id: str) -> None:
+        """Admit into the slot this node freed, then start one admitted node right here.
+
+        Its work item is on the queue too, but the queue's polling would add a hop to every
+        wave; whichever of the two gets the node's lease first does the step and the other
+        is dropped as busy or stale, so the duplicate costs one cheap invocation. Only once
+        per invocation, so a chain of nodes that end at once cannot run away with it.
+        """
+        if self._carried_on:
+            self.admit(run_id)
+            return
+        recorder = _SentItems(self.deps.queue)
+        Admission(replace(self.deps, queue=recorder)).admit(run_id)
+        first = next((item for item, delay in recorder.sent if item.kind == "step" and delay <= 0), None)
+        if first is None:
+            return
+        self._carried_on = True
+        try:
+            self.step(first)
+        except Exception:
+            # The queued copy of the work item retries it; this invocation's own step is done.
+            logger.exception("starting node %s right after admission failed", first.node)
 
     def _guarded(self, ctx: StepContext) -> StepResult:
         """Run one step; turn the adapters' retry intent into a result (the one place)."""
@@ -621,3 +646,18 @@ class Workflow:
 
     def admit(self, run_id: str) -> str:
         return Admission(self.deps).admit(run_id)
+
+
+class _SentItems:
+    """A queue that passes every item on and remembers what it sent."""
+
+    def __init__(self, inner: WorkQueue) -> None:
+        self.inner = inner
+        self.sent: list[tuple[WorkItem, float]] = []
+
+    def send(self, item: WorkItem, *, delay: float = 0.0) -> None:
+        self.inner.send(item, delay=delay)
+        self.sent.append((item, delay))
+
+    def dead_letter(self, body: str, *, reason: str) -> None:
+        self.inner.dead_letter(body, reason=reason)

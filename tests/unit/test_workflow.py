@@ -381,3 +381,16 @@ def _first_step(h: Harness) -> WorkItem:
                 return item
             h.workflow.handle(item)
     raise AssertionError("no node was admitted")
+
+
+def test_the_worker_that_frees_a_slot_starts_the_admitted_node_itself() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=3)
+    run_id = h.start()
+    h.pump(run_id)
+    assert set(h.node_states(run_id).values()) == {"succeeded"}
+    assert h.max_disrupted["linux"] == 1
+    # The 2nd and 3rd nodes were started by the worker that finished the node before them,
+    # so their queued work items found the step done: dropped as stale, nothing done twice.
+    assert h.outcomes.count("stale") == 2
+    reimages = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
+    assert len(reimages) == 3
