@@ -39,6 +39,9 @@ TARGETS: dict[str, Any] = {
 }
 
 
+SCALE_1000 = 0.25
+
+
 def _rollouts(profile: str, runners: int) -> list[RolloutSpec]:
     if profile == "smoke":
         return [RolloutSpec(4, 2, 0.005, cap_seconds=60, runners=2)]
@@ -53,8 +56,14 @@ def _rollouts(profile: str, runners: int) -> list[RolloutSpec]:
         RolloutSpec(100, "10%", 0.03, runners=runners),
         RolloutSpec(100, "25%", 0.03, runners=runners),
         RolloutSpec(1000, 1, 0.03, waves_limit=50 if long else 10, cap_seconds=3600, runners=runners),
-        RolloutSpec(1000, "10%", 0.03, cap_seconds=1800 if long else 180, runners=runners),
-        RolloutSpec(1000, "25%", 0.03, cap_seconds=1800 if long else 180, runners=runners),
+        # 100 to 250 nodes at once: every one of them is simulated on this machine too
+        # (kubelet, ARM, Azurite, the runners), which needs about 0.3 CPU seconds a node.
+        # At 0.03 two cores cannot keep up with 250 nodes every 10 s, so these waves are
+        # time-scaled to 84 s: the app, not the simulation, is then what is measured.
+        RolloutSpec(
+            1000, "10%", SCALE_1000, waves_limit=None if long else 4, cap_seconds=3600, runners=runners
+        ),
+        RolloutSpec(1000, "25%", SCALE_1000, cap_seconds=3600, runners=runners),
     ]
     return specs
 

@@ -2398,6 +2398,15 @@ def _table_for(rt: ResourceType) -> tuple[list[Obj], Callable[[Obj], list[Any]]]
     return [_NAME_COL, _AGE_COL], lambda o: [o["metadata"]["name"], _age(o)]
 
 
+def _include_object(query: dict[str, str]) -> str:
+    """TableOptions.includeObject; the apiserver refuses a value it does not know
+    (transformObject in endpoints/handlers/response.go) rather than guessing."""
+    value = query.get("includeObject") or "Metadata"
+    if value not in ("None", "Metadata", "Object"):
+        raise _bad_request(f'unrecognized includeObject value: "{value}"')
+    return value
+
+
 def _partial_metadata(obj: Obj, version: str) -> Obj:
     return {
         "kind": "PartialObjectMetadata",
@@ -2773,7 +2782,7 @@ class _Handler(BaseHTTPRequestHandler):
                 rt,
                 [obj],
                 version=version,
-                include_object=query.get("includeObject", "Metadata"),
+                include_object=_include_object(query),
                 list_meta=meta,
             )
         if shape == "PartialObjectMetadata":
@@ -2924,7 +2933,7 @@ class _Handler(BaseHTTPRequestHandler):
                 rt,
                 items,
                 version=version,
-                include_object=query.get("includeObject", "Metadata"),
+                include_object=_include_object(query),
                 list_meta=list_meta,
             )
         elif shape in ("PartialObjectMetadataList", "PartialObjectMetadata"):
@@ -2957,6 +2966,7 @@ class _Handler(BaseHTTPRequestHandler):
         if since and not since.isdigit():
             raise _bad_request(f"invalid resource version: {since}")
         shape, version = _negotiate(self.headers.get("Accept", ""))
+        include_object = _include_object(query) if shape == "Table" else ""
         events = self.api.store.watch(
             rt,
             route.namespace,
@@ -2981,7 +2991,7 @@ class _Handler(BaseHTTPRequestHandler):
                         rt,
                         [event["object"]],
                         version=version,
-                        include_object=query.get("includeObject", "Metadata"),
+                        include_object=include_object,
                         list_meta={"resourceVersion": event["object"]["metadata"].get("resourceVersion", "")},
                         with_columns=first_table,
                     )

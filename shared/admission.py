@@ -5,6 +5,11 @@ held (from the run's node records), adds the pool's nodes that are unavailable f
 reasons (NotReady, or cordoned by someone else), picks the pending nodes that fit, and
 commits them together with the run record, conditional on its ETag: two workers admitting
 at once cannot both win, so budgets hold across any number of workers.
+
+It runs every time a node finishes, so its cost follows the nodes in flight and the slots
+to fill, not the size of the run: it lists the nodes holding a slot and the pending ones
+by their state and plan columns only, reads whole just the records it is about to write,
+and sees each pool through kubectl's STATUS column instead of every Node object.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from typing import TYPE_CHECKING
 from shared.budget import PoolObservation, choose_admissions
 from shared.clock import iso
 from shared.compute import parse_provider_id
-from shared.config import PoolConfig
-from shared.errors import ConcurrencyError, TemporaryError
+from shared.config import ClusterConfig, PoolConfig
+from shared.errors import ConcurrencyError, NotFoundError
 from shared.kube import KubeClient, Node
 from shared.model import NodeState, NodeWork, Run, RunState
+from shared.store.base import NodeSummary
 from shared.workqueue import WorkItem
 
 if TYPE_CHECKING:
@@ -26,38 +32,47 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+HOLDING_STATES = frozenset(s for s in NodeState if s.holds_slot)
+# A conflict means another worker admitted just now; after a few, look again shortly.
+INLINE_ATTEMPTS = 3
+RETRY_DELAY = 0.5
+SKIP_REASON = "cordoned by someone else; left cordoned and untouched"
+
 
 class Admission:
     def __init__(self, deps: Collaborators) -> None:
         self.deps = deps
 
     def admit(self, run_id: str) -> str:
-        for _ in range(10):
+        for _ in range(INLINE_ATTEMPTS):
             try:
                 return self._admit_once(run_id)
             except ConcurrencyError:
                 continue  # another worker admitted or changed the run first: look again
-        raise TemporaryError(f"run {run_id}: admission kept conflicting")
+        # Through the queue, not by raising: the caller's own work is done, and a failed
+        # invocation would come back as a stale step and be dropped, leaving the freed
+        # slot to the sweeper.
+        self.deps.queue.send(WorkItem("admit", run_id), delay=RETRY_DELAY)
+        return "admission kept conflicting; looking again shortly"
 
     def _admit_once(self, run_id: str) -> str:
         store, now = self.deps.store, self.deps.clock.now()
         run = store.get_run(run_id)
-        nodes = store.list_nodes(run_id)
         at = iso(now)
         if run.state.terminal:
-            self.finish_if_done(run, nodes)
+            self.finish_if_done(run)
             return f"run is {run.state}"
         if run.state == RunState.PAUSED:
             return "run is paused"
         if run.not_before and now < run.not_before:
             self.deps.queue.send(WorkItem("admit", run.id), delay=run.not_before - now)
             return "window not open yet"
+        holding = store.node_summaries(run_id, states=HOLDING_STATES)
         held: dict[str, set[str]] = {}
-        for n in nodes:
-            if n.state.holds_slot:
-                held.setdefault(n.pool, set()).add(n.name)
-        failed = sum(1 for n in nodes if n.state == NodeState.FAILED)
-        pending = [n for n in nodes if n.state == NodeState.PENDING]
+        for h in holding:
+            held.setdefault(h.pool, set()).add(h.name)
+        failed = len(store.node_summaries(run_id, states=(NodeState.FAILED,)))
+        pending = store.pending_nodes(run_id)
         if failed >= run.max_failed_nodes:
             run.move_to(
                 RunState.FAILED,
@@ -65,70 +80,31 @@ class Admission:
                 at=at,
             )
             store.commit(run)
-            self.finish_if_done(run, nodes)
+            self._finish(run, in_flight=bool(holding), pending=bool(pending))
             return "circuit breaker opened"
         cluster = self.deps.config.cluster(run.cluster)
         if run.deadline:
-            late = [
-                n
-                for n in pending
-                if now + cluster.pool(n.pool).effective_node_duration.total_seconds() > run.deadline
-            ]
-            if late:
-                # Time only moves forward: a node that cannot finish now never will in this window.
-                for n in late:
-                    n.move_to(
-                        NodeState.DEFERRED,
-                        reason="the maintenance window closes before it could finish; "
-                        "left for the next window",
-                        at=at,
-                    )
-                    n.seq += 1
-                for i in range(0, len(late), 99):
-                    store.commit(*late[i : i + 99])
-                pending = [n for n in pending if n not in late]
+            pending = self._defer_late(run, cluster, pending, now=now, at=at)
         if not pending:
-            self.finish_if_done(run, nodes)
+            self._finish(run, in_flight=bool(holding), pending=False)
             return "nothing pending"
         kube = self.deps.kube(run.cluster)
-        pools_with_room = {n.pool for n in pending}
-        observed: dict[str, PoolObservation] = {}
-        skip: list[tuple[NodeWork, str]] = []
-        pending_names = {n.name: n for n in pending}
-        for pool_name in pools_with_room:
-            pool = cluster.pool(pool_name)
-            elsewhere: set[str] = set()
-            for k8s_node in _pool_nodes(kube, pool):
-                if k8s_node.name in held.get(pool_name, set()):
-                    continue
-                if k8s_node.unschedulable or not k8s_node.ready:
-                    elsewhere.add(k8s_node.name)
-                    if (
-                        k8s_node.name in pending_names
-                        and k8s_node.unschedulable
-                        and k8s_node.cordoned_by != run.id
-                    ):
-                        skip.append(
-                            (
-                                pending_names[k8s_node.name],
-                                "cordoned by someone else; left cordoned and untouched",
-                            )
-                        )
-            observed[pool_name] = PoolObservation(frozenset(elsewhere))
-        skipped_names = {n.name for n, _ in skip}
+        observed, skip = self._observe(run, kube, cluster, pending, held)
         decision = choose_admissions(
-            pending=[(n.name, n.pool) for n in pending if n.name not in skipped_names],
+            pending=[(n.name, n.pool) for n in pending if n.name not in skip],
             held=held,
             max_unavailable={p: b.max_unavailable for p, b in run.pools.items()},
             observed=observed,
             max_concurrent_nodes=run.max_concurrent_nodes,
         )
+        records = self._read_pending(run, pending, [*skip, *decision.admit])
         changed: list[NodeWork] = []
-        for n, why in skip:
+        for name, why in skip.items():
+            n = records[name]
             n.move_to(NodeState.SKIPPED, reason=why, at=at)
             n.seq += 1
             changed.append(n)
-        admitted = [pending_names[name] for name in decision.admit]
+        admitted = [records[name] for name in decision.admit]
         for n in admitted:
             n.move_to(NodeState.ADMITTED, reason="budget slot acquired", at=at)
             n.seq += 1
@@ -150,42 +126,136 @@ class Admission:
             store.commit(run, *changed[i : i + 98])
         for n in admitted:
             self.deps.queue.send(WorkItem("step", run.id, n.name, n.seq))
-        for n, why in skip:
-            kube.record_event(n.name, reason="PatchSkipped", message=f"run {run.id}: {why}", now=now)
+        for name, why in skip.items():
+            kube.record_event(name, reason="PatchSkipped", message=f"run {run.id}: {why}", now=now)
         return f"admitted {len(admitted)}"
 
-    def finish_if_done(self, run: Run, nodes: list[NodeWork]) -> None:
-        if any(not n.state.terminal for n in nodes if n.state != NodeState.PENDING):
+    def _read_pending(self, run: Run, pending: list[NodeSummary], names: list[str]) -> dict[str, NodeWork]:
+        """The records about to be written, read whole. Each must be as it was listed: a
+        node that changed since (cancelled, deferred, admitted by another worker) means
+        the decision was made on a stale view, so look again."""
+        if not names:
+            return {}
+        listed = {n.name: n for n in pending}
+        records = {n.name: n for n in self.deps.store.get_nodes(run.id, names)}
+        for name in names:
+            record = records.get(name)
+            if record is None or record.etag != listed[name].etag:
+                raise ConcurrencyError(f"node {name} of run {run.id} changed since it was listed")
+        return records
+
+    def _defer_late(
+        self, run: Run, cluster: ClusterConfig, pending: list[NodeSummary], *, now: float, at: str
+    ) -> list[NodeSummary]:
+        """Defer the pending nodes that could not finish before the window closes; returns
+        the rest."""
+        late = {
+            n.name
+            for n in pending
+            if now + cluster.pool(n.pool).effective_node_duration.total_seconds() > run.deadline
+        }
+        if not late:
+            return pending
+        # Time only moves forward: a node that cannot finish now never will in this window.
+        # A pool's nodes all become late at once, so this reads the pending records once.
+        store = self.deps.store
+        records = [n for n in store.list_nodes(run.id, states=(NodeState.PENDING,)) if n.name in late]
+        for n in records:
+            n.move_to(
+                NodeState.DEFERRED,
+                reason="the maintenance window closes before it could finish; left for the next window",
+                at=at,
+            )
+            n.seq += 1
+        for i in range(0, len(records), 99):
+            store.commit(*records[i : i + 99])
+        return [n for n in pending if n.name not in late]
+
+    def _observe(
+        self,
+        run: Run,
+        kube: KubeClient,
+        cluster: ClusterConfig,
+        pending: list[NodeSummary],
+        held: dict[str, set[str]],
+    ) -> tuple[dict[str, PoolObservation], dict[str, str]]:
+        """For each pool with pending nodes, its nodes unavailable for reasons other than
+        this run's work (NotReady, or cordoned); and the pending nodes to skip because
+        someone else cordoned them (name -> why)."""
+        pending_names = {n.name for n in pending}
+        observed: dict[str, PoolObservation] = {}
+        skip: dict[str, str] = {}
+        everywhere: list[Node] | None = None
+        for pool_name in sorted({n.pool for n in pending}):
+            pool = cluster.pool(pool_name)
+            if pool.node_selector:
+                unavailable = kube.unavailable_nodes(_selector(pool), ignore=held.get(pool_name, set()))
+            else:
+                # Only the providerID tells a node's scale set, and only the whole object has
+                # it; one cluster-wide look serves every such pool. Node names are unique, so
+                # ignoring every node held is ignoring this pool's.
+                if everywhere is None:
+                    everywhere = kube.unavailable_nodes(ignore=set().union(*held.values()), whole=True)
+                unavailable = [n for n in everywhere if _in_scale_set(n, pool)]
+            observed[pool_name] = PoolObservation(frozenset(n.name for n in unavailable))
+            for node in unavailable:
+                if node.name in pending_names and node.unschedulable:
+                    whole = node if not pool.node_selector else _read(kube, node.name)
+                    if whole is not None and whole.unschedulable and whole.cordoned_by != run.id:
+                        skip[node.name] = SKIP_REASON
+        return observed, skip
+
+    def finish_if_done(self, run: Run, nodes: list[NodeWork] | None = None) -> None:
+        """End the run when no node is in flight and none is pending (or the run has ended
+        already), and release the cluster. ``nodes`` spares the queries when at hand."""
+        if nodes is not None:
+            in_flight = any(n.state.holds_slot for n in nodes)
+            pending = any(n.state == NodeState.PENDING for n in nodes)
+        else:
+            store = self.deps.store
+            in_flight = store.has_nodes(run.id, states=HOLDING_STATES)
+            pending = (
+                not in_flight
+                and not run.state.terminal
+                and store.has_nodes(run.id, states=(NodeState.PENDING,))
+            )
+        self._finish(run, in_flight=in_flight, pending=pending)
+
+    def _finish(self, run: Run, *, in_flight: bool, pending: bool) -> None:
+        if in_flight:
             return  # nodes in flight finish first
-        if any(n.state == NodeState.PENDING for n in nodes) and not run.state.terminal:
+        if pending and not run.state.terminal:
             return
-        at = iso(self.deps.clock.now())
+        store = self.deps.store
         if not run.state.terminal:
-            failed = [n.name for n in nodes if n.state == NodeState.FAILED]
+            at = iso(self.deps.clock.now())
+            failed = [n.name for n in store.node_summaries(run.id, states=(NodeState.FAILED,))]
             if failed:
                 run.move_to(
                     RunState.FAILED, reason=f"{len(failed)} nodes failed: {', '.join(failed[:10])}", at=at
                 )
             else:
                 counts: dict[str, int] = {}
-                for n in nodes:
+                for n in store.node_summaries(run.id):
                     counts[str(n.state)] = counts.get(str(n.state), 0) + 1
                 run.move_to(
                     RunState.SUCCEEDED, reason=", ".join(f"{v} {k}" for k, v in sorted(counts.items())), at=at
                 )
-            self.deps.store.commit(run)
-        self.deps.store.release_cluster(run.cluster, run.id)
+            store.commit(run)
+        store.release_cluster(run.cluster, run.id)
 
 
-def _pool_nodes(kube: KubeClient, pool: PoolConfig) -> list[Node]:
-    """The pool's nodes: by its node selector when configured (one filtered list), else
-    every node whose providerID points into the pool's scale set."""
-    if pool.node_selector:
-        selector = ",".join(f"{k}={v}" for k, v in sorted(pool.node_selector.items()))
-        return kube.list_nodes(label_selector=selector)
-    out = []
-    for node in kube.list_nodes():
-        ref = parse_provider_id(node.provider_id)
-        if ref is not None and ref.same_scale_set(pool.scale_set_id):
-            out.append(node)
-    return out
+def _selector(pool: PoolConfig) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(pool.node_selector.items()))
+
+
+def _in_scale_set(node: Node, pool: PoolConfig) -> bool:
+    ref = parse_provider_id(node.provider_id)
+    return ref is not None and ref.same_scale_set(pool.scale_set_id)
+
+
+def _read(kube: KubeClient, name: str) -> Node | None:
+    try:
+        return kube.get_node(name)
+    except NotFoundError:
+        return None  # deleted since it was listed: nothing to skip

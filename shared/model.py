@@ -227,6 +227,17 @@ class NodeWork:
         }
 
 
+@dataclass
+class PacerRecord:
+    """Compute's per-scale-set write limit as this run has used it: a token bucket's state."""
+
+    run_id: str
+    scale_set: str  # lower-cased scale-set resource id
+    tokens: float | None = None  # None: never used (a full bucket)
+    updated: float = 0.0
+    etag: str | None = None
+
+
 def record_to_json(record: Run | NodeWork) -> str:
     data = asdict(record)
     data.pop("etag", None)

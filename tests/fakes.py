@@ -7,6 +7,7 @@ evictions succeed unless a pod is listed as blocked, reimages finish when the te
 
 from __future__ import annotations
 
+import copy
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from shared.compute import ImageVersion, Instance, InstanceRef, LroStatus
 from shared.drain import Pod
 from shared.errors import NotFoundError, TemporaryError
-from shared.kube import ANNOTATION_CORDONED, EvictionResult, Node
+from shared.kube import ANNOTATION_CORDONED, EvictionResult, Node, node_status_view
 
 SUB = "00000000-0000-0000-0000-000000000001"
 RG = "rg-test"
@@ -107,6 +108,23 @@ class FakeKube:
     def list_nodes(self, *, label_selector: str | None = None) -> list[Node]:
         self.calls.append("list_nodes")
         return [Node(n) for n in self.nodes.values()]
+
+    def unavailable_nodes(
+        self, label_selector: str | None = None, *, ignore: Any = (), whole: bool = False
+    ) -> list[Node]:
+        # As the real client: views from the STATUS column unless the nodes are read whole.
+        self.calls.append("unavailable_nodes")
+        wanted = dict(term.split("=", 1) for term in label_selector.split(",")) if label_selector else {}
+        out = []
+        for name, raw in self.nodes.items():
+            node = Node(raw)
+            if name in ignore or any(node.labels.get(k) != v for k, v in wanted.items()):
+                continue
+            if node.ready and not node.unschedulable:
+                continue
+            view = node_status_view(name, ready=node.ready, unschedulable=node.unschedulable)
+            out.append(Node(copy.deepcopy(raw)) if whole else view)
+        return out
 
     def patch_node(self, name: str, patch: dict[str, Any]) -> Node:
         self._maybe_fail(f"patch_node {name}")

@@ -1,10 +1,10 @@
 """Durable run state behind a small interface; one module per backend.
 
-The base class owns all record logic (serialisation, key layout, the one-active-run
-guard); a backend implements five private primitives, and the atomic part, a
-conditional multi-record write inside one partition, lives in the backend.
+The base class owns all record logic (serialisation, key layout, query columns, the
+one-active-run guard); a backend implements a few private primitives, and the atomic
+part, a conditional multi-record write inside one partition, lives in the backend.
 """
 
-from shared.store.base import RunStore
+from shared.store.base import NodeSummary, RunStore
 
-__all__ = ["RunStore"]
+__all__ = ["NodeSummary", "RunStore"]

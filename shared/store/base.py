@@ -1,10 +1,16 @@
 """The engine shared by every run-state backend.
 
 Layout (the same in every backend): one partition per run. The run record has row key
-``run``; each node's work has ``node~<name>``. Keeping a run in one partition is what
-lets budget admission update the run's fence and several nodes in one atomic,
-ETag-conditioned transaction (Azure Table entity-group transactions are per partition).
+``run``; each node's work has ``node~<name>``; each scale set's write pacer has
+``pacer~<sha256 of the scale-set id>``. Keeping a run in one partition is what lets
+budget admission update the run's fence and several nodes in one atomic, ETag-conditioned
+transaction (Azure Table entity-group transactions are per partition), and a batch leader
+update its scale set's pacer and its peers in one.
 A second partition per cluster holds the one-active-run guard.
+
+Node rows carry their ``state``, ``pool`` and ``order`` as columns next to the JSON data,
+written on every create and update, so that admission asks for the nodes in given states,
+or for those columns alone, instead of reading every record of the run.
 """
 
 from __future__ import annotations
@@ -13,27 +19,64 @@ import abc
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from shared.errors import ConcurrencyError, NotFoundError
-from shared.model import NodeWork, Run, node_from_dict, record_to_json, run_from_dict
+from shared.model import NodeState, NodeWork, PacerRecord, Run, node_from_dict, record_to_json, run_from_dict
 
 RUN_ROW = "run"
 NODE_PREFIX = "node~"
+PACER_PREFIX = "pacer~"
 GUARD_ROW = "active"
+NODE_COLUMNS = ("state", "pool", "order")
+
+Record = Run | NodeWork | PacerRecord
+# A backend row as queries return it: (row key, data, etag).
+Row = tuple[str, dict[str, Any], str]
 
 
 def guard_partition(cluster: str) -> str:
     return f"cluster~{cluster}"
 
 
-def row_key(record: Run | NodeWork) -> str:
-    return RUN_ROW if isinstance(record, Run) else NODE_PREFIX + record.name
+def pacer_row(scale_set: str) -> str:
+    # Row keys may not contain '/', and resource ids are case-insensitive.
+    return PACER_PREFIX + hashlib.sha256(scale_set.lower().encode("utf-8")).hexdigest()
 
 
-def partition_key(record: Run | NodeWork) -> str:
+def row_key(record: Record) -> str:
+    if isinstance(record, Run):
+        return RUN_ROW
+    if isinstance(record, PacerRecord):
+        return pacer_row(record.scale_set)
+    return NODE_PREFIX + record.name
+
+
+def partition_key(record: Record) -> str:
     return record.id if isinstance(record, Run) else record.run_id
+
+
+def node_columns(row: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The queryable columns of a row: node rows only."""
+    if not row.startswith(NODE_PREFIX):
+        return {}
+    return {"state": str(data["state"]), "pool": str(data["pool"]), "order": int(data["order"])}
+
+
+@dataclass(frozen=True)
+class NodeSummary:
+    """A node record's columns without its data: enough to plan admissions, not to write.
+
+    ``etag`` is the record's as listed; the record is read whole before it is written.
+    """
+
+    name: str
+    pool: str
+    order: int
+    state: NodeState
+    etag: str
 
 
 class Entity(dict[str, Any]):
@@ -52,6 +95,28 @@ class RunStore(abc.ABC):
     def _query_rows(self, row: str) -> list[tuple[dict[str, Any], str]]: ...
 
     @abc.abstractmethod
+    def _query_nodes(
+        self,
+        partition: str,
+        states: Collection[str] | None,
+        *,
+        columns_only: bool,
+        limit: int | None,
+    ) -> list[Row]:
+        """The node rows of a partition whose ``state`` column is one of ``states`` (all when
+        None), filtered where the rows are stored. With ``columns_only`` the data holds only
+        NODE_COLUMNS. At most ``limit`` rows when given, in no particular order."""
+
+    def _get_many(self, partition: str, rows: Sequence[str]) -> list[Row]:
+        """The rows that exist among ``rows``. Backends may fetch several per request."""
+        out = []
+        for row in rows:
+            found = self._get(partition, row)
+            if found is not None:
+                out.append((row, *found))
+        return out
+
+    @abc.abstractmethod
     def _transact(
         self, partition: str, ops: Sequence[tuple[str, str, dict[str, Any], str | None]]
     ) -> list[str]:
@@ -59,7 +124,8 @@ class RunStore(abc.ABC):
 
         "update" and "delete" with an etag are conditional on it. Returns the new etags in
         order ("" for deletes). Raises ConcurrencyError if any condition fails or a
-        created row exists, and applies nothing then.
+        created row exists, and applies nothing then. Node rows get ``node_columns`` of
+        their data written with them.
         """
 
     # ---- records -----------------------------------------------------------------------
@@ -100,21 +166,79 @@ class RunStore(abc.ABC):
             raise NotFoundError(f"node {name} is not part of run {run_id}")
         return node_from_dict(*found)
 
-    def list_nodes(self, run_id: str) -> list[NodeWork]:
-        nodes = [node_from_dict(d, e) for d, e in self._query_partition(run_id, NODE_PREFIX)]
-        return sorted(nodes, key=lambda n: n.order)
+    def get_nodes(self, run_id: str, names: Iterable[str]) -> list[NodeWork]:
+        """The named nodes' records (those that exist), in plan order."""
+        rows = self._get_many(run_id, [NODE_PREFIX + n for n in dict.fromkeys(names)])
+        return sorted((node_from_dict(d, e) for _, d, e in rows), key=lambda n: n.order)
 
-    def commit(self, *records: Run | NodeWork) -> None:
-        """Write records of one run atomically, each conditional on the ETag it was read with."""
+    def list_nodes(self, run_id: str, *, states: Collection[NodeState] | None = None) -> list[NodeWork]:
+        """The run's node records in plan order; only those in ``states`` when given."""
+        if states is not None and not states:
+            return []
+        rows = self._query_nodes(run_id, _names(states), columns_only=False, limit=None)
+        return sorted((node_from_dict(d, e) for _, d, e in rows), key=lambda n: n.order)
+
+    def node_summaries(
+        self, run_id: str, *, states: Collection[NodeState] | None = None, limit: int | None = None
+    ) -> list[NodeSummary]:
+        """Name, pool, order, state and ETag of the run's nodes (in ``states`` when given),
+        in plan order, without reading their records. With ``limit``, at most that many,
+        and not necessarily the first in plan order."""
+        if states is not None and not states:
+            return []
+        rows = self._query_nodes(run_id, _names(states), columns_only=True, limit=limit)
+        summaries = [
+            NodeSummary(
+                name=row[len(NODE_PREFIX) :],
+                pool=str(data["pool"]),
+                order=int(data["order"]),
+                state=NodeState(data["state"]),
+                etag=etag,
+            )
+            for row, data, etag in rows
+        ]
+        return sorted(summaries, key=lambda s: s.order)
+
+    def pending_nodes(self, run_id: str) -> list[NodeSummary]:
+        return self.node_summaries(run_id, states=(NodeState.PENDING,))
+
+    def has_nodes(self, run_id: str, *, states: Collection[NodeState]) -> bool:
+        """Whether any node of the run is in one of ``states`` (one row read at most)."""
+        return bool(states) and bool(self._query_nodes(run_id, _names(states), columns_only=True, limit=1))
+
+    def get_pacer(self, run_id: str, scale_set: str) -> PacerRecord:
+        """The run's pacer for a scale set; a new one (etag None, so ``commit`` creates it)
+        if the run never wrote to it."""
+        key = scale_set.lower()
+        found = self._get(run_id, pacer_row(key))
+        if found is None:
+            return PacerRecord(run_id=run_id, scale_set=key)
+        data, etag = found
+        tokens = data.get("tokens")
+        return PacerRecord(
+            run_id=run_id,
+            scale_set=key,
+            tokens=None if tokens is None else float(tokens),
+            updated=float(data.get("updated", 0.0)),
+            etag=etag,
+        )
+
+    def commit(self, *records: Record) -> None:
+        """Write records of one run atomically, each conditional on the ETag it was read with.
+
+        A pacer without an ETag is created, and the commit fails (ConcurrencyError) if
+        another worker created it first."""
         if not records:
             return
         partitions = {partition_key(r) for r in records}
         if len(partitions) != 1:
             raise ValueError(f"one commit covers one run, got {sorted(partitions)}")
+        ops: list[tuple[str, str, dict[str, Any], str | None]] = []
         for record in records:
-            if record.etag is None:
+            if record.etag is None and not isinstance(record, PacerRecord):
                 raise ValueError(f"{row_key(record)} was never read; commit needs its ETag")
-        ops = [("update", row_key(r), _data(r), r.etag) for r in records]
+            kind = "update" if record.etag is not None else "create"
+            ops.append((kind, row_key(record), _data(record), record.etag))
         etags = self._transact(partitions.pop(), ops)
         for record, etag in zip(records, etags, strict=True):
             record.etag = etag
@@ -168,5 +292,13 @@ def record_row(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def _data(record: Run | NodeWork) -> dict[str, Any]:
+def _names(states: Collection[NodeState] | None) -> frozenset[str] | None:
+    return None if states is None else frozenset(str(s) for s in states)
+
+
+def _data(record: Record) -> dict[str, Any]:
+    if isinstance(record, PacerRecord):
+        data = asdict(record)
+        data.pop("etag", None)
+        return data
     return json.loads(record_to_json(record))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from shared.errors import ConcurrencyError
-from shared.store.base import RunStore
+from shared.store.base import NODE_COLUMNS, NODE_PREFIX, Row, RunStore
 
 
 class MemoryRunStore(RunStore):
@@ -35,6 +35,27 @@ class MemoryRunStore(RunStore):
     def _query_rows(self, row: str) -> list[tuple[dict[str, Any], str]]:
         with self._lock:
             return [(copy.deepcopy(d), e) for (_, r), (d, e) in self._rows.items() if r == row]
+
+    def _query_nodes(
+        self,
+        partition: str,
+        states: Collection[str] | None,
+        *,
+        columns_only: bool,
+        limit: int | None,
+    ) -> list[Row]:
+        out: list[Row] = []
+        with self._lock:
+            for (p, r), (d, e) in self._rows.items():
+                if p != partition or not r.startswith(NODE_PREFIX):
+                    continue
+                if states is not None and str(d["state"]) not in states:
+                    continue
+                data = {k: d[k] for k in NODE_COLUMNS} if columns_only else copy.deepcopy(d)
+                out.append((r, data, e))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
 
     def _transact(
         self, partition: str, ops: Sequence[tuple[str, str, dict[str, Any], str | None]]

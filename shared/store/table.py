@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConcurrencyError, TemporaryError
-from shared.store.base import RunStore
+from shared.store.base import NODE_COLUMNS, NODE_PREFIX, Row, RunStore, node_columns
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
 
+logger = logging.getLogger(__name__)
+
 # A property holds at most 64 KiB; the record is stored as one JSON string property and
 # split over a few numbered ones if it ever grows larger.
 _CHUNK = 30_000
+# The service accepts at most 15 discrete comparisons in one $filter; one is the partition.
+_ROWS_PER_FILTER = 14
+_NODE_RANGE = "PartitionKey eq @p and RowKey ge @lo and RowKey lt @hi"
 
 
 class TableRunStore(RunStore):
     def __init__(self, table: TableClient) -> None:
         self._table = table
+        # Partitions whose node rows all carry their columns (see _ensure_columns).
+        self._indexed: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: Any) -> TableRunStore:
@@ -50,16 +59,101 @@ class TableRunStore(RunStore):
         except ResourceNotFoundError:
             return None
 
+    def _get_many(self, partition: str, rows: Sequence[str]) -> list[Row]:
+        # A point read per row costs a round trip each; a filter names up to 14 rows.
+        out: list[Row] = []
+        for i in range(0, len(rows), _ROWS_PER_FILTER):
+            chunk = rows[i : i + _ROWS_PER_FILTER]
+            params: dict[str, Any] = {"p": partition}
+            terms = []
+            for j, row in enumerate(chunk):
+                params[f"r{j}"] = row
+                terms.append(f"RowKey eq @r{j}")
+            query = f"PartitionKey eq @p and ( {' or '.join(terms)} )"
+            entities = self._query(query, params)
+            out.extend((e["RowKey"], *self._decode(e)) for e in entities)
+        return out
+
     def _query_partition(self, partition: str, row_prefix: str) -> list[tuple[dict[str, Any], str]]:
         # Row keys sort lexically, so a prefix is the range [prefix, prefix + U+FFFF).
         query = "PartitionKey eq @p and RowKey ge @lo and RowKey lt @hi"
         params = {"p": partition, "lo": row_prefix, "hi": row_prefix + "\uffff"}
-        entities = self._call(lambda: list(self._table.query_entities(query, parameters=params)))
-        return [self._decode(e) for e in entities]
+        return [self._decode(e) for e in self._query(query, params)]
 
     def _query_rows(self, row: str) -> list[tuple[dict[str, Any], str]]:
-        entities = self._call(lambda: list(self._table.query_entities("RowKey eq @r", parameters={"r": row})))
-        return [self._decode(e) for e in entities]
+        return [self._decode(e) for e in self._query("RowKey eq @r", {"r": row})]
+
+    def _query_nodes(
+        self,
+        partition: str,
+        states: Collection[str] | None,
+        *,
+        columns_only: bool,
+        limit: int | None,
+    ) -> list[Row]:
+        query, params = _NODE_RANGE, _node_range(partition)
+        if states is not None:
+            self._ensure_columns(partition)
+            terms = []
+            for i, state in enumerate(sorted(states)):
+                params[f"s{i}"] = state
+                terms.append(f"state eq @s{i}")
+            query += f" and ( {' or '.join(terms)} )"
+        elif columns_only:
+            self._ensure_columns(partition)
+        select = ["RowKey", *NODE_COLUMNS] if columns_only else None
+        entities = self._query(query, params, select=select, limit=limit)
+        if columns_only:
+            return [(e["RowKey"], {c: e[c] for c in NODE_COLUMNS}, e.metadata["etag"]) for e in entities]
+        return [(e["RowKey"], *self._decode(e)) for e in entities]
+
+    def _ensure_columns(self, partition: str) -> None:
+        """Give node rows written before they had columns their columns, once per partition
+        and process: a row without a ``state`` column would be invisible to every filter
+        (a run in flight while the app is upgraded)."""
+        if partition in self._indexed:
+            return
+        rows = self._query(_NODE_RANGE, _node_range(partition), select=["RowKey", "state"])
+        done = True
+        for entity in rows:
+            if entity.get("state") is not None:
+                continue
+            row = entity["RowKey"]
+            for _ in range(3):
+                found = self._get(partition, row)
+                if found is None:
+                    break
+                try:
+                    self._transact(partition, [("update", row, found[0], found[1])])
+                    logger.info("store: gave %s/%s its query columns", partition, row)
+                    break
+                except ConcurrencyError:
+                    continue  # written meanwhile: look again
+            else:
+                done = False  # an older version of the app may still be writing: look again next time
+        if done:
+            self._indexed.add(partition)
+
+    def _query(
+        self,
+        query: str,
+        params: dict[str, Any],
+        *,
+        select: list[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Any]:
+        kwargs: dict[str, Any] = {"parameters": params}
+        if select:
+            kwargs["select"] = select
+        if limit is not None:
+            kwargs["results_per_page"] = limit
+
+        def run() -> list[Any]:
+            # islice stops paging once ``limit`` rows came; a page may hold none (the
+            # service pages by time and rows scanned), so it is not one request.
+            return list(itertools.islice(self._table.query_entities(query, **kwargs), limit))
+
+        return list(self._call(run))
 
     def _transact(
         self, partition: str, ops: Sequence[tuple[str, str, dict[str, Any], str | None]]
@@ -75,6 +169,7 @@ class TableRunStore(RunStore):
                 text = json.dumps(data, sort_keys=True)
                 for i in range(0, max(len(text), 1), _CHUNK):
                     entity[f"data{i // _CHUNK}"] = text[i : i + _CHUNK]
+                entity.update(node_columns(row, data))
             conditions: dict[str, Any] = (
                 {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
             )
@@ -131,3 +226,8 @@ class TableRunStore(RunStore):
             raise
         except (HttpResponseError, ServiceRequestError) as exc:
             raise TemporaryError(f"table storage read failed: {exc.__class__.__name__}") from exc
+
+
+def _node_range(partition: str) -> dict[str, Any]:
+    # Row keys sort lexically: node rows are [node~, node~ + U+FFFF), never pacer~ or run.
+    return {"p": partition, "lo": NODE_PREFIX, "hi": NODE_PREFIX + "\uffff"}

@@ -1,0 +1,149 @@
+"""What every run-state backend promises, as tests: subclass ``StoreContract`` with a
+``store`` fixture (the memory backend in tests/unit, Azure Table on Azurite in
+tests/integration)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import ConcurrencyError
+from shared.model import NodeState, NodeWork, PacerRecord, Run
+from shared.store.base import RunStore
+
+SCALE_SET = "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/virtualMachineScaleSets/Pool-A"
+
+
+def make_run(store: RunStore, run_id: str = "run1", nodes: int = 6) -> Run:
+    run = Run(id=run_id, cluster="c1", reason="test", created_at="2026-01-01T00:00:00Z")
+    # Names sort differently from plan order, so a result in row-key order shows.
+    records = [
+        NodeWork(
+            run_id=run_id,
+            name=f"node-{(nodes - i):03d}",
+            pool="ab"[i % 2],
+            scale_set_id=SCALE_SET,
+            instance_id=str(i),
+            order=i,
+        )
+        for i in range(nodes)
+    ]
+    store.create_run(run, records)
+    return run
+
+
+def move(store: RunStore, run_id: str, name: str, *states: NodeState) -> NodeWork:
+    node = store.get_node(run_id, name)
+    for state in states:
+        node.move_to(state, reason="test", at="now")
+    store.commit(node)
+    return node
+
+
+class StoreContract:
+    def test_list_nodes_without_states_is_every_node_in_plan_order(self, store: RunStore) -> None:
+        make_run(store)
+        store.commit(store.get_pacer("run1", SCALE_SET))
+        nodes = store.list_nodes("run1")
+        assert [n.order for n in nodes] == list(range(6))
+        assert all(isinstance(n, NodeWork) for n in nodes)
+
+    def test_state_filters_see_each_write(self, store: RunStore) -> None:
+        make_run(store)
+        move(store, "run1", "node-006", NodeState.ADMITTED)
+        move(store, "run1", "node-005", NodeState.ADMITTED, NodeState.DRAINING)
+        move(store, "run1", "node-004", NodeState.ADMITTED, NodeState.FAILED)
+        holding = {NodeState.ADMITTED, NodeState.DRAINING, NodeState.REIMAGING, NodeState.BOOTING}
+        assert [n.name for n in store.list_nodes("run1", states=holding)] == ["node-006", "node-005"]
+        assert [n.name for n in store.list_nodes("run1", states=[NodeState.FAILED])] == ["node-004"]
+        assert store.list_nodes("run1", states=[NodeState.SUCCEEDED]) == []
+        assert store.list_nodes("run1", states=[]) == []
+        pending = store.pending_nodes("run1")
+        assert [(n.name, n.order, n.pool) for n in pending] == [
+            ("node-003", 3, "b"),
+            ("node-002", 4, "a"),
+            ("node-001", 5, "b"),
+        ]
+        assert all(n.state == NodeState.PENDING for n in pending)
+
+    def test_summaries_carry_the_columns_and_the_records_etag(self, store: RunStore) -> None:
+        make_run(store)
+        move(store, "run1", "node-003", NodeState.ADMITTED)
+        summaries = {s.name: s for s in store.node_summaries("run1")}
+        assert len(summaries) == 6
+        assert summaries["node-003"].state == NodeState.ADMITTED
+        for name, summary in summaries.items():
+            record = store.get_node("run1", name)
+            assert (summary.pool, summary.order, summary.etag) == (record.pool, record.order, record.etag)
+        assert len(store.node_summaries("run1", states=[NodeState.PENDING], limit=2)) == 2
+
+    def test_has_nodes_answers_whether_any_node_is_in_the_states(self, store: RunStore) -> None:
+        make_run(store)
+        assert store.has_nodes("run1", states=[NodeState.PENDING])
+        assert not store.has_nodes("run1", states=[NodeState.BOOTING, NodeState.FAILED])
+        assert not store.has_nodes("run1", states=[])
+        move(store, "run1", "node-001", NodeState.ADMITTED, NodeState.FAILED)
+        assert store.has_nodes("run1", states=[NodeState.BOOTING, NodeState.FAILED])
+
+    def test_queries_stay_inside_the_run(self, store: RunStore) -> None:
+        make_run(store, "run1", nodes=3)
+        make_run(store, "run2", nodes=4)
+        assert len(store.list_nodes("run1")) == 3
+        assert len(store.pending_nodes("run2")) == 4
+        assert {r.id for r in store.list_runs()} == {"run1", "run2"}
+
+    def test_get_nodes_reads_the_named_records_in_plan_order(self, store: RunStore) -> None:
+        make_run(store, nodes=40)
+        names = [f"node-{i:03d}" for i in range(1, 41, 2)] + ["node-999"]  # more than one filter's worth
+        found = store.get_nodes("run1", names)
+        assert [n.name for n in found] == sorted(names[:-1], key=lambda n: 40 - int(n[-3:]))
+        assert store.get_nodes("run1", []) == []
+
+    def test_a_pacer_is_created_once_then_updated_on_its_etag(self, store: RunStore) -> None:
+        make_run(store)
+        pacer = store.get_pacer("run1", SCALE_SET)
+        assert (pacer.etag, pacer.tokens, pacer.scale_set) == (None, None, SCALE_SET.lower())
+        pacer.tokens, pacer.updated = 11.0, 100.0
+        store.commit(pacer)
+        assert pacer.etag
+        # A second leader that also saw no pacer loses the create.
+        rival = PacerRecord(run_id="run1", scale_set=SCALE_SET.lower(), tokens=11.0, updated=100.0)
+        with pytest.raises(ConcurrencyError):
+            store.commit(rival)
+        again = store.get_pacer("run1", SCALE_SET.upper())
+        assert (again.tokens, again.updated, again.etag) == (11.0, 100.0, pacer.etag)
+        again.tokens = 10.0
+        store.commit(again)
+        pacer.tokens = 9.0  # read before the update above
+        with pytest.raises(ConcurrencyError):
+            store.commit(pacer)
+        assert store.get_pacer("run1", SCALE_SET).tokens == 10.0
+
+    def test_a_pacer_commits_atomically_with_nodes_and_never_shows_as_a_node(self, store: RunStore) -> None:
+        run = make_run(store)
+        leader = store.get_node("run1", "node-006")
+        stale_peer = store.get_node("run1", "node-005")
+        move(store, "run1", "node-005", NodeState.ADMITTED)
+        pacer = store.get_pacer("run1", SCALE_SET)
+        pacer.tokens = 5.0
+        leader.reason = "leads"
+        with pytest.raises(ConcurrencyError):
+            store.commit(pacer, leader, stale_peer)
+        assert store.get_pacer("run1", SCALE_SET).etag is None
+        assert store.get_node("run1", "node-006").reason == ""
+        pacer.etag = None  # nothing was written: still to be created
+        store.commit(pacer, leader, store.get_node("run1", "node-005"), run)
+        assert store.get_pacer("run1", SCALE_SET).tokens == 5.0
+        assert len(store.list_nodes("run1")) == 6
+        assert len(store.node_summaries("run1")) == 6
+        assert [r.id for r in store.list_runs()] == ["run1"]
+
+    def test_a_pacer_per_scale_set(self, store: RunStore) -> None:
+        make_run(store)
+        first = store.get_pacer("run1", SCALE_SET)
+        first.tokens = 1.0
+        second = store.get_pacer("run1", SCALE_SET + "-other")
+        second.tokens = 2.0
+        store.commit(first, second)
+        assert store.get_pacer("run1", SCALE_SET).tokens == 1.0
+        assert store.get_pacer("run1", SCALE_SET + "-other").tokens == 2.0
+        assert store.get_pacer("run2", SCALE_SET).etag is None
