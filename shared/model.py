@@ -144,8 +144,6 @@ class Run:
     deadline: float = 0.0
     # What started it (event id, automation run id, schedule occurrence), for de-duplication.
     source: str = ""
-    # Compute write pacing per scale set (lower-cased id -> [tokens, updated_at]).
-    pacers: dict[str, list[float]] = field(default_factory=dict)
     etag: str | None = None
 
     @staticmethod
@@ -235,7 +233,33 @@ class PacerRecord:
     scale_set: str  # lower-cased scale-set resource id
     tokens: float | None = None  # None: never used (a full bucket)
     updated: float = 0.0
+    # How long this scale set's latest reimages and boots took (seconds, newest last):
+    # when to look first at the next operation and the next booting node.
+    # One sample per batch (its first node to get there), so that a batch's nodes do not
+    # all write here: the batch leaders' claims go through this record too.
+    reimage_took: list[float] = field(default_factory=list)
+    boot_took: list[float] = field(default_factory=list)
+    sampled_batches: list[str] = field(default_factory=list)
     etag: str | None = None
+
+    SAMPLES = 15
+
+    def observe(self, kind: str, seconds: float, *, batch: str) -> bool:
+        """Record a duration; False if this batch's was recorded already."""
+        key = f"{kind}:{batch}"
+        if key in self.sampled_batches:
+            return False
+        samples = self.reimage_took if kind == "reimage" else self.boot_took
+        samples.append(round(seconds, 3))
+        del samples[: -self.SAMPLES]
+        self.sampled_batches.append(key)
+        del self.sampled_batches[: -2 * self.SAMPLES]
+        return True
+
+    def typical(self, kind: str) -> float | None:
+        """The median of the observed durations, or None before the first one."""
+        samples = sorted(self.reimage_took if kind == "reimage" else self.boot_took)
+        return samples[len(samples) // 2] if samples else None
 
 
 def record_to_json(record: Run | NodeWork) -> str:
@@ -249,6 +273,7 @@ def run_from_dict(data: dict[str, Any], etag: str | None) -> Run:
     data["state"] = RunState(data["state"])
     data["pools"] = {k: PoolBudget(**v) for k, v in data.get("pools", {}).items()}
     data.pop("etag", None)
+    data.pop("pacers", None)  # kept in the run record before pacers had rows of their own
     return Run(**data, etag=etag)
 
 

@@ -257,6 +257,7 @@ def step_reimaging(ctx: StepContext) -> StepResult:
             return wait(f"{node.reimage_op} in progress", poll)
         if status.succeeded:
             node.booting_since = ctx.now
+            _observe(ctx, "reimage", ctx.now - node.reimage_started)
             return StepResult(NodeState.BOOTING, f"{node.reimage_op} succeeded", event="PatchReimaged")
         return _reimage_failed(ctx, status.error)
     if node.reimage_started:
@@ -278,7 +279,9 @@ def step_reimaging(ctx: StepContext) -> StepResult:
     return _start_batch(ctx)
 
 
-MAX_BATCH = 100
+# Instances per reimage request; with the pacer and the leader, the claim is one
+# 100-entity transaction (Table storage's limit).
+MAX_BATCH = 98
 
 
 def _start_batch(ctx: StepContext) -> StepResult:
@@ -287,53 +290,23 @@ def _start_batch(ctx: StepContext) -> StepResult:
     Compute allows about 12 writes per scale set at once and 4 a minute after that, so a
     write per node would throttle any large pool. The node whose step runs first leads:
     it takes a token from the run's pacer for the scale set, claims the ready nodes that
-    no worker holds (one transaction with the run record, bumping their seq so their
+    no worker holds (one transaction with the pacer record, bumping their seq so their
     queued messages become stale), sends one request for all of them, and hands the
     operation to each with a fresh work item. The claim is the write-ahead record: a
     crash between it and the hand-over is recovered from the instances' state.
     """
-    node, store, timing = ctx.node, ctx.deps.store, ctx.timing
+    node, timing = ctx.node, ctx.timing
     poll = timing.poll_interval.total_seconds()
-    run = store.get_run(ctx.run.id)
-    key = node.scale_set_id.lower()
-    pacer = WritePacer.load(
-        run.pacers.get(key), burst=timing.write_burst, per_minute=timing.writes_per_minute, now=ctx.now
-    )
-    delay = pacer.take(ctx.now)
-    if delay > 0:
-        return wait(f"pacing writes to scale set {ctx.ref.scale_set} under Compute's limit", delay)
-    run.pacers[key] = pacer.state()
-    nodes = store.list_nodes(run.id)
-    # Poll first when earlier operations on this scale set finished, not every interval:
-    # the nodes already past their reimage say how long one takes (no extra reads).
-    took = sorted(
-        n.booting_since - n.reimage_started
-        for n in nodes
-        if n.scale_set_id.lower() == key and n.booting_since > n.reimage_started > 0
-    )
-    first_poll = max(poll, 0.9 * took[len(took) // 2]) if took else poll
-    peers = [
-        n
-        for n in nodes
-        if n.name != node.name
-        and n.state == NodeState.REIMAGING
-        and not n.reimage_started
-        and n.reimage_op == node.reimage_op
-        and n.scale_set_id.lower() == key
-        and n.lease_until <= ctx.now
-    ][: MAX_BATCH - 1]
-    batch = uuid.uuid4().hex[:8]
-    at = iso(ctx.now)
-    for n in (node, *peers):
-        n.reimage_started, n.reimage_batch = ctx.now, batch
-    for p in peers:
-        p.seq += 1
-        p.reason, p.updated_at = f"batched with {node.name} into one {node.reimage_op}", at
-    try:
-        store.commit(run, node, *peers)
-    except ConcurrencyError:
-        node.reimage_started, node.reimage_batch = 0.0, ""
-        return wait("another worker is starting a batch on this scale set", min(poll, 1.0))
+    claimed = None
+    for _ in range(3):  # a conflict means another leader or a sample landed first: look again
+        claimed = _claim_batch(ctx)
+        if claimed is not None:
+            break
+    if claimed is None:
+        return wait("other workers are starting batches on this scale set", min(poll, 1.0))
+    if isinstance(claimed, StepResult):
+        return claimed
+    peers, batch, first_poll = claimed
     instance_ids = [n.instance_id for n in (node, *peers)]
     try:
         if node.reimage_op == "reimage":
@@ -351,6 +324,51 @@ def _start_batch(ctx: StepContext) -> StepResult:
     return wait(
         f"{node.reimage_op} started for {len(instance_ids)} instances ({', '.join(instance_ids)})", first_poll
     )
+
+
+def _claim_batch(ctx: StepContext) -> tuple[list[NodeWork], str, float] | StepResult | None:
+    """Take a write token and claim this node's batch in one transaction with the pacer.
+    Returns the peers, the batch id and when to poll first; a wait if the pacer has no
+    token; None if the transaction lost to another worker."""
+    node, store, timing = ctx.node, ctx.deps.store, ctx.timing
+    poll = timing.poll_interval.total_seconds()
+    now = ctx.deps.clock.now()
+    pacer = store.get_pacer(ctx.run.id, node.scale_set_id)
+    bucket = WritePacer.load(
+        None if pacer.tokens is None else [pacer.tokens, pacer.updated],
+        burst=timing.write_burst,
+        per_minute=timing.writes_per_minute,
+        now=now,
+    )
+    delay = bucket.take(now)
+    if delay > 0:
+        return wait(f"pacing writes to scale set {ctx.ref.scale_set} under Compute's limit", delay)
+    pacer.tokens, pacer.updated = bucket.state()
+    # Poll first when earlier operations on this scale set finished, not every interval.
+    typical = pacer.typical("reimage")
+    first_poll = max(poll, 0.9 * typical) if typical else poll
+    peers = [
+        n
+        for n in store.list_nodes(ctx.run.id, states=(NodeState.REIMAGING,))
+        if n.name != node.name
+        and not n.reimage_started
+        and n.reimage_op == node.reimage_op
+        and n.scale_set_id.lower() == pacer.scale_set
+        and n.lease_until <= now
+    ][: MAX_BATCH - 1]
+    batch = uuid.uuid4().hex[:8]
+    at = iso(now)
+    for n in (node, *peers):
+        n.reimage_started, n.reimage_batch = now, batch
+    for p in peers:
+        p.seq += 1
+        p.reason, p.updated_at = f"batched with {node.name} into one {node.reimage_op}", at
+    try:
+        store.commit(pacer, node, *peers)
+    except ConcurrencyError:
+        node.reimage_started, node.reimage_batch = 0.0, ""
+        return None
+    return peers, batch, first_poll
 
 
 def _hand_over(
@@ -408,6 +426,13 @@ def step_booting(ctx: StepContext) -> StepResult:
     node, poll = ctx.node, ctx.timing.poll_interval.total_seconds()
     observed = ctx.kube.get_node(node.name)
     problems = _node_problems(node, observed)
+    if problems and not observed.ready:
+        # Sleep through most of a typical boot on this scale set, then watch its end.
+        typical = ctx.deps.store.get_pacer(ctx.run.id, node.scale_set_id).typical("boot")
+        remaining = (typical or 0.0) - (ctx.now - node.booting_since)
+        inline = ctx.timing.inline_wait.total_seconds()
+        if remaining > inline:
+            return wait("; ".join(problems) + " (booting)", remaining - inline / 2)
     if problems and (inline := ctx.inline_wait()) > 0:
         # Watch the Node turn Ready on its new boot rather than polling it.
         observed = ctx.kube.wait_for_node(
@@ -424,6 +449,7 @@ def step_booting(ctx: StepContext) -> StepResult:
         if node.expected_image and instance.image != node.expected_image:
             problems.append(f"instance runs {instance.image}, expected {node.expected_image}")
     if not problems:
+        _observe(ctx, "boot", ctx.now - node.booting_since)
         if node.cordoned_by_us and observed.cordoned_by in (ctx.run.id, ""):
             ctx.kube.uncordon(node.name, state=str(NodeState.SUCCEEDED), patched_at=iso(ctx.now))
         image = image_version(node.expected_image) or "the new image"
@@ -442,6 +468,21 @@ def step_booting(ctx: StepContext) -> StepResult:
             warning=True,
         )
     return wait("; ".join(problems), poll)
+
+
+def _observe(ctx: StepContext, kind: str, seconds: float) -> None:
+    """Note how long a reimage or boot took on this scale set; best effort (a lost sample
+    only makes the next first look less well timed)."""
+    store = ctx.deps.store
+    for _ in range(2):
+        pacer = store.get_pacer(ctx.run.id, ctx.node.scale_set_id)
+        if not pacer.observe(kind, seconds, batch=ctx.node.reimage_batch or ctx.node.name):
+            return
+        try:
+            store.commit(pacer)
+            return
+        except ConcurrencyError:
+            continue
 
 
 def _node_problems(node: NodeWork, observed: Node) -> list[str]:

@@ -220,6 +220,9 @@ class RunStore(abc.ABC):
             scale_set=key,
             tokens=None if tokens is None else float(tokens),
             updated=float(data.get("updated", 0.0)),
+            reimage_took=[float(x) for x in data.get("reimage_took", [])],
+            boot_took=[float(x) for x in data.get("boot_took", [])],
+            sampled_batches=[str(x) for x in data.get("sampled_batches", [])],
             etag=etag,
         )
 

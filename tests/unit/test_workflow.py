@@ -394,3 +394,35 @@ def test_the_worker_that_frees_a_slot_starts_the_admitted_node_itself() -> None:
     assert h.outcomes.count("stale") == 2
     reimages = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
     assert len(reimages) == 3
+
+
+def test_later_reimages_are_first_polled_when_earlier_ones_on_the_scale_set_finished() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=3, reimage_seconds=60)
+    run_id = h.start()
+    h.pump(run_id)
+    assert set(h.node_states(run_id).values()) == {"succeeded"}
+    starts = [i for i, c in enumerate(h.compute.calls) if c.startswith(("reimage", "manualupgrade"))]
+    assert len(starts) == 3
+    ends = [*starts[1:], len(h.compute.calls)]
+    polls = [sum(1 for c in h.compute.calls[a:b] if c == "poll") for a, b in zip(starts, ends, strict=True)]
+    # The first operation is polled every pollInterval (5 s) for its 60 s; the next ones
+    # first at 0.9 x the observed 60 s, so a couple of polls each.
+    assert polls[0] >= 10
+    assert polls[1] <= 3 and polls[2] <= 3
+    pacer = h.store.get_pacer(run_id, h.store.get_node(run_id, "linux-0").scale_set_id)
+    assert len(pacer.reimage_took) == 3 and len(pacer.boot_took) == 3
+
+
+def test_the_pacer_keeps_one_sample_per_batch_and_a_bounded_window() -> None:
+    from shared.model import PacerRecord
+
+    pacer = PacerRecord(run_id="r", scale_set="ss")
+    assert pacer.typical("boot") is None
+    assert pacer.observe("boot", 90.0, batch="b1")
+    assert not pacer.observe("boot", 10.0, batch="b1")  # the batch's first node spoke for it
+    assert pacer.observe("reimage", 240.0, batch="b1")
+    for i in range(40):
+        pacer.observe("boot", 100.0 + i, batch=f"x{i}")
+    assert len(pacer.boot_took) == PacerRecord.SAMPLES
+    assert pacer.typical("boot") == 132.0  # median of the newest 15: 125..139
+    assert pacer.typical("reimage") == 240.0
