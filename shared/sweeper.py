@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from shared.admission import Admission
+from shared.admission import HOLDING_STATES, Admission
 from shared.clock import iso, parse_iso
 from shared.errors import ConcurrencyError
 from shared.model import NodeState, RunState
@@ -34,8 +34,8 @@ def sweep(deps: Collaborators) -> SweepReport:
     now = deps.clock.now()
     stall = deps.config.workflow.stall_after.total_seconds()
     for run in deps.store.list_runs():
-        nodes = deps.store.list_nodes(run.id)
-        in_flight = [n for n in nodes if n.state.holds_slot]
+        # Only the nodes in flight are read whole: a finished run costs one filtered query.
+        in_flight = deps.store.list_nodes(run.id, states=HOLDING_STATES)
         if run.state.terminal and not in_flight:
             if deps.store.active_run(run.cluster) == run.id:
                 Admission(deps).admit(run.id)  # closes the run and releases the cluster
@@ -56,8 +56,8 @@ def sweep(deps: Collaborators) -> SweepReport:
             deps.queue.send(WorkItem("step", run.id, node.name, node.seq))
             report.resumed.append(f"{run.id}/{node.name}")
             logger.warning("run %s node %s stalled in %s; resumed", run.id, node.name, node.state)
-        if run.state in (RunState.PLANNED, RunState.RUNNING) and any(
-            n.state == NodeState.PENDING for n in nodes
+        if run.state in (RunState.PLANNED, RunState.RUNNING) and deps.store.has_nodes(
+            run.id, states=(NodeState.PENDING,)
         ):
             deps.queue.send(WorkItem("admit", run.id))
             report.admitted.append(run.id)
