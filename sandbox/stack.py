@@ -245,6 +245,7 @@ class Sandbox:
             "drainRetryInterval": 0.5,
             "leaseDuration": 10,
             "inlineWait": 2,
+            "batchLinger": 0.3,
             "stallAfter": 20,
             "retryBackoffInitial": 0.5,
             "retryBackoffMax": 5,

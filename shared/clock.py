@@ -12,10 +12,15 @@ class Clock(Protocol):
         """Seconds since the epoch (UTC)."""
         ...
 
+    def sleep(self, seconds: float) -> None: ...
+
 
 class SystemClock:
     def now(self) -> float:
         return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
 
 
 class FakeClock:
@@ -27,6 +32,9 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self._now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self._now += max(0.0, seconds)
 
 
 def iso(ts: float) -> str:

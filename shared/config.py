@@ -190,6 +190,11 @@ class WorkflowTiming(_Model):
     # Ready) are watched inside the invocation for up to this long, so the step moves on
     # the moment they end instead of one re-check interval (plus queue latency) later.
     inline_wait: Seconds = Field(timedelta(seconds=20), alias="inlineWait")
+    # Nodes of one scale set drained at about the same time share one reimage write: the
+    # first one ready waits this long for the others still draining before it claims
+    # them. Compute allows ~4 writes a minute per scale set, so a write saved is worth
+    # about 15 s of waiting; 0 turns gathering off.
+    batch_linger: Seconds = Field(timedelta(seconds=5), alias="batchLinger")
 
     @model_validator(mode="after")
     def _stall_longer_than_lease(self) -> WorkflowTiming:
@@ -197,6 +202,8 @@ class WorkflowTiming(_Model):
             raise ValueError(
                 "stallAfter must be longer than leaseDuration, or the sweeper races live workers"
             )
+        if self.batch_linger > self.inline_wait:
+            raise ValueError("batchLinger must not be longer than inlineWait: the leader waits in place")
         if self.inline_wait * 3 > self.lease_duration:
             raise ValueError(
                 "inlineWait must be at most a third of leaseDuration: a step that waits in place "

@@ -240,6 +240,10 @@ class PacerRecord:
     reimage_took: list[float] = field(default_factory=list)
     boot_took: list[float] = field(default_factory=list)
     sampled_batches: list[str] = field(default_factory=list)
+    # A leader gathering a batch: until then, the scale set's other ready nodes wait for
+    # it to claim them instead of each spending a write of their own.
+    gathering_by: str = ""
+    gathering_until: float = 0.0
     etag: str | None = None
 
     SAMPLES = 15

@@ -297,6 +297,9 @@ def _start_batch(ctx: StepContext) -> StepResult:
     """
     node, timing = ctx.node, ctx.timing
     poll = timing.poll_interval.total_seconds()
+    joining = _gather(ctx)
+    if joining is not None:
+        return joining
     claimed = None
     for _ in range(3):  # a conflict means another leader or a sample landed first: look again
         claimed = _claim_batch(ctx)
@@ -326,6 +329,44 @@ def _start_batch(ctx: StepContext) -> StepResult:
     )
 
 
+def _gather(ctx: StepContext) -> StepResult | None:
+    """Wait ``batchLinger`` for the scale set's nodes still draining, so that one write
+    carries them all. One node gathers (recorded on the pacer); the others that get
+    ready meanwhile step aside until it has claimed them. Returns a wait for those."""
+    node, store, linger = ctx.node, ctx.deps.store, ctx.timing.batch_linger.total_seconds()
+    if linger <= 0:
+        return None
+    for _ in range(3):
+        now = ctx.deps.clock.now()
+        pacer = store.get_pacer(ctx.run.id, node.scale_set_id)
+        if pacer.gathering_by == node.name:
+            return None
+        if pacer.gathering_until > now:
+            return wait(
+                f"joining the batch {pacer.gathering_by} is gathering", pacer.gathering_until - now + linger
+            )
+        coming = [
+            n
+            for n in store.list_nodes(
+                ctx.run.id, states=(NodeState.ADMITTED, NodeState.DRAINING, NodeState.REIMAGING)
+            )
+            if n.name != node.name
+            and n.scale_set_id.lower() == pacer.scale_set
+            and not n.reimage_started
+            and not n.blockers  # a drain held up by a PDB is not worth waiting for
+        ]
+        if not coming:
+            return None
+        pacer.gathering_by, pacer.gathering_until = node.name, now + linger
+        try:
+            store.commit(pacer)
+        except ConcurrencyError:
+            continue
+        ctx.deps.clock.sleep(linger)
+        return None
+    return None
+
+
 def _claim_batch(ctx: StepContext) -> tuple[list[NodeWork], str, float] | StepResult | None:
     """Take a write token and claim this node's batch in one transaction with the pacer.
     Returns the peers, the batch id and when to poll first; a wait if the pacer has no
@@ -344,6 +385,8 @@ def _claim_batch(ctx: StepContext) -> tuple[list[NodeWork], str, float] | StepRe
     if delay > 0:
         return wait(f"pacing writes to scale set {ctx.ref.scale_set} under Compute's limit", delay)
     pacer.tokens, pacer.updated = bucket.state()
+    if pacer.gathering_by == node.name:
+        pacer.gathering_by, pacer.gathering_until = "", 0.0
     # Poll first when earlier operations on this scale set finished, not every interval.
     typical = pacer.typical("reimage")
     first_poll = max(poll, 0.9 * typical) if typical else poll
@@ -427,12 +470,14 @@ def step_booting(ctx: StepContext) -> StepResult:
     observed = ctx.kube.get_node(node.name)
     problems = _node_problems(node, observed)
     if problems and not observed.ready:
-        # Sleep through most of a typical boot on this scale set, then watch its end.
+        # Sleep through most of a typical boot on this scale set, and come back with a whole
+        # in-place wait ahead of its expected end: the queue's own latency (polling,
+        # whole-second visibility) is then spent inside the watch, not after the boot.
         typical = ctx.deps.store.get_pacer(ctx.run.id, node.scale_set_id).typical("boot")
         remaining = (typical or 0.0) - (ctx.now - node.booting_since)
         inline = ctx.timing.inline_wait.total_seconds()
         if remaining > inline:
-            return wait("; ".join(problems) + " (booting)", remaining - inline / 2)
+            return wait("; ".join(problems) + " (booting)", remaining - inline)
     if problems and (inline := ctx.inline_wait()) > 0:
         # Watch the Node turn Ready on its new boot rather than polling it.
         observed = ctx.kube.wait_for_node(

@@ -223,6 +223,8 @@ class RunStore(abc.ABC):
             reimage_took=[float(x) for x in data.get("reimage_took", [])],
             boot_took=[float(x) for x in data.get("boot_took", [])],
             sampled_batches=[str(x) for x in data.get("sampled_batches", [])],
+            gathering_by=str(data.get("gathering_by", "")),
+            gathering_until=float(data.get("gathering_until", 0.0)),
             etag=etag,
         )
 

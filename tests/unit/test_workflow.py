@@ -426,3 +426,46 @@ def test_the_pacer_keeps_one_sample_per_batch_and_a_bounded_window() -> None:
     assert len(pacer.boot_took) == PacerRecord.SAMPLES
     assert pacer.typical("boot") == 132.0  # median of the newest 15: 125..139
     assert pacer.typical("reimage") == 240.0
+
+
+def test_nodes_ready_together_share_one_write_gathered_by_the_first_one_ready() -> None:
+    from shared.workflow import Workflow
+
+    h = Harness({"linux": 3}, nodes_per_pool=3)
+    run_id = h.start()
+    first, *others = _admitted_steps(h)
+    assert len(others) == 2
+    real_sleep = h.clock.sleep
+    joined: list[str] = []
+
+    def linger(seconds: float) -> None:
+        # While the first node lingers, the other two finish draining on other workers.
+        h.clock.sleep = real_sleep  # type: ignore[method-assign]
+        for item in others:
+            joined.append(Workflow(h.deps).handle(item))
+        real_sleep(seconds)
+
+    h.clock.sleep = linger  # type: ignore[method-assign]
+    h.workflow.handle(first)
+    assert all("joining the batch" in outcome for outcome in joined), joined
+    writes = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
+    assert len(writes) == 1 and all(f"linux{i}" in writes[0] for i in range(3)), writes
+    states = {n.name: (n.state, n.reimage_batch) for n in h.store.list_nodes(run_id)}
+    assert {s for s, _ in states.values()} == {NodeState.REIMAGING}
+    assert len({b for _, b in states.values()}) == 1
+    h.pump(run_id)
+    assert set(h.node_states(run_id).values()) == {"succeeded"}
+
+
+def _admitted_steps(h: Harness) -> list[WorkItem]:
+    """Deliver admissions until nodes are admitted; return their step items."""
+    for _ in range(5):
+        steps = []
+        for item, _delay in h.queue.take():
+            if item.kind == "step":
+                steps.append(item)
+            else:
+                h.workflow.handle(item)
+        if steps:
+            return steps
+    raise AssertionError("no node was admitted")
