@@ -293,6 +293,8 @@ ERROR_LINE = re.compile(
 
 def classify_outcome(outcome: str) -> str:
     """What one node_work invocation did, from the outcome it logged."""
+    if "admission kept conflicting" in outcome:
+        return "admission: conflicts, queued"
     if outcome in ("stale", "busy", "lost race", "nothing to do", "unknown"):
         return f"dropped ({outcome})"
     if outcome.startswith("waiting: "):
@@ -300,7 +302,8 @@ def classify_outcome(outcome: str) -> str:
         rules = (
             (("pods to terminate", "eviction refused"), "wait: drain"),
             (("pacing writes",), "wait: write pacing"),
-            (("another worker is starting a batch",), "wait: batch contention"),
+            (("starting batches on this scale set",), "wait: batch contention"),
+            (("joining the batch",), "wait: joined a gathering batch"),
             (("started for",), "reimage requested"),
             (("429",), "wait: throttled (429)"),
             (("transient error",), "wait: transient error"),

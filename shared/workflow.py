@@ -13,8 +13,9 @@ world already past its step and simply moves on. The rules that make that safe:
 * Nodes only start through ``admit``, which counts the nodes holding a slot and commits
   the admissions conditional on the run record's ETag, so concurrent workers can never
   start more nodes than the budgets allow.
-* Waiting (PDBs, LROs, boots) re-enqueues the node with a visibility delay; no
-  invocation sleeps.
+* Long waits (PDBs, LROs, a boot that has just begun) re-enqueue the node with a
+  visibility delay; only waits about to end (evicted pods terminating, the Node turning
+  Ready, a batch gathering) are spent in place, each bounded well within the lease.
 
 ``STEPS`` maps each state to the function that handles it: with ``model``'s transition
 tables, that is the whole state machine.
@@ -628,12 +629,12 @@ class Workflow:
         node.next_due = self.deps.clock.now() + result.delay
         self.deps.store.commit(node)
         if node.state.terminal:
-            self._admit_and_carry_on(run.id)
+            outcome += f"; then {self._admit_and_carry_on(run.id)}"
         else:
             self.deps.queue.send(WorkItem("step", run.id, node.name, node.seq), delay=result.delay)
         return outcome
 
-    def _admit_and_carry_on(self, run_id: str) -> None:
+    def _admit_and_carry_on(self, run_id: str) -> str:
         """Admit into the slot this node freed, then start one admitted node right here.
 
         Its work item is on the queue too, but the queue's polling would add a hop to every
@@ -642,19 +643,19 @@ class Workflow:
         per invocation, so a chain of nodes that end at once cannot run away with it.
         """
         if self._carried_on:
-            self.admit(run_id)
-            return
+            return self.admit(run_id)
         recorder = _SentItems(self.deps.queue)
-        Admission(replace(self.deps, queue=recorder)).admit(run_id)
+        admitted = Admission(replace(self.deps, queue=recorder)).admit(run_id)
         first = next((item for item, delay in recorder.sent if item.kind == "step" and delay <= 0), None)
         if first is None:
-            return
+            return admitted
         self._carried_on = True
         try:
-            self.step(first)
+            return f"{admitted}; started {first.node}: {self.step(first)}"
         except Exception:
             # The queued copy of the work item retries it; this invocation's own step is done.
             logger.exception("starting node %s right after admission failed", first.node)
+            return admitted
 
     def _guarded(self, ctx: StepContext) -> StepResult:
         """Run one step; turn the adapters' retry intent into a result (the one place)."""
