@@ -1,7 +1,8 @@
 """Run lifecycle for operators: start, inspect, pause, resume, cancel.
 
 These are the operations behind the HTTP endpoints and the event triggers; they never
-touch a node directly. Starting enqueues an "admit" work item; the workflow does the rest.
+touch a node directly. Starting admits the first nodes (or enqueues an "admit" work item for
+a window that opens later); the workflow does the rest.
 """
 
 from __future__ import annotations
@@ -91,9 +92,22 @@ class RunService:
             self.deps.store.release_cluster(cluster.name, run.id)
             raise
         delay = max(0.0, run.not_before - self.deps.clock.now())
-        self.deps.queue.send(WorkItem("admit", run.id), delay=delay)
+        if delay > 0:
+            self.deps.queue.send(WorkItem("admit", run.id), delay=delay)
+        else:
+            self._admit_now(run.id)
         logger.info("run %s planned for %s: %d nodes (%s)", run.id, cluster.name, len(nodes), request.reason)
         return run
+
+    def _admit_now(self, run_id: str) -> None:
+        """The first admission right away, rather than after a trip round the queue."""
+        from shared.admission import Admission
+
+        try:
+            Admission(self.deps).admit(run_id)
+        except Exception:
+            logger.exception("run %s: first admission failed; the queue will try again", run_id)
+            self.deps.queue.send(WorkItem("admit", run_id))
 
     def get(self, run_id: str) -> dict[str, Any]:
         run = self.deps.store.get_run(run_id)

@@ -34,9 +34,7 @@ def test_a_malformed_message_is_dead_lettered_with_its_reason(functions: dict, h
 
 
 def test_the_final_failing_delivery_fails_the_node_with_the_reason(functions: dict, harness: Harness) -> None:
-    run_id = harness.start(pools=["linux"])
-    harness._collect()
-    harness.workflow.handle(harness.pending.pop(0)[1])  # admit
+    run_id = harness.start(pools=["linux"])  # admits the first node
     item = harness.queue.take()[0][0]
     harness.kube.fail_next = [KeyError("unexpected shape")]
     for attempt in (1, 5):

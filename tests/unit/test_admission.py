@@ -7,11 +7,13 @@ import random
 import threading
 from collections.abc import Collection, Iterable
 from typing import Any
+from unittest.mock import patch
 
 from shared.admission import HOLDING_STATES
 from shared.errors import ConcurrencyError
 from shared.kube import ANNOTATION_CORDONED
 from shared.model import NodeState, NodeWork, PacerRecord, Run, RunState
+from shared.runs import RunService
 from shared.store.memory import MemoryRunStore
 from shared.workqueue import WorkItem
 from tests.harness import Harness
@@ -64,13 +66,19 @@ def finish(h: Harness, run_id: str, names: list[str]) -> None:
         h.store.commit(node)
 
 
+def planned(h: Harness) -> str:
+    """Plan a run but leave its first admission to the test (starting a run admits at once)."""
+    with patch.object(RunService, "_admit_now", lambda self, run_id: None):
+        return h.start()
+
+
 def held(h: Harness, run_id: str) -> list[str]:
     return [n.name for n in MemoryRunStore.list_nodes(h.store, run_id) if n.state.holds_slot]
 
 
 def test_admission_over_a_thousand_pending_nodes_reads_only_what_it_admits() -> None:
     h, store = counting_harness({"big": 100}, nodes_per_pool=1000, maxConcurrentNodes=250)
-    run_id = h.start()
+    run_id = planned(h)
     store.full_reads, h.kube.calls = 0, []
     assert h.workflow.admit(run_id) == "admitted 100"
     assert store.full_reads == 100  # held 0 + admitted 100
@@ -97,7 +105,7 @@ def test_a_pool_seen_through_its_selector_counts_and_skips_what_others_disrupted
         node["metadata"]["labels"]["agentpool"] = "linux"
     h.kube.nodes["linux-1"]["spec"]["unschedulable"] = True  # someone else's cordon
     h.kube.nodes["linux-2"]["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
-    run_id = h.start()
+    run_id = planned(h)
     h.kube.calls = []
     assert h.workflow.admit(run_id) == "admitted 1"  # 3 - 2 unavailable otherwise
     assert "list_nodes" not in h.kube.calls
@@ -112,7 +120,7 @@ def test_a_pending_node_this_run_cordoned_counts_but_is_not_skipped() -> None:
     h = Harness({"linux": 2}, nodes_per_pool=3, pool_linux={"nodeSelector": {"agentpool": "linux"}})
     for node in h.kube.nodes.values():
         node["metadata"]["labels"]["agentpool"] = "linux"
-    run_id = h.start()
+    run_id = planned(h)
     h.kube.nodes["linux-2"]["spec"]["unschedulable"] = True
     h.kube.nodes["linux-2"]["metadata"]["annotations"][ANNOTATION_CORDONED] = run_id
     assert h.workflow.admit(run_id) == "admitted 1"
@@ -123,7 +131,7 @@ def test_a_pending_node_this_run_cordoned_counts_but_is_not_skipped() -> None:
 
 def test_conflicts_are_retried_inline_a_few_times_then_through_the_queue() -> None:
     h, store = counting_harness({"linux": 1}, nodes_per_pool=2)
-    run_id = h.start()
+    run_id = planned(h)
     h.queue.take()
     store.conflicts_left, store.run_commits = 10, 0
     assert "looking again" in h.workflow.admit(run_id)
@@ -136,7 +144,7 @@ def test_conflicts_are_retried_inline_a_few_times_then_through_the_queue() -> No
 
 def test_a_conflict_then_success_admits_inline() -> None:
     h, store = counting_harness({"linux": 1}, nodes_per_pool=2)
-    run_id = h.start()
+    run_id = planned(h)
     h.queue.take()
     store.conflicts_left = 1
     assert h.workflow.admit(run_id) == "admitted 1"
@@ -145,7 +153,7 @@ def test_a_conflict_then_success_admits_inline() -> None:
 
 def test_a_node_that_changed_after_it_was_listed_is_not_admitted_from_the_stale_view() -> None:
     h = Harness({"linux": 1}, nodes_per_pool=2)
-    run_id = h.start()
+    run_id = planned(h)
     original = h.store.get_nodes
     cancelled: list[str] = []
 
@@ -176,7 +184,7 @@ def test_the_run_closes_by_its_columns_when_the_last_node_ends() -> None:
 
 def test_concurrent_workers_never_admit_past_the_budget() -> None:
     h = Harness({"big": 5}, nodes_per_pool=120, maxConcurrentNodes=50)
-    run_id = h.start()
+    run_id = planned(h)
     store = h.store
     worst = [0]
     stop = threading.Event()
