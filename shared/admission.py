@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HOLDING_STATES = frozenset(s for s in NodeState if s.holds_slot)
-# A conflict means another worker admitted just now; after a few, look again shortly.
-INLINE_ATTEMPTS = 3
+# A conflict means another worker admitted just now; after a few, the queue looks again.
+INLINE_ATTEMPTS = 6
 RETRY_DELAY = 0.5
 SKIP_REASON = "cordoned by someone else; left cordoned and untouched"
 
@@ -44,11 +44,21 @@ class Admission:
         self.deps = deps
 
     def admit(self, run_id: str) -> str:
-        for _ in range(INLINE_ATTEMPTS):
-            try:
-                return self._admit_once(run_id)
-            except ConcurrencyError:
-                continue  # another worker admitted or changed the run first: look again
+        import tenacity
+
+        # A conflict: another worker admitted or changed the run first. Look again, spread
+        # out at random so that workers finishing together do not collide again in step.
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(ConcurrencyError),
+            stop=tenacity.stop_after_attempt(INLINE_ATTEMPTS),
+            wait=tenacity.wait_random_exponential(multiplier=0.02, max=0.2),
+            sleep=self.deps.clock.sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._admit_once, run_id)
+        except ConcurrencyError:
+            pass
         # Through the queue, not by raising: the caller's own work is done, and a failed
         # invocation would come back as a stale step and be dropped, leaving the freed
         # slot to the sweeper.

@@ -90,6 +90,10 @@ class WritePacer:
             return cls(float(burst), per_minute, float(burst), now)
         return cls(float(burst), per_minute, state[0], state[1])
 
+    def available(self, now: float) -> float:
+        """Tokens in the bucket at ``now``, without taking one."""
+        return min(self.burst, self.tokens + max(0.0, now - self.updated) * self.per_minute / 60.0)
+
     def take(self, now: float) -> float:
         """Take a token: 0.0 if one was free, else the seconds until one will be."""
         elapsed = max(0.0, now - self.updated)

@@ -37,7 +37,7 @@ from shared.config import ClusterConfig, PatcherConfig, PoolConfig
 from shared.drain import DrainOptionsView, blocking_budgets, plan_drain
 from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
 from shared.kube import KubeClient, Node
-from shared.model import NodeState, NodeWork, Run, RunState
+from shared.model import NodeState, NodeWork, PacerRecord, Run, RunState
 from shared.store.base import RunStore
 from shared.workqueue import WorkItem, WorkQueue
 
@@ -346,6 +346,8 @@ def _gather(ctx: StepContext) -> StepResult | None:
             return wait(
                 f"joining the batch {pacer.gathering_by} is gathering", pacer.gathering_until - now + linger
             )
+        if _write_tokens(ctx, pacer, now) >= ctx.timing.write_burst / 2:
+            return None  # writes to spare: waiting for company would only slow this node down
         coming = [
             n
             for n in store.list_nodes(
@@ -366,6 +368,13 @@ def _gather(ctx: StepContext) -> StepResult | None:
         ctx.deps.clock.sleep(linger)
         return None
     return None
+
+
+def _write_tokens(ctx: StepContext, pacer: PacerRecord, now: float) -> float:
+    timing = ctx.timing
+    state = None if pacer.tokens is None else [pacer.tokens, pacer.updated]
+    bucket = WritePacer.load(state, burst=timing.write_burst, per_minute=timing.writes_per_minute, now=now)
+    return bucket.available(now)
 
 
 def _claim_batch(ctx: StepContext) -> tuple[list[NodeWork], str, float] | StepResult | None:

@@ -9,7 +9,7 @@ from collections.abc import Collection, Iterable
 from typing import Any
 from unittest.mock import patch
 
-from shared.admission import HOLDING_STATES
+from shared.admission import HOLDING_STATES, INLINE_ATTEMPTS
 from shared.errors import ConcurrencyError
 from shared.kube import ANNOTATION_CORDONED
 from shared.model import NodeState, NodeWork, PacerRecord, Run, RunState
@@ -135,7 +135,7 @@ def test_conflicts_are_retried_inline_a_few_times_then_through_the_queue() -> No
     h.queue.take()
     store.conflicts_left, store.run_commits = 10, 0
     assert "looking again" in h.workflow.admit(run_id)
-    assert store.run_commits == 3
+    assert store.run_commits == INLINE_ATTEMPTS
     assert h.queue.take() == [(WorkItem("admit", run_id), 0.5)]
     assert set(h.node_states(run_id).values()) == {"pending"}
     store.conflicts_left = 0

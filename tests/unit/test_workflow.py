@@ -426,13 +426,23 @@ def test_the_pacer_keeps_one_sample_per_batch_and_a_bounded_window() -> None:
     assert pacer.typical("reimage") == 240.0
 
 
-def test_nodes_ready_together_share_one_write_gathered_by_the_first_one_ready() -> None:
+@pytest.mark.parametrize("tokens", [2.0, None])
+def test_nodes_ready_together_share_one_write_when_writes_are_scarce(tokens: float | None) -> None:
     from shared.workflow import Workflow
 
     h = Harness({"linux": 3}, nodes_per_pool=3)
     run_id = h.start()
     first, *others = _admitted_steps(h)
     assert len(others) == 2
+    pacer = h.store.get_pacer(run_id, h.store.get_node(run_id, first.node).scale_set_id)
+    pacer.tokens, pacer.updated = tokens, h.clock.now()  # None: a full bucket (10)
+    h.store.commit(pacer)
+    if tokens is None:
+        h.clock.sleep = lambda s: pytest.fail("no gathering while writes are to spare")  # type: ignore[method-assign]
+        h.workflow.handle(first)
+        writes = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
+        assert writes == ["manualupgrade ['linux0']"]
+        return
     real_sleep = h.clock.sleep
     joined: list[str] = []
 
