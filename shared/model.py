@@ -196,6 +196,9 @@ class NodeWork:
     reimage_attempts: int = 0
     reimage_started: float = 0.0
     reimage_batch: str = ""
+    # The batch's leader made the request; it alone follows the operation closely and
+    # wakes the others when it ends (one poll for the batch, not one per node).
+    leads_batch: bool = False
     booting_since: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     etag: str | None = None

@@ -32,7 +32,7 @@ from typing import Any
 from shared.admission import Admission
 from shared.budget import WritePacer
 from shared.clock import Clock, iso
-from shared.compute import ComputeClient, InstanceRef, image_version, parse_provider_id
+from shared.compute import ComputeClient, InstanceRef, LroStatus, image_version, parse_provider_id
 from shared.config import ClusterConfig, PatcherConfig, PoolConfig
 from shared.drain import DrainOptionsView, blocking_budgets, plan_drain
 from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
@@ -247,6 +247,8 @@ def step_reimaging(ctx: StepContext) -> StepResult:
     poll = timing.poll_interval.total_seconds()
     if node.reimage_token:
         status = ctx.compute.poll(node.reimage_token)
+        if not status.done and node.leads_batch:
+            status = _follow_in_place(ctx, status)
         if not status.done:
             if ctx.now - node.reimage_started > ctx.pool.reimage_timeout.total_seconds():
                 return StepResult(
@@ -256,6 +258,8 @@ def step_reimaging(ctx: StepContext) -> StepResult:
                     warning=True,
                 )
             return wait(f"{node.reimage_op} in progress", poll)
+        if node.leads_batch:
+            _wake_peers(ctx)
         if status.succeeded:
             node.booting_since = ctx.now
             _observe(ctx, "reimage", ctx.now - node.reimage_started)
@@ -310,7 +314,7 @@ def _start_batch(ctx: StepContext) -> StepResult:
         return wait("other workers are starting batches on this scale set", min(poll, 1.0))
     if isinstance(claimed, StepResult):
         return claimed
-    peers, batch, first_poll = claimed
+    peers, batch, first_poll, peers_poll = claimed
     instance_ids = [n.instance_id for n in (node, *peers)]
     try:
         if node.reimage_op == "reimage":
@@ -318,13 +322,13 @@ def _start_batch(ctx: StepContext) -> StepResult:
         else:
             token = ctx.compute.begin_upgrade_to_latest_model(ctx.ref, instance_ids)
     except Exception as exc:
-        node.reimage_started, node.reimage_batch = 0.0, ""
+        node.reimage_started, node.reimage_batch, node.leads_batch = 0.0, "", False
         _hand_over(ctx, peers, batch, token=None, first_poll=0.0)
         if isinstance(exc, ConcurrencyError):
             return wait(f"another operation is running on the scale set: {exc}", poll)
         raise
     node.reimage_token = token
-    _hand_over(ctx, peers, batch, token=token, first_poll=first_poll)
+    _hand_over(ctx, peers, batch, token=token, first_poll=peers_poll)
     return wait(
         f"{node.reimage_op} started for {len(instance_ids)} instances ({', '.join(instance_ids)})", first_poll
     )
@@ -377,7 +381,7 @@ def _write_tokens(ctx: StepContext, pacer: PacerRecord, now: float) -> float:
     return bucket.available(now)
 
 
-def _claim_batch(ctx: StepContext) -> tuple[list[NodeWork], str, float] | StepResult | None:
+def _claim_batch(ctx: StepContext) -> tuple[list[NodeWork], str, float, float] | StepResult | None:
     """Take a write token and claim this node's batch in one transaction with the pacer.
     Returns the peers, the batch id and when to poll first; a wait if the pacer has no
     token; None if the transaction lost to another worker."""
@@ -397,9 +401,13 @@ def _claim_batch(ctx: StepContext) -> tuple[list[NodeWork], str, float] | StepRe
     pacer.tokens, pacer.updated = bucket.state()
     if pacer.gathering_by == node.name:
         pacer.gathering_by, pacer.gathering_until = "", 0.0
-    # Poll first when earlier operations on this scale set finished, not every interval.
+    # Poll first when earlier operations on this scale set finished, not every interval:
+    # the leader comes back a whole in-place wait ahead of that and follows the end
+    # closely; the others wait for its call (or, should it never come, look themselves).
     typical = pacer.typical("reimage")
-    first_poll = max(poll, 0.9 * typical) if typical else poll
+    inline = timing.inline_wait.total_seconds()
+    first_poll = max(poll, typical - inline) if typical else poll
+    peers_poll = typical + inline if typical else poll
     peers = [
         n
         for n in store.list_nodes(ctx.run.id, states=(NodeState.REIMAGING,))
@@ -412,16 +420,16 @@ def _claim_batch(ctx: StepContext) -> tuple[list[NodeWork], str, float] | StepRe
     batch = uuid.uuid4().hex[:8]
     at = iso(now)
     for n in (node, *peers):
-        n.reimage_started, n.reimage_batch = now, batch
+        n.reimage_started, n.reimage_batch, n.leads_batch = now, batch, n is node
     for p in peers:
         p.seq += 1
         p.reason, p.updated_at = f"batched with {node.name} into one {node.reimage_op}", at
     try:
         store.commit(pacer, node, *peers)
     except ConcurrencyError:
-        node.reimage_started, node.reimage_batch = 0.0, ""
+        node.reimage_started, node.reimage_batch, node.leads_batch = 0.0, "", False
         return None
-    return peers, batch, first_poll
+    return peers, batch, first_poll, peers_poll
 
 
 def _hand_over(
@@ -451,8 +459,43 @@ def _hand_over(
             break
 
 
+def _follow_in_place(ctx: StepContext, status: LroStatus) -> LroStatus:
+    """The leader polls the batch's operation a few times in place when it is due to end
+    within ``inlineWait`` (ARM has no watch), so the batch moves on within a fraction of
+    that wait instead of a poll interval plus a queue trip later."""
+    node = ctx.node
+    typical = ctx.deps.store.get_pacer(ctx.run.id, node.scale_set_id).typical("reimage")
+    if typical is None or typical - (ctx.now - node.reimage_started) > ctx.timing.inline_wait.total_seconds():
+        return status
+    inline = ctx.inline_wait()
+    deadline, every = ctx.now + inline, inline / IN_PLACE_POLLS
+    # Sleep to just before the typical end (the queue may have brought us early), then
+    # poll at a tenth of the wait: a couple of reads when the operation keeps to time.
+    clock = ctx.deps.clock
+    clock.sleep(min(deadline, node.reimage_started + typical - every) - clock.now())
+    while True:
+        status = ctx.compute.poll(node.reimage_token)
+        if status.done or clock.now() + every > deadline:
+            break
+        clock.sleep(every)
+    ctx.after_waiting()
+    return status
+
+
+IN_PLACE_POLLS = 10
+
+
+def _wake_peers(ctx: StepContext) -> None:
+    """The batch's operation ended: send its other nodes their next step now."""
+    node = ctx.node
+    for peer in ctx.deps.store.list_nodes(ctx.run.id, states=(NodeState.REIMAGING,)):
+        if peer.reimage_batch == node.reimage_batch and peer.name != node.name and peer.reimage_token:
+            ctx.deps.queue.send(WorkItem("step", peer.run_id, peer.name, peer.seq))
+
+
 def _reimage_failed(ctx: StepContext, error: str) -> StepResult:
     node = ctx.node
+    node.leads_batch = False
     node.reimage_attempts += 1
     node.reimage_token = ""
     node.reimage_started = 0.0

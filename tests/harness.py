@@ -79,6 +79,9 @@ class Harness:
         )
         self.workflow = Workflow(self.deps)
         self.reimage_seconds = reimage_seconds
+        # The cloud moves on while a worker waits in place.
+        advance = self.clock.sleep
+        self.clock.sleep = lambda seconds: (advance(seconds), self._complete_reimages())  # type: ignore[method-assign]
         self.pending: list[tuple[float, WorkItem]] = []
         self.op_started: dict[str, float] = {}
         self.max_disrupted: dict[str, int] = defaultdict(int)

@@ -477,3 +477,35 @@ def _admitted_steps(h: Harness) -> list[WorkItem]:
         if steps:
             return steps
     raise AssertionError("no node was admitted")
+
+
+def test_the_batch_leader_follows_the_operation_and_wakes_the_others_when_it_ends() -> None:
+    from shared.workflow import Workflow
+
+    h = Harness({"linux": 3}, nodes_per_pool=3, reimage_seconds=60)
+    run_id = h.start()
+    first, *others = _admitted_steps(h)
+    pacer = h.store.get_pacer(run_id, h.store.get_node(run_id, first.node).scale_set_id)
+    pacer.tokens, pacer.updated = 2.0, h.clock.now()  # scarce: the first node gathers the others
+    pacer.observe("reimage", 60.0, batch="earlier")
+    h.store.commit(pacer)
+    real_sleep = h.clock.sleep
+
+    def linger(seconds: float) -> None:
+        h.clock.sleep = real_sleep  # type: ignore[method-assign]
+        for item in others:
+            Workflow(h.deps).handle(item)
+        real_sleep(seconds)
+
+    h.clock.sleep = linger  # type: ignore[method-assign]
+    h.workflow.handle(first)
+    h.pump(run_id)
+    nodes = h.store.list_nodes(run_id)
+    assert {n.state for n in nodes} == {NodeState.SUCCEEDED}
+    assert len({n.reimage_batch for n in nodes}) == 1
+    # Handed over to poll at 60 + inlineWait (80 s), the others were woken when the leader
+    # saw the end (~60 s), and one poll of theirs confirmed it.
+    boots = sorted(n.booting_since - n.reimage_started for n in nodes)
+    assert boots[-1] - boots[0] < 5, boots
+    assert boots[0] < 65
+    assert h.compute.calls.count("poll") <= 3 + 2
