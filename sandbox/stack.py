@@ -241,8 +241,9 @@ class Sandbox:
             pool.update(opts.pool_overrides.get(spec.name, {}))
             pools.append(pool)
         workflow = {
-            "pollInterval": 0.5,
-            "drainRetryInterval": 0.5,
+            # Production's 15 s and 5 s, time-scaled, but not below what the queue can do.
+            "pollInterval": max(0.5, round(15 * scale, 2)),
+            "drainRetryInterval": max(0.5, round(5 * scale, 2)),
             "leaseDuration": 10,
             "inlineWait": 2,
             "batchLinger": 0.3,

@@ -257,7 +257,9 @@ def step_reimaging(ctx: StepContext) -> StepResult:
                     event="PatchFailed",
                     warning=True,
                 )
-            return wait(f"{node.reimage_op} in progress", poll)
+            # Only the leader follows the batch's operation closely; the others wait for its
+            # call and look themselves now and then, in case it never comes.
+            return wait(f"{node.reimage_op} in progress", poll if node.leads_batch else PEER_POLLS * poll)
         if node.leads_batch:
             _wake_peers(ctx)
         if status.succeeded:
@@ -407,7 +409,7 @@ def _claim_batch(ctx: StepContext) -> tuple[list[NodeWork], str, float, float] |
     typical = pacer.typical("reimage")
     inline = timing.inline_wait.total_seconds()
     first_poll = max(poll, typical - inline) if typical else poll
-    peers_poll = typical + inline if typical else poll
+    peers_poll = max(typical + inline, PEER_POLLS * poll) if typical else PEER_POLLS * poll
     peers = [
         n
         for n in store.list_nodes(ctx.run.id, states=(NodeState.REIMAGING,))
@@ -483,6 +485,7 @@ def _follow_in_place(ctx: StepContext, status: LroStatus) -> LroStatus:
 
 
 IN_PLACE_POLLS = 10
+PEER_POLLS = 4  # a batch's other nodes poll its operation this many times less often
 
 
 def _wake_peers(ctx: StepContext) -> None:
