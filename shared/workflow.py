@@ -352,7 +352,7 @@ def _gather(ctx: StepContext) -> StepResult | None:
             return wait(
                 f"joining the batch {pacer.gathering_by} is gathering", pacer.gathering_until - now + linger
             )
-        if _write_tokens(ctx, pacer, now) >= ctx.timing.write_burst / 2:
+        if _write_bucket(ctx, pacer, now).available(now) >= ctx.timing.write_burst / 2:
             return None  # writes to spare: waiting for company would only slow this node down
         coming = [
             n
@@ -376,27 +376,22 @@ def _gather(ctx: StepContext) -> StepResult | None:
     return None
 
 
-def _write_tokens(ctx: StepContext, pacer: PacerRecord, now: float) -> float:
-    timing = ctx.timing
+def _write_bucket(ctx: StepContext, pacer: PacerRecord, now: float) -> WritePacer:
+    """The pacer record's token bucket, with the configured burst and rate."""
     state = None if pacer.tokens is None else [pacer.tokens, pacer.updated]
-    bucket = WritePacer.load(state, burst=timing.write_burst, per_minute=timing.writes_per_minute, now=now)
-    return bucket.available(now)
+    timing = ctx.timing
+    return WritePacer.load(state, burst=timing.write_burst, per_minute=timing.writes_per_minute, now=now)
 
 
 def _claim_batch(ctx: StepContext) -> tuple[list[NodeWork], str, float, float] | StepResult | None:
     """Take a write token and claim this node's batch in one transaction with the pacer.
-    Returns the peers, the batch id and when to poll first; a wait if the pacer has no
+    Returns the peers, the batch id and when the leader and the peers poll first; a wait if the pacer has no
     token; None if the transaction lost to another worker."""
     node, store, timing = ctx.node, ctx.deps.store, ctx.timing
     poll = timing.poll_interval.total_seconds()
     now = ctx.deps.clock.now()
     pacer = store.get_pacer(ctx.run.id, node.scale_set_id)
-    bucket = WritePacer.load(
-        None if pacer.tokens is None else [pacer.tokens, pacer.updated],
-        burst=timing.write_burst,
-        per_minute=timing.writes_per_minute,
-        now=now,
-    )
+    bucket = _write_bucket(ctx, pacer, now)
     delay = bucket.take(now)
     if delay > 0:
         return wait(f"pacing writes to scale set {ctx.ref.scale_set} under Compute's limit", delay)
