@@ -90,6 +90,8 @@ def run(
     runners: int,
     log: Callable[[str], None],
     sizes: set[int] | None = None,
+    budgets: set[str] | None = None,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
     smoke = profile == "smoke"
     results: dict[str, Any] = {"profile": profile, "machine": describe(), "targets": TARGETS}
@@ -109,10 +111,13 @@ def run(
     if "rollout" in sections:
         results["rollouts"] = []
         for spec in _rollouts(profile, runners):
-            if sizes and spec.n not in sizes:
+            if (sizes and spec.n not in sizes) or (budgets and str(spec.budget) not in budgets):
                 continue
             log(f"rollout {spec.label} at time scale {spec.scale} ...")
-            result = _guard(spec.label, functools.partial(run_rollout, spec, progress=log), log)
+            if keep:
+                keep.mkdir(parents=True, exist_ok=True)
+            rollout = functools.partial(run_rollout, spec, workdir=keep, keep=keep is not None, progress=log)
+            result = _guard(spec.label, rollout, log)
             result.setdefault("label", spec.label)
             result.setdefault("spec", spec.__dict__)
             results["rollouts"].append(result)
@@ -136,6 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--nodes", default="", help="comma-separated fleet sizes: only the rollouts of these N (e.g. 100)"
     )
+    parser.add_argument(
+        "--budgets", default="", help="comma-separated budgets: only the rollouts with these (e.g. 1,25%%)"
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep each rollout's sandbox state (history, logs, phases.json) under this directory",
+    )
     parser.add_argument("--out", type=Path, default=HERE, help="where results.json and results.md go")
     args = parser.parse_args(argv)
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
@@ -153,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(message)}", highlight=False)
 
     sizes = {int(n) for n in args.nodes.split(",") if n.strip()}
-    results = run(args.profile, sections, runners=args.runners, log=log, sizes=sizes)
+    budgets = {b.strip() for b in args.budgets.split(",") if b.strip()}
+    results = run(
+        args.profile, sections, runners=args.runners, log=log, sizes=sizes, budgets=budgets, keep=args.keep
+    )
     write(results, args.out)
     print_table(results, console)
     console.print(f"written: {args.out / 'results.json'}, {args.out / 'results.md'}")

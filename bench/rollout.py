@@ -17,6 +17,7 @@ runners' logs (every invocation with its outcome and duration).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 import shutil
@@ -464,9 +465,11 @@ class _Watch:
 
 
 def run_rollout(
-    spec: RolloutSpec, *, workdir: Path | None = None, progress: Progress = print
+    spec: RolloutSpec, *, workdir: Path | None = None, keep: bool = False, progress: Progress = print
 ) -> dict[str, Any]:
-    """Bring a sandbox up, roll a new image over its pool, measure, tear it down."""
+    """Bring a sandbox up, roll a new image over its pool, measure, tear it down. With
+    ``keep``, its state directory (history, request and runner logs) stays, with every
+    node's moments and the critical chain in ``phases.json``, for a closer look."""
     from sandbox.arm import WriteLimit as ArmWriteLimit
     from sandbox.cluster import PoolSpec
     from sandbox.stack import CLUSTER, Sandbox, SandboxOptions
@@ -527,8 +530,12 @@ def run_rollout(
         result["cpu_seconds"] = _cpu_delta(result.pop("_cpu_start", None))
         with contextlib.suppress(Exception):
             sandbox.stop()
-    _analyse(result, sandbox, spec, durations, state_dir)
-    shutil.rmtree(state_dir, ignore_errors=True)
+    _analyse(result, sandbox, spec, durations, state_dir, keep=keep)
+    if keep:
+        result["state_dir"] = str(state_dir)
+        progress(f"kept {state_dir}")
+    else:
+        shutil.rmtree(state_dir, ignore_errors=True)
     return result
 
 
@@ -681,7 +688,13 @@ def _watch(
 
 
 def _analyse(
-    result: dict[str, Any], sandbox: Any, spec: RolloutSpec, durations: Durations, state_dir: Path
+    result: dict[str, Any],
+    sandbox: Any,
+    spec: RolloutSpec,
+    durations: Durations,
+    state_dir: Path,
+    *,
+    keep: bool = False,
 ) -> None:
     from sandbox.invariants import check_final_nodes, check_history
 
@@ -730,6 +743,19 @@ def _analyse(
         )
         result["chain_overhead_seconds"] = round(makespan - len(chain) * per_node, 3)
         result["breakdown_seconds"] = {k: round(v, 3) for k, v in breakdown.items()}
+        if keep:
+            (state_dir / "phases.json").write_text(
+                json.dumps(
+                    {
+                        "start": t_post,
+                        "end": end,
+                        "chain": chain,
+                        "nodes": {n: asdict(p) for n, p in phases.items()},
+                    },
+                    indent=1,
+                ),
+                encoding="utf-8",
+            )
     else:
         result["ratio"] = None
         result["ratio_at_least"] = round(makespan / result["full_bound_seconds"], 3)
