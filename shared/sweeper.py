@@ -4,18 +4,19 @@ Messages can be lost (a send that failed after its state was written, a message 
 by hand) and workers can die holding a lease. Every node in flight records when it was
 last stepped; one that has not been stepped for ``stallAfter`` gets a fresh work item
 with a new ``seq`` (which makes any late copy of the old one stale). Runs with pending
-nodes get an admission pass, which also closes runs that are done.
+nodes and a free slot get an admission pass, which also closes runs that are done.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 from shared.admission import HOLDING_STATES, Admission
 from shared.clock import iso, parse_iso
 from shared.errors import ConcurrencyError
-from shared.model import NodeState, RunState
+from shared.model import NodeState, NodeWork, Run, RunState
 from shared.workflow import Collaborators
 from shared.workqueue import WorkItem
 
@@ -56,9 +57,20 @@ def sweep(deps: Collaborators) -> SweepReport:
             deps.queue.send(WorkItem("step", run.id, node.name, node.seq))
             report.resumed.append(f"{run.id}/{node.name}")
             logger.warning("run %s node %s stalled in %s; resumed", run.id, node.name, node.state)
-        if run.state in (RunState.PLANNED, RunState.RUNNING) and deps.store.has_nodes(
-            run.id, states=(NodeState.PENDING,)
+        if (
+            run.state in (RunState.PLANNED, RunState.RUNNING)
+            and _may_have_free_slots(run, in_flight)
+            and deps.store.has_nodes(run.id, states=(NodeState.PENDING,))
         ):
             deps.queue.send(WorkItem("admit", run.id))
             report.admitted.append(run.id)
     return report
+
+
+def _may_have_free_slots(run: Run, in_flight: list[NodeWork]) -> bool:
+    """False when the run's own nodes in flight fill every budget: then an admission could
+    only find nothing to do, and a large run would pay for its reads every sweep."""
+    if len(in_flight) >= run.max_concurrent_nodes:
+        return False
+    held = Counter(n.pool for n in in_flight)
+    return any(held[pool] < budget.max_unavailable for pool, budget in run.pools.items())

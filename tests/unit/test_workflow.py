@@ -264,6 +264,21 @@ def test_the_sweeper_resumes_a_node_whose_message_was_lost() -> None:
     assert h.node_states(run_id)["linux-0"] == "succeeded"
 
 
+def test_the_sweeper_asks_for_an_admission_only_when_a_slot_may_be_free() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=3)
+    run_id = h.start()  # admits linux-0: the pool's budget of 1 is full
+    h.queue.take()
+    assert sweep(h.deps).admitted == []
+    assert h.queue.take() == []
+    # A slot freed without an admission after it (say, that worker died right there).
+    node = h.store.get_node(run_id, "linux-0")
+    for state in (NodeState.DRAINING, NodeState.REIMAGING, NodeState.BOOTING, NodeState.SUCCEEDED):
+        node.move_to(state, reason="test", at="now")
+    h.store.commit(node)
+    assert sweep(h.deps).admitted == [run_id]
+    assert h.queue.take() == [(WorkItem("admit", run_id), 0.0)]
+
+
 def test_a_crash_after_the_reimage_request_is_recovered_without_a_second_reimage() -> None:
     h = Harness({"linux": 1}, nodes_per_pool=1)
     original = h.compute.begin_upgrade_to_latest_model
