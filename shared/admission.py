@@ -36,6 +36,9 @@ HOLDING_STATES = frozenset(s for s in NodeState if s.holds_slot)
 # A conflict means another worker admitted just now; after a few, the queue looks again.
 INLINE_ATTEMPTS = 6
 RETRY_DELAY = 0.5
+# Workers' clocks agree to well within this (NTP); it keeps "counted after this node ended"
+# on the safe side. Erring only costs another look, never a budget.
+CLOCK_MARGIN = 0.2
 SKIP_REASON = "cordoned by someone else; left cordoned and untouched"
 
 
@@ -43,8 +46,19 @@ class Admission:
     def __init__(self, deps: Collaborators) -> None:
         self.deps = deps
 
-    def admit(self, run_id: str) -> str:
+    def admit(self, run_id: str, *, ended_at: float | None = None) -> str:
+        """Fill the free slots. ``ended_at``: when the node whose slot this is for ended;
+        if another worker's admission looked after that, the slot was counted there and
+        there is nothing left to do here (the common case when a batch ends together)."""
         import tenacity
+
+        def attempt() -> str:
+            try:
+                return self._admit_once(run_id, ended_at=ended_at)
+            except ConcurrencyError:
+                if ended_at is not None and self._counted_since(run_id, ended_at):
+                    return "another worker admitted after this node ended"
+                raise
 
         # A conflict: another worker admitted or changed the run first. Look again, spread
         # out at random so that workers finishing together do not collide again in step.
@@ -56,7 +70,7 @@ class Admission:
             reraise=True,
         )
         try:
-            return retrying(self._admit_once, run_id)
+            return retrying(attempt)
         except ConcurrencyError:
             pass
         # Through the queue, not by raising: the caller's own work is done, and a failed
@@ -65,9 +79,17 @@ class Admission:
         self.deps.queue.send(WorkItem("admit", run_id), delay=RETRY_DELAY)
         return "admission kept conflicting; looking again shortly"
 
-    def _admit_once(self, run_id: str) -> str:
+    def _counted_since(self, run_id: str, ended_at: float) -> bool:
+        # One small read instead of another whole admission: the run record says when the
+        # latest admission looked.
+        return self.deps.store.get_run(run_id).admission_view_at - CLOCK_MARGIN >= ended_at
+
+    def _admit_once(self, run_id: str, *, ended_at: float | None = None) -> str:
         store, now = self.deps.store, self.deps.clock.now()
         run = store.get_run(run_id)
+        if ended_at is not None and run.admission_view_at - CLOCK_MARGIN >= ended_at:
+            # Nodes of a batch end together; the first admission to look covers them all.
+            return "another worker admitted after this node ended"
         at = iso(now)
         if run.state.terminal:
             self.finish_if_done(run)
@@ -122,6 +144,7 @@ class Admission:
             changed.append(n)
         waiting_changed = decision.waiting != run.waiting
         run.waiting = dict(decision.waiting)
+        run.admission_view_at = now  # the slots were listed after this
         if not changed:
             if waiting_changed:
                 run.updated_at = at

@@ -30,6 +30,9 @@ ANNOTATION_RUN = f"{PRODUCT_PREFIX}/run"
 ANNOTATION_STATE = f"{PRODUCT_PREFIX}/state"
 ANNOTATION_CORDONED = f"{PRODUCT_PREFIX}/cordoned-by"
 ANNOTATION_PATCHED_AT = f"{PRODUCT_PREFIX}/patched-at"
+# On the Nodes a run holds cordoned (value: the run id), so that one label-selected watch
+# follows a whole batch of them and `kubectl get nodes -l` shows what is being patched.
+LABEL_PATCHING = f"{PRODUCT_PREFIX}/patching"
 NODE_IMAGE_LABEL = "kubernetes.azure.com/node-image-version"
 # Server-side printing, the form kubectl get asks for (meta.k8s.io/v1 Table).
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io"
@@ -320,11 +323,12 @@ class KubeClient:
             name,
             {
                 "metadata": {
+                    "labels": {LABEL_PATCHING: run_id},
                     "annotations": {
                         ANNOTATION_CORDONED: run_id,
                         ANNOTATION_RUN: run_id,
                         ANNOTATION_STATE: state,
-                    }
+                    },
                 },
                 "spec": {"unschedulable": True},
             },
@@ -335,7 +339,11 @@ class KubeClient:
         if patched_at:
             annotations[ANNOTATION_PATCHED_AT] = patched_at
         return self.patch_node(
-            name, {"metadata": {"annotations": annotations}, "spec": {"unschedulable": None}}
+            name,
+            {
+                "metadata": {"labels": {LABEL_PATCHING: None}, "annotations": annotations},
+                "spec": {"unschedulable": None},
+            },
         )
 
     def annotate_node(self, name: str, annotations: Mapping[str, str | None]) -> Node:
@@ -395,6 +403,36 @@ class KubeClient:
                 if done(node):
                     break
         return node
+
+    def wait_for_nodes(
+        self, names: Collection[str], done: Callable[[Node], bool], *, label_selector: str, timeout: float
+    ) -> Iterator[Node]:
+        """Each of the Nodes ``names`` (all carrying ``label_selector``) as soon as ``done``
+        says so, for at most ``timeout`` seconds: those done already from one list of the
+        selector, the others as one watch from that list sees them."""
+        left = set(names)
+        data = self._json("list nodes", self._core.list_node, label_selector=label_selector)
+        for item in data.get("items") or []:
+            node = Node(item)
+            if node.name in left and done(node):
+                left.discard(node.name)
+                yield node
+        if not left:
+            return
+        for event in self._watch(
+            f"watch nodes {label_selector}",
+            self._core.list_node,
+            str((data.get("metadata") or {}).get("resourceVersion") or ""),
+            timeout,
+            label_selector=label_selector,
+        ):
+            if event.get("type") in ("ADDED", "MODIFIED"):
+                node = Node(event["object"])
+                if node.name in left and done(node):
+                    left.discard(node.name)
+                    yield node
+                    if not left:
+                        return
 
     def _watch(
         self, what: str, fn: Any, resource_version: str, timeout: float, **kwargs: Any

@@ -138,6 +138,9 @@ class Run:
     fence: int = 0
     # Why pending nodes of a pool are not starting (budget, cluster limit), per pool.
     waiting: dict[str, str] = field(default_factory=dict)
+    # When the latest admission written looked at the slots held (epoch seconds, the
+    # admitter's clock): a node that ended before then had its slot counted.
+    admission_view_at: float = 0.0
     # A maintenance window: no node starts before not_before, nor unless it can finish
     # by deadline (epoch seconds; 0 = unbounded).
     not_before: float = 0.0

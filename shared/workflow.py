@@ -36,7 +36,7 @@ from shared.compute import ComputeClient, InstanceRef, LroStatus, image_version,
 from shared.config import ClusterConfig, PatcherConfig, PoolConfig
 from shared.drain import DrainOptionsView, blocking_budgets, plan_drain
 from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
-from shared.kube import KubeClient, Node
+from shared.kube import LABEL_PATCHING, KubeClient, Node
 from shared.model import NodeState, NodeWork, PacerRecord, Run, RunState
 from shared.store.base import RunStore
 from shared.workqueue import WorkItem, WorkQueue
@@ -330,6 +330,14 @@ def _start_batch(ctx: StepContext) -> StepResult:
             return wait(f"another operation is running on the scale set: {exc}", poll)
         raise
     node.reimage_token = token
+    logger.info(
+        "run %s: batch %s led by %s: %s of %d instances",
+        ctx.run.id,
+        batch,
+        node.name,
+        node.reimage_op,
+        len(instance_ids),
+    )
     _hand_over(ctx, peers, batch, token=token, first_poll=peers_poll)
     return wait(
         f"{node.reimage_op} started for {len(instance_ids)} instances ({', '.join(instance_ids)})", first_poll
@@ -337,14 +345,20 @@ def _start_batch(ctx: StepContext) -> StepResult:
 
 
 def _gather(ctx: StepContext) -> StepResult | None:
-    """Wait ``batchLinger`` for the scale set's nodes still draining, so that one write
-    carries them all. One node gathers (recorded on the pacer); the others that get
-    ready meanwhile step aside until it has claimed them. Returns a wait for those."""
+    """Wait for the scale set's nodes still draining, so that one write carries them all.
+
+    Only when writes are scarce: fewer than half the bucket left, or fewer tokens than
+    nodes coming (a wave's nodes finish draining over a few seconds, and a write per node
+    would spend the bucket on the first few and make the last ones wait for refills). One
+    node gathers (recorded on the pacer), looking every ``batchLinger`` until those it
+    waits for have drained, at most ``inlineWait``; the others that get ready meanwhile
+    step aside until it has claimed them. Returns a wait for those."""
     node, store, linger = ctx.node, ctx.deps.store, ctx.timing.batch_linger.total_seconds()
     if linger <= 0:
         return None
+    clock, longest = ctx.deps.clock, ctx.timing.inline_wait.total_seconds()
     for _ in range(3):
-        now = ctx.deps.clock.now()
+        now = clock.now()
         pacer = store.get_pacer(ctx.run.id, node.scale_set_id)
         if pacer.gathering_by == node.name:
             return None
@@ -352,10 +366,8 @@ def _gather(ctx: StepContext) -> StepResult | None:
             return wait(
                 f"joining the batch {pacer.gathering_by} is gathering", pacer.gathering_until - now + linger
             )
-        if _write_bucket(ctx, pacer, now).available(now) >= ctx.timing.write_burst / 2:
-            return None  # writes to spare: waiting for company would only slow this node down
-        coming = [
-            n
+        coming = {
+            n.name
             for n in store.list_nodes(
                 ctx.run.id, states=(NodeState.ADMITTED, NodeState.DRAINING, NodeState.REIMAGING)
             )
@@ -363,15 +375,24 @@ def _gather(ctx: StepContext) -> StepResult | None:
             and n.scale_set_id.lower() == pacer.scale_set
             and not n.reimage_started
             and not n.blockers  # a drain held up by a PDB is not worth waiting for
-        ]
+        }
         if not coming:
             return None
-        pacer.gathering_by, pacer.gathering_until = node.name, now + linger
+        available = _write_bucket(ctx, pacer, now).available(now)
+        if available >= ctx.timing.write_burst / 2 and len(coming) < available:
+            return None  # a write to spare for each node coming: company would only slow this one
+        pacer.gathering_by, pacer.gathering_until = node.name, now + longest
         try:
             store.commit(pacer)
         except ConcurrencyError:
             continue
-        ctx.deps.clock.sleep(linger)
+        while True:
+            clock.sleep(min(linger, now + longest - clock.now()))
+            if clock.now() >= now + longest:
+                break
+            draining = store.node_summaries(ctx.run.id, states=(NodeState.ADMITTED, NodeState.DRAINING))
+            if not coming & {n.name for n in draining}:
+                break  # all it waited for are drained: claim them now
         return None
     return None
 
@@ -525,15 +546,24 @@ def step_booting(ctx: StepContext) -> StepResult:
         # in-place wait ahead of its expected end: the queue's own latency (polling,
         # whole-second visibility) is then spent inside the watch, not after the boot.
         typical = ctx.deps.store.get_pacer(ctx.run.id, node.scale_set_id).typical("boot")
-        remaining = (typical or 0.0) - (ctx.now - node.booting_since)
+        elapsed = ctx.now - node.booting_since
         inline = ctx.timing.inline_wait.total_seconds()
-        if remaining > inline:
-            return wait("; ".join(problems) + " (booting)", remaining - inline)
+        if _follows_leader(node):
+            # The leader watches the whole batch boot and calls this node when it is Ready;
+            # a watch per node would hold a worker each. Look only if that call is late.
+            call_due = typical + inline if typical else PEER_POLLS * poll
+            if elapsed < call_due:
+                return wait("; ".join(problems) + " (booting; the batch leader watches)", call_due - elapsed)
+        elif (typical or 0.0) - elapsed > inline:
+            return wait("; ".join(problems) + " (booting)", (typical or 0.0) - elapsed - inline)
     if problems and (inline := ctx.inline_wait()) > 0:
         # Watch the Node turn Ready on its new boot rather than polling it.
-        observed = ctx.kube.wait_for_node(
-            node.name, lambda seen: not _node_problems(node, seen), timeout=inline
-        )
+        if node.leads_batch:
+            observed = _follow_boots(ctx, observed, inline)
+        else:
+            observed = ctx.kube.wait_for_node(
+                node.name, lambda seen: not _node_problems(node, seen), timeout=inline
+            )
         ctx.after_waiting()
         problems = _node_problems(node, observed)
     if not problems:
@@ -564,6 +594,38 @@ def step_booting(ctx: StepContext) -> StepResult:
             warning=True,
         )
     return wait("; ".join(problems), poll)
+
+
+def _follows_leader(node: NodeWork) -> bool:
+    return bool(node.reimage_batch) and not node.leads_batch
+
+
+def _follow_boots(ctx: StepContext, own: Node, timeout: float) -> Node:
+    """The leader watches its batch's Nodes come up (one watch of the run's cordoned
+    Nodes) and sends each peer its next step the moment its Node is Ready on the new
+    boot, so the batch is verified within moments of booting without a worker held per
+    node. Returns the leader's own Node as last seen."""
+    node, run = ctx.node, ctx.run
+    waiting = {
+        p.name: p
+        for p in ctx.deps.store.list_nodes(run.id, states=(NodeState.REIMAGING, NodeState.BOOTING))
+        if p.reimage_batch == node.reimage_batch and p.name != node.name
+    }
+    if not waiting:
+        return ctx.kube.wait_for_node(node.name, lambda seen: not _node_problems(node, seen), timeout=timeout)
+    waiting[node.name] = node
+    for seen in ctx.kube.wait_for_nodes(
+        waiting,
+        lambda seen: not _node_problems(waiting[seen.name], seen),
+        label_selector=f"{LABEL_PATCHING}={run.id}",
+        timeout=timeout,
+    ):
+        if seen.name == node.name:
+            own = seen
+        else:
+            peer = waiting[seen.name]
+            ctx.deps.queue.send(WorkItem("step", run.id, peer.name, peer.seq))
+    return own
 
 
 def _observe(ctx: StepContext, kind: str, seconds: float) -> None:
@@ -679,31 +741,34 @@ class Workflow:
         node.next_due = self.deps.clock.now() + result.delay
         self.deps.store.commit(node)
         if node.state.terminal:
-            outcome += f"; then {self._admit_and_carry_on(run.id)}"
+            outcome += f"; then {self._admit_and_carry_on(run.id, ended_at=self.deps.clock.now())}"
         else:
             self.deps.queue.send(WorkItem("step", run.id, node.name, node.seq), delay=result.delay)
         return outcome
 
-    def _admit_and_carry_on(self, run_id: str) -> str:
+    def _admit_and_carry_on(self, run_id: str, *, ended_at: float) -> str:
         """Admit into the slot this node freed, then start one admitted node right here.
 
-        Its work item is on the queue too, but the queue's polling would add a hop to every
-        wave; whichever of the two gets the node's lease first does the step and the other
-        is dropped as busy or stale, so the duplicate costs one cheap invocation. Only once
-        per invocation, so a chain of nodes that end at once cannot run away with it.
+        The queue's polling would add a hop to every wave. Its work item still goes on the
+        queue, but only visible once this invocation's lease on it would have expired: if
+        this worker dies, the copy takes over; if not, it is dropped as stale long after
+        the burst of a batch ending together. Only once per invocation, so a chain of nodes
+        that end at once cannot run away with it.
         """
         if self._carried_on:
-            return self.admit(run_id)
-        recorder = _SentItems(self.deps.queue)
-        admitted = Admission(replace(self.deps, queue=recorder)).admit(run_id)
-        first = next((item for item, delay in recorder.sent if item.kind == "step" and delay <= 0), None)
+            return Admission(self.deps).admit(run_id, ended_at=ended_at)
+        held = _HeldSteps(self.deps.queue)
+        try:
+            admitted = Admission(replace(self.deps, queue=held)).admit(run_id, ended_at=ended_at)
+        finally:
+            first = held.release(delay_first=self.deps.config.workflow.lease_duration.total_seconds())
         if first is None:
             return admitted
         self._carried_on = True
         try:
             return f"{admitted}; started {first.node}: {self.step(first)}"
         except Exception:
-            # The queued copy of the work item retries it; this invocation's own step is done.
+            # The delayed copy of the work item retries it; this invocation's own step is done.
             logger.exception("starting node %s right after admission failed", first.node)
             return admitted
 
@@ -785,16 +850,25 @@ class Workflow:
         return Admission(self.deps).admit(run_id)
 
 
-class _SentItems:
-    """A queue that passes every item on and remembers what it sent."""
+class _HeldSteps:
+    """A queue that holds back the steps to start at once until ``release``, and passes
+    everything else on."""
 
     def __init__(self, inner: WorkQueue) -> None:
         self.inner = inner
-        self.sent: list[tuple[WorkItem, float]] = []
+        self.held: list[WorkItem] = []
 
     def send(self, item: WorkItem, *, delay: float = 0.0) -> None:
-        self.inner.send(item, delay=delay)
-        self.sent.append((item, delay))
+        if item.kind == "step" and delay <= 0:
+            self.held.append(item)
+        else:
+            self.inner.send(item, delay=delay)
 
     def dead_letter(self, body: str, *, reason: str) -> None:
         self.inner.dead_letter(body, reason=reason)
+
+    def release(self, *, delay_first: float) -> WorkItem | None:
+        """Send what was held, the first one ``delay_first`` late; returns that one."""
+        for i, item in enumerate(self.held):
+            self.inner.send(item, delay=delay_first if i == 0 else 0.0)
+        return self.held[0] if self.held else None

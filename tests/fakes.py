@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.compute import ImageVersion, Instance, InstanceRef, LroStatus
 from shared.drain import Pod
 from shared.errors import NotFoundError, TemporaryError
-from shared.kube import ANNOTATION_CORDONED, EvictionResult, Node, node_status_view
+from shared.kube import ANNOTATION_CORDONED, LABEL_PATCHING, EvictionResult, Node, node_status_view
 
 SUB = "00000000-0000-0000-0000-000000000001"
 RG = "rg-test"
@@ -87,6 +88,8 @@ class FakeKube:
     calls: list[str] = field(default_factory=list)
     fail_next: list[Exception] = field(default_factory=list)
     daemonsets: set[str] = field(default_factory=set)
+    # How a watch lets time pass (the harness's clock); None: watches see only the present.
+    sleep: Any = None
 
     def _maybe_fail(self, what: str) -> None:
         self.calls.append(what)
@@ -129,11 +132,13 @@ class FakeKube:
     def patch_node(self, name: str, patch: dict[str, Any]) -> Node:
         self._maybe_fail(f"patch_node {name}")
         node = self.nodes[name]
-        for key, value in (patch.get("metadata", {}).get("annotations") or {}).items():
-            if value is None:
-                node["metadata"]["annotations"].pop(key, None)
-            else:
-                node["metadata"]["annotations"][key] = value
+        for part in ("annotations", "labels"):
+            current = node["metadata"].setdefault(part, {})
+            for key, value in (patch.get("metadata", {}).get(part) or {}).items():
+                if value is None:
+                    current.pop(key, None)
+                else:
+                    current[key] = value
         if "spec" in patch:
             if patch["spec"].get("unschedulable"):
                 node["spec"]["unschedulable"] = True
@@ -144,12 +149,22 @@ class FakeKube:
     def cordon(self, name: str, *, run_id: str, state: str) -> Node:
         return self.patch_node(
             name,
-            {"metadata": {"annotations": {ANNOTATION_CORDONED: run_id}}, "spec": {"unschedulable": True}},
+            {
+                "metadata": {
+                    "labels": {LABEL_PATCHING: run_id},
+                    "annotations": {ANNOTATION_CORDONED: run_id},
+                },
+                "spec": {"unschedulable": True},
+            },
         )
 
     def uncordon(self, name: str, *, state: str, patched_at: str | None = None) -> Node:
         return self.patch_node(
-            name, {"metadata": {"annotations": {ANNOTATION_CORDONED: None}}, "spec": {"unschedulable": None}}
+            name,
+            {
+                "metadata": {"labels": {LABEL_PATCHING: None}, "annotations": {ANNOTATION_CORDONED: None}},
+                "spec": {"unschedulable": None},
+            },
         )
 
     def annotate_node(self, name: str, annotations: dict[str, str | None]) -> Node:
@@ -167,6 +182,23 @@ class FakeKube:
     def wait_for_node(self, name: str, done: Any, *, timeout: float) -> Node:
         self.calls.append(f"wait_for_node {name}")
         return self.get_node(name)
+
+    def wait_for_nodes(self, names: Any, done: Any, *, label_selector: str, timeout: float) -> Iterator[Node]:
+        # No time passes here: the Nodes done now, of those carrying the selector's labels.
+        self.calls.append(f"wait_for_nodes {','.join(sorted(names))}")
+        wanted = dict(term.split("=", 1) for term in label_selector.split(","))
+        left, waited = set(names), 0.0
+        while True:
+            for name in sorted(left):
+                node = Node(self.nodes[name])
+                if all(node.labels.get(k) == v for k, v in wanted.items()) and done(node):
+                    left.discard(name)
+                    yield node
+            if not left or self.sleep is None or waited >= timeout:
+                return
+            step = min(0.5, timeout - waited)
+            self.sleep(step)
+            waited += step
 
     def daemonset_exists(self, namespace: str, name: str) -> bool:
         return f"{namespace}/{name}" in self.daemonsets

@@ -60,6 +60,7 @@ class Harness:
         *,
         nodes_per_pool: int = 3,
         reimage_seconds: float = 60.0,
+        boot_seconds: float = 0.0,
         extra_config: dict[str, Any] | None = None,
         **cluster: Any,
     ) -> None:
@@ -79,9 +80,13 @@ class Harness:
         )
         self.workflow = Workflow(self.deps)
         self.reimage_seconds = reimage_seconds
+        self.boot_seconds = boot_seconds
+        self.booting: list[tuple[float, str, str]] = []  # (when, node, image)
+        self.booted_at: dict[str, float] = {}
         # The cloud moves on while a worker waits in place.
         advance = self.clock.sleep
         self.clock.sleep = lambda seconds: (advance(seconds), self._complete_reimages())  # type: ignore[method-assign]
+        self.kube.sleep = self.clock.sleep
         self.pending: list[tuple[float, WorkItem]] = []
         self.op_started: dict[str, float] = {}
         self.max_disrupted: dict[str, int] = defaultdict(int)
@@ -108,7 +113,12 @@ class Harness:
 
     def _complete_reimages(self) -> None:
         for token, op in self.compute.operations.items():
-            self.op_started.setdefault(token, self.clock.now())
+            if token not in self.op_started:
+                self.op_started[token] = self.clock.now()
+                for iid in op["ids"]:  # the OS disk is replaced: the kubelet is gone
+                    self.kube.nodes[self.instance_to_node[iid]]["status"]["conditions"] = [
+                        {"type": "Ready", "status": "False"}
+                    ]
             if not op["done"] and self.clock.now() - self.op_started[token] >= self.reimage_seconds:
                 op["done"] = True
                 for iid in op["ids"]:
@@ -116,9 +126,17 @@ class Harness:
                     inst["state"] = "Failed" if op["failed"] else "Succeeded"
                     if not op["failed"]:
                         inst.update(latest=True, image=self.compute.model_image)
-                        self.kube.reboot(
-                            self.instance_to_node[iid], image=self.compute.model_image.rsplit("/", 1)[-1]
+                        self.booting.append(
+                            (
+                                self.clock.now() + self.boot_seconds,
+                                self.instance_to_node[iid],
+                                self.compute.model_image.rsplit("/", 1)[-1],
+                            )
                         )
+        for boot in [b for b in self.booting if b[0] <= self.clock.now()]:
+            self.booting.remove(boot)
+            self.kube.reboot(boot[1], image=boot[2])
+            self.booted_at[boot[1]] = self.clock.now()
 
     def _track_budget(self, run_id: str) -> None:
         by_pool: dict[str, int] = defaultdict(int)

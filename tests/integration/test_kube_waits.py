@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from shared.kube import KubeClient
+from shared.kube import LABEL_PATCHING, KubeClient
 from tests.integration.test_kubeapi_fidelity import (  # noqa: F401  (fixtures)
     TERMINATION_CLOUD_SECONDS,
     Cluster,
@@ -88,4 +88,76 @@ def test_wait_for_node_sees_it_turn_ready(cluster: Cluster, kube: KubeClient) ->
     started = time.monotonic()
     seen = kube.wait_for_node(name, lambda n: n.ready, timeout=0.3)
     assert not seen.ready
+    assert time.monotonic() - started < 1.5
+
+
+def test_cordon_labels_the_node_for_the_run_and_uncordon_removes_the_label(
+    cluster: Cluster,  # noqa: F811
+    kube: KubeClient,
+) -> None:
+    name = unique("node")
+    add_node(cluster.store, name)
+    kube.cordon(name, run_id="run1", state="draining")
+    assert [n.name for n in kube.list_nodes(label_selector=f"{LABEL_PATCHING}=run1")] == [name]
+    kube.uncordon(name, state="succeeded")
+    node = kube.get_node(name)
+    assert not node.unschedulable and LABEL_PATCHING not in node.labels
+    assert kube.list_nodes(label_selector=f"{LABEL_PATCHING}=run1") == []
+
+
+def test_wait_for_nodes_yields_each_node_as_it_turns_ready(cluster: Cluster, kube: KubeClient) -> None:  # noqa: F811
+    run = unique("run")
+    names = [unique("node") for _ in range(3)]
+    other = unique("node")
+    for name in [*names, other]:
+        add_node(cluster.store, name)
+        kube.cordon(name, run_id=run, state="booting")
+
+    def set_ready(ready: bool, boot: str) -> object:
+        def mutate(obj: dict) -> None:  # type: ignore[type-arg]
+            obj["status"]["conditions"] = [{"type": "Ready", "status": str(ready), "reason": "Kubelet"}]
+            obj["status"]["nodeInfo"]["bootID"] = boot
+
+        return mutate
+
+    # One is up already; the others come up 0.4 s and 0.8 s into the watch; a node not
+    # asked about changes too and is not reported.
+    cluster.store.mutate("nodes", None, names[0], set_ready(True, "new"))
+    for name in [*names[1:], other]:
+        cluster.store.mutate("nodes", None, name, set_ready(False, "old"))
+    timers = [
+        threading.Timer(0.4, lambda: cluster.store.mutate("nodes", None, names[1], set_ready(True, "new"))),
+        threading.Timer(0.5, lambda: cluster.store.mutate("nodes", None, other, set_ready(True, "new"))),
+        threading.Timer(0.8, lambda: cluster.store.mutate("nodes", None, names[2], set_ready(True, "new"))),
+    ]
+    for t in timers:
+        t.start()
+    seen: list[tuple[str, float]] = []
+    started = time.monotonic()
+    try:
+        for node in kube.wait_for_nodes(
+            names,
+            lambda n: n.ready and n.boot_id == "new",
+            label_selector=f"{LABEL_PATCHING}={run}",
+            timeout=5,
+        ):
+            seen.append((node.name, time.monotonic() - started))
+    finally:
+        for t in timers:
+            t.cancel()
+    assert [n for n, _ in seen] == names
+    assert seen[0][1] < 0.3
+    assert 0.3 < seen[1][1] < 0.8 and 0.7 < seen[2][1] < 1.3
+    assert time.monotonic() - started < 1.5, "the watch ends once every node is seen"
+
+    # Not all done within the timeout: what was seen comes back, quietly.
+    cluster.store.mutate("nodes", None, names[2], set_ready(False, "old"))
+    started = time.monotonic()
+    got = [
+        n.name
+        for n in kube.wait_for_nodes(
+            names, lambda n: n.ready, label_selector=f"{LABEL_PATCHING}={run}", timeout=0.3
+        )
+    ]
+    assert got == names[:2]
     assert time.monotonic() - started < 1.5

@@ -9,7 +9,7 @@ from collections.abc import Collection, Iterable
 from typing import Any
 from unittest.mock import patch
 
-from shared.admission import HOLDING_STATES, INLINE_ATTEMPTS
+from shared.admission import HOLDING_STATES, INLINE_ATTEMPTS, Admission
 from shared.errors import ConcurrencyError
 from shared.kube import ANNOTATION_CORDONED
 from shared.model import NodeState, NodeWork, PacerRecord, Run, RunState
@@ -27,6 +27,7 @@ class CountingStore(MemoryRunStore):
         self.full_reads = 0
         self.conflicts_left = 0
         self.run_commits = 0
+        self.on_conflict: Any = None  # what the worker that won did
 
     def get_node(self, run_id: str, name: str) -> NodeWork:
         self.full_reads += 1
@@ -47,6 +48,8 @@ class CountingStore(MemoryRunStore):
             self.run_commits += 1
             if self.conflicts_left:
                 self.conflicts_left -= 1
+                if self.on_conflict:
+                    self.on_conflict()
                 raise ConcurrencyError("another worker admitted first")
         super().commit(*records)
 
@@ -224,3 +227,43 @@ def test_concurrent_workers_never_admit_past_the_budget() -> None:
     assert not errors
     assert 0 < worst[0] <= 5
     assert "succeeded" in h.node_states(run_id).values()
+
+
+def test_a_node_ended_before_another_admission_looked_needs_no_admission_of_its_own() -> None:
+    h, store = counting_harness({"linux": 1}, nodes_per_pool=3)
+    run_id = planned(h)
+    h.queue.take()
+    ended_at = h.clock.now()
+    h.clock.advance(1)
+
+    def another_admission_looked() -> None:
+        run = MemoryRunStore.get_run(store, run_id)
+        run.admission_view_at = h.clock.now()
+        MemoryRunStore.commit(store, run)
+
+    # Another worker's admission, which looked after this node ended, wins the run record
+    # while this one was deciding: one conflict, then a look at the run record suffices.
+    store.on_conflict, store.conflicts_left, store.run_commits = another_admission_looked, 1, 0
+    assert (
+        Admission(h.deps).admit(run_id, ended_at=ended_at) == "another worker admitted after this node ended"
+    )
+    assert store.run_commits == 1 and h.queue.take() == []
+    # Known before deciding: nothing is read beyond the run record.
+    reads = store.full_reads
+    assert (
+        Admission(h.deps).admit(run_id, ended_at=ended_at) == "another worker admitted after this node ended"
+    )
+    assert store.run_commits == 1 and store.full_reads == reads
+    # A node that ended after that look is not covered by it: it admits.
+    store.on_conflict = None
+    assert Admission(h.deps).admit(run_id, ended_at=h.clock.now()) == "admitted 1"
+    assert store.run_commits == 2
+
+
+def test_an_admission_records_when_it_looked_at_the_slots() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=2)
+    run_id = planned(h)
+    before = h.clock.now()
+    h.clock.advance(5)
+    assert h.workflow.admit(run_id) == "admitted 1"
+    assert h.store.get_run(run_id).admission_view_at == before + 5

@@ -398,6 +398,9 @@ def _first_step(h: Harness) -> WorkItem:
 
 def test_the_worker_that_frees_a_slot_starts_the_admitted_node_itself() -> None:
     h = Harness({"linux": 1}, nodes_per_pool=3)
+    sent: list[tuple[WorkItem, float]] = []
+    send = h.queue.send
+    h.queue.send = lambda item, delay=0.0: (sent.append((item, delay)), send(item, delay=delay))  # type: ignore[method-assign]
     run_id = h.start()
     h.pump(run_id)
     assert set(h.node_states(run_id).values()) == {"succeeded"}
@@ -405,6 +408,10 @@ def test_the_worker_that_frees_a_slot_starts_the_admitted_node_itself() -> None:
     # The 2nd and 3rd nodes were started by the worker that finished the node before them,
     # so their queued work items found the step done: dropped as stale, nothing done twice.
     assert h.outcomes.count("stale") == 2
+    # Those copies were only there in case that worker died: visible once its lease ends.
+    lease = h.config.workflow.lease_duration.total_seconds()
+    started_here = [d for item, d in sent if item.kind == "step" and item.seq == 1 and item.node != "linux-0"]
+    assert started_here == [lease, lease], sent
     reimages = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
     assert len(reimages) == 3
 
@@ -524,3 +531,101 @@ def test_the_batch_leader_follows_the_operation_and_wakes_the_others_when_it_end
     assert boots[-1] - boots[0] < 5, boots
     assert boots[0] < 65
     assert h.compute.calls.count("poll") <= 3 + 2
+
+
+def _one_batch_of_three(h: Harness, run_id: str, *, boot: float) -> None:
+    """Drive the three admitted nodes into one batch (writes scarce, so the first gathers)."""
+    from shared.workflow import Workflow
+
+    first, *others = _admitted_steps(h)
+    pacer = h.store.get_pacer(run_id, h.store.get_node(run_id, first.node).scale_set_id)
+    pacer.tokens, pacer.updated = 2.0, h.clock.now()
+    pacer.observe("reimage", 60.0, batch="earlier")
+    pacer.observe("boot", boot, batch="earlier")
+    h.store.commit(pacer)
+    real_sleep = h.clock.sleep
+
+    def linger(seconds: float) -> None:
+        h.clock.sleep = real_sleep  # type: ignore[method-assign]
+        for item in others:
+            Workflow(h.deps).handle(item)
+        real_sleep(seconds)
+
+    h.clock.sleep = linger  # type: ignore[method-assign]
+    h.workflow.handle(first)
+
+
+def _succeeded_at(h: Harness, run_id: str) -> dict[str, float]:
+    from datetime import datetime
+
+    return {
+        n.name: datetime.fromisoformat(
+            next(e["at"] for e in n.history if e["to"] == "succeeded").replace("Z", "+00:00")
+        ).timestamp()
+        for n in h.store.list_nodes(run_id)
+    }
+
+
+def test_the_batch_leader_watches_the_whole_batch_boot_and_calls_each_node_when_ready() -> None:
+    h = Harness({"linux": 3}, nodes_per_pool=3, reimage_seconds=60, boot_seconds=30)
+    run_id = h.start()
+    _one_batch_of_three(h, run_id, boot=30.0)
+    h.pump(run_id)
+    nodes = h.store.list_nodes(run_id)
+    assert {n.state for n in nodes} == {NodeState.SUCCEEDED}
+    assert len({n.reimage_batch for n in nodes}) == 1
+    leader = next(n.name for n in nodes if n.leads_batch)
+    # One watch for the batch, by the leader; the others waited for its call, not watching.
+    assert sum("the batch leader watches" in outcome for outcome in h.outcomes) == 2, h.outcomes
+    assert [c for c in h.kube.calls if c.startswith("wait_for_node ")] == []
+    assert any(c.startswith("wait_for_nodes ") and "linux-0,linux-1,linux-2" in c for c in h.kube.calls)
+    done = _succeeded_at(h, run_id)
+    for name, at in done.items():
+        assert at - h.booted_at[name] < 2, (name, leader, at - h.booted_at[name])
+    assert not any(h.kube.nodes[n]["metadata"]["labels"].get("vmss-node-patcher.io/patching") for n in done)
+
+
+def test_a_batch_node_looks_itself_when_the_leaders_call_does_not_come() -> None:
+    h = Harness({"linux": 3}, nodes_per_pool=3, reimage_seconds=60, boot_seconds=30)
+    h.kube.wait_for_nodes = lambda *a, **k: iter(())  # type: ignore[method-assign]  # the leader's watch sees nothing
+    run_id = h.start()
+    _one_batch_of_three(h, run_id, boot=30.0)
+    h.pump(run_id)
+    nodes = h.store.list_nodes(run_id)
+    assert {n.state for n in nodes} == {NodeState.SUCCEEDED}
+    peers = [n for n in nodes if not n.leads_batch]
+    assert len(peers) == 2
+    done = _succeeded_at(h, run_id)
+    inline = h.config.workflow.inline_wait.total_seconds()
+    for peer in peers:
+        # No call came: the node looked itself at typical boot + inlineWait.
+        assert 30 + inline - 1 <= done[peer.name] - peer.booting_since <= 30 + inline + 5
+
+
+def test_more_nodes_coming_than_writes_in_hand_gather_and_stop_once_all_drained() -> None:
+    from shared.workflow import Workflow
+
+    h = Harness({"linux": 12}, nodes_per_pool=12, maxConcurrentNodes=12)
+    run_id = h.start()
+    first, *others = _admitted_steps(h)
+    assert len(others) == 11  # more than the full bucket's 10 writes
+    real_sleep = h.clock.sleep
+    slept: list[float] = []
+
+    def linger(seconds: float) -> None:
+        # During the first look, the other eleven finish draining on other workers.
+        if not slept:
+            for item in others:
+                Workflow(h.deps).handle(item)
+        slept.append(seconds)
+        real_sleep(seconds)
+
+    h.clock.sleep = linger  # type: ignore[method-assign]
+    h.workflow.handle(first)
+    h.clock.sleep = real_sleep  # type: ignore[method-assign]
+    writes = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
+    assert len(writes) == 1 and writes[0].count("'") == 24, writes  # all twelve instances
+    # It looked once more after one batchLinger and, with nothing left draining, claimed.
+    assert slept == [h.config.workflow.batch_linger.total_seconds()]
+    h.pump(run_id)
+    assert set(h.node_states(run_id).values()) == {"succeeded"}
