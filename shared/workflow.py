@@ -84,6 +84,9 @@ class StepContext:
     deps: Collaborators
     now: float
     ref: InstanceRef = field(init=False)
+    # Start another node's step now (a batch peer whose Node just turned Ready); the
+    # engine runs it in this invocation, else it goes through the queue.
+    wake: Callable[[WorkItem], None] | None = None
     # Each invocation waits in place at most once, so it stays within its lease.
     waited_inline: bool = field(default=False, init=False)
 
@@ -556,14 +559,16 @@ def step_booting(ctx: StepContext) -> StepResult:
                 return wait("; ".join(problems) + " (booting; the batch leader watches)", call_due - elapsed)
         elif (typical or 0.0) - elapsed > inline:
             return wait("; ".join(problems) + " (booting)", (typical or 0.0) - elapsed - inline)
-    if problems and (inline := ctx.inline_wait()) > 0:
+    if node.leads_batch:
+        # Calls the others as their Nodes come up, whether or not its own is up already.
+        observed = _follow_boots(ctx, observed, ctx.inline_wait())
+        ctx.after_waiting()
+        problems = _node_problems(node, observed)
+    elif problems and (inline := ctx.inline_wait()) > 0:
         # Watch the Node turn Ready on its new boot rather than polling it.
-        if node.leads_batch:
-            observed = _follow_boots(ctx, observed, inline)
-        else:
-            observed = ctx.kube.wait_for_node(
-                node.name, lambda seen: not _node_problems(node, seen), timeout=inline
-            )
+        observed = ctx.kube.wait_for_node(
+            node.name, lambda seen: not _node_problems(node, seen), timeout=inline
+        )
         ctx.after_waiting()
         problems = _node_problems(node, observed)
     if not problems:
@@ -612,6 +617,8 @@ def _follow_boots(ctx: StepContext, own: Node, timeout: float) -> Node:
         if p.reimage_batch == node.reimage_batch and p.name != node.name
     }
     if not waiting:
+        if not _node_problems(node, own) or timeout <= 0:
+            return own
         return ctx.kube.wait_for_node(node.name, lambda seen: not _node_problems(node, seen), timeout=timeout)
     waiting[node.name] = node
     for seen in ctx.kube.wait_for_nodes(
@@ -624,13 +631,20 @@ def _follow_boots(ctx: StepContext, own: Node, timeout: float) -> Node:
             own = seen
         else:
             peer = waiting[seen.name]
-            ctx.deps.queue.send(WorkItem("step", run.id, peer.name, peer.seq))
+            item = WorkItem("step", run.id, peer.name, peer.seq)
+            if ctx.wake is not None:
+                ctx.wake(item)
+            else:
+                ctx.deps.queue.send(item)
     return own
 
 
 def _observe(ctx: StepContext, kind: str, seconds: float) -> None:
     """Note how long a reimage or boot took on this scale set; best effort (a lost sample
-    only makes the next first look less well timed)."""
+    only makes the next first look less well timed). Only a batch's leader speaks for it:
+    it saw the operation end as it happened, the others only when called or looking."""
+    if _follows_leader(ctx.node):
+        return
     store = ctx.deps.store
     for _ in range(2):
         pacer = store.get_pacer(ctx.run.id, ctx.node.scale_set_id)
@@ -671,10 +685,14 @@ STEPS: dict[NodeState, Callable[[StepContext], StepResult]] = {
 
 
 class Workflow:
-    def __init__(self, deps: Collaborators) -> None:
+    def __init__(self, deps: Collaborators, *, admits: bool = True) -> None:
         self.deps = deps
         self.worker_id = uuid.uuid4().hex[:12]
         self._carried_on = False
+        # False for peers' steps run inside their batch leader's invocation: it admits once
+        # for all of them instead of each of them racing for the run record.
+        self.admits = admits
+        self.left_to_admit = 0  # nodes that ended here without an admission (admits False)
 
     # Entry point for the queue trigger.
     def handle(self, item: WorkItem, *, final_attempt: bool = False) -> str:
@@ -719,7 +737,8 @@ class Workflow:
         cluster = self.deps.config.cluster(run.cluster)
         pool = cluster.pool(node.pool)
         kube = self.deps.kube(run.cluster)
-        outcome = ""
+        outcome, ended = "", 0
+        woken = _Woken(self.deps)
         for _ in range(MAX_CHAINED_STEPS):
             ctx = StepContext(
                 run=run,
@@ -729,8 +748,12 @@ class Workflow:
                 kube=kube,
                 deps=self.deps,
                 now=self.deps.clock.now(),
+                wake=woken.start,
             )
-            result = self._guarded(ctx)
+            try:
+                result = self._guarded(ctx)
+            finally:
+                ended += woken.finish()
             outcome = self._apply(ctx, result)
             if node.state.terminal or result.state is None or result.delay > 0:
                 break
@@ -740,9 +763,16 @@ class Workflow:
         node.lease_owner, node.lease_until = "", 0.0
         node.next_due = self.deps.clock.now() + result.delay
         self.deps.store.commit(node)
-        if node.state.terminal:
+        if ended:
+            outcome += f"; {ended} woken nodes ended"
+        if node.state.terminal and not self.admits:
+            self.left_to_admit += 1
+            outcome += "; admission left to the batch leader"
+        elif node.state.terminal:
             outcome += f"; then {self._admit_and_carry_on(run.id, ended_at=self.deps.clock.now())}"
-        else:
+        elif ended:
+            outcome += f"; then {Admission(self.deps).admit(run.id, ended_at=self.deps.clock.now())}"
+        if not node.state.terminal:
             self.deps.queue.send(WorkItem("step", run.id, node.name, node.seq), delay=result.delay)
         return outcome
 
@@ -848,6 +878,54 @@ class Workflow:
 
     def admit(self, run_id: str) -> str:
         return Admission(self.deps).admit(run_id)
+
+
+# Peers' steps a batch leader runs at once; each is a few API calls, mostly waiting on I/O.
+WAKE_THREADS = 8
+
+
+class _Woken:
+    """Steps of other nodes started during this invocation (a batch's peers whose Nodes
+    just turned Ready). They run here, on a few threads, rather than through the queue,
+    whose polling would add up to its maximum interval to each; one that fails here goes
+    through the queue instead."""
+
+    def __init__(self, deps: Collaborators) -> None:
+        self.deps = deps
+        self.futures: list[Any] = []
+        self.pool: Any = None
+
+    def start(self, item: WorkItem) -> None:
+        import concurrent.futures
+
+        if self.pool is None:
+            self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=WAKE_THREADS)
+        self.futures.append(self.pool.submit(self._step, item))
+
+    def _step(self, item: WorkItem) -> bool:
+        workflow = Workflow(self.deps, admits=False)
+        try:
+            # A call means "now": if the node took a step since the caller looked, call
+            # it at its current seq (its lease still keeps two workers apart).
+            fresh = self.deps.store.get_node(item.run, item.node)
+            if fresh.state in (NodeState.REIMAGING, NodeState.BOOTING):
+                item = replace(item, seq=fresh.seq)
+            outcome = workflow.step(item)
+        except Exception:
+            logger.exception("step of %s woken by its batch leader failed; queued", item.node)
+            self.deps.queue.send(item)
+            return False
+        logger.info("run %s node %s woken by its batch leader: %s", item.run, item.node, outcome)
+        return workflow.left_to_admit > 0
+
+    def finish(self) -> int:
+        """Wait for the steps started; how many of their nodes ended."""
+        if self.pool is None:
+            return 0
+        ended = sum(1 for f in self.futures if f.result())
+        self.pool.shutdown()
+        self.pool, self.futures = None, []
+        return ended
 
 
 class _HeldSteps:

@@ -579,6 +579,8 @@ def test_the_batch_leader_watches_the_whole_batch_boot_and_calls_each_node_when_
     assert sum("the batch leader watches" in outcome for outcome in h.outcomes) == 2, h.outcomes
     assert [c for c in h.kube.calls if c.startswith("wait_for_node ")] == []
     assert any(c.startswith("wait_for_nodes ") and "linux-0,linux-1,linux-2" in c for c in h.kube.calls)
+    # Their steps ran in the leader's invocation, which then admitted once for them all.
+    assert any("2 woken nodes ended" in outcome for outcome in h.outcomes), h.outcomes
     done = _succeeded_at(h, run_id)
     for name, at in done.items():
         assert at - h.booted_at[name] < 2, (name, leader, at - h.booted_at[name])
@@ -629,3 +631,20 @@ def test_more_nodes_coming_than_writes_in_hand_gather_and_stop_once_all_drained(
     assert slept == [h.config.workflow.batch_linger.total_seconds()]
     h.pump(run_id)
     assert set(h.node_states(run_id).values()) == {"succeeded"}
+
+
+def test_a_leader_whose_node_is_up_already_still_calls_the_others() -> None:
+    # Boots faster than the typical 30 s: the leader comes back (at 30 - inlineWait) to a
+    # Node that is already Ready, and calls the others then rather than leaving them to
+    # look for themselves at 30 + inlineWait.
+    h = Harness({"linux": 3}, nodes_per_pool=3, reimage_seconds=60, boot_seconds=5)
+    run_id = h.start()
+    _one_batch_of_three(h, run_id, boot=30.0)
+    h.pump(run_id)
+    nodes = h.store.list_nodes(run_id)
+    assert {n.state for n in nodes} == {NodeState.SUCCEEDED}
+    assert any("2 woken nodes ended" in outcome for outcome in h.outcomes), h.outcomes
+    inline = h.config.workflow.inline_wait.total_seconds()
+    done = _succeeded_at(h, run_id)
+    for n in nodes:
+        assert done[n.name] - n.booting_since < 30 + inline - 1, (n.name, done[n.name] - n.booting_since)
