@@ -44,6 +44,9 @@ from shared.workqueue import WorkItem, WorkQueue
 logger = logging.getLogger(__name__)
 
 MAX_CHAINED_STEPS = 4  # steps that need no waiting run in one invocation, each persisted
+# An idle Functions host polls the queue at most every maxPollingInterval (2 s in host.json)
+# and visibility is whole seconds: a step item up to about 3 s late is on time.
+BACKLOG_AFTER = 3.0
 
 
 @dataclass
@@ -87,6 +90,8 @@ class StepContext:
     # Start another node's step now (a batch peer whose Node just turned Ready); the
     # engine runs it in this invocation, else it goes through the queue.
     wake: Callable[[WorkItem], None] | None = None
+    # How long after it was due this invocation's work item arrived.
+    late: float = 0.0
     # Each invocation waits in place at most once, so it stays within its lease.
     waited_inline: bool = field(default=False, init=False)
 
@@ -110,6 +115,12 @@ class StepContext:
             return 0.0
         self.waited_inline = True
         return float(self.timing.inline_wait.total_seconds())
+
+    @property
+    def backlogged(self) -> bool:
+        """The work item came well after it was due: the workers are behind, and a worker
+        waiting in place for one node would hold up the others queued behind it."""
+        return self.late > BACKLOG_AFTER
 
     def after_waiting(self) -> None:
         self.now = self.deps.clock.now()
@@ -220,7 +231,7 @@ def step_draining(ctx: StepContext) -> StepResult:
         return wait(
             f"eviction refused for {len(blocked)} pods: {'; '.join(blocked)}", max(delay, retry_after or 0)
         )
-    inline = ctx.inline_wait()
+    inline = 0.0 if ctx.backlogged else ctx.inline_wait()
     if inline > 0:
         gone = ctx.kube.wait_for_pods_gone(node.name, {p.uid for p in plan.evict}, timeout=inline)
         ctx.after_waiting()
@@ -564,7 +575,7 @@ def step_booting(ctx: StepContext) -> StepResult:
         observed = _follow_boots(ctx, observed, ctx.inline_wait())
         ctx.after_waiting()
         problems = _node_problems(node, observed)
-    elif problems and (inline := ctx.inline_wait()) > 0:
+    elif problems and not ctx.backlogged and (inline := ctx.inline_wait()) > 0:
         # Watch the Node turn Ready on its new boot rather than polling it.
         observed = ctx.kube.wait_for_node(
             node.name, lambda seen: not _node_problems(node, seen), timeout=inline
@@ -728,12 +739,12 @@ class Workflow:
         except ConcurrencyError:
             return "lost race"
         try:
-            return self._run_steps(run, node)
+            return self._run_steps(run, node, late=now - item.due if item.due else 0.0)
         except Exception as exc:
             self._release_after_crash(node, exc, final_attempt=final_attempt)
             raise
 
-    def _run_steps(self, run: Run, node: NodeWork) -> str:
+    def _run_steps(self, run: Run, node: NodeWork, *, late: float = 0.0) -> str:
         cluster = self.deps.config.cluster(run.cluster)
         pool = cluster.pool(node.pool)
         kube = self.deps.kube(run.cluster)
@@ -749,6 +760,7 @@ class Workflow:
                 deps=self.deps,
                 now=self.deps.clock.now(),
                 wake=woken.start,
+                late=late,
             )
             try:
                 result = self._guarded(ctx)

@@ -11,7 +11,8 @@ import contextlib
 import json
 import logging
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from shared.errors import ValidationError
@@ -34,11 +35,16 @@ class WorkItem:
     node: str = ""
     seq: int = 0
     ref: str = ""  # kind "image": the gallery image version to re-check
+    # When the sender meant it to run (epoch seconds; 0: not said). An item that arrives
+    # well after it shows the workers are behind (see ``Workflow.step``).
+    due: float = 0.0
 
     def to_json(self) -> str:
         body: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": self.kind, "run": self.run}
         if self.kind == "step":
             body.update(node=self.node, seq=self.seq)
+            if self.due:
+                body["due"] = round(self.due, 3)
         if self.kind == "image":
             body.update(ref=self.ref, seq=self.seq)
         return json.dumps(body, separators=(",", ":"))
@@ -72,7 +78,10 @@ class WorkItem:
                 raise ValidationError("step work item has no node")
             if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
                 raise ValidationError("step work item has no valid seq")
-            return cls(kind="step", run=run, node=node, seq=seq)
+            due = data.get("due", 0.0)
+            if not isinstance(due, int | float) or isinstance(due, bool) or due < 0:
+                raise ValidationError("step work item has no valid due time")
+            return cls(kind="step", run=run, node=node, seq=seq, due=float(due))
         raise ValidationError(f"unknown work item kind {kind!r}")
 
 
@@ -111,6 +120,8 @@ class StorageWorkQueue:
 
         # Visibility is whole seconds; rounding up never wakes a step too early.
         visibility = min(MAX_VISIBILITY_DELAY, max(0, math.ceil(delay)))
+        if item.kind == "step":
+            item = replace(item, due=time.time() + max(0.0, delay))
         try:
             self._queue.send_message(item.to_json(), visibility_timeout=visibility or None)
         except ResourceNotFoundError:

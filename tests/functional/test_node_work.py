@@ -26,11 +26,21 @@ def test_a_malformed_message_is_dead_lettered_with_its_reason(functions: dict, h
         ('{"v": 9, "kind": "step"}', "version"),
         ('{"v": 1, "kind": "step", "run": "r"}', "node"),
         ('{"v": 1, "kind": "reboot", "run": "r"}', "unknown work item kind"),
+        ('{"v": 1, "kind": "step", "run": "r", "node": "n", "seq": 1, "due": "soon"}', "due time"),
     ]:
         deliver(functions, body)
         _, reason = harness.queue.dead[-1]
         assert needle in reason
-    assert len(harness.queue.dead) == 5
+    assert len(harness.queue.dead) == 6
+
+
+def test_a_step_item_carries_when_it_was_due() -> None:
+    from shared.workqueue import WorkItem
+
+    item = WorkItem("step", "r", "n", 3, due=1764000000.25)
+    assert WorkItem.parse(item.to_json()) == item
+    assert "due" not in WorkItem("step", "r", "n", 3).to_json()  # older senders: not said
+    assert WorkItem.parse(WorkItem("step", "r", "n", 3).to_json()).due == 0.0
 
 
 def test_the_final_failing_delivery_fails_the_node_with_the_reason(functions: dict, harness: Harness) -> None:
