@@ -80,14 +80,13 @@ class Admission:
         return "admission kept conflicting; looking again shortly"
 
     def _counted_since(self, run_id: str, ended_at: float) -> bool:
-        # One small read instead of another whole admission: the run record says when the
-        # latest admission looked.
-        return self.deps.store.get_run(run_id).admission_view_at - CLOCK_MARGIN >= ended_at
+        # One small read instead of another whole admission.
+        return _counted(self.deps.store.get_run(run_id), ended_at)
 
     def _admit_once(self, run_id: str, *, ended_at: float | None = None) -> str:
         store, now = self.deps.store, self.deps.clock.now()
         run = store.get_run(run_id)
-        if ended_at is not None and run.admission_view_at - CLOCK_MARGIN >= ended_at:
+        if ended_at is not None and _counted(run, ended_at):
             # Nodes of a batch end together; the first admission to look covers them all.
             return "another worker admitted after this node ended"
         at = iso(now)
@@ -276,6 +275,11 @@ class Admission:
                 )
             store.commit(run)
         store.release_cluster(run.cluster, run.id)
+
+
+def _counted(run: Run, ended_at: float) -> bool:
+    """Whether the latest admission on the run record looked after ``ended_at``."""
+    return run.admission_view_at - CLOCK_MARGIN >= ended_at
 
 
 def _selector(pool: PoolConfig) -> str:

@@ -716,7 +716,9 @@ class Workflow:
             return Intake(self.deps).image_version(item.ref, attempt=item.seq).describe()
         return self.step(item, final_attempt=final_attempt)
 
-    def step(self, item: WorkItem, *, final_attempt: bool = False) -> str:
+    def step(self, item: WorkItem, *, final_attempt: bool = False, called: bool = False) -> str:
+        """``called``: a batch leader's call, which means "now" at whatever seq the node's
+        record has reached while waiting for it (its lease still keeps workers apart)."""
         store, now = self.deps.store, self.deps.clock.now()
         try:
             run = store.get_run(item.run)
@@ -724,7 +726,8 @@ class Workflow:
         except NotFoundError as exc:
             logger.warning("dropping work item for %s/%s: %s", item.run, item.node, exc)
             return "unknown"
-        if node.seq != item.seq:
+        waiting_for_call = called and node.state in (NodeState.REIMAGING, NodeState.BOOTING)
+        if node.seq != item.seq and not waiting_for_call:
             return "stale"
         if node.state.terminal or node.state == NodeState.PENDING:
             return "nothing to do"
@@ -917,12 +920,7 @@ class _Woken:
     def _step(self, item: WorkItem) -> bool:
         workflow = Workflow(self.deps, admits=False)
         try:
-            # A call means "now": if the node took a step since the caller looked, call
-            # it at its current seq (its lease still keeps two workers apart).
-            fresh = self.deps.store.get_node(item.run, item.node)
-            if fresh.state in (NodeState.REIMAGING, NodeState.BOOTING):
-                item = replace(item, seq=fresh.seq)
-            outcome = workflow.step(item)
+            outcome = workflow.step(item, called=True)
         except Exception:
             logger.exception("step of %s woken by its batch leader failed; queued", item.node)
             self.deps.queue.send(item)

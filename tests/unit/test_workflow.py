@@ -521,25 +521,10 @@ def _admitted_steps(h: Harness) -> list[WorkItem]:
 
 
 def test_the_batch_leader_follows_the_operation_and_wakes_the_others_when_it_ends() -> None:
-    from shared.workflow import Workflow
 
     h = Harness({"linux": 3}, nodes_per_pool=3, reimage_seconds=60)
     run_id = h.start()
-    first, *others = _admitted_steps(h)
-    pacer = h.store.get_pacer(run_id, h.store.get_node(run_id, first.node).scale_set_id)
-    pacer.tokens, pacer.updated = 2.0, h.clock.now()  # scarce: the first node gathers the others
-    pacer.observe("reimage", 60.0, batch="earlier")
-    h.store.commit(pacer)
-    real_sleep = h.clock.sleep
-
-    def linger(seconds: float) -> None:
-        h.clock.sleep = real_sleep  # type: ignore[method-assign]
-        for item in others:
-            Workflow(h.deps).handle(item)
-        real_sleep(seconds)
-
-    h.clock.sleep = linger  # type: ignore[method-assign]
-    h.workflow.handle(first)
+    _one_batch_of_three(h, run_id, boot=None)
     h.pump(run_id)
     nodes = h.store.list_nodes(run_id)
     assert {n.state for n in nodes} == {NodeState.SUCCEEDED}
@@ -552,15 +537,17 @@ def test_the_batch_leader_follows_the_operation_and_wakes_the_others_when_it_end
     assert h.compute.calls.count("poll") <= 3 + 2
 
 
-def _one_batch_of_three(h: Harness, run_id: str, *, boot: float) -> None:
-    """Drive the three admitted nodes into one batch (writes scarce, so the first gathers)."""
+def _one_batch_of_three(h: Harness, run_id: str, *, boot: float | None) -> None:
+    """Drive the three admitted nodes into one batch (writes scarce, so the first gathers),
+    with a reimage of 60 s (and a boot of ``boot``) observed on the scale set before."""
     from shared.workflow import Workflow
 
     first, *others = _admitted_steps(h)
     pacer = h.store.get_pacer(run_id, h.store.get_node(run_id, first.node).scale_set_id)
     pacer.tokens, pacer.updated = 2.0, h.clock.now()
     pacer.observe("reimage", 60.0, batch="earlier")
-    pacer.observe("boot", boot, batch="earlier")
+    if boot is not None:
+        pacer.observe("boot", boot, batch="earlier")
     h.store.commit(pacer)
     real_sleep = h.clock.sleep
 
