@@ -24,6 +24,7 @@ tables, that is the whole state machine.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -359,14 +360,16 @@ def _start_batch(ctx: StepContext) -> StepResult:
 
 
 def _gather(ctx: StepContext) -> StepResult | None:
-    """Wait for the scale set's nodes still draining, so that one write carries them all.
+    """Wait for more of the scale set's nodes, so that the writes in hand go round.
 
-    Only when writes are scarce: fewer than half the bucket left, or fewer tokens than
-    nodes coming (a wave's nodes finish draining over a few seconds, and a write per node
-    would spend the bucket on the first few and make the last ones wait for refills). One
-    node gathers (recorded on the pacer), looking every ``batchLinger`` until those it
-    waits for have drained, at most ``inlineWait``; the others that get ready meanwhile
-    step aside until it has claimed them. Returns a wait for those."""
+    The nodes that will want a write soon are those of the scale set still draining or
+    drained, and as many of the pool's pending nodes as its booting ones will free slots
+    for (a wave ends over a few seconds, and its slots refill one by one: a write per node
+    then would spend the bucket on the first few and make the last ones wait for refills).
+    With fewer tokens than such nodes, each write should carry a token's share of them:
+    one node gathers (recorded on the pacer), looking every ``batchLinger`` until a
+    share is drained or nothing more is draining, at most ``inlineWait``; the others that
+    get ready meanwhile step aside until it has claimed them. Returns a wait for those."""
     node, store, linger = ctx.node, ctx.deps.store, ctx.timing.batch_linger.total_seconds()
     if linger <= 0:
         return None
@@ -380,21 +383,28 @@ def _gather(ctx: StepContext) -> StepResult | None:
             return wait(
                 f"joining the batch {pacer.gathering_by} is gathering", pacer.gathering_until - now + linger
             )
-        coming = {
-            n.name
+        ours = [
+            n
             for n in store.list_nodes(
                 ctx.run.id, states=(NodeState.ADMITTED, NodeState.DRAINING, NodeState.REIMAGING)
             )
-            if n.name != node.name
-            and n.scale_set_id.lower() == pacer.scale_set
-            and not n.reimage_started
-            and not n.blockers  # a drain held up by a PDB is not worth waiting for
-        }
-        if not coming:
+            if n.scale_set_id.lower() == pacer.scale_set
+        ]
+        started = {n.name for n in ours if n.reimage_started}
+        blocked = {n.name for n in ours if n.blockers}  # a drain held up by a PDB is not worth waiting for
+        # Drained nodes in another worker's step now (about to join a gathering, or to
+        # lead) are coming, not ready: the claim passes over a node whose lease is held.
+        ready = {n.name for n in ours if n.state == NodeState.REIMAGING and n.lease_until <= now} - started
+        coming = {n.name for n in ours if n.state != NodeState.REIMAGING} - blocked | (
+            {n.name for n in ours if n.state == NodeState.REIMAGING} - started - ready - {node.name}
+        )
+        wanted = len(ready | coming | {node.name}) + _slots_freeing_soon(ctx)
+        if wanted <= 1:
             return None
         available = _write_bucket(ctx, pacer, now).available(now)
-        if available >= ctx.timing.write_burst / 2 and len(coming) < available:
-            return None  # a write to spare for each node coming: company would only slow this one
+        share = math.ceil(wanted / max(1.0, math.floor(available)))
+        if len(ready | {node.name}) >= share:
+            return None  # enough for a write now: waiting would only slow these
         pacer.gathering_by, pacer.gathering_until = node.name, now + longest
         try:
             store.commit(pacer)
@@ -404,11 +414,30 @@ def _gather(ctx: StepContext) -> StepResult | None:
             clock.sleep(min(linger, now + longest - clock.now()))
             if clock.now() >= now + longest:
                 break
-            draining = store.node_summaries(ctx.run.id, states=(NodeState.ADMITTED, NodeState.DRAINING))
-            if not coming & {n.name for n in draining}:
-                break  # all it waited for are drained: claim them now
+            listed = store.node_summaries(
+                ctx.run.id, states=(NodeState.ADMITTED, NodeState.DRAINING, NodeState.REIMAGING)
+            )
+            mine = [s for s in listed if s.pool == node.pool and s.name not in started | blocked]
+            if len([s for s in mine if s.state == NodeState.REIMAGING]) >= share:
+                break  # a token's share is drained: claim them now
+            if not any(s.state != NodeState.REIMAGING for s in mine):
+                break  # nothing more is draining
         return None
     return None
+
+
+def _slots_freeing_soon(ctx: StepContext) -> int:
+    """How many of the pool's pending nodes its booting nodes will let start: they end
+    within a boot, and the pending nodes then drain and want writes in the same few
+    seconds. Nothing when no node of the pool waits for budget (the run record says so)."""
+    pool = ctx.node.pool
+    if pool not in ctx.run.waiting:
+        return 0
+    counts = {NodeState.PENDING: 0, NodeState.BOOTING: 0}
+    for s in ctx.deps.store.node_summaries(ctx.run.id, states=tuple(counts)):
+        if s.pool == pool:
+            counts[s.state] += 1
+    return min(counts.values())
 
 
 def _write_bucket(ctx: StepContext, pacer: PacerRecord, now: float) -> WritePacer:

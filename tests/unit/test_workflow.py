@@ -639,6 +639,68 @@ def test_more_nodes_coming_than_writes_in_hand_gather_and_stop_once_all_drained(
     assert set(h.node_states(run_id).values()) == {"succeeded"}
 
 
+def test_a_wave_refilling_its_slots_one_by_one_shares_writes_even_with_a_full_bucket() -> None:
+    """Two nodes of the next wave are draining while twelve of the last one boot and twelve
+    wait for their slots: fourteen will want a write within seconds, more than the bucket's
+    ten, so the first one ready waits for the second rather than spending a write alone."""
+    from shared.workflow import Workflow
+
+    h = Harness({"linux": 14}, nodes_per_pool=26, maxConcurrentNodes=26)
+    run_id = h.start()
+    steps = _admitted_steps(h)
+    assert len(steps) == 14
+    run = h.store.get_run(run_id)
+    assert "linux" in run.waiting  # twelve pending nodes wait for budget
+    first, second, *last_wave = steps
+    for item in last_wave:  # as if they were reimaged a wave ago and now boot
+        n = h.store.get_node(run_id, item.node)
+        n.state, n.reimage_started, n.seq = NodeState.BOOTING, h.clock.now() - 60, n.seq + 1
+        h.store.commit(n)
+    real_sleep = h.clock.sleep
+    slept: list[float] = []
+
+    def linger(seconds: float) -> None:
+        if not slept:
+            Workflow(h.deps).handle(second)  # drains on another worker meanwhile
+        slept.append(seconds)
+        real_sleep(seconds)
+
+    h.clock.sleep = linger  # type: ignore[method-assign]
+    h.workflow.handle(first)
+    writes = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
+    assert writes == ["manualupgrade ['linux0', 'linux1']"], writes
+    assert slept and slept[0] == h.config.workflow.batch_linger.total_seconds()
+
+
+def test_drained_nodes_in_another_workers_step_count_as_coming_not_ready() -> None:
+    """Twelve drained nodes are mid-step on other workers (leased), so no claim can take
+    them now: the first node ready must not count them as company and go alone."""
+    from shared.workflow import Workflow
+
+    h = Harness({"linux": 14}, nodes_per_pool=14, maxConcurrentNodes=14)
+    run_id = h.start()
+    first, second, *busy = _admitted_steps(h)
+    assert len(busy) == 12
+    for item in busy:
+        n = h.store.get_node(run_id, item.node)
+        n.state, n.seq = NodeState.REIMAGING, n.seq + 1
+        n.lease_owner, n.lease_until = "another-worker", h.clock.now() + 60
+        h.store.commit(n)
+    real_sleep = h.clock.sleep
+    slept: list[float] = []
+
+    def linger(seconds: float) -> None:
+        if not slept:
+            Workflow(h.deps).handle(second)
+        slept.append(seconds)
+        real_sleep(seconds)
+
+    h.clock.sleep = linger  # type: ignore[method-assign]
+    h.workflow.handle(first)
+    writes = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
+    assert writes == ["manualupgrade ['linux0', 'linux1']"], writes
+
+
 def test_a_leader_whose_node_is_up_already_still_calls_the_others() -> None:
     # Boots faster than the typical 30 s: the leader comes back (at 30 - inlineWait) to a
     # Node that is already Ready, and calls the others then rather than leaving them to
