@@ -781,7 +781,7 @@ class Workflow:
         pool = cluster.pool(node.pool)
         kube = self.deps.kube(run.cluster)
         outcome, ended = "", 0
-        woken = _Woken(self.deps)
+        woken = _Beside(self.deps, called=True)
         for _ in range(MAX_CHAINED_STEPS):
             ctx = StepContext(
                 run=run,
@@ -821,13 +821,15 @@ class Workflow:
         return outcome
 
     def _admit_and_carry_on(self, run_id: str, *, ended_at: float) -> str:
-        """Admit into the slot this node freed, then start one admitted node right here.
+        """Admit into the slot this node freed, then start the first few admitted nodes
+        right here (the first on this thread, the others beside it).
 
-        The queue's polling would add a hop to every wave. Its work item still goes on the
-        queue, but only visible once this invocation's lease on it would have expired: if
-        this worker dies, the copy takes over; if not, it is dropped as stale long after
-        the burst of a batch ending together. Only once per invocation, so a chain of nodes
-        that end at once cannot run away with it.
+        The queue's polling would add a hop to every wave, and an idle host polls least
+        often just when a wave ends together. Their work items still go on the queue, but
+        only visible once this invocation's lease on them would have expired: if this
+        worker dies, the copies take over; if not, they are dropped as stale long after
+        the burst of a batch ending together. Only once per invocation, so a chain of
+        nodes that end at once cannot run away with it.
         """
         if self._carried_on:
             return Admission(self.deps).admit(run_id, ended_at=ended_at)
@@ -835,16 +837,27 @@ class Workflow:
         try:
             admitted = Admission(replace(self.deps, queue=held)).admit(run_id, ended_at=ended_at)
         finally:
-            first = held.release(delay_first=self.deps.config.workflow.lease_duration.total_seconds())
-        if first is None:
+            here = held.release(
+                delay=self.deps.config.workflow.lease_duration.total_seconds(), count=START_IN_PLACE
+            )
+        if not here:
             return admitted
         self._carried_on = True
+        first, *beside = here
+        started = _Beside(self.deps, called=False)
+        for item in beside:
+            started.start(item)
         try:
-            return f"{admitted}; started {first.node}: {self.step(first)}"
+            outcome = f"{admitted}; started {first.node}: {self.step(first)}"
         except Exception:
             # The delayed copy of the work item retries it; this invocation's own step is done.
             logger.exception("starting node %s right after admission failed", first.node)
-            return admitted
+            outcome = admitted
+        finally:
+            started.finish()
+        if beside:
+            outcome += f"; and {len(beside)} more beside it"
+        return outcome
 
     def _guarded(self, ctx: StepContext) -> StepResult:
         """Run one step; turn the adapters' retry intent into a result (the one place)."""
@@ -926,16 +939,23 @@ class Workflow:
 
 # Peers' steps a batch leader runs at once; each is a few API calls, mostly waiting on I/O.
 WAKE_THREADS = 8
+# Admitted nodes the worker that freed their slots starts itself. Beyond a few, the other
+# workers (already polling, now that the queue is busy) spread the CPU better.
+START_IN_PLACE = 4
 
 
-class _Woken:
-    """Steps of other nodes started during this invocation (a batch's peers whose Nodes
-    just turned Ready). They run here, on a few threads, rather than through the queue,
-    whose polling would add up to its maximum interval to each; one that fails here goes
-    through the queue instead."""
+class _Beside:
+    """Other nodes' steps run during this invocation, on a few threads, rather than
+    through the queue, whose polling would add up to its maximum interval to each. Either
+    ``called``: a batch's peers whose Nodes just turned Ready, called by their leader,
+    which then admits once for them all (one that fails here goes through the queue); or
+    nodes just admitted, started by the worker that freed their slots (one that fails
+    here is retried by its delayed queue copy)."""
 
-    def __init__(self, deps: Collaborators) -> None:
-        self.deps = deps
+    def __init__(self, deps: Collaborators, *, called: bool) -> None:
+        self.deps, self.called = deps, called
+        self.threads = WAKE_THREADS if called else START_IN_PLACE
+        self.how = "woken by its batch leader" if called else "started right after admission"
         self.futures: list[Any] = []
         self.pool: Any = None
 
@@ -943,22 +963,26 @@ class _Woken:
         import concurrent.futures
 
         if self.pool is None:
-            self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=WAKE_THREADS)
+            self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.threads)
         self.futures.append(self.pool.submit(self._step, item))
 
     def _step(self, item: WorkItem) -> bool:
-        workflow = Workflow(self.deps, admits=False)
+        workflow = Workflow(self.deps, admits=not self.called)
+        # Started by a carry-on already: a node that ends at once here must not start more.
+        workflow._carried_on = not self.called
         try:
-            outcome = workflow.step(item, called=True)
+            outcome = workflow.step(item, called=self.called)
         except Exception:
-            logger.exception("step of %s woken by its batch leader failed; queued", item.node)
-            self.deps.queue.send(item)
+            logger.exception("step of %s %s failed", item.node, self.how)
+            if self.called:
+                self.deps.queue.send(item)
             return False
-        logger.info("run %s node %s woken by its batch leader: %s", item.run, item.node, outcome)
+        logger.info("run %s node %s %s: %s", item.run, item.node, self.how, outcome)
         return workflow.left_to_admit > 0
 
     def finish(self) -> int:
-        """Wait for the steps started; how many of their nodes ended."""
+        """Wait for the steps started; how many of their nodes ended (and were left to be
+        admitted for)."""
         if self.pool is None:
             return 0
         ended = sum(1 for f in self.futures if f.result())
@@ -984,8 +1008,8 @@ class _HeldSteps:
     def dead_letter(self, body: str, *, reason: str) -> None:
         self.inner.dead_letter(body, reason=reason)
 
-    def release(self, *, delay_first: float) -> WorkItem | None:
-        """Send what was held, the first one ``delay_first`` late; returns that one."""
+    def release(self, *, delay: float, count: int) -> list[WorkItem]:
+        """Send what was held, the first ``count`` ``delay`` late; returns those."""
         for i, item in enumerate(self.held):
-            self.inner.send(item, delay=delay_first if i == 0 else 0.0)
-        return self.held[0] if self.held else None
+            self.inner.send(item, delay=delay if i < count else 0.0)
+        return self.held[:count]

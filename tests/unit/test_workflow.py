@@ -435,6 +435,33 @@ def test_the_worker_that_frees_a_slot_starts_the_admitted_node_itself() -> None:
     assert len(reimages) == 3
 
 
+def test_the_worker_that_frees_a_batchs_slots_starts_the_next_nodes_beside_its_own() -> None:
+    h = Harness({"linux": 3}, nodes_per_pool=6, reimage_seconds=60, boot_seconds=30)
+    sent: list[tuple[WorkItem, float]] = []
+    send = h.queue.send
+    h.queue.send = lambda item, delay=0.0: (sent.append((item, delay)), send(item, delay=delay))  # type: ignore[method-assign]
+    run_id = h.start()
+    _one_batch_of_three(h, run_id, boot=30.0)
+    h.pump(run_id)
+    assert set(h.node_states(run_id).values()) == {"succeeded"}
+    assert h.max_disrupted["linux"] == 3
+    # The batch ended in its leader's invocation, which admitted the next three and
+    # started them all there: one on its own thread, two beside it.
+    assert any("admitted 3; started" in o and "and 2 more beside it" in o for o in h.outcomes), h.outcomes
+    lease = h.config.workflow.lease_duration.total_seconds()
+    second_wave = {"linux-3", "linux-4", "linux-5"}
+    first_items = [
+        d for item, d in sent if item.kind == "step" and item.seq == 1 and item.node in second_wave
+    ]
+    assert first_items == [lease] * 3, sent
+    # Their queued copies came after the steps were done: dropped, nothing done twice.
+    assert h.outcomes.count("stale") >= 3
+    instances = [
+        i for c in h.compute.calls if c.startswith(("reimage", "manualupgrade")) for i in c.split("'")[1::2]
+    ]
+    assert sorted(instances) == [f"linux{i}" for i in range(6)], h.compute.calls
+
+
 def test_later_reimages_are_first_polled_when_earlier_ones_on_the_scale_set_finished() -> None:
     h = Harness({"linux": 1}, nodes_per_pool=3, reimage_seconds=60)
     run_id = h.start()
