@@ -638,7 +638,18 @@ def step_booting(ctx: StepContext) -> StepResult:
             event="PatchFailed",
             warning=True,
         )
+    if node.leads_batch and not ctx.backlogged and _boot_due(ctx):
+        # Its watch is the batch's only one: the batch's Nodes come up together, and a
+        # poll interval between watches could miss that by as much, for all of them.
+        return wait("; ".join(problems) + " (watching again)", 0.0)
     return wait("; ".join(problems), poll)
+
+
+def _boot_due(ctx: StepContext) -> bool:
+    """Whether the node's boot may end any moment: nothing is known of boots on this scale
+    set yet, or it has not taken twice the typical one yet (later, it polls)."""
+    typical = ctx.deps.store.get_pacer(ctx.run.id, ctx.node.scale_set_id).typical("boot")
+    return typical is None or ctx.now - ctx.node.booting_since < 2 * typical
 
 
 def _follows_leader(node: NodeWork) -> bool:

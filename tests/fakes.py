@@ -180,8 +180,16 @@ class FakeKube:
         return not any(p["metadata"].get("uid") in set(uids) for p in self.pods.values())
 
     def wait_for_node(self, name: str, done: Any, *, timeout: float) -> Node:
+        # Like the real watch, it takes up to ``timeout`` when the Node is not done yet.
         self.calls.append(f"wait_for_node {name}")
-        return self.get_node(name)
+        waited = 0.0
+        while True:
+            node = self.get_node(name)
+            if done(node) or self.sleep is None or waited >= timeout:
+                return node
+            step = min(0.5, timeout - waited)
+            self.sleep(step)
+            waited += step
 
     def wait_for_nodes(self, names: Any, done: Any, *, label_selector: str, timeout: float) -> Iterator[Node]:
         # No time passes here: the Nodes done now, of those carrying the selector's labels.

@@ -620,9 +620,25 @@ def test_the_batch_leader_watches_the_whole_batch_boot_and_calls_each_node_when_
     assert not any(h.kube.nodes[n]["metadata"]["labels"].get("vmss-node-patcher.io/patching") for n in done)
 
 
+def test_with_no_boot_seen_yet_the_leader_keeps_watching_until_the_batch_is_up() -> None:
+    # The first batch on a scale set: no boot has been timed, so the leader cannot sleep
+    # through it; between its watches it comes straight back instead of polling.
+    h = Harness({"linux": 3}, nodes_per_pool=3, reimage_seconds=60, boot_seconds=47)
+    run_id = h.start()
+    _one_batch_of_three(h, run_id, boot=None)
+    h.pump(run_id)
+    nodes = h.store.list_nodes(run_id)
+    assert {n.state for n in nodes} == {NodeState.SUCCEEDED}
+    assert sum("(watching again)" in o for o in h.outcomes) >= 2, h.outcomes
+    done = _succeeded_at(h, run_id)
+    for name, at in done.items():
+        assert at - h.booted_at[name] < 1, (name, at - h.booted_at[name])
+
+
 def test_a_batch_node_looks_itself_when_the_leaders_call_does_not_come() -> None:
     h = Harness({"linux": 3}, nodes_per_pool=3, reimage_seconds=60, boot_seconds=30)
-    h.kube.wait_for_nodes = lambda *a, **k: iter(())  # type: ignore[method-assign]  # the leader's watch sees nothing
+    # The leader's watch sees nothing, for as long as it watches.
+    h.kube.wait_for_nodes = lambda *a, **k: (h.clock.sleep(k["timeout"]), iter(()))[1]  # type: ignore[method-assign]
     run_id = h.start()
     _one_batch_of_three(h, run_id, boot=30.0)
     h.pump(run_id)
