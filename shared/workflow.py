@@ -383,20 +383,34 @@ def _gather(ctx: StepContext) -> StepResult | None:
             return wait(
                 f"joining the batch {pacer.gathering_by} is gathering", pacer.gathering_until - now + linger
             )
-        ours = [
-            n
-            for n in store.list_nodes(
+        # Columns first: most of a wave's nodes are either not draining yet or in a batch's
+        # reimage already, and need only counting. Read whole only the others, for their
+        # blockers and lease (and, for a row listed without the batch column, its batch).
+        listed = [
+            s
+            for s in store.node_summaries(
                 ctx.run.id, states=(NodeState.ADMITTED, NodeState.DRAINING, NodeState.REIMAGING)
             )
-            if n.scale_set_id.lower() == pacer.scale_set
+            if s.pool == node.pool
         ]
-        started = {n.name for n in ours if n.reimage_started}
+        admitted = {s.name for s in listed if s.state == NodeState.ADMITTED}
+        ours = [
+            n
+            for n in store.get_nodes(
+                ctx.run.id, [s.name for s in listed if s.state != NodeState.ADMITTED and not s.reimage_batch]
+            )
+            if n.state in (NodeState.DRAINING, NodeState.REIMAGING)
+            and n.scale_set_id.lower() == pacer.scale_set
+        ]
+        started = {s.name for s in listed if s.reimage_batch} | {n.name for n in ours if n.reimage_started}
         blocked = {n.name for n in ours if n.blockers}  # a drain held up by a PDB is not worth waiting for
         # Drained nodes in another worker's step now (about to join a gathering, or to
         # lead) are coming, not ready: the claim passes over a node whose lease is held.
         ready = {n.name for n in ours if n.state == NodeState.REIMAGING and n.lease_until <= now} - started
-        coming = {n.name for n in ours if n.state != NodeState.REIMAGING} - blocked | (
-            {n.name for n in ours if n.state == NodeState.REIMAGING} - started - ready - {node.name}
+        coming = (
+            admitted
+            | ({n.name for n in ours if n.state == NodeState.DRAINING} - blocked)
+            | ({n.name for n in ours if n.state == NodeState.REIMAGING} - started - ready - {node.name})
         )
         wanted = len(ready | coming | {node.name}) + _slots_freeing_soon(ctx)
         if wanted <= 1:
@@ -414,10 +428,14 @@ def _gather(ctx: StepContext) -> StepResult | None:
             clock.sleep(min(linger, now + longest - clock.now()))
             if clock.now() >= now + longest:
                 break
-            listed = store.node_summaries(
+            now_listed = store.node_summaries(
                 ctx.run.id, states=(NodeState.ADMITTED, NodeState.DRAINING, NodeState.REIMAGING)
             )
-            mine = [s for s in listed if s.pool == node.pool and s.name not in started | blocked]
+            mine = [
+                s
+                for s in now_listed
+                if s.pool == node.pool and not s.reimage_batch and s.name not in started | blocked
+            ]
             if len([s for s in mine if s.state == NodeState.REIMAGING]) >= share:
                 break  # a token's share is drained: claim them now
             if not any(s.state != NodeState.REIMAGING for s in mine):
@@ -430,14 +448,16 @@ def _slots_freeing_soon(ctx: StepContext) -> int:
     """How many of the pool's pending nodes its booting nodes will let start: they end
     within a boot, and the pending nodes then drain and want writes in the same few
     seconds. Nothing when no node of the pool waits for budget (the run record says so)."""
-    pool = ctx.node.pool
+    pool, store = ctx.node.pool, ctx.deps.store
     if pool not in ctx.run.waiting:
         return 0
-    counts = {NodeState.PENDING: 0, NodeState.BOOTING: 0}
-    for s in ctx.deps.store.node_summaries(ctx.run.id, states=tuple(counts)):
-        if s.pool == pool:
-            counts[s.state] += 1
-    return min(counts.values())
+    booting = sum(1 for s in store.node_summaries(ctx.run.id, states=(NodeState.BOOTING,)) if s.pool == pool)
+    if not booting:
+        return 0  # a first wave: nothing frees a slot soon, and the pending nodes need no listing
+    # No more pending nodes than that can matter; other pools' may be among those listed,
+    # which only errs towards spending writes sooner.
+    pending = store.node_summaries(ctx.run.id, states=(NodeState.PENDING,), limit=booting)
+    return min(booting, sum(1 for s in pending if s.pool == pool))
 
 
 def _write_bucket(ctx: StepContext, pacer: PacerRecord, now: float) -> WritePacer:

@@ -75,6 +75,12 @@ class StoreContract:
             record = store.get_node("run1", name)
             assert (summary.pool, summary.order, summary.etag) == (record.pool, record.order, record.etag)
         assert len(store.node_summaries("run1", states=[NodeState.PENDING], limit=2)) == 2
+        assert {s.reimage_batch for s in summaries.values()} == {""}
+        started = store.get_node("run1", "node-003")
+        started.reimage_batch = "b1"
+        store.commit(started)
+        listed = store.node_summaries("run1", states=[NodeState.ADMITTED])
+        assert [(s.name, s.reimage_batch) for s in listed] == [("node-003", "b1")]
 
     def test_has_nodes_answers_whether_any_node_is_in_the_states(self, store: RunStore) -> None:
         make_run(store)

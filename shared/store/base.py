@@ -30,7 +30,7 @@ RUN_ROW = "run"
 NODE_PREFIX = "node~"
 PACER_PREFIX = "pacer~"
 GUARD_ROW = "active"
-NODE_COLUMNS = ("state", "pool", "order")
+NODE_COLUMNS = ("state", "pool", "order", "reimage_batch")
 
 Record = Run | NodeWork | PacerRecord
 # A backend row as queries return it: (row key, data, etag).
@@ -62,7 +62,12 @@ def node_columns(row: str, data: dict[str, Any]) -> dict[str, Any]:
     """The queryable columns of a row: node rows only."""
     if not row.startswith(NODE_PREFIX):
         return {}
-    return {"state": str(data["state"]), "pool": str(data["pool"]), "order": int(data["order"])}
+    return {
+        "state": str(data["state"]),
+        "pool": str(data["pool"]),
+        "order": int(data["order"]),
+        "reimage_batch": str(data.get("reimage_batch") or ""),
+    }
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,9 @@ class NodeSummary:
     order: int
     state: NodeState
     etag: str
+    # The batch whose write started its reimage ("" when none has). A row written before
+    # this column existed lists "" too, so only a whole read tells for sure.
+    reimage_batch: str = ""
 
 
 class Entity(dict[str, Any]):
@@ -181,7 +189,7 @@ class RunStore(abc.ABC):
     def node_summaries(
         self, run_id: str, *, states: Collection[NodeState] | None = None, limit: int | None = None
     ) -> list[NodeSummary]:
-        """Name, pool, order, state and ETag of the run's nodes (in ``states`` when given),
+        """Name, pool, order, state, reimage batch and ETag of the run's nodes (in ``states`` when given),
         in plan order, without reading their records. With ``limit``, at most that many,
         and not necessarily the first in plan order."""
         if states is not None and not states:
@@ -194,6 +202,7 @@ class RunStore(abc.ABC):
                 order=int(data["order"]),
                 state=NodeState(data["state"]),
                 etag=etag,
+                reimage_batch=str(data.get("reimage_batch") or ""),
             )
             for row, data, etag in rows
         ]

@@ -104,7 +104,8 @@ class TableRunStore(RunStore):
         select = ["RowKey", *NODE_COLUMNS] if columns_only else None
         entities = self._query(query, params, select=select, limit=limit)
         if columns_only:
-            return [(e["RowKey"], {c: e[c] for c in NODE_COLUMNS}, e.metadata["etag"]) for e in entities]
+            # A row written before a column existed has no such property.
+            return [(e["RowKey"], {c: e.get(c) for c in NODE_COLUMNS}, e.metadata["etag"]) for e in entities]
         return [(e["RowKey"], *self._decode(e)) for e in entities]
 
     def _ensure_columns(self, partition: str) -> None:

@@ -53,6 +53,20 @@ def test_node_rows_carry_their_columns_and_pacer_rows_keys_are_valid(table: Tabl
     assert len(pacer) == 1 and "/" not in pacer[0]
 
 
+def test_a_row_written_before_the_batch_column_lists_no_batch(table: TableClient) -> None:
+    from azure.data.tables import UpdateMode
+
+    store = TableRunStore(table)
+    make_run(store, nodes=2)
+    entity = table.get_entity("run1", f"{NODE_PREFIX}node-002")
+    assert entity["reimage_batch"] == ""
+    old = {k: v for k, v in entity.items() if k != "reimage_batch"}
+    table.update_entity(old, mode=UpdateMode.REPLACE)  # as the previous version wrote it
+    assert "reimage_batch" not in table.get_entity("run1", f"{NODE_PREFIX}node-002")
+    summaries = {s.name: s for s in store.node_summaries("run1")}
+    assert summaries["node-002"].reimage_batch == "" and summaries["node-002"].state == NodeState.PENDING
+
+
 def test_the_filter_is_evaluated_by_the_service(table: TableClient) -> None:
     seen: list[dict[str, Any]] = []
     original = table.query_entities
@@ -68,7 +82,7 @@ def test_the_filter_is_evaluated_by_the_service(table: TableClient) -> None:
     assert len(store.pending_nodes("run1")) == 3
     query = seen[-1]
     assert "state eq @s0" in query["filter"] and query["parameters"]["s0"] == "pending"
-    assert query["select"] == ["RowKey", "state", "pool", "order"]
+    assert query["select"] == ["RowKey", "state", "pool", "order", "reimage_batch"]
     seen.clear()
     assert store.has_nodes("run1", states=[NodeState.PENDING])
     assert seen[-1]["results_per_page"] == 1
