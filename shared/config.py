@@ -191,8 +191,9 @@ class WorkflowTiming(_Model):
     # the moment they end instead of one re-check interval (plus queue latency) later.
     inline_wait: Seconds = Field(timedelta(seconds=20), alias="inlineWait")
     # Nodes of one scale set drained at about the same time share one reimage write: when
-    # writes are scarce, the first one ready looks this often whether the others are still
-    # draining, and claims them once they are not (or after inlineWait). Compute allows ~4
+    # fewer writes are in hand than nodes about to want one, the first one ready looks this
+    # often whether a write's share of them has drained, and claims them then (or once
+    # nothing more is draining, or after inlineWait). Compute allows ~4
     # writes a minute per scale set, so a write saved is worth about 15 s of waiting; 0
     # turns gathering off.
     batch_linger: Seconds = Field(timedelta(seconds=5), alias="batchLinger")
