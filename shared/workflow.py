@@ -424,6 +424,7 @@ def _gather(ctx: StepContext) -> StepResult | None:
             store.commit(pacer)
         except ConcurrencyError:
             continue
+        passed_over = started | blocked
         while True:
             clock.sleep(min(linger, now + longest - clock.now()))
             if clock.now() >= now + longest:
@@ -434,7 +435,7 @@ def _gather(ctx: StepContext) -> StepResult | None:
             mine = [
                 s
                 for s in now_listed
-                if s.pool == node.pool and not s.reimage_batch and s.name not in started | blocked
+                if s.pool == node.pool and not s.reimage_batch and s.name not in passed_over
             ]
             if len([s for s in mine if s.state == NodeState.REIMAGING]) >= share:
                 break  # a token's share is drained: claim them now
@@ -604,11 +605,12 @@ def step_booting(ctx: StepContext) -> StepResult:
     node, poll = ctx.node, ctx.timing.poll_interval.total_seconds()
     observed = ctx.kube.get_node(node.name)
     problems = _node_problems(node, observed)
+    # The typical boot on this scale set, read once: it times both the look and the next.
+    typical = ctx.deps.store.get_pacer(ctx.run.id, node.scale_set_id).typical("boot") if problems else None
     if problems and not observed.ready:
         # Sleep through most of a typical boot on this scale set, and come back with a whole
         # in-place wait ahead of its expected end: the queue's own latency (polling,
         # whole-second visibility) is then spent inside the watch, not after the boot.
-        typical = ctx.deps.store.get_pacer(ctx.run.id, node.scale_set_id).typical("boot")
         elapsed = ctx.now - node.booting_since
         inline = ctx.timing.inline_wait.total_seconds()
         if _follows_leader(node):
@@ -658,18 +660,14 @@ def step_booting(ctx: StepContext) -> StepResult:
             event="PatchFailed",
             warning=True,
         )
-    if node.leads_batch and not ctx.backlogged and _boot_due(ctx):
-        # Its watch is the batch's only one: the batch's Nodes come up together, and a
-        # poll interval between watches could miss that by as much, for all of them.
+    # Its watch is the batch's only one: the batch's Nodes come up together, and a poll
+    # interval between watches could miss that by as much, for all of them. So while the
+    # boot may end any moment (none timed on this scale set yet, or not twice the typical
+    # one gone by), it watches again at once; after that, it polls.
+    boot_due = typical is None or ctx.now - node.booting_since < 2 * typical
+    if node.leads_batch and not ctx.backlogged and boot_due:
         return wait("; ".join(problems) + " (watching again)", 0.0)
     return wait("; ".join(problems), poll)
-
-
-def _boot_due(ctx: StepContext) -> bool:
-    """Whether the node's boot may end any moment: nothing is known of boots on this scale
-    set yet, or it has not taken twice the typical one yet (later, it polls)."""
-    typical = ctx.deps.store.get_pacer(ctx.run.id, ctx.node.scale_set_id).typical("boot")
-    return typical is None or ctx.now - ctx.node.booting_since < 2 * typical
 
 
 def _follows_leader(node: NodeWork) -> bool:

@@ -179,34 +179,39 @@ class FakeKube:
         self.calls.append(f"wait_for_pods_gone {node}")
         return not any(p["metadata"].get("uid") in set(uids) for p in self.pods.values())
 
-    def wait_for_node(self, name: str, done: Any, *, timeout: float) -> Node:
-        # Like the real watch, it takes up to ``timeout`` when the Node is not done yet.
-        self.calls.append(f"wait_for_node {name}")
+    def _looks(self, timeout: float) -> Iterator[None]:
+        """A look now, then one every 0.5 s of the clock for up to ``timeout``: like a real
+        watch, waiting takes its time (only one look when there is no clock)."""
         waited = 0.0
         while True:
-            node = self.get_node(name)
-            if done(node) or self.sleep is None or waited >= timeout:
-                return node
+            yield
+            if self.sleep is None or waited >= timeout:
+                return
             step = min(0.5, timeout - waited)
             self.sleep(step)
             waited += step
 
+    def wait_for_node(self, name: str, done: Any, *, timeout: float) -> Node:
+        self.calls.append(f"wait_for_node {name}")
+        for _ in self._looks(timeout):
+            node = self.get_node(name)
+            if done(node):
+                break
+        return node
+
     def wait_for_nodes(self, names: Any, done: Any, *, label_selector: str, timeout: float) -> Iterator[Node]:
-        # No time passes here: the Nodes done now, of those carrying the selector's labels.
+        # The Nodes done at each look, of those carrying the selector's labels.
         self.calls.append(f"wait_for_nodes {','.join(sorted(names))}")
         wanted = dict(term.split("=", 1) for term in label_selector.split(","))
-        left, waited = set(names), 0.0
-        while True:
+        left = set(names)
+        for _ in self._looks(timeout):
             for name in sorted(left):
                 node = Node(self.nodes[name])
                 if all(node.labels.get(k) == v for k, v in wanted.items()) and done(node):
                     left.discard(name)
                     yield node
-            if not left or self.sleep is None or waited >= timeout:
+            if not left:
                 return
-            step = min(0.5, timeout - waited)
-            self.sleep(step)
-            waited += step
 
     def daemonset_exists(self, namespace: str, name: str) -> bool:
         return f"{namespace}/{name}" in self.daemonsets

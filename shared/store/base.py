@@ -189,8 +189,8 @@ class RunStore(abc.ABC):
     def node_summaries(
         self, run_id: str, *, states: Collection[NodeState] | None = None, limit: int | None = None
     ) -> list[NodeSummary]:
-        """Name, pool, order, state, reimage batch and ETag of the run's nodes (in ``states`` when given),
-        in plan order, without reading their records. With ``limit``, at most that many,
+        """Name, pool, order, state, reimage batch and ETag of the run's nodes (in ``states``
+        when given), in plan order, without reading their records. With ``limit``, at most that many,
         and not necessarily the first in plan order."""
         if states is not None and not states:
             return []

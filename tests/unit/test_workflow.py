@@ -496,7 +496,6 @@ def test_the_pacer_keeps_one_sample_per_batch_and_a_bounded_window() -> None:
 
 @pytest.mark.parametrize("tokens", [2.0, None])
 def test_nodes_ready_together_share_one_write_when_writes_are_scarce(tokens: float | None) -> None:
-    from shared.workflow import Workflow
 
     h = Harness({"linux": 3}, nodes_per_pool=3)
     run_id = h.start()
@@ -511,20 +510,8 @@ def test_nodes_ready_together_share_one_write_when_writes_are_scarce(tokens: flo
         writes = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
         assert writes == ["manualupgrade ['linux0']"]
         return
-    real_sleep = h.clock.sleep
-    joined: list[str] = []
-
-    def linger(seconds: float) -> None:
-        # While the first node lingers, the other two finish draining on other workers.
-        h.clock.sleep = real_sleep  # type: ignore[method-assign]
-        for item in others:
-            joined.append(Workflow(h.deps).handle(item))
-        real_sleep(seconds)
-
-    h.clock.sleep = linger  # type: ignore[method-assign]
-    h.workflow.handle(first)
+    writes, _, joined = _lead_while_others_drain(h, first, others)
     assert all("joining the batch" in outcome for outcome in joined), joined
-    writes = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
     assert len(writes) == 1 and all(f"linux{i}" in writes[0] for i in range(3)), writes
     states = {n.name: (n.state, n.reimage_batch) for n in h.store.list_nodes(run_id)}
     assert {s for s, _ in states.values()} == {NodeState.REIMAGING}
@@ -567,7 +554,6 @@ def test_the_batch_leader_follows_the_operation_and_wakes_the_others_when_it_end
 def _one_batch_of_three(h: Harness, run_id: str, *, boot: float | None) -> None:
     """Drive the three admitted nodes into one batch (writes scarce, so the first gathers),
     with a reimage of 60 s (and a boot of ``boot``) observed on the scale set before."""
-    from shared.workflow import Workflow
 
     first, *others = _admitted_steps(h)
     pacer = h.store.get_pacer(run_id, h.store.get_node(run_id, first.node).scale_set_id)
@@ -576,16 +562,34 @@ def _one_batch_of_three(h: Harness, run_id: str, *, boot: float | None) -> None:
     if boot is not None:
         pacer.observe("boot", boot, batch="earlier")
     h.store.commit(pacer)
+    _lead_while_others_drain(h, first, others)
+
+
+def _lead_while_others_drain(
+    h: Harness, first: WorkItem, others: list[WorkItem]
+) -> tuple[list[str], list[float], list[str]]:
+    """Step ``first``; during its first look in place, ``others`` finish draining on other
+    workers. Returns the reimage writes, the seconds it waited in place, and the others'
+    outcomes."""
+    from shared.workflow import Workflow
+
     real_sleep = h.clock.sleep
+    slept: list[float] = []
+    outcomes: list[str] = []
 
     def linger(seconds: float) -> None:
-        h.clock.sleep = real_sleep  # type: ignore[method-assign]
-        for item in others:
-            Workflow(h.deps).handle(item)
+        if not slept:
+            outcomes.extend(Workflow(h.deps).handle(item) for item in others)
+        slept.append(seconds)
         real_sleep(seconds)
 
     h.clock.sleep = linger  # type: ignore[method-assign]
-    h.workflow.handle(first)
+    try:
+        h.workflow.handle(first)
+    finally:
+        h.clock.sleep = real_sleep  # type: ignore[method-assign]
+    writes = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
+    return writes, slept, outcomes
 
 
 def _succeeded_at(h: Harness, run_id: str) -> dict[str, float]:
@@ -654,27 +658,12 @@ def test_a_batch_node_looks_itself_when_the_leaders_call_does_not_come() -> None
 
 
 def test_more_nodes_coming_than_writes_in_hand_gather_and_stop_once_all_drained() -> None:
-    from shared.workflow import Workflow
 
     h = Harness({"linux": 12}, nodes_per_pool=12, maxConcurrentNodes=12)
     run_id = h.start()
     first, *others = _admitted_steps(h)
     assert len(others) == 11  # more than the full bucket's 10 writes
-    real_sleep = h.clock.sleep
-    slept: list[float] = []
-
-    def linger(seconds: float) -> None:
-        # During the first look, the other eleven finish draining on other workers.
-        if not slept:
-            for item in others:
-                Workflow(h.deps).handle(item)
-        slept.append(seconds)
-        real_sleep(seconds)
-
-    h.clock.sleep = linger  # type: ignore[method-assign]
-    h.workflow.handle(first)
-    h.clock.sleep = real_sleep  # type: ignore[method-assign]
-    writes = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
+    writes, slept, _ = _lead_while_others_drain(h, first, others)
     assert len(writes) == 1 and writes[0].count("'") == 24, writes  # all twelve instances
     # It looked once more after one batchLinger and, with nothing left draining, claimed.
     assert slept == [h.config.workflow.batch_linger.total_seconds()]
@@ -686,7 +675,6 @@ def test_a_wave_refilling_its_slots_one_by_one_shares_writes_even_with_a_full_bu
     """Two nodes of the next wave are draining while twelve of the last one boot and twelve
     wait for their slots: fourteen will want a write within seconds, more than the bucket's
     ten, so the first one ready waits for the second rather than spending a write alone."""
-    from shared.workflow import Workflow
 
     h = Harness({"linux": 14}, nodes_per_pool=26, maxConcurrentNodes=26)
     run_id = h.start()
@@ -699,18 +687,7 @@ def test_a_wave_refilling_its_slots_one_by_one_shares_writes_even_with_a_full_bu
         n = h.store.get_node(run_id, item.node)
         n.state, n.reimage_started, n.seq = NodeState.BOOTING, h.clock.now() - 60, n.seq + 1
         h.store.commit(n)
-    real_sleep = h.clock.sleep
-    slept: list[float] = []
-
-    def linger(seconds: float) -> None:
-        if not slept:
-            Workflow(h.deps).handle(second)  # drains on another worker meanwhile
-        slept.append(seconds)
-        real_sleep(seconds)
-
-    h.clock.sleep = linger  # type: ignore[method-assign]
-    h.workflow.handle(first)
-    writes = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
+    writes, slept, _ = _lead_while_others_drain(h, first, [second])
     assert writes == ["manualupgrade ['linux0', 'linux1']"], writes
     assert slept and slept[0] == h.config.workflow.batch_linger.total_seconds()
 
@@ -718,7 +695,6 @@ def test_a_wave_refilling_its_slots_one_by_one_shares_writes_even_with_a_full_bu
 def test_drained_nodes_in_another_workers_step_count_as_coming_not_ready() -> None:
     """Twelve drained nodes are mid-step on other workers (leased), so no claim can take
     them now: the first node ready must not count them as company and go alone."""
-    from shared.workflow import Workflow
 
     h = Harness({"linux": 14}, nodes_per_pool=14, maxConcurrentNodes=14)
     run_id = h.start()
@@ -729,18 +705,7 @@ def test_drained_nodes_in_another_workers_step_count_as_coming_not_ready() -> No
         n.state, n.seq = NodeState.REIMAGING, n.seq + 1
         n.lease_owner, n.lease_until = "another-worker", h.clock.now() + 60
         h.store.commit(n)
-    real_sleep = h.clock.sleep
-    slept: list[float] = []
-
-    def linger(seconds: float) -> None:
-        if not slept:
-            Workflow(h.deps).handle(second)
-        slept.append(seconds)
-        real_sleep(seconds)
-
-    h.clock.sleep = linger  # type: ignore[method-assign]
-    h.workflow.handle(first)
-    writes = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
+    writes, _, _ = _lead_while_others_drain(h, first, [second])
     assert writes == ["manualupgrade ['linux0', 'linux1']"], writes
 
 
