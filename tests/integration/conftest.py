@@ -28,9 +28,12 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
             maintenance_pools=["win"],
             # The crash test kills runners every second or so: give drains in its pools
             # room for the redeliveries (beta keeps the short default for the fault tests).
+            # A kill can interrupt the first steps of up to four nodes at once (a worker
+            # starts that many after an admission), each back only when its lease ends, and
+            # the win pool's PDB lets its drains evict one pod at a time.
             pool_overrides={
-                "alpha": {"drain": {"timeout": 30, "deleteEmptyDirData": True, "onTimeout": "fail"}},
-                "win": {"drain": {"timeout": 30, "deleteEmptyDirData": True, "onTimeout": "fail"}},
+                "alpha": {"drain": {"timeout": 60, "deleteEmptyDirData": True, "onTimeout": "fail"}},
+                "win": {"drain": {"timeout": 60, "deleteEmptyDirData": True, "onTimeout": "fail"}},
             },
         )
     )
