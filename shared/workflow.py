@@ -88,9 +88,11 @@ class StepContext:
     deps: Collaborators
     now: float
     ref: InstanceRef = field(init=False)
-    # Start another node's step now (a batch peer whose Node just turned Ready); the
-    # engine runs it in this invocation, else it goes through the queue.
-    wake: Callable[[WorkItem], None] | None = None
+    # Start another node's step now (a batch peer whose Node just turned Ready, as the
+    # watch saw it); the engine runs it in this invocation, else it goes through the queue.
+    wake: Callable[[WorkItem, Node], None] | None = None
+    # This node as its batch leader's watch saw it just now: no need to read it again.
+    seen: Node | None = None
     # How long after it was due this invocation's work item arrived.
     late: float = 0.0
     # Each invocation waits in place at most once, so it stays within its lease.
@@ -603,7 +605,7 @@ def step_booting(ctx: StepContext) -> StepResult:
     """Verify from both sides, then uncordon: the node is Ready with a new boot id and the
     expected image, and the instance succeeded on the latest model."""
     node, poll = ctx.node, ctx.timing.poll_interval.total_seconds()
-    observed = ctx.kube.get_node(node.name)
+    observed = ctx.seen if ctx.seen is not None else ctx.kube.get_node(node.name)
     problems = _node_problems(node, observed)
     # The typical boot on this scale set, read once: it times both the look and the next.
     typical = ctx.deps.store.get_pacer(ctx.run.id, node.scale_set_id).typical("boot") if problems else None
@@ -702,7 +704,7 @@ def _follow_boots(ctx: StepContext, own: Node, timeout: float) -> Node:
             peer = waiting[seen.name]
             item = WorkItem("step", run.id, peer.name, peer.seq)
             if ctx.wake is not None:
-                ctx.wake(item)
+                ctx.wake(item, seen)
             else:
                 ctx.deps.queue.send(item)
     return own
@@ -774,12 +776,16 @@ class Workflow:
             return Intake(self.deps).image_version(item.ref, attempt=item.seq).describe()
         return self.step(item, final_attempt=final_attempt)
 
-    def step(self, item: WorkItem, *, final_attempt: bool = False, called: bool = False) -> str:
+    def step(
+        self, item: WorkItem, *, final_attempt: bool = False, called: bool = False, seen: Node | None = None
+    ) -> str:
         """``called``: a batch leader's call, which means "now" at whatever seq the node's
-        record has reached while waiting for it (its lease still keeps workers apart)."""
+        record has reached while waiting for it (its lease still keeps workers apart), with
+        the Node as the leader's watch ``seen`` it."""
         store, now = self.deps.store, self.deps.clock.now()
+        # The node first: most deliveries are copies already acted on (a leader's call, a
+        # start in place), and the node's record alone says so.
         try:
-            run = store.get_run(item.run)
             node = store.get_node(item.run, item.node)
         except NotFoundError as exc:
             logger.warning("dropping work item for %s/%s: %s", item.run, item.node, exc)
@@ -791,6 +797,11 @@ class Workflow:
             return "nothing to do"
         if node.lease_owner and node.lease_until > now:
             return "busy"
+        try:
+            run = store.get_run(item.run)
+        except NotFoundError as exc:
+            logger.warning("dropping work item for %s/%s: %s", item.run, item.node, exc)
+            return "unknown"
         node.lease_owner, node.lease_until = (
             self.worker_id,
             now + self.deps.config.workflow.lease_duration.total_seconds(),
@@ -800,12 +811,12 @@ class Workflow:
         except ConcurrencyError:
             return "lost race"
         try:
-            return self._run_steps(run, node, late=now - item.due if item.due else 0.0)
+            return self._run_steps(run, node, late=now - item.due if item.due else 0.0, seen=seen)
         except Exception as exc:
             self._release_after_crash(node, exc, final_attempt=final_attempt)
             raise
 
-    def _run_steps(self, run: Run, node: NodeWork, *, late: float = 0.0) -> str:
+    def _run_steps(self, run: Run, node: NodeWork, *, late: float = 0.0, seen: Node | None = None) -> str:
         cluster = self.deps.config.cluster(run.cluster)
         pool = cluster.pool(node.pool)
         kube = self.deps.kube(run.cluster)
@@ -822,6 +833,7 @@ class Workflow:
                 now=self.deps.clock.now(),
                 wake=woken.start,
                 late=late,
+                seen=seen,
             )
             try:
                 result = self._guarded(ctx)
@@ -988,19 +1000,19 @@ class _Beside:
         self.futures: list[Any] = []
         self.pool: Any = None
 
-    def start(self, item: WorkItem) -> None:
+    def start(self, item: WorkItem, seen: Node | None = None) -> None:
         import concurrent.futures
 
         if self.pool is None:
             self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.threads)
-        self.futures.append(self.pool.submit(self._step, item))
+        self.futures.append(self.pool.submit(self._step, item, seen))
 
-    def _step(self, item: WorkItem) -> bool:
+    def _step(self, item: WorkItem, seen: Node | None) -> bool:
         workflow = Workflow(self.deps, admits=not self.called)
         # Started by a carry-on already: a node that ends at once here must not start more.
         workflow._carried_on = not self.called
         try:
-            outcome = workflow.step(item, called=self.called)
+            outcome = workflow.step(item, called=self.called, seen=seen)
         except Exception:
             logger.exception("step of %s %s failed", item.node, self.how)
             if self.called:
