@@ -26,6 +26,11 @@ from shared.kube_objects import KubeObject
 logger = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = (5, 30)
+# Connections kept per API server. The client's default (5 per CPU) is below the threads a
+# worker calls the server from at once (the host's pool, a batch leader's calls and its
+# watches); past it, urllib3 discards each connection it cannot keep, and the next request
+# opens another with a fresh TLS handshake on both ends.
+CONNECTIONS = 32
 ANNOTATION_RUN = f"{PRODUCT_PREFIX}/run"
 ANNOTATION_STATE = f"{PRODUCT_PREFIX}/state"
 ANNOTATION_CORDONED = f"{PRODUCT_PREFIX}/cordoned-by"
@@ -154,6 +159,13 @@ def translate(exc: Exception, what: str) -> Exception:
     return TemporaryError(f"{what}: {exc.__class__.__name__}: {exc}")
 
 
+def _api_client(configuration: Any) -> Any:
+    from kubernetes import client
+
+    configuration.connection_pool_maxsize = CONNECTIONS
+    return client.ApiClient(configuration)
+
+
 class KubeClient:
     """A cluster, as the workflow needs it. Built from a kubeconfig (text or path)."""
 
@@ -181,7 +193,7 @@ class KubeClient:
         loader = config.kube_config.KubeConfigLoader(config_dict=yaml.safe_load(text))
         loader.load_and_set(configuration)
         _set_proxy(configuration, proxy, no_proxy)
-        return cls(client.ApiClient(configuration))
+        return cls(_api_client(configuration))
 
     @classmethod
     def from_azure_ad(
@@ -222,7 +234,7 @@ class KubeClient:
         configuration.api_key_prefix["authorization"] = "Bearer"
         configuration.refresh_api_key_hook = refresh  # type: ignore[assignment]
         _set_proxy(configuration, proxy, no_proxy)
-        return cls(client.ApiClient(configuration))
+        return cls(_api_client(configuration))
 
     @property
     def custom(self) -> Any:

@@ -161,3 +161,29 @@ def test_wait_for_nodes_yields_each_node_as_it_turns_ready(cluster: Cluster, kub
     ]
     assert got == names[:2]
     assert time.monotonic() - started < 1.5
+
+
+def test_a_worker_keeps_a_connection_for_each_of_its_concurrent_calls(
+    cluster: Cluster,  # noqa: F811
+    kube: KubeClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A batch leader's watches and its peers' calls run at once; any connection the pool
+    # cannot keep afterwards costs a new TLS handshake on the next request.
+    node = unique("node")
+    add_node(cluster.store, node)
+    at_once = 24
+    ready = threading.Barrier(at_once)
+
+    def watch() -> None:
+        ready.wait()
+        kube.wait_for_node(node, lambda seen: False, timeout=1.0)
+
+    caplog.set_level("WARNING", logger="urllib3.connectionpool")
+    threads = [threading.Thread(target=watch) for _ in range(at_once)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    discarded = [r.getMessage() for r in caplog.records if "pool is full" in r.getMessage()]
+    assert discarded == []
