@@ -42,6 +42,9 @@ IMAGE_V1 = "2026.11.01"
 GALLERY = "sandboxgallery"
 KUBERNETES_VERSION = "1.31.4"  # what the sandbox API server and kubelets report
 DEFAULT_POOLS = "linux:linux:6,win:windows:3"
+# Platform settings the deployment sets (infra/app/functionapp.bicep), so that the runners
+# run the app as Azure would.
+DEPLOYED_SETTINGS = {"PYTHON_THREADPOOL_THREAD_COUNT": "16"}
 # The fleet repository the sandbox's Flux objects track (the GitOps webhook).
 GITOPS_REPO_URL = "https://github.com/Octocoders/fleet-gitops.git"
 GITOPS_BRANCH = "main"
@@ -319,6 +322,7 @@ class Sandbox:
             # Trust the sandbox CA, as a private-cloud deployment would trust its own.
             "REQUESTS_CA_BUNDLE": str(self.tls.ca_path),
             "GITHUB_WEBHOOK_SECRET": self.github_webhook_secret,
+            **DEPLOYED_SETTINGS,
             **self.options.extra_settings,
         }
 

@@ -137,6 +137,14 @@ var baseAppSettings = [
     name: 'PATCHER_RUNS_TABLE'
     value: runsTableName
   }
+  {
+    // Invocations wait in place on I/O (drain and boot watches, a reimage's last polls).
+    // The worker's default, CPUs + 4, is below the queue messages the host holds at once
+    // (host.json batchSize + newBatchThreshold), which would then wait for a thread while
+    // their visibility timeout runs out.
+    name: 'PYTHON_THREADPOOL_THREAD_COUNT'
+    value: '16'
+  }
 ]
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {

@@ -207,6 +207,7 @@ PLATFORM_SETTINGS = {
     "AzureWebJobsStorage__credential": "the Functions host: use the managed identity for host storage",
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "the Functions host and the Python worker: telemetry target",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "the Functions host: Entra-authenticated telemetry",
+    "PYTHON_THREADPOOL_THREAD_COUNT": "the Python worker: threads that run the app's (sync) invocations",
 }
 
 # App settings Flex Consumption refuses (the runtime is functionAppConfig.runtime instead).
@@ -478,6 +479,16 @@ def test_every_setting_the_bicep_sets_is_read_by_the_code_or_the_platform() -> N
         if name not in read and name not in PLATFORM_SETTINGS and name.split("__")[0] not in connections
     ]
     assert not unread, f"settings nothing reads (renamed or removed in the code?): {unread}"
+
+
+def test_every_queue_message_the_host_holds_has_a_thread_to_run_on() -> None:
+    from sandbox.stack import DEPLOYED_SETTINGS
+
+    queues = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))["extensions"]["queues"]
+    held = queues["batchSize"] + queues.get("newBatchThreshold", queues["batchSize"] // 2)
+    threads = int(_app_settings().literal["PYTHON_THREADPOOL_THREAD_COUNT"])
+    assert held <= threads <= 32, f"{threads} threads for {held} messages (the worker allows 1-32)"
+    assert DEPLOYED_SETTINGS["PYTHON_THREADPOOL_THREAD_COUNT"] == str(threads), "the sandbox runs as deployed"
 
 
 def test_no_account_key_or_connection_string_reaches_the_app() -> None:
