@@ -7,6 +7,7 @@ bundle, durations in the configuration file).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from functools import lru_cache
@@ -18,25 +19,36 @@ from shared.errors import ConfigError
 from shared.settings import AppSettings, azure_credential
 from shared.workflow import Collaborators
 
-_lock = threading.Lock()
-
 
 @lru_cache(maxsize=1)
 def settings() -> AppSettings:
     return AppSettings.from_env()
 
 
+logger = logging.getLogger(__name__)
+
+
 class _ClientCache:
-    """Clients are expensive to build (TLS, token caches): keep one per cluster/subscription."""
+    """Clients are expensive to build (TLS, token caches): keep one per cluster/subscription.
+
+    The first of each kind also imports its SDK, which takes a cold worker a second or
+    more. Each kind is built under its own lock, and a client built already is handed out
+    without one: otherwise every step of a first wave waits, before its first call, for
+    whichever step is importing the Compute SDK."""
 
     def __init__(self, app_settings: AppSettings, config: Any) -> None:
         self._settings = app_settings
         self._config = config
         self._kube: dict[str, Any] = {}
         self._compute: dict[str, Any] = {}
+        self._kube_lock = threading.Lock()
+        self._compute_lock = threading.Lock()
 
     def kube(self, cluster: str) -> Any:
-        with _lock:
+        built = self._kube.get(cluster)
+        if built is not None:
+            return built
+        with self._kube_lock:
             if cluster not in self._kube:
                 from shared.kube import KubeClient
 
@@ -66,7 +78,10 @@ class _ClientCache:
             return self._kube[cluster]
 
     def compute(self, subscription: str) -> Any:
-        with _lock:
+        built = self._compute.get(subscription)
+        if built is not None:
+            return built
+        with self._compute_lock:
             if subscription not in self._compute:
                 from shared.compute import ComputeClient
 
@@ -77,6 +92,21 @@ class _ClientCache:
                     credential=azure_credential(),
                 )
             return self._compute[subscription]
+
+    def warm(self) -> None:
+        """Build every client the configuration names, ahead of use: a cold worker's first
+        reimage then finds the Compute SDK loaded instead of loading it while a wave's
+        first steps wait for the same CPU. Errors are left to the step that needs the
+        client, which reports them."""
+        subscriptions = sorted({p.scale_set["subscription"] for c in self._config.clusters for p in c.pools})
+        builds = [(self.kube, c.name) for c in self._config.clusters] + [
+            (self.compute, s) for s in subscriptions
+        ]
+        for build, key in builds:
+            try:
+                build(key)
+            except Exception:
+                logger.debug("client for %s not built ahead of use", key, exc_info=True)
 
 
 _override: Collaborators | None = None
@@ -100,6 +130,7 @@ def _real_collaborators() -> Collaborators:
     app_settings = settings()
     config = load_config(app_settings.config_path)
     cache = _ClientCache(app_settings, config)
+    threading.Thread(target=cache.warm, name="warm-clients", daemon=True).start()
     return Collaborators(
         store=TableRunStore.from_settings(app_settings),
         queue=StorageWorkQueue.from_settings(app_settings),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from shared.kube import KubeClient
 
@@ -71,3 +74,69 @@ def test_a_cluster_proxy_is_set_on_the_kubernetes_client() -> None:
     assert conf.host == "https://10.0.0.1:443"
     plain = KubeClient.from_kubeconfig(KUBECONFIG)
     assert plain._api_client.configuration.proxy is None
+
+
+def test_a_cold_workers_steps_get_their_cluster_while_the_compute_sdk_is_still_loading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first reimage of a cold worker builds its Compute client (importing the SDK,
+    # a second or more); the other steps of a first wave must not queue up behind it.
+    import shared.compute
+    from shared.app import _ClientCache
+    from shared.config import parse_config
+    from shared.settings import AppSettings
+    from tests.harness import config_dict
+
+    building, finish = threading.Event(), threading.Event()
+
+    class SlowComputeClient:
+        def __init__(self, subscription: str, **_: object) -> None:
+            building.set()
+            finish.wait(10)
+
+    monkeypatch.setattr(shared.compute, "ComputeClient", SlowComputeClient)
+    monkeypatch.setattr("shared.app.azure_credential", lambda: None)
+    monkeypatch.setenv("KUBECONFIG_TEST", KUBECONFIG)
+    cache = _ClientCache(AppSettings(config_path="unused"), parse_config(config_dict({"linux": 1})))
+    first = threading.Thread(target=cache.compute, args=("sub",))
+    first.start()
+    assert building.wait(5)
+    try:
+        got: list[KubeClient] = []
+        other = threading.Thread(target=lambda: got.append(cache.kube("test")))
+        other.start()
+        other.join(5)
+        assert got and isinstance(got[0], KubeClient), "the cluster's client waited for the Compute SDK"
+        assert cache.kube("test") is got[0]
+    finally:
+        finish.set()
+        first.join(5)
+    assert isinstance(cache.compute("sub"), SlowComputeClient)
+
+
+def test_warming_builds_each_configured_client_and_leaves_errors_to_the_step_that_needs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shared.compute
+    from shared.app import _ClientCache
+    from shared.config import parse_config
+    from shared.settings import AppSettings
+    from tests.harness import config_dict
+
+    built: list[str] = []
+
+    class ComputeClient:
+        def __init__(self, subscription: str, **_: object) -> None:
+            built.append(subscription)
+
+    monkeypatch.setattr(shared.compute, "ComputeClient", ComputeClient)
+    monkeypatch.setattr("shared.app.azure_credential", lambda: None)
+    monkeypatch.delenv("KUBECONFIG_TEST", raising=False)  # this cluster cannot be reached yet
+    config = parse_config(config_dict({"linux": 1, "win": 1}))
+    cache = _ClientCache(AppSettings(config_path="unused"), config)
+    cache.warm()
+    subscription = config.clusters[0].pools[0].scale_set["subscription"]
+    assert built == [subscription], "one Compute client per subscription, built despite the cluster's error"
+    assert cache.compute(subscription) is not None and built == [subscription]
+    with pytest.raises(Exception, match="KUBECONFIG_TEST"):
+        cache.kube("test")
