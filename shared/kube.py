@@ -31,6 +31,10 @@ REQUEST_TIMEOUT = (5, 30)
 # watches); past it, urllib3 discards each connection it cannot keep, and the next request
 # opens another with a fresh TLS handshake on both ends.
 CONNECTIONS = 32
+# A drain looks at its node's pods up to three times within seconds, and a wave drains many
+# nodes running the same DaemonSets: a DaemonSet seen this recently is taken to be there
+# still. kubectl drain gets it once per drain, and it too can vanish right after that.
+DAEMONSET_SEEN_FOR = 10.0
 ANNOTATION_RUN = f"{PRODUCT_PREFIX}/run"
 ANNOTATION_STATE = f"{PRODUCT_PREFIX}/state"
 ANNOTATION_CORDONED = f"{PRODUCT_PREFIX}/cordoned-by"
@@ -173,6 +177,7 @@ class KubeClient:
         from kubernetes import client
 
         self._api_client = api_client
+        self._daemonsets_seen: dict[tuple[str, str], float] = {}
         self._core = client.CoreV1Api(api_client)
         self._apps = client.AppsV1Api(api_client)
         self._policy = client.PolicyV1Api(api_client)
@@ -484,13 +489,18 @@ class KubeClient:
             resp.release_conn()
 
     def daemonset_exists(self, namespace: str, name: str) -> bool:
+        seen = self._daemonsets_seen.get((namespace, name))
+        if seen is not None and time.monotonic() - seen < DAEMONSET_SEEN_FOR:
+            return True
         try:
             self._json(
                 f"get daemonset {namespace}/{name}", self._apps.read_namespaced_daemon_set, name, namespace
             )
-            return True
         except NotFoundError:
+            self._daemonsets_seen.pop((namespace, name), None)
             return False
+        self._daemonsets_seen[(namespace, name)] = time.monotonic()
+        return True
 
     def list_pdbs(self, namespace: str) -> list[dict[str, Any]]:
         data = self._json(
