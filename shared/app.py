@@ -19,13 +19,12 @@ from shared.errors import ConfigError
 from shared.settings import AppSettings, azure_credential
 from shared.workflow import Collaborators
 
+logger = logging.getLogger(__name__)
+
 
 @lru_cache(maxsize=1)
 def settings() -> AppSettings:
     return AppSettings.from_env()
-
-
-logger = logging.getLogger(__name__)
 
 
 class _ClientCache:

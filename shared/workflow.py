@@ -823,6 +823,7 @@ class Workflow:
         outcome, ended = "", 0
         woken = _Beside(self.deps, called=True)
         for _ in range(MAX_CHAINED_STEPS):
+            looks_at_node = node.state == NodeState.BOOTING
             ctx = StepContext(
                 run=run,
                 node=node,
@@ -839,6 +840,8 @@ class Workflow:
                 result = self._guarded(ctx)
             finally:
                 ended += woken.finish()
+            if looks_at_node:
+                seen = None  # the watch's view serves one look, not a later one
             outcome = self._apply(ctx, result)
             if node.state.terminal or result.state is None or result.delay > 0:
                 break
