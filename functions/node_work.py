@@ -18,12 +18,13 @@ MAX_DEQUEUE_COUNT = int(os.environ.get("PATCHER_MAX_DEQUEUE_COUNT", "5"))
 @bp.function_name("node_work")
 @bp.queue_trigger(arg_name="msg", queue_name="node-work", connection="AzureWebJobsStorage")
 def node_work(msg: func.QueueMessage) -> None:
-    from shared.app import collaborators
+    from shared.app import collaborators, warm_clients
     from shared.errors import ValidationError
     from shared.workflow import Workflow
     from shared.workqueue import WorkItem
 
     deps = collaborators()
+    warm_clients()
     body = msg.get_body().decode("utf-8", errors="replace")
     try:
         item = WorkItem.parse(body)

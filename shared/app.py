@@ -37,7 +37,7 @@ class _ClientCache:
 
     def __init__(self, app_settings: AppSettings, config: Any) -> None:
         self._settings = app_settings
-        self._config = config
+        self.config = config
         self._kube: dict[str, Any] = {}
         self._compute: dict[str, Any] = {}
         self._kube_lock = threading.Lock()
@@ -51,7 +51,7 @@ class _ClientCache:
             if cluster not in self._kube:
                 from shared.kube import KubeClient
 
-                spec = self._config.cluster(cluster)
+                spec = self.config.cluster(cluster)
                 proxy = spec.proxy.https if spec.proxy else None
                 no_proxy = spec.proxy.no_proxy if spec.proxy else []
                 if spec.azure_ad is not None:
@@ -97,8 +97,8 @@ class _ClientCache:
         reimage then finds the Compute SDK loaded instead of loading it while a wave's
         first steps wait for the same CPU. Errors are left to the step that needs the
         client, which reports them."""
-        subscriptions = sorted({p.scale_set["subscription"] for c in self._config.clusters for p in c.pools})
-        builds = [(self.kube, c.name) for c in self._config.clusters] + [
+        subscriptions = sorted({p.scale_set["subscription"] for c in self.config.clusters for p in c.pools})
+        builds = [(self.kube, c.name) for c in self.config.clusters] + [
             (self.compute, s) for s in subscriptions
         ]
         for build, key in builds:
@@ -126,18 +126,30 @@ def _real_collaborators() -> Collaborators:
     from shared.store.table import TableRunStore
     from shared.workqueue import StorageWorkQueue
 
-    app_settings = settings()
-    config = load_config(app_settings.config_path)
-    cache = _ClientCache(app_settings, config)
-    threading.Thread(target=cache.warm, name="warm-clients", daemon=True).start()
+    app_settings, cache = settings(), _client_cache()
     return Collaborators(
         store=TableRunStore.from_settings(app_settings),
         queue=StorageWorkQueue.from_settings(app_settings),
         clock=SystemClock(),
-        config=config,
+        config=cache.config,
         kube=cache.kube,
         compute=cache.compute,
     )
+
+
+@lru_cache(maxsize=1)
+def _client_cache() -> _ClientCache:
+    app_settings = settings()
+    return _ClientCache(app_settings, load_config(app_settings.config_path))
+
+
+@lru_cache(maxsize=1)
+def warm_clients() -> None:
+    """Start building the clients a node worker will need, once per process and off the
+    invocation that asks. Only the node work trigger does: an instance that serves only
+    webhooks never needs the Compute SDK."""
+    if _override is None:
+        threading.Thread(target=_client_cache().warm, name="warm-clients", daemon=True).start()
 
 
 @lru_cache(maxsize=1)

@@ -788,8 +788,7 @@ class Workflow:
         try:
             node = store.get_node(item.run, item.node)
         except NotFoundError as exc:
-            logger.warning("dropping work item for %s/%s: %s", item.run, item.node, exc)
-            return "unknown"
+            return _unknown(item, exc)
         waiting_for_call = called and node.state in (NodeState.REIMAGING, NodeState.BOOTING)
         if node.seq != item.seq and not waiting_for_call:
             return "stale"
@@ -800,8 +799,7 @@ class Workflow:
         try:
             run = store.get_run(item.run)
         except NotFoundError as exc:
-            logger.warning("dropping work item for %s/%s: %s", item.run, item.node, exc)
-            return "unknown"
+            return _unknown(item, exc)
         node.lease_owner, node.lease_until = (
             self.worker_id,
             now + self.deps.config.workflow.lease_duration.total_seconds(),
@@ -979,6 +977,11 @@ class Workflow:
 
     def admit(self, run_id: str) -> str:
         return Admission(self.deps).admit(run_id)
+
+
+def _unknown(item: WorkItem, exc: NotFoundError) -> str:
+    logger.warning("dropping work item for %s/%s: %s", item.run, item.node, exc)
+    return "unknown"
 
 
 # Peers' steps a batch leader runs at once; each is a few API calls, mostly waiting on I/O.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,17 +77,24 @@ def test_a_cluster_proxy_is_set_on_the_kubernetes_client() -> None:
     assert plain._api_client.configuration.proxy is None
 
 
-def test_a_cold_workers_steps_get_their_cluster_while_the_compute_sdk_is_still_loading(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The first reimage of a cold worker builds its Compute client (importing the SDK,
-    # a second or more); the other steps of a first wave must not queue up behind it.
+def _client_cache(monkeypatch: pytest.MonkeyPatch, compute_client: type, pools: dict[str, int]) -> Any:
+    """The app's client cache for a test cluster, building ``compute_client`` for Compute."""
     import shared.compute
     from shared.app import _ClientCache
     from shared.config import parse_config
     from shared.settings import AppSettings
     from tests.harness import config_dict
 
+    monkeypatch.setattr(shared.compute, "ComputeClient", compute_client)
+    monkeypatch.setattr("shared.app.azure_credential", lambda: None)
+    return _ClientCache(AppSettings(config_path="unused"), parse_config(config_dict(pools)))
+
+
+def test_a_cold_workers_steps_get_their_cluster_while_the_compute_sdk_is_still_loading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first reimage of a cold worker builds its Compute client (importing the SDK,
+    # a second or more); the other steps of a first wave must not queue up behind it.
     building, finish = threading.Event(), threading.Event()
 
     class SlowComputeClient:
@@ -94,10 +102,8 @@ def test_a_cold_workers_steps_get_their_cluster_while_the_compute_sdk_is_still_l
             building.set()
             finish.wait(10)
 
-    monkeypatch.setattr(shared.compute, "ComputeClient", SlowComputeClient)
-    monkeypatch.setattr("shared.app.azure_credential", lambda: None)
     monkeypatch.setenv("KUBECONFIG_TEST", KUBECONFIG)
-    cache = _ClientCache(AppSettings(config_path="unused"), parse_config(config_dict({"linux": 1})))
+    cache = _client_cache(monkeypatch, SlowComputeClient, {"linux": 1})
     first = threading.Thread(target=cache.compute, args=("sub",))
     first.start()
     assert building.wait(5)
@@ -117,25 +123,16 @@ def test_a_cold_workers_steps_get_their_cluster_while_the_compute_sdk_is_still_l
 def test_warming_builds_each_configured_client_and_leaves_errors_to_the_step_that_needs_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import shared.compute
-    from shared.app import _ClientCache
-    from shared.config import parse_config
-    from shared.settings import AppSettings
-    from tests.harness import config_dict
-
     built: list[str] = []
 
     class ComputeClient:
         def __init__(self, subscription: str, **_: object) -> None:
             built.append(subscription)
 
-    monkeypatch.setattr(shared.compute, "ComputeClient", ComputeClient)
-    monkeypatch.setattr("shared.app.azure_credential", lambda: None)
     monkeypatch.delenv("KUBECONFIG_TEST", raising=False)  # this cluster cannot be reached yet
-    config = parse_config(config_dict({"linux": 1, "win": 1}))
-    cache = _ClientCache(AppSettings(config_path="unused"), config)
+    cache = _client_cache(monkeypatch, ComputeClient, {"linux": 1, "win": 1})
     cache.warm()
-    subscription = config.clusters[0].pools[0].scale_set["subscription"]
+    subscription = cache.config.clusters[0].pools[0].scale_set["subscription"]
     assert built == [subscription], "one Compute client per subscription, built despite the cluster's error"
     assert cache.compute(subscription) is not None and built == [subscription]
     with pytest.raises(Exception, match="KUBECONFIG_TEST"):

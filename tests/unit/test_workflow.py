@@ -501,7 +501,6 @@ def test_the_pacer_keeps_one_sample_per_batch_and_a_bounded_window() -> None:
 
 @pytest.mark.parametrize("tokens", [2.0, None])
 def test_nodes_ready_together_share_one_write_when_writes_are_scarce(tokens: float | None) -> None:
-
     h = Harness({"linux": 3}, nodes_per_pool=3)
     run_id = h.start()
     first, *others = _admitted_steps(h)
@@ -540,7 +539,6 @@ def _admitted_steps(h: Harness) -> list[WorkItem]:
 
 
 def test_the_batch_leader_follows_the_operation_and_wakes_the_others_when_it_ends() -> None:
-
     h = Harness({"linux": 3}, nodes_per_pool=3, reimage_seconds=60)
     run_id = h.start()
     _one_batch_of_three(h, run_id, boot=None)
@@ -559,7 +557,6 @@ def test_the_batch_leader_follows_the_operation_and_wakes_the_others_when_it_end
 def _one_batch_of_three(h: Harness, run_id: str, *, boot: float | None) -> None:
     """Drive the three admitted nodes into one batch (writes scarce, so the first gathers),
     with a reimage of 60 s (and a boot of ``boot``) observed on the scale set before."""
-
     first, *others = _admitted_steps(h)
     pacer = h.store.get_pacer(run_id, h.store.get_node(run_id, first.node).scale_set_id)
     pacer.tokens, pacer.updated = 2.0, h.clock.now()
@@ -667,7 +664,6 @@ def test_a_batch_node_looks_itself_when_the_leaders_call_does_not_come() -> None
 
 
 def test_more_nodes_coming_than_writes_in_hand_gather_and_stop_once_all_drained() -> None:
-
     h = Harness({"linux": 12}, nodes_per_pool=12, maxConcurrentNodes=12)
     run_id = h.start()
     first, *others = _admitted_steps(h)
@@ -684,7 +680,6 @@ def test_a_wave_refilling_its_slots_one_by_one_shares_writes_even_with_a_full_bu
     """Two nodes of the next wave are draining while twelve of the last one boot and twelve
     wait for their slots: fourteen will want a write within seconds, more than the bucket's
     ten, so the first one ready waits for the second rather than spending a write alone."""
-
     h = Harness({"linux": 14}, nodes_per_pool=26, maxConcurrentNodes=26)
     run_id = h.start()
     steps = _admitted_steps(h)
@@ -704,7 +699,6 @@ def test_a_wave_refilling_its_slots_one_by_one_shares_writes_even_with_a_full_bu
 def test_drained_nodes_in_another_workers_step_count_as_coming_not_ready() -> None:
     """Twelve drained nodes are mid-step on other workers (leased), so no claim can take
     them now: the first node ready must not count them as company and go alone."""
-
     h = Harness({"linux": 14}, nodes_per_pool=14, maxConcurrentNodes=14)
     run_id = h.start()
     first, second, *busy = _admitted_steps(h)
