@@ -16,6 +16,7 @@ from shared.clock import iso
 from shared.errors import ConcurrencyError, NotFoundError, ValidationError
 from shared.model import NodeState, NodeWork, Run, RunState
 from shared.planner import plan_run
+from shared.retry import retry_on_conflict
 from shared.workflow import Collaborators
 from shared.workqueue import WorkItem
 
@@ -159,35 +160,36 @@ class RunService:
         finished and uncordoned (a reimage cannot be stopped halfway)."""
         run = self._set_state(run_id, RunState.CANCELLED, "cancelled by operator")
         at = iso(self.deps.clock.now())
-        for _ in range(5):
+
+        def cancel_pending() -> None:
             pending = [n for n in self.deps.store.list_nodes(run_id) if n.state == NodeState.PENDING]
-            if not pending:
-                break
             for n in pending:
                 n.move_to(NodeState.CANCELLED, reason="run cancelled before the node started", at=at)
                 n.seq += 1
-            try:
-                for i in range(0, len(pending), 99):
-                    self.deps.store.commit(*pending[i : i + 99])
-            except ConcurrencyError:
-                continue
+            for i in range(0, len(pending), 99):
+                self.deps.store.commit(*pending[i : i + 99])
+
+        # Exhausted conflicts raise: the operator is told, and the run (already cancelled)
+        # stops admitting; a repeated cancel finishes the pending nodes.
+        retry_on_conflict(cancel_pending, sleep=self.deps.clock.sleep)
         self.deps.queue.send(WorkItem("admit", run.id))  # releases the cluster when nothing is in flight
         return run
 
     def _set_state(self, run_id: str, state: RunState, reason: str) -> Run:
-        for _ in range(10):
+        def change() -> Run:
             run = self.deps.store.get_run(run_id)
             if run.state == state:
                 return run
             if state not in _allowed(run.state):
                 raise ValidationError(f"run {run_id} is {run.state}; cannot become {state}")
             run.move_to(state, reason=reason, at=iso(self.deps.clock.now()))
-            try:
-                self.deps.store.commit(run)
-                return run
-            except ConcurrencyError:
-                continue
-        raise ConcurrencyError(f"run {run_id} kept changing; try again")
+            self.deps.store.commit(run)
+            return run
+
+        try:
+            return retry_on_conflict(change, attempts=10, sleep=self.deps.clock.sleep)
+        except ConcurrencyError:
+            raise ConcurrencyError(f"run {run_id} kept changing; try again") from None
 
 
 def _node_view(node: NodeWork, run: Run) -> dict[str, Any]:

@@ -1,0 +1,41 @@
+"""Optimistic writes that lost (an ETag or resourceVersion conflict): look again and retry.
+
+client-go's ``RetryOnConflict`` is the model: the caller's function reads fresh state,
+decides and writes; a ``ConcurrencyError`` means somebody wrote first, so it runs again
+after a short random pause, a bounded number of times. Exhausting the attempts raises
+the last conflict: a caller that falls out of its loop silently would leave its work
+half done with nobody told (a cancelled run whose pending nodes stay pending).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from shared.errors import ConcurrencyError
+
+T = TypeVar("T")
+
+DEFAULT_ATTEMPTS = 5
+
+
+def retry_on_conflict(
+    fn: Callable[[], T],
+    *,
+    attempts: int = DEFAULT_ATTEMPTS,
+    sleep: Callable[[float], None] | None = None,
+    max_pause: float = 0.2,
+) -> T:
+    """Run ``fn`` until it returns without a ``ConcurrencyError``; after ``attempts``
+    conflicts, raise the last one. ``sleep``: the injected clock's (no pause if None)."""
+    import tenacity
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(ConcurrencyError),
+        stop=tenacity.stop_after_attempt(attempts),
+        # Spread at random: writers that collided once would collide again in step.
+        wait=tenacity.wait_random_exponential(multiplier=max_pause / 10, max=max_pause),
+        sleep=sleep if sleep is not None else (lambda _s: None),
+        reraise=True,
+    )
+    return retrying(fn)
