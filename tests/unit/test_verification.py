@@ -77,3 +77,32 @@ def test_a_node_that_never_comes_up_fails_after_its_os_default_boot_timeout(pool
     reason, took = _failed_while_booting(h, run_id, f"{pool}-0")
     assert f"not verified within {minutes * 60}s" in reason and "node is not Ready" in reason
     assert minutes * 60 < took < minutes * 60 + 120, took
+
+
+def test_a_node_whose_work_item_goes_to_the_poison_queue_is_failed_with_an_event_and_annotation() -> None:
+    from shared.kube import ANNOTATION_STATE
+    from shared.workqueue import WorkItem
+
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    run_id = h.start()
+    h.queue.take()
+    h.workflow.handle(WorkItem("step", run_id, "linux-0", h.store.get_node(run_id, "linux-0").seq))
+    h.queue.take()
+    record = h.store.get_node(run_id, "linux-0")
+    assert record.state == NodeState.REIMAGING and record.cordoned_by_us, record.state
+
+    def broken(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("a bug in the step")
+
+    h.compute.poll = broken  # type: ignore[method-assign]
+    h.compute.get_instance = broken  # type: ignore[method-assign]
+    h.compute.get_model_image = broken  # type: ignore[method-assign]
+    h.kube.list_pods_on_node = broken  # type: ignore[method-assign]
+    item = WorkItem("step", run_id, "linux-0", h.store.get_node(run_id, "linux-0").seq)
+    h.clock.advance(120)
+    with pytest.raises(RuntimeError):
+        h.workflow.handle(item, final_attempt=True)
+    record = h.store.get_node(run_id, "linux-0")
+    assert record.state == NodeState.FAILED and "poison queue" in record.reason
+    assert h.kube.nodes["linux-0"]["metadata"]["annotations"][ANNOTATION_STATE] == "failed"
+    assert any(n == "linux-0" and r == "PatchFailed" and "poison" in m for n, r, m in h.kube.events)
