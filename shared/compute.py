@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
+from shared.settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +101,22 @@ def image_version(label: str) -> str:
 
 
 def translate_azure_error(exc: Exception, what: str) -> Exception:
-    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ServiceRequestError
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
 
     if isinstance(exc, ResourceNotFoundError):
         return NotFoundError(f"{what}: not found")
+    if isinstance(exc, ClientAuthenticationError) and exc.response is None:
+        # No answer from ARM: the credential could not get a token (the identity endpoint
+        # timed out, refused or answered 5xx for a moment). A 401 from ARM itself has a
+        # response and stays permanent below. The credential's text lists every credential
+        # it tried, so only the type is kept.
+        return TemporaryError(f"{what}: no token from the managed identity endpoint ({type(exc).__name__})")
     if isinstance(exc, HttpResponseError):
         status = exc.status_code or 0
         code = getattr(exc.error, "code", None) if exc.error else None
@@ -119,7 +132,9 @@ def translate_azure_error(exc: Exception, what: str) -> Exception:
         if status in (408, 429) or status >= 500:
             return TemporaryError(message, delay=retry_after)
         return PermanentError(message)
-    if isinstance(exc, ServiceRequestError):
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        # Could not connect, or connected and the answer did not come within the read
+        # timeout (ServiceResponseTimeoutError) or broke off.
         return TemporaryError(f"{what}: {exc.__class__.__name__}")
     return exc
 
@@ -127,17 +142,29 @@ def translate_azure_error(exc: Exception, what: str) -> Exception:
 class ComputeClient:
     """Scale-set operations for one subscription, through azure-mgmt-compute."""
 
-    def __init__(self, subscription_id: str, *, endpoint: str, audience: str, credential: Any) -> None:
+    def __init__(
+        self,
+        subscription_id: str,
+        *,
+        endpoint: str,
+        audience: str,
+        credential: Any,
+        connection_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+    ) -> None:
         from azure.mgmt.compute import ComputeManagementClient
 
         # The workflow retries through the queue (honouring Retry-After there), so the SDK
-        # must not sleep through throttling inside an invocation.
+        # must not sleep through throttling inside an invocation; nor wait for an answer
+        # longer than the timeouts (the SDK's default is 300 s each, beyond the lease).
         self._client = ComputeManagementClient(
             credential,
             subscription_id,
             base_url=endpoint,
             credential_scopes=[f"{audience.rstrip('/')}/.default"],
             retry_total=0,
+            connection_timeout=connection_timeout,
+            read_timeout=read_timeout,
         )
 
     def get_instance(self, ref: InstanceRef) -> Instance:

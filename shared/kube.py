@@ -173,10 +173,12 @@ def _api_client(configuration: Any) -> Any:
 class KubeClient:
     """A cluster, as the workflow needs it. Built from a kubeconfig (text or path)."""
 
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: Any, *, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
         from kubernetes import client
 
         self._api_client = api_client
+        # (connect, read) seconds of every request; a watch reads for its own duration.
+        self._timeout = timeout
         self._daemonsets_seen: dict[tuple[str, str], float] = {}
         self._core = client.CoreV1Api(api_client)
         self._apps = client.AppsV1Api(api_client)
@@ -185,7 +187,12 @@ class KubeClient:
 
     @classmethod
     def from_kubeconfig(
-        cls, kubeconfig: str, *, proxy: str | None = None, no_proxy: Sequence[str] = ()
+        cls,
+        kubeconfig: str,
+        *,
+        proxy: str | None = None,
+        no_proxy: Sequence[str] = (),
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> KubeClient:
         import yaml
         from kubernetes import client, config
@@ -198,7 +205,7 @@ class KubeClient:
         loader = config.kube_config.KubeConfigLoader(config_dict=yaml.safe_load(text))
         loader.load_and_set(configuration)
         _set_proxy(configuration, proxy, no_proxy)
-        return cls(_api_client(configuration))
+        return cls(_api_client(configuration), timeout=timeout)
 
     @classmethod
     def from_azure_ad(
@@ -210,6 +217,7 @@ class KubeClient:
         ca_pem: str | None = None,
         proxy: str | None = None,
         no_proxy: Sequence[str] = (),
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> KubeClient:
         """An AAD-integrated (AKS-style) API server: an Entra ID token for the AKS server
         application, refreshed before it expires, instead of a kubeconfig credential."""
@@ -239,7 +247,7 @@ class KubeClient:
         configuration.api_key_prefix["authorization"] = "Bearer"
         configuration.refresh_api_key_hook = refresh  # type: ignore[assignment]
         _set_proxy(configuration, proxy, no_proxy)
-        return cls(_api_client(configuration))
+        return cls(_api_client(configuration), timeout=timeout)
 
     @property
     def custom(self) -> Any:
@@ -247,7 +255,7 @@ class KubeClient:
 
     def _json(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            resp = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+            resp = fn(*args, _preload_content=False, _request_timeout=self._timeout, **kwargs)
         except Exception as exc:
             raise translate(exc, what) from exc
         data = resp.data
@@ -323,7 +331,7 @@ class KubeClient:
                 header_params={"Accept": accept},
                 auth_settings=["BearerToken"],
             )
-            resp = self._api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+            resp = self._api_client.call_api(*request, _request_timeout=self._timeout)
             resp.read()
             if not 200 <= resp.status <= 299:
                 raise ApiException.from_response(http_resp=resp, body=None, data=None)
@@ -470,7 +478,7 @@ class KubeClient:
                 timeout_seconds=max(1, math.ceil(timeout)),
                 allow_watch_bookmarks=True,
                 _preload_content=False,
-                _request_timeout=(REQUEST_TIMEOUT[0], timeout),
+                _request_timeout=(self._timeout[0], timeout),
                 **kwargs,
             )
         except Exception as exc:
@@ -524,7 +532,7 @@ class KubeClient:
                 pod.namespace,
                 body,  # type: ignore[arg-type]  # a dict body is sent as-is, like the models
                 _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
+                _request_timeout=self._timeout,
             )
             return EvictionResult(evicted=True)
         except ApiException as exc:
