@@ -35,6 +35,12 @@ CONNECTIONS = 32
 # nodes running the same DaemonSets: a DaemonSet seen this recently is taken to be there
 # still. kubectl drain gets it once per drain, and it too can vanish right after that.
 DAEMONSET_SEEN_FOR = 10.0
+# A watch that ends sooner than asked is established again after a back-off from
+# WATCH_BACKOFF_INITIAL, doubling up to WATCH_BACKOFF_MAX (one that lived longer than that
+# starts the back-off over). Ending within WATCH_END_SLACK of its deadline is on time.
+WATCH_BACKOFF_INITIAL = 0.2
+WATCH_BACKOFF_MAX = 2.0
+WATCH_END_SLACK = 0.05
 ANNOTATION_RUN = f"{PRODUCT_PREFIX}/run"
 ANNOTATION_STATE = f"{PRODUCT_PREFIX}/state"
 ANNOTATION_CORDONED = f"{PRODUCT_PREFIX}/cordoned-by"
@@ -122,6 +128,20 @@ class EvictionResult:
     retry_after: float | None = None
 
 
+def watch_backoff(attempt: int) -> float:
+    """Seconds before re-establishing a watch after its ``attempt``-th early end in a row:
+    tenacity's exponential strategy, with jitter so that many watches cut at once (a proxy
+    restarting) do not come back at once."""
+    import tenacity
+
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = max(1, attempt)
+    strategy = tenacity.wait_exponential(
+        multiplier=WATCH_BACKOFF_INITIAL, min=WATCH_BACKOFF_INITIAL, max=WATCH_BACKOFF_MAX
+    ) + tenacity.wait_random(0, WATCH_BACKOFF_INITIAL / 2)
+    return min(WATCH_BACKOFF_MAX, float(strategy(state)))
+
+
 def _set_proxy(configuration: Any, proxy: str | None, no_proxy: Sequence[str]) -> None:
     if proxy:
         configuration.proxy = proxy
@@ -179,6 +199,8 @@ class KubeClient:
         self._api_client = api_client
         # (connect, read) seconds of every request; a watch reads for its own duration.
         self._timeout = timeout
+        # Watches that ended before their time and were established again (see _watch).
+        self.watch_early_ends = 0
         self._daemonsets_seen: dict[tuple[str, str], float] = {}
         self._core = client.CoreV1Api(api_client)
         self._apps = client.AppsV1Api(api_client)
@@ -390,25 +412,32 @@ class KubeClient:
         step learns that the last pod went the moment it goes.
         """
         selector = f"spec.nodeName={node}"
-        data = self._json(
-            f"list pods on {node}", self._core.list_pod_for_all_namespaces, field_selector=selector
-        )
-        left = {str(item["metadata"].get("uid", "")) for item in data.get("items", [])} & set(uids)
-        if not left:
+        left = set(uids)
+
+        def look() -> str | None:
+            """List the node's pods: the resourceVersion to watch from, None if none is left."""
+            data = self._json(
+                f"list pods on {node}", self._core.list_pod_for_all_namespaces, field_selector=selector
+            )
+            left.intersection_update(str(item["metadata"].get("uid", "")) for item in data.get("items", []))
+            return str(data.get("metadata", {}).get("resourceVersion", "")) if left else None
+
+        version = look()
+        if version is None:
             return True
-        version = str(data.get("metadata", {}).get("resourceVersion", ""))
         for event in self._watch(
             f"watch pods on {node}",
             self._core.list_pod_for_all_namespaces,
             version,
             timeout,
+            relist=look,
             field_selector=selector,
         ):
             if event.get("type") == "DELETED":
                 left.discard(str(event.get("object", {}).get("metadata", {}).get("uid", "")))
                 if not left:
                     return True
-        return False
+        return not left
 
     def wait_for_node(self, name: str, done: Callable[[Node], bool], *, timeout: float) -> Node:
         """Watch one Node until ``done`` says so, at most ``timeout`` seconds; returns the
@@ -421,6 +450,9 @@ class KubeClient:
             self._core.list_node,
             node.resource_version,
             timeout,
+            # Too old to resume: a watch without a resourceVersion starts with the Node as
+            # it is now (a synthetic ADDED event).
+            relist=lambda: "",
             field_selector=f"metadata.name={name}",
         ):
             if event.get("type") in ("ADDED", "MODIFIED"):
@@ -449,6 +481,7 @@ class KubeClient:
             self._core.list_node,
             str((data.get("metadata") or {}).get("resourceVersion") or ""),
             timeout,
+            relist=lambda: "",  # as in wait_for_node: the Nodes as they are now, as ADDED events
             label_selector=label_selector,
         ):
             if event.get("type") in ("ADDED", "MODIFIED"):
@@ -460,41 +493,95 @@ class KubeClient:
                         return
 
     def _watch(
-        self, what: str, fn: Any, resource_version: str, timeout: float, **kwargs: Any
+        self,
+        what: str,
+        fn: Any,
+        resource_version: str,
+        timeout: float,
+        *,
+        relist: Callable[[], str | None] | None = None,
+        **kwargs: Any,
     ) -> Iterator[dict[str, Any]]:
-        """Watch events from ``resource_version`` until ``timeout``. Ends quietly when the
-        time is up or the server ends the watch (410 Gone included): callers look again
-        on their own, so a lost watch costs a step, never correctness."""
+        """Watch events from ``resource_version`` for ``timeout`` seconds.
+
+        A watch that ends sooner (the API server closing it, a proxy's idle timeout, a
+        dropped connection) is established again from the last resourceVersion seen, after
+        a back-off (tenacity's exponential strategy with jitter), and counted in
+        ``watch_early_ends``: an early end must neither end the wait (its caller would look
+        again at once, over and over) nor be retried without a pause. A watch whose
+        resourceVersion is too old (``ERROR``, 410 Gone) starts again from ``relist()``,
+        the caller's fresh list (None: the caller is done); without one the wait ends, and
+        the caller looks again on its own. Only the first request's failure raises."""
         from kubernetes.watch.watch import iter_resp_lines
 
         if timeout <= 0:
             return
         deadline = time.monotonic() + timeout
-        try:
-            resp = fn(
-                watch=True,
-                resource_version=resource_version,
-                # The server wants whole seconds; the read timeout ends sub-second waits.
-                timeout_seconds=max(1, math.ceil(timeout)),
-                allow_watch_bookmarks=True,
-                _preload_content=False,
-                _request_timeout=(self._timeout[0], timeout),
-                **kwargs,
+        version = resource_version
+        early = 0  # early ends in a row
+        first = True
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            started, expired = time.monotonic(), False
+            try:
+                resp = fn(
+                    watch=True,
+                    resource_version=version,
+                    # The server wants whole seconds; the read timeout ends sub-second waits.
+                    timeout_seconds=max(1, math.ceil(remaining)),
+                    allow_watch_bookmarks=True,
+                    _preload_content=False,
+                    _request_timeout=(self._timeout[0], remaining),
+                    **kwargs,
+                )
+            except Exception as exc:
+                if first:
+                    raise translate(exc, what) from exc
+                logger.info("%s could not be established again: %s", what, exc)
+                resp = None
+            first = False
+            if resp is not None:
+                try:
+                    for line in iter_resp_lines(resp):
+                        event = json.loads(line)
+                        if event.get("type") == "ERROR":
+                            expired = True
+                            break
+                        seen = ((event.get("object") or {}).get("metadata") or {}).get("resourceVersion")
+                        if seen:
+                            version = str(seen)
+                        yield event
+                        if time.monotonic() >= deadline:
+                            return
+                except Exception as exc:  # the read timeout (the wait is over), or the stream broke
+                    logger.debug("%s ended: %s", what, exc)
+                finally:
+                    resp.release_conn()
+            now = time.monotonic()
+            if deadline - now <= WATCH_END_SLACK:
+                return  # it ran its course
+            if expired:
+                if relist is None:
+                    return
+                fresh = relist()
+                if fresh is None:
+                    return
+                version = fresh
+            early = early + 1 if now - started < WATCH_BACKOFF_MAX else 1
+            self.watch_early_ends += 1
+            pause = min(watch_backoff(early), deadline - now)
+            logger.info(
+                "%s ended early, after %.1f s with %.1f s to go (%d early ends by this client); "
+                "watching again in %.2f s",
+                what,
+                now - started,
+                deadline - now,
+                self.watch_early_ends,
+                pause,
             )
-        except Exception as exc:
-            raise translate(exc, what) from exc
-        try:
-            for line in iter_resp_lines(resp):
-                event = json.loads(line)
-                if event.get("type") == "ERROR":
-                    return
-                yield event
-                if time.monotonic() >= deadline:
-                    return
-        except Exception as exc:  # the read timeout, or the server closing: both end the wait
-            logger.debug("%s ended: %s", what, exc)
-        finally:
-            resp.release_conn()
+            time.sleep(pause)
 
     def daemonset_exists(self, namespace: str, name: str) -> bool:
         seen = self._daemonsets_seen.get((namespace, name))
