@@ -75,9 +75,13 @@ class _ClientCache:
                     if not value:
                         setting = spec.kubeconfig.setting
                         raise ConfigError(f"app setting {setting} (kubeconfig of cluster {cluster}) is empty")
-                    self._kube[cluster] = KubeClient.from_kubeconfig(
-                        value, proxy=proxy, no_proxy=no_proxy, timeout=self._timeout
-                    )
+                    try:
+                        self._kube[cluster] = KubeClient.from_kubeconfig(
+                            value, proxy=proxy, no_proxy=no_proxy, timeout=self._timeout
+                        )
+                    except ConfigError as exc:  # its message never holds the setting's value
+                        setting = spec.kubeconfig.setting
+                        raise ConfigError(f"app setting {setting} (cluster {cluster}): {exc}") from None
             return self._kube[cluster]
 
     def compute(self, subscription: str) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 from shared import PRODUCT_PREFIX
 from shared.clock import iso
 from shared.drain import Pod
-from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
+from shared.errors import ConcurrencyError, ConfigError, NotFoundError, PermanentError, TemporaryError
 from shared.kube_objects import KubeObject
 
 logger = logging.getLogger(__name__)
@@ -142,6 +142,81 @@ def watch_backoff(attempt: int) -> float:
     return min(WATCH_BACKOFF_MAX, float(strategy(state)))
 
 
+def load_kubeconfig(kubeconfig: str, configuration: Any) -> None:
+    """Set ``configuration`` from a kubeconfig (its text, or the path of a file holding it).
+
+    A kubeconfig holds credentials, so no error names any part of it: a value pasted whole
+    (base64-encoded, say) would otherwise be echoed into logs, the node record and
+    ``GET /api/runs``. Errors are ``ConfigError`` saying what is wrong in general terms
+    (YAML line and column, the library's complaint with the document's values taken out),
+    raised without the original exception chained to them."""
+    import yaml
+    from kubernetes import config
+
+    text = kubeconfig
+    if "\n" not in kubeconfig.strip() and not kubeconfig.lstrip().startswith(("{", "apiVersion")):
+        # One line: the path of a file (a kubeconfig's text has several lines).
+        try:
+            with open(kubeconfig.strip(), encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, ValueError) as exc:
+            hint = " (it looks base64-encoded: store the decoded text)" if _looks_base64(kubeconfig) else ""
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(
+                f"kubeconfig is one line and names no readable file ({reason}); it must be the "
+                f"kubeconfig's YAML text or the path of a file holding it{hint}"
+            ) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"kubeconfig is not valid YAML{where}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(
+            f"kubeconfig is not a kubeconfig: its YAML is a {type(document).__name__}, not a mapping"
+        )
+    try:
+        config.kube_config.KubeConfigLoader(config_dict=document).load_and_set(configuration)
+    except config.ConfigException as exc:
+        raise ConfigError(f"kubeconfig is not usable: {_without_values(str(exc), text, document)}") from None
+    except Exception as exc:  # a field of the wrong type, undecodable certificate data, ...
+        raise ConfigError(f"kubeconfig is not usable ({type(exc).__name__})") from None
+
+
+def _looks_base64(value: str) -> bool:
+    import base64
+    import binascii
+
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return b"apiVersion" in decoded or b"clusters" in decoded
+
+
+def _without_values(message: str, text: str, document: Any) -> str:
+    """``message`` with every scalar value of ``document`` (and the text itself) taken out:
+    kubernetes' complaints name objects ("Expected object with name X in contexts list")."""
+    values: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif node is not None and not isinstance(node, bool):
+            values.add(str(node))
+
+    walk(document)
+    for value in sorted(values | {text.strip()}, key=len, reverse=True):
+        if len(value) >= 3:
+            message = message.replace(value, "…")
+    return message
+
+
 def _set_proxy(configuration: Any, proxy: str | None, no_proxy: Sequence[str]) -> None:
     if proxy:
         configuration.proxy = proxy
@@ -216,16 +291,10 @@ class KubeClient:
         no_proxy: Sequence[str] = (),
         timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> KubeClient:
-        import yaml
-        from kubernetes import client, config
+        from kubernetes import client
 
-        text = kubeconfig
-        if "\n" not in kubeconfig and not kubeconfig.lstrip().startswith(("{", "apiVersion")):
-            with open(kubeconfig, encoding="utf-8") as fh:
-                text = fh.read()
         configuration = client.Configuration()
-        loader = config.kube_config.KubeConfigLoader(config_dict=yaml.safe_load(text))
-        loader.load_and_set(configuration)
+        load_kubeconfig(kubeconfig, configuration)
         _set_proxy(configuration, proxy, no_proxy)
         return cls(_api_client(configuration), timeout=timeout)
 
