@@ -15,6 +15,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -53,6 +54,9 @@ CREDENTIAL_ENV = [
     "MSI_SECRET",
     "IMDS_ENDPOINT",
     "IDENTITY_SERVER_THUMBPRINT",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
 ]
 
 
@@ -339,3 +343,56 @@ def test_a_token_arm_refuses_stays_a_permanent_error(identity: ArmServer) -> Non
     # ARM answered (401): that is no hiccup of the identity endpoint.
     error, _ = timed(lambda: compute(settings(), identity.url, StaticCredential()).get_instance(REF))
     assert isinstance(error, PermanentError), error
+
+
+class Imds:
+    """The instance metadata service's token endpoint (a VM's managed identity), answering
+    every request with ``status``: azure-identity reaches it at
+    AZURE_POD_IDENTITY_AUTHORITY_HOST instead of 169.254.169.254."""
+
+    def __init__(self, status: int) -> None:
+        requests: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                requests.append(self.path)
+                body = b'{"error": "temporarily_unavailable"}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.requests = requests
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_an_imds_token_endpoint_answering_5xx_is_a_temporary_error(
+    arm: ArmServer, trust: None, monkeypatch: pytest.MonkeyPatch, status: int
+) -> None:
+    imds = Imds(status)
+    for name in CREDENTIAL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.url)
+    monkeypatch.setenv("PATCHER_CONNECT_TIMEOUT", str(CONNECT))
+    monkeypatch.setenv("PATCHER_READ_TIMEOUT", str(READ))
+    azure_credential.cache_clear()
+    try:
+        client = compute(settings(), arm.url, azure_credential())
+        error, took = timed(lambda: client.get_instance(REF))
+    finally:
+        azure_credential.cache_clear()
+        imds.close()
+    assert imds.requests and imds.requests[0].startswith("/metadata/identity/oauth2/token")
+    assert isinstance(error, TemporaryError), error
+    assert took < BOUND
