@@ -260,8 +260,13 @@ def translate(exc: Exception, what: str) -> Exception:
 
 def _api_client(configuration: Any) -> Any:
     from kubernetes import client
+    from urllib3.util.retry import Retry
 
     configuration.connection_pool_maxsize = CONNECTIONS
+    # urllib3's default (3 retries, reads included) would send a GET whose answer timed out
+    # three more times: 4 x the read timeout, a whole lease. As for the Azure SDKs: one
+    # retry of a connection that failed, none of a read.
+    configuration.retries = Retry(total=1, connect=1, read=0, status=0, other=0)
     return client.ApiClient(configuration)
 
 

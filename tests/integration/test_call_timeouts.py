@@ -249,6 +249,31 @@ def test_the_defaults_are_well_inside_the_lease() -> None:
     assert s.longest_call <= 120 / 2
 
 
+def test_an_api_server_that_gets_no_answer_ends_at_the_read_timeout_as_a_temporary_error(
+    silent: SilentServer, tls: SandboxTLS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
+    from shared.app import _ClientCache
+    from shared.config import parse_config
+    from tests.harness import config_dict
+
+    ca = base64.b64encode(tls.ca_pem()).decode()
+    monkeypatch.setenv(
+        "KUBECONFIG_TEST",
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters: [{{name: c, cluster: {{server: '{silent.url}', certificate-authority-data: {ca}}}}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n",
+    )
+    # The app's own client cache: the cluster's client gets the app settings' timeouts.
+    kube = _ClientCache(settings(), parse_config(config_dict({"linux": 1}))).kube("test")
+    error, took = timed(lambda: kube.get_node("n"))
+    assert isinstance(error, TemporaryError), error
+    assert READ <= took < BOUND
+    assert silent.connections == 1, f"sent {silent.connections} times in {took:.1f} s"
+
+
 # ---- Table and Queue storage ------------------------------------------------------------------
 
 
