@@ -15,7 +15,8 @@ from typing import Any
 from shared.errors import ConfigError
 
 STORAGE = "AzureWebJobsStorage"
-# Every outbound call (ARM, Table and Queue storage, the identity endpoint) waits at most
+# Every outbound call (ARM, Table and Queue storage, the identity endpoint, the clusters'
+# API servers) waits at most
 # this long for a connection and then for each read of the answer: the SDKs' default is
 # 300 s each, longer than a step's lease (120 s), so a hung endpoint would outlive the
 # lease and a second worker would take the node while the first still acts on it.
@@ -23,9 +24,10 @@ CONNECT_TIMEOUT = "PATCHER_CONNECT_TIMEOUT"
 READ_TIMEOUT = "PATCHER_READ_TIMEOUT"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 30.0
-# Storage and the identity endpoint are retried once by their SDKs when they could not
-# connect or answered 5xx (ARM not at all: the queue does the waiting), never after a read
-# timed out; so one call takes at most (1 + this) x connect + read.
+# Storage, the identity endpoint and the API servers are retried once by their clients
+# when they could not connect (the first two also after a 5xx; ARM not at all: the queue
+# does the waiting), never after a read timed out; so one call takes at most
+# (1 + this) x connect + read.
 SDK_RETRIES = 1
 
 
