@@ -160,7 +160,7 @@ class TableRunStore(RunStore):
         self, partition: str, ops: Sequence[tuple[str, str, dict[str, Any], str | None]]
     ) -> list[str]:
         from azure.core import MatchConditions
-        from azure.core.exceptions import HttpResponseError
+        from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
         from azure.data.tables import TableTransactionError, UpdateMode
 
         batch: list[Any] = []
@@ -201,6 +201,10 @@ class TableRunStore(RunStore):
             if exc.status_code in (429, 500, 503):
                 raise TemporaryError(f"table storage answered {exc.status_code}") from exc
             raise
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            # No answer: the write may or may not have been applied. Callers that create
+            # recognise their own row when they look again (RunStore.claim_cluster, create_run).
+            raise TemporaryError(f"table storage did not answer: {exc.__class__.__name__}") from exc
         return [e or "" for e in result]
 
     def _single(self, op: tuple[Any, ...]) -> str:
