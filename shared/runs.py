@@ -1,4 +1,5 @@
-"""Run lifecycle for operators: start, inspect, pause, resume, cancel.
+"""Run lifecycle for operators: start, inspect, pause, resume, cancel; release a
+cluster's lock.
 
 These are the operations behind the HTTP endpoints and the event triggers; they never
 touch a node directly. Starting admits the first nodes (or enqueues an "admit" work item for

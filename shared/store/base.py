@@ -6,7 +6,11 @@ Layout (the same in every backend): one partition per run. The run record has ro
 budget admission update the run's fence and several nodes in one atomic, ETag-conditioned
 transaction (Azure Table entity-group transactions are per partition), and a batch leader
 update its scale set's pacer and its peers in one.
-A second partition per cluster holds the one-active-run guard.
+A second partition per cluster holds the one-active-run guard (row ``active``: the run's
+id and when it was claimed), claimed before the run is written. The two partitions cannot
+share a transaction, so a create that finds its own row (the SDK's retry of a create
+whose answer was lost) counts as done, and the sweeper releases a guard whose run is
+missing or over.
 
 Node rows carry their ``state``, ``pool`` and ``order`` as columns next to the JSON data,
 written on every create and update, so that admission asks for the nodes in given states,
