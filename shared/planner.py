@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from shared.budget import resolve_max_unavailable
 from shared.clock import iso
 from shared.compute import parse_provider_id
-from shared.config import ClusterConfig
+from shared.config import ClusterConfig, PoolConfig
 from shared.errors import ValidationError
 from shared.kube import Node
 from shared.model import NodeWork, PoolBudget, Run
@@ -29,6 +29,10 @@ CONTROL_PLANE_REFUSAL = "a control-plane node; its pool must say controlPlane: t
 
 def is_control_plane(node: Node) -> bool:
     return any(label in node.labels for label in CONTROL_PLANE_LABELS)
+
+
+# Values of the opt-out label (or annotation) that mean "leave this node alone".
+OPT_OUT_VALUES = frozenset({"true", "1", "yes"})
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,26 @@ def map_nodes_to_pools(cluster: ClusterConfig, nodes: Iterable[Node]) -> dict[st
                 )
                 break
     return by_pool
+
+
+def opted_out(node: Node, pool: PoolConfig) -> bool:
+    label = pool.opt_out_label
+    return (
+        node.labels.get(label, "").lower() in OPT_OUT_VALUES
+        or node.annotations.get(label, "").lower() in OPT_OUT_VALUES
+    )
+
+
+def left_alone(node: Node, pool: PoolConfig) -> str | None:
+    """Why a run would skip this node without touching it (opted out, or cordoned: the
+    first step's and admission's rules), or None. A planner that starts runs unasked (the
+    schedule) leaves such nodes out, or it would plan a run on every tick for nothing."""
+    if opted_out(node, pool):
+        return f"opted out with {pool.opt_out_label}"
+    if node.unschedulable:
+        by = f"run {node.cordoned_by}" if node.cordoned_by else "someone else"
+        return f"cordoned by {by}; left cordoned and untouched"
+    return None
 
 
 def order_targets(targets: Sequence[PlannedNode], pool_order: Sequence[str]) -> list[PlannedNode]:

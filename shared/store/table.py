@@ -210,9 +210,10 @@ class TableRunStore(RunStore):
                 raise TemporaryError(f"table storage write failed: {exc.__class__.__name__}") from exc
             raise
         except (ServiceRequestError, ServiceResponseError) as exc:
-            # No connection, or no answer within the read timeout: whether a write that
-            # timed out landed is told by the next read (its ETag), as after a crash.
-            raise TemporaryError(f"table storage write failed: {exc.__class__.__name__}") from exc
+            # No connection, or no answer within the read timeout: the write may or may
+            # not have been applied. Callers that create recognise their own row when they
+            # look again (RunStore.claim_cluster, create_run); an update is told by its ETag.
+            raise TemporaryError(f"table storage did not answer: {exc.__class__.__name__}") from exc
         return [e or "" for e in result]
 
     def _single(self, op: tuple[Any, ...]) -> str:
