@@ -14,7 +14,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
+from shared.errors import (
+    ConcurrencyError,
+    NotFoundError,
+    OutcomeUnknownError,
+    PermanentError,
+    TemporaryError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,10 @@ class Instance:
     image: str
     power_state: str
     computer_name: str
+    # What a reimage changes, whatever the model said before it: the OS disk is replaced
+    # (a new name), and the instance view's provisioning status gets a new time.
+    os_disk: str = ""
+    provisioning_time: float = 0.0  # epoch seconds of the last provisioning status; 0 unknown
 
 
 @dataclass(frozen=True)
@@ -99,8 +109,16 @@ def image_version(label: str) -> str:
     return label.rsplit("/", 1)[-1] if "/" in label else label.rsplit(":", 1)[-1]
 
 
-def translate_azure_error(exc: Exception, what: str) -> Exception:
-    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ServiceRequestError
+def translate_azure_error(exc: Exception, what: str, *, write: bool = False) -> Exception:
+    """The SDK's error as retry intent. ``write``: the request changes something, so an
+    answer that does not say whether it was accepted (408, 5xx, no response) is
+    ``OutcomeUnknownError``, never a plain retry."""
+    from azure.core.exceptions import (
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
 
     if isinstance(exc, ResourceNotFoundError):
         return NotFoundError(f"{what}: not found")
@@ -116,10 +134,19 @@ def translate_azure_error(exc: Exception, what: str) -> Exception:
                 retry_after = None
         if status == 409:
             return ConcurrencyError(message)
+        if write and (status == 408 or status >= 500):
+            return OutcomeUnknownError(f"{message} (the request may have been accepted)", delay=retry_after)
         if status in (408, 429) or status >= 500:
             return TemporaryError(message, delay=retry_after)
         return PermanentError(message)
+    if isinstance(exc, ServiceResponseError):
+        # Sent, but no usable answer came back (a read timeout, a dropped connection).
+        if write:
+            unknown = f"{what}: {exc.__class__.__name__} (the request may have been accepted)"
+            return OutcomeUnknownError(unknown)
+        return TemporaryError(f"{what}: {exc.__class__.__name__}")
     if isinstance(exc, ServiceRequestError):
+        # No request was sent (azure-core's contract for this type): safe to retry.
         return TemporaryError(f"{what}: {exc.__class__.__name__}")
     return exc
 
@@ -147,8 +174,10 @@ class ComputeClient:
             )
         except Exception as exc:
             raise translate_azure_error(exc, f"get instance {ref.scale_set}/{ref.instance_id}") from exc
-        statuses = [s.code or "" for s in (vm.instance_view.statuses if vm.instance_view else None) or []]
+        view = (vm.instance_view.statuses if vm.instance_view else None) or []
+        statuses = [s.code or "" for s in view]
         power = next((s.split("/", 1)[1] for s in statuses if s.startswith("PowerState/")), "")
+        provisioned = next((s.time for s in view if (s.code or "").startswith("ProvisioningState/")), None)
         return Instance(
             instance_id=str(vm.instance_id),
             provisioning_state=_text(vm.provisioning_state),
@@ -156,6 +185,8 @@ class ComputeClient:
             image=image_label(vm.storage_profile.image_reference if vm.storage_profile else None),
             power_state=power,
             computer_name=str(vm.os_profile.computer_name if vm.os_profile else ""),
+            os_disk=_os_disk(vm),
+            provisioning_time=provisioned.timestamp() if provisioned is not None else 0.0,
         )
 
     def get_model_image(self, ref: InstanceRef) -> str:
@@ -183,6 +214,7 @@ class ComputeClient:
                 image=image_label(vm.storage_profile.image_reference if vm.storage_profile else None),
                 power_state="",
                 computer_name=str(vm.os_profile.computer_name if vm.os_profile else ""),
+                os_disk=_os_disk(vm),
             )
             for vm in vms
         ]
@@ -283,7 +315,7 @@ class ComputeClient:
             poller = fn(*args, polling=_start_only(), **kwargs)
             return str(poller.continuation_token())
         except Exception as exc:
-            raise translate_azure_error(exc, what) from exc
+            raise translate_azure_error(exc, what, write=True) from exc
 
     def poll(self, token: str) -> LroStatus:
         """Resume an LRO from its continuation token and poll it exactly once."""
@@ -335,6 +367,15 @@ GALLERY_VERSION_RE = re.compile(
     r"/versions/(?P<version>[^/]+)$",
     re.IGNORECASE,
 )
+
+
+def _os_disk(vm: Any) -> str:
+    """The OS disk's identity: the managed disk's id, else the disk's name."""
+    disk = vm.storage_profile.os_disk if vm.storage_profile else None
+    if disk is None:
+        return ""
+    managed = getattr(disk, "managed_disk", None)
+    return str(getattr(managed, "id", None) or disk.name or "").lower()
 
 
 def _text(value: Any) -> str:

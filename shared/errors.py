@@ -23,6 +23,17 @@ class PermanentError(PatcherError):
     pass
 
 
+class OutcomeUnknownError(TemporaryError):
+    """A write whose outcome is unknown: it may have taken effect (a 5xx or 408 after the
+    service accepted it, a response that never came). Retrying blindly could do it twice;
+    the caller must look at the resource to decide."""
+
+
+class LeaseLostError(PatcherError):
+    """This worker no longer holds the node's lease: another worker may be acting on it,
+    so nothing more may be written or done for the node in this invocation."""
+
+
 class NotFoundError(PermanentError):
     pass
 

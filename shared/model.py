@@ -13,6 +13,8 @@ Node lifecycle (one message moves one node forward by one step)::
     pending --maintenance window closes before it could finish--> deferred
     pending | admitted | draining --run cancelled: uncordoned--> cancelled
     reimaging --LRO failed, attempts left--> reimaging
+    reimaging --a pod landed on it before the write--> draining
+    reimaging --uncordoned by someone else before the write, policy "skip"--> deferred
     any step --permanent error, retries exhausted, timeout--> failed (reason kept)
 """
 
@@ -65,7 +67,11 @@ NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
         {NodeState.REIMAGING, NodeState.FAILED, NodeState.DEFERRED, NodeState.CANCELLED}
     ),
     # A failed reimage LRO is retried by going round REIMAGING again (attempt counter).
-    NodeState.REIMAGING: frozenset({NodeState.REIMAGING, NodeState.BOOTING, NodeState.FAILED}),
+    # Until the write is sent, the node can still fall back: a pod landed on it since the
+    # drain (back to draining), or somebody uncordoned it (deferred or failed by policy).
+    NodeState.REIMAGING: frozenset(
+        {NodeState.REIMAGING, NodeState.BOOTING, NodeState.FAILED, NodeState.DRAINING, NodeState.DEFERRED}
+    ),
     NodeState.BOOTING: frozenset({NodeState.SUCCEEDED, NodeState.FAILED}),
     NodeState.SUCCEEDED: frozenset(),
     NodeState.FAILED: frozenset(),
@@ -187,6 +193,9 @@ class NodeWork:
     # stalled once it is overdue, not while its message waits out a delay or a backlog.
     next_due: float = 0.0
     attempts: int = 0
+    # Transient errors in a row; reset by any step that ends without one, so a long
+    # PodDisruptionBudget wait (``attempts``) never counts against the retries.
+    transient_errors: int = 0
     last_error: str = ""
     cordoned_by_us: bool = False
     drain_started: float = 0.0
@@ -199,6 +208,10 @@ class NodeWork:
     reimage_attempts: int = 0
     reimage_started: float = 0.0
     reimage_batch: str = ""
+    reimage_leader: str = ""  # the node whose worker sends the batch's write
+    # The instance's OS disk when the reimage was decided: a reimage replaces it, so a
+    # different disk is proof the write took even when its answer was lost.
+    os_disk_before: str = ""
     # The batch's leader made the request; it alone follows the operation closely and
     # wakes the others when it ends (one poll for the batch, not one per node).
     leads_batch: bool = False
@@ -215,6 +228,7 @@ class NodeWork:
         self.reason = reason
         self.state_since = at
         self.attempts = 0
+        self.transient_errors = 0
         self.last_error = ""
 
     def public(self) -> dict[str, Any]:

@@ -36,9 +36,17 @@ from shared.clock import Clock, iso
 from shared.compute import ComputeClient, InstanceRef, LroStatus, image_version, parse_provider_id
 from shared.config import ClusterConfig, PatcherConfig, PoolConfig
 from shared.drain import DrainOptionsView, blocking_budgets, plan_drain
-from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
+from shared.errors import (
+    ConcurrencyError,
+    LeaseLostError,
+    NotFoundError,
+    OutcomeUnknownError,
+    PermanentError,
+    TemporaryError,
+)
 from shared.kube import LABEL_PATCHING, KubeClient, Node
 from shared.model import NodeState, NodeWork, PacerRecord, Run, RunState
+from shared.retry import retry_on_conflict
 from shared.store.base import RunStore
 from shared.workqueue import WorkItem, WorkQueue
 
@@ -268,12 +276,7 @@ def step_reimaging(ctx: StepContext) -> StepResult:
             status = _follow_in_place(ctx, status)
         if not status.done:
             if ctx.now - node.reimage_started > ctx.pool.reimage_timeout.total_seconds():
-                return StepResult(
-                    NodeState.FAILED,
-                    f"{node.reimage_op} did not finish within {ctx.pool.reimage_timeout}; left cordoned",
-                    event="PatchFailed",
-                    warning=True,
-                )
+                return _reimage_timed_out(ctx)
             # Only the leader follows the batch's operation closely; the others wait for its
             # call and look themselves now and then, in case it never comes.
             return wait(f"{node.reimage_op} in progress", poll if node.leads_batch else PEER_POLLS * poll)
@@ -285,27 +288,38 @@ def step_reimaging(ctx: StepContext) -> StepResult:
             return StepResult(NodeState.BOOTING, f"{node.reimage_op} succeeded", event="PatchReimaged")
         return _reimage_failed(ctx, status.error)
     if node.reimage_started:
-        # We asked ARM before but did not live to store the operation: look at the instance.
-        instance = ctx.compute.get_instance(ctx.ref)
-        if instance.provisioning_state.lower() in ("updating", "creating"):
-            return wait("reimage in progress (operation not tracked)", poll)
-        if ctx.now - node.reimage_started < 2 * poll:
-            return wait("waiting for the reimage to show on the instance", poll)
-        if instance.latest_model_applied and (
-            not node.expected_image or instance.image == node.expected_image
-        ):
-            node.booting_since = ctx.now
-            return StepResult(NodeState.BOOTING, "instance is on the latest model", event="PatchReimaged")
+        # Claimed for a write whose operation we do not hold: the worker died around the
+        # call, or its answer was lost. Only the instance can say whether it was sent.
+        return _settle_claimed_write(ctx)
     if not node.reimage_op:
         instance = ctx.compute.get_instance(ctx.ref)
         node.expected_image = ctx.compute.get_model_image(ctx.ref)
         node.reimage_op = "reimage" if instance.latest_model_applied else "manualupgrade"
+        node.os_disk_before = instance.os_disk
     return _start_batch(ctx)
+
+
+def _reimage_timed_out(ctx: StepContext) -> StepResult:
+    node = ctx.node
+    return StepResult(
+        NodeState.FAILED,
+        f"{node.reimage_op} did not finish within {ctx.pool.reimage_timeout}; left cordoned",
+        event="PatchFailed",
+        warning=True,
+    )
 
 
 # Instances per reimage request; with the pacer and the leader, the claim is one
 # 100-entity transaction (Table storage's limit).
 MAX_BATCH = 98
+# How far ARM's clock may be behind ours when its provisioning time is compared with the
+# claim (both are NTP-synchronised): an operation that ended this much before the claim
+# still counts as ours, which errs towards "it took" (the boot check then tells).
+CLOCK_SKEW = 2.0
+# Time the lease must still have when the reimage write or the uncordon is sent: the
+# call's own read timeout and the clocks' skew, so that no other worker can take the node
+# while the request is on its way.
+LEASE_MARGIN = 45.0
 
 
 def _start_batch(ctx: StepContext) -> StepResult:
@@ -315,9 +329,12 @@ def _start_batch(ctx: StepContext) -> StepResult:
     write per node would throttle any large pool. The node whose step runs first leads:
     it takes a token from the run's pacer for the scale set, claims the ready nodes that
     no worker holds (one transaction with the pacer record, bumping their seq so their
-    queued messages become stale), sends one request for all of them, and hands the
-    operation to each with a fresh work item. The claim is the write-ahead record: a
-    crash between it and the hand-over is recovered from the instances' state.
+    queued messages become stale), checks they are still drained and cordoned by us,
+    sends one request for all of them, and hands the operation to each. The claim is the
+    write-ahead record: from it until the operation is stored, every node of the batch
+    counts as possibly reimaged, and only the instance can release it
+    (``_settle_claimed_write``); only an answer that says the request was refused
+    releases it at once.
     """
     node, timing = ctx.node, ctx.timing
     poll = timing.poll_interval.total_seconds()
@@ -334,17 +351,28 @@ def _start_batch(ctx: StepContext) -> StepResult:
     if isinstance(claimed, StepResult):
         return claimed
     peers, batch, first_poll, peers_poll = claimed
+    own_check, peers = _still_drained(ctx, peers)
+    if own_check is not None:
+        _hand_over(ctx, peers, batch, token=None, first_poll=0.0)
+        _unclaim(node)
+        return own_check
+    _hold_lease(ctx, "the reimage write")
     instance_ids = [n.instance_id for n in (node, *peers)]
     try:
         if node.reimage_op == "reimage":
             token = ctx.compute.begin_reimage(ctx.ref, instance_ids)
         else:
             token = ctx.compute.begin_upgrade_to_latest_model(ctx.ref, instance_ids)
-    except Exception as exc:
-        node.reimage_started, node.reimage_batch, node.leads_batch = 0.0, "", False
+    except (OutcomeUnknownError, ConcurrencyError) as exc:
+        # Maybe accepted (a 5xx or timeout after ARM took it; a 409 that may be our own
+        # operation, sent by a worker whose lease ran out): the claim stays, the peers
+        # wait for this node, and the instance decides when it is next looked at.
+        logger.warning("run %s: batch %s write answered ambiguously: %s", ctx.run.id, batch, exc)
+        return wait(f"{node.reimage_op} may have been accepted ({exc}); looking at the instance", poll)
+    except (PermanentError, TemporaryError):
+        # Refused before anything started (400, 403, 404, 429, or never sent): release.
+        _unclaim(node)
         _hand_over(ctx, peers, batch, token=None, first_poll=0.0)
-        if isinstance(exc, ConcurrencyError):
-            return wait(f"another operation is running on the scale set: {exc}", poll)
         raise
     node.reimage_token = token
     logger.info(
@@ -359,6 +387,182 @@ def _start_batch(ctx: StepContext) -> StepResult:
     return wait(
         f"{node.reimage_op} started for {len(instance_ids)} instances ({', '.join(instance_ids)})", first_poll
     )
+
+
+def _unclaim(node: NodeWork) -> None:
+    node.reimage_started, node.reimage_batch, node.reimage_leader, node.leads_batch = 0.0, "", "", False
+
+
+def _hold_lease(ctx: StepContext, what: str) -> None:
+    """The two calls a worker that lost its lease must never make (the reimage write, the
+    uncordon) come from the lease's holder, with the lease outlasting the call: renew it,
+    conditional on the record's ETag, unless enough of it is left. While the lease has
+    not ended, no other worker can have taken it; a lost renewal means one has."""
+    node, now = ctx.node, ctx.deps.clock.now()
+    if node.lease_until - now > LEASE_MARGIN:
+        return
+    node.lease_until = now + ctx.timing.lease_duration.total_seconds()
+    try:
+        ctx.deps.store.commit(node)
+    except ConcurrencyError as exc:
+        raise LeaseLostError(f"node {node.name}: lease lost before {what}") from exc
+
+
+def _still_drained(ctx: StepContext, peers: list[NodeWork]) -> tuple[StepResult | None, list[NodeWork]]:
+    """Look at every node of the batch once more just before the write: the gathering,
+    the pacing and conflicts can take minutes after a node drained, and a node that was
+    uncordoned or given a pod meanwhile must not be reimaged with it. One list of the
+    run's cordoned Nodes and one pod list per node. Returns the leader's own way out (None
+    if it may go ahead) and the peers that may; the others leave the batch here."""
+    node, run = ctx.node, ctx.run
+    nodes = {n.name: n for n in ctx.kube.list_nodes(label_selector=f"{LABEL_PATCHING}={run.id}")}
+    own = _pre_write_problem(ctx, node, nodes.get(node.name))
+    keep = []
+    for peer in peers:
+        problem = _pre_write_problem(ctx, peer, nodes.get(peer.name))
+        if problem is None:
+            keep.append(peer)
+        else:
+            _leave_batch(ctx, peer, problem)
+    return own, keep
+
+
+def _pre_write_problem(ctx: StepContext, node: NodeWork, observed: Node | None) -> StepResult | None:
+    run = ctx.run
+    if observed is None or not observed.unschedulable or observed.cordoned_by != run.id:
+        # Somebody uncordoned it (the label may be gone with it): honour that, reimage nothing.
+        node.cordoned_by_us = False
+        why = "uncordoned by someone else after its drain; not reimaged"
+        if ctx.pool.drain.on_timeout == "skip":
+            return StepResult(
+                NodeState.DEFERRED,
+                f"{why}; will be retried by a later run",
+                event="PatchDeferred",
+                warning=True,
+            )
+        return StepResult(NodeState.FAILED, why, event="PatchFailed", warning=True)
+    plan = plan_drain(
+        ctx.kube.list_pods_on_node(node.name),
+        options=_drain_options(ctx.pool),
+        daemonset_exists=ctx.kube.daemonset_exists,
+    )
+    if plan.evict or plan.refused:
+        pods = ", ".join(p.key for p in plan.evict) or plan.refusal_text
+        return StepResult(
+            NodeState.DRAINING, f"pods landed on it after its drain ({pods}); draining again", warning=True
+        )
+    return None
+
+
+def _leave_batch(ctx: StepContext, peer: NodeWork, result: StepResult) -> None:
+    """A claimed peer that failed the check before the write: out of the batch, into the
+    state its check said, with a work item of its own."""
+    store, at = ctx.deps.store, iso(ctx.now)
+
+    def leave() -> NodeWork:
+        fresh = store.get_node(peer.run_id, peer.name)
+        if fresh.reimage_batch != peer.reimage_batch or fresh.state != NodeState.REIMAGING:
+            return fresh
+        _unclaim(fresh)
+        fresh.cordoned_by_us = peer.cordoned_by_us
+        assert result.state is not None
+        fresh.move_to(result.state, reason=result.reason, at=at)
+        fresh.updated_at = at
+        fresh.seq += 1
+        store.commit(fresh)
+        return fresh
+
+    left = retry_on_conflict(leave, sleep=ctx.deps.clock.sleep)
+    logger.info("run %s node %s left batch %s: %s", ctx.run.id, peer.name, peer.reimage_batch, result.reason)
+    ctx.kube.record_event(
+        peer.name,
+        reason=result.event or "PatchDraining",
+        message=f"run {ctx.run.id}: {result.reason}",
+        warning=result.warning,
+        now=ctx.now,
+    )
+    if left.state.terminal:
+        ctx.deps.queue.send(WorkItem("admit", left.run_id))
+    else:
+        ctx.deps.queue.send(WorkItem("step", left.run_id, left.name, left.seq))
+
+
+def _settle_claimed_write(ctx: StepContext) -> StepResult:
+    """Claimed, but no operation stored: decide from the instance whether the write was
+    sent. A batch's peer leaves that to its leader while the leader still holds the claim
+    (one look and at most one new write for the batch), and looks itself otherwise."""
+    node, poll = ctx.node, ctx.timing.poll_interval.total_seconds()
+    if ctx.now - node.reimage_started > ctx.pool.reimage_timeout.total_seconds():
+        return _reimage_timed_out(ctx)
+    if not node.leads_batch and node.reimage_leader and node.reimage_leader != node.name:
+        try:
+            leader = ctx.deps.store.get_node(node.run_id, node.reimage_leader)
+        except NotFoundError:
+            leader = None
+        if leader is not None and leader.reimage_batch == node.reimage_batch:
+            if leader.state == NodeState.REIMAGING and leader.reimage_token:
+                node.reimage_token = leader.reimage_token  # its hand-over did not reach us
+                return step_reimaging(ctx)
+            if leader.state == NodeState.REIMAGING:
+                return wait(f"waiting for {leader.name} to settle the batch's write", PEER_POLLS * poll)
+    verdict, why = _write_verdict(ctx)
+    if verdict == "unsettled":
+        return wait(why, poll)
+    if verdict == "failed":
+        return _reimage_failed(ctx, why)
+    if verdict == "took":
+        if node.leads_batch:
+            _wake_peers(ctx, untracked=True)
+        node.booting_since = ctx.now
+        return StepResult(NodeState.BOOTING, f"{node.reimage_op} took ({why})", event="PatchReimaged")
+    # Never sent: no instance of the batch was touched (one request covers them all).
+    logger.warning("run %s node %s: claimed write never sent (%s); sending again", ctx.run.id, node.name, why)
+    if node.leads_batch:
+        peers = [
+            p
+            for p in ctx.deps.store.list_nodes(ctx.run.id, states=(NodeState.REIMAGING,))
+            if p.reimage_batch == node.reimage_batch and p.name != node.name and not p.reimage_token
+        ]
+        _hand_over(ctx, peers, node.reimage_batch, token=None, first_poll=0.0)
+    _unclaim(node)
+    return _start_batch(ctx)
+
+
+def _write_verdict(ctx: StepContext) -> tuple[str, str]:
+    """Did a write claimed at ``reimage_started`` reach this node's instance? "took",
+    "failed" (it took and its operation failed), "unsettled" (cannot tell yet) or
+    "not sent". Decided from what a reimage changes (the OS disk, the time of the
+    instance's last provisioning status, for an upgrade the model flag that was false
+    before), never from state that was already true; and "not sent" only when nothing
+    has moved: the Node still Ready on the boot it was drained on."""
+    node = ctx.node
+    instance = ctx.compute.get_instance(ctx.ref)
+    state = instance.provisioning_state.lower()
+    if state in ("updating", "creating"):
+        return "unsettled", f"{node.reimage_op} in progress (operation not tracked)"
+    signs = []
+    if instance.os_disk and node.os_disk_before and instance.os_disk != node.os_disk_before:
+        signs.append("OS disk replaced")
+    if instance.provisioning_time and instance.provisioning_time >= node.reimage_started - CLOCK_SKEW:
+        signs.append("instance provisioned since the claim")
+    if (
+        node.reimage_op == "manualupgrade"
+        and instance.latest_model_applied
+        and (not node.expected_image or instance.image == node.expected_image)
+    ):
+        signs.append("instance is on the latest model")
+    if signs:
+        if state == "failed":
+            return "failed", f"instance provisioning failed after the claim ({', '.join(signs)})"
+        return "took", ", ".join(signs)
+    if ctx.now - node.reimage_started < 2 * ctx.timing.poll_interval.total_seconds():
+        return "unsettled", "waiting for the write to show on the instance"
+    observed = ctx.kube.get_node(node.name)
+    if not observed.ready or (observed.boot_id and observed.boot_id != node.boot_id_before):
+        # Something happened to the machine that the instance does not explain: never
+        # write again on a guess; the timeout fails the node with the reason.
+        return "unsettled", "node rebooted or went NotReady, but the instance shows no reimage"
+    return "not sent", "instance unchanged and node still on its boot"
 
 
 def _gather(ctx: StepContext) -> StepResult | None:
@@ -505,42 +709,48 @@ def _claim_batch(ctx: StepContext) -> tuple[list[NodeWork], str, float, float] |
     at = iso(now)
     for n in (node, *peers):
         n.reimage_started, n.reimage_batch, n.leads_batch = now, batch, n is node
+        n.reimage_leader = node.name
     for p in peers:
         p.seq += 1
         p.reason, p.updated_at = f"batched with {node.name} into one {node.reimage_op}", at
+        p.next_due = now + peers_poll
     try:
         store.commit(pacer, node, *peers)
     except ConcurrencyError:
-        node.reimage_started, node.reimage_batch, node.leads_batch = 0.0, "", False
+        _unclaim(node)
         return None
+    # Each peer's work item goes out with the claim, not after the write: if this worker
+    # dies in between, they still come back (and wait for this node's recovery).
+    for p in peers:
+        ctx.deps.queue.send(WorkItem("step", p.run_id, p.name, p.seq), delay=peers_poll)
     return peers, batch, first_poll, peers_poll
 
 
 def _hand_over(
     ctx: StepContext, peers: list[NodeWork], batch: str, *, token: str | None, first_poll: float
 ) -> None:
-    """Give each claimed peer the batch's operation (or release it if the request failed)
-    and a work item to follow it with."""
+    """Give each claimed peer the batch's operation, or release it (token None: the write
+    was refused, never sent, or the leader left the batch) with a work item to start over
+    at once. A peer's work item for following the operation went out with the claim."""
     store = ctx.deps.store
     for peer in peers:
-        for _ in range(5):
+
+        def hand(peer: NodeWork = peer) -> NodeWork | None:
             fresh = store.get_node(peer.run_id, peer.name)
-            if fresh.reimage_batch != batch:
-                break
+            if fresh.reimage_batch != batch or fresh.state != NodeState.REIMAGING:
+                return None
             if token is None:
-                fresh.reimage_started, fresh.reimage_batch = 0.0, ""
+                _unclaim(fresh)
+                fresh.seq += 1  # its queued item was for following the write
             else:
                 fresh.reimage_token = token
-            fresh.next_due = ctx.now + first_poll
-            try:
-                store.commit(fresh)
-            except ConcurrencyError:
-                continue
-            ctx.deps.queue.send(
-                WorkItem("step", fresh.run_id, fresh.name, fresh.seq),
-                delay=first_poll,
-            )
-            break
+                fresh.next_due = ctx.now + first_poll
+            store.commit(fresh)
+            return fresh
+
+        handed = retry_on_conflict(hand, sleep=ctx.deps.clock.sleep)
+        if handed is not None and token is None:
+            ctx.deps.queue.send(WorkItem("step", handed.run_id, handed.name, handed.seq))
 
 
 def _follow_in_place(ctx: StepContext, status: LroStatus) -> LroStatus:
@@ -570,24 +780,30 @@ IN_PLACE_POLLS = 10
 PEER_POLLS = 4  # a batch's other nodes poll its operation this many times less often
 
 
-def _wake_peers(ctx: StepContext) -> None:
-    """The batch's operation ended: send its other nodes their next step now."""
+def _wake_peers(ctx: StepContext, *, untracked: bool = False) -> None:
+    """The batch's operation ended: send its other nodes their next step now (``untracked``:
+    the write took without its operation stored; each peer then looks at its instance)."""
     node = ctx.node
     for peer in ctx.deps.store.list_nodes(ctx.run.id, states=(NodeState.REIMAGING,)):
-        if peer.reimage_batch == node.reimage_batch and peer.name != node.name and peer.reimage_token:
+        if (
+            peer.reimage_batch == node.reimage_batch
+            and peer.name != node.name
+            and (peer.reimage_token or untracked)
+        ):
             ctx.deps.queue.send(WorkItem("step", peer.run_id, peer.name, peer.seq))
 
 
 def _reimage_failed(ctx: StepContext, error: str) -> StepResult:
     node = ctx.node
-    node.leads_batch = False
+    op = node.reimage_op
+    _unclaim(node)
     node.reimage_attempts += 1
     node.reimage_token = ""
-    node.reimage_started = 0.0
+    node.reimage_op = ""  # decided again, with the OS disk to compare against, on the retry
     if node.reimage_attempts >= ctx.timing.max_reimage_attempts:
         return StepResult(
             NodeState.FAILED,
-            f"{node.reimage_op} failed {node.reimage_attempts} times ({error}); left cordoned",
+            f"{op} failed {node.reimage_attempts} times ({error}); left cordoned",
             event="PatchFailed",
             warning=True,
         )
@@ -596,9 +812,7 @@ def _reimage_failed(ctx: StepContext, error: str) -> StepResult:
         initial=ctx.timing.retry_backoff_initial.total_seconds(),
         maximum=ctx.timing.retry_backoff_max.total_seconds(),
     )
-    return StepResult(
-        NodeState.REIMAGING, f"{node.reimage_op} failed ({error}); retrying", delay=delay, warning=True
-    )
+    return StepResult(NodeState.REIMAGING, f"{op} failed ({error}); retrying", delay=delay, warning=True)
 
 
 def step_booting(ctx: StepContext) -> StepResult:
@@ -646,6 +860,7 @@ def step_booting(ctx: StepContext) -> StepResult:
     if not problems:
         _observe(ctx, "boot", ctx.now - node.booting_since)
         if node.cordoned_by_us and observed.cordoned_by in (ctx.run.id, ""):
+            _hold_lease(ctx, "the uncordon")
             ctx.kube.uncordon(node.name, state=str(NodeState.SUCCEEDED), patched_at=iso(ctx.now))
         image = image_version(node.expected_image) or "the new image"
         return StepResult(
@@ -810,6 +1025,10 @@ class Workflow:
             return "lost race"
         try:
             return self._run_steps(run, node, late=now - item.due if item.due else 0.0, seen=seen)
+        except LeaseLostError as exc:
+            # Another worker holds the node now and carries on from its record.
+            logger.warning("run %s node %s: %s", run.id, node.name, exc)
+            return "lease lost"
         except Exception as exc:
             self._release_after_crash(node, exc, final_attempt=final_attempt)
             raise
@@ -879,8 +1098,11 @@ class Workflow:
         try:
             admitted = Admission(replace(self.deps, queue=held)).admit(run_id, ended_at=ended_at)
         finally:
+            # Visible only after the leases the steps started here take (a moment after this),
+            # so that if this worker dies the copies find those leases expired, not "busy".
             here = held.release(
-                delay=self.deps.config.workflow.lease_duration.total_seconds(), count=START_IN_PLACE
+                delay=self.deps.config.workflow.lease_duration.total_seconds() + CARRY_ON_MARGIN,
+                count=START_IN_PLACE,
             )
         if not here:
             return admitted
@@ -905,14 +1127,18 @@ class Workflow:
         """Run one step; turn the adapters' retry intent into a result (the one place)."""
         node, timing = ctx.node, ctx.timing
         try:
-            return STEPS[node.state](ctx)
+            result = STEPS[node.state](ctx)
+            node.transient_errors = 0  # a run of errors ends with any step that gets through
+            return result
         except (TemporaryError, ConcurrencyError) as exc:
-            node.attempts += 1
+            # Counted apart from ``attempts`` (evictions a PodDisruptionBudget refused): a long
+            # budget wait must not leave the node one hiccup away from failing.
+            node.transient_errors += 1
             node.last_error = str(exc)[:500]
-            if node.attempts > timing.max_transient_retries:
-                return self._give_up(ctx, f"gave up after {node.attempts} attempts: {exc}")
+            if node.transient_errors > timing.max_transient_retries:
+                return self._give_up(ctx, f"gave up after {node.transient_errors} attempts: {exc}")
             delay = backoff(
-                node.attempts,
+                node.transient_errors,
                 initial=timing.retry_backoff_initial.total_seconds(),
                 maximum=timing.retry_backoff_max.total_seconds(),
             )
@@ -989,6 +1215,8 @@ WAKE_THREADS = 8
 # Admitted nodes the worker that freed their slots starts itself. Beyond a few, the other
 # workers (already polling, now that the queue is busy) spread the CPU better.
 START_IN_PLACE = 4
+# How much later than a lease taken now the backup copies of those starts become visible.
+CARRY_ON_MARGIN = 5.0
 
 
 class _Beside:

@@ -110,7 +110,9 @@ class FakeKube:
 
     def list_nodes(self, *, label_selector: str | None = None) -> list[Node]:
         self.calls.append("list_nodes")
-        return [Node(n) for n in self.nodes.values()]
+        wanted = dict(term.split("=", 1) for term in label_selector.split(",")) if label_selector else {}
+        nodes = [Node(n) for n in self.nodes.values()]
+        return [n for n in nodes if all(n.labels.get(k) == v for k, v in wanted.items())]
 
     def unavailable_nodes(
         self, label_selector: str | None = None, *, ignore: Any = (), whole: bool = False
@@ -254,6 +256,8 @@ class FakeCompute:
     calls: list[str] = field(default_factory=list)
     fail_lro: int = 0
     fail_next: list[Exception] = field(default_factory=list)
+    # The time ARM stamps on an instance's provisioning status (the harness's clock).
+    clock: Any = None
 
     def _maybe_fail(self, what: str) -> None:
         self.calls.append(what)
@@ -261,12 +265,39 @@ class FakeCompute:
             raise self.fail_next.pop(0)
 
     def instance(self, instance_id: str) -> dict[str, Any]:
-        return self.instances.setdefault(instance_id, {"state": "Succeeded", "latest": False, "image": "old"})
+        return self.instances.setdefault(
+            instance_id,
+            {
+                "state": "Succeeded",
+                "latest": False,
+                "image": "old",
+                "disk": f"disk-{instance_id}-0",
+                "time": 0.0,
+            },
+        )
+
+    def reimaged(self, instance_id: str, *, failed: bool = False) -> None:
+        """What a reimage does to the instance: a new OS disk, a new provisioning time."""
+        inst = self.instance(instance_id)
+        inst["state"] = "Failed" if failed else "Succeeded"
+        inst["time"] = self.clock() if self.clock is not None else 1.0
+        if not failed:
+            gen = int(inst["disk"].rsplit("-", 1)[1]) + 1
+            inst.update(latest=True, image=self.model_image, disk=f"disk-{instance_id}-{gen}")
 
     def get_instance(self, ref: InstanceRef) -> Instance:
         self._maybe_fail(f"get_instance {ref.instance_id}")
         inst = self.instance(ref.instance_id)
-        return Instance(ref.instance_id, inst["state"], inst["latest"], inst["image"], "running", "")
+        return Instance(
+            ref.instance_id,
+            inst["state"],
+            inst["latest"],
+            inst["image"],
+            "running",
+            "",
+            os_disk=inst["disk"],
+            provisioning_time=inst["time"],
+        )
 
     scale_sets: dict[str, list[str]] = field(default_factory=dict)  # scale set id (lower) -> instance ids
     image_versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # id (lower) -> state, tags
@@ -277,7 +308,11 @@ class FakeCompute:
         out = []
         for iid in self.scale_sets.get(scale_set_id.lower(), []):
             inst = self.instance(iid)
-            out.append(Instance(iid, inst["state"], inst["latest"], inst["image"], "running", ""))
+            out.append(
+                Instance(
+                    iid, inst["state"], inst["latest"], inst["image"], "running", "", os_disk=inst["disk"]
+                )
+            )
         return out
 
     def get_image_version(self, version_id: str) -> ImageVersion:
@@ -327,10 +362,8 @@ class FakeCompute:
                 continue
             op["done"] = True
             for i in op["ids"]:
-                inst = self.instance(i)
-                inst["state"] = "Failed" if op["failed"] else "Succeeded"
+                self.reimaged(i, failed=op["failed"])
                 if not op["failed"]:
-                    inst.update(latest=True, image=self.model_image)
                     done.append(i)
         return done
 

@@ -16,6 +16,7 @@ from shared.config import parse_config
 from shared.model import NodeState
 from shared.runs import RunService, StartRequest
 from shared.store.memory import MemoryRunStore
+from shared.sweeper import sweep
 from shared.workflow import Collaborators, Workflow
 from shared.workqueue import MemoryWorkQueue, WorkItem
 from tests.fakes import SUB, FakeCompute, FakeKube, make_node, scale_set_id
@@ -67,6 +68,7 @@ class Harness:
         self.clock = FakeClock()
         self.kube = FakeKube()
         self.compute = FakeCompute()
+        self.compute.clock = self.clock.now
         self.store = MemoryRunStore()
         self.queue = MemoryWorkQueue()
         self.config = parse_config({**config_dict(pools, **cluster), **(extra_config or {})})
@@ -92,6 +94,10 @@ class Harness:
         self.max_disrupted: dict[str, int] = defaultdict(int)
         self.outcomes: list[str] = []
         self.duplicate_every_message = False
+        # The sweeper's timer: every this many seconds of fake time (None: never).
+        self.sweep_every: float | None = None
+        self._last_sweep = self.clock.now()
+        self.delivering: WorkItem | None = None  # the item being handled (a crash's redelivery)
         self.instance_to_node: dict[str, str] = {}
         for pool in pools:
             for i in range(nodes_per_pool):
@@ -122,10 +128,8 @@ class Harness:
             if not op["done"] and self.clock.now() - self.op_started[token] >= self.reimage_seconds:
                 op["done"] = True
                 for iid in op["ids"]:
-                    inst = self.compute.instance(iid)
-                    inst["state"] = "Failed" if op["failed"] else "Succeeded"
+                    self.compute.reimaged(iid, failed=op["failed"])
                     if not op["failed"]:
-                        inst.update(latest=True, image=self.compute.model_image)
                         self.booting.append(
                             (
                                 self.clock.now() + self.boot_seconds,
@@ -150,6 +154,10 @@ class Harness:
         for _ in range(max_steps):
             self._collect()
             self._complete_reimages()
+            if self.sweep_every is not None and self.clock.now() - self._last_sweep >= self.sweep_every:
+                self._last_sweep = self.clock.now()
+                sweep(self.deps)
+                self._collect()
             if not self.pending:
                 if any(
                     not n.state.terminal and n.state != NodeState.PENDING
@@ -165,6 +173,7 @@ class Harness:
                 self.clock.advance(min(due - self.clock.now(), 5))
                 continue
             self.pending.pop(0)
+            self.delivering = item
             self.outcomes.append(self.workflow.handle(item))
             self._track_budget(run_id)
         raise AssertionError("workflow did not settle")
@@ -175,3 +184,44 @@ class Harness:
     @property
     def subscription(self) -> str:
         return SUB
+
+
+def admitted_steps(h: Harness) -> list[WorkItem]:
+    """Deliver admissions until nodes are admitted; return their step items."""
+    for _ in range(5):
+        steps = []
+        for item, _delay in h.queue.take():
+            if item.kind == "step":
+                steps.append(item)
+            else:
+                h.workflow.handle(item)
+        if steps:
+            return steps
+    raise AssertionError("no node was admitted")
+
+
+def lead_while_others_drain(
+    h: Harness, first: WorkItem, others: list[WorkItem], *, then: Any = None
+) -> tuple[list[str], list[float], list[str]]:
+    """Step ``first``; during its first look in place, ``others`` finish draining on other
+    workers (and ``then()`` runs, if given). Returns the reimage writes, the seconds it
+    waited in place, and the others' outcomes."""
+    real_sleep = h.clock.sleep
+    slept: list[float] = []
+    outcomes: list[str] = []
+
+    def linger(seconds: float) -> None:
+        if not slept:
+            outcomes.extend(Workflow(h.deps).handle(item) for item in others)
+            if then is not None:
+                then()
+        slept.append(seconds)
+        real_sleep(seconds)
+
+    h.clock.sleep = linger  # type: ignore[method-assign]
+    try:
+        h.workflow.handle(first)
+    finally:
+        h.clock.sleep = real_sleep  # type: ignore[method-assign]
+    writes = [c for c in h.compute.calls if c.startswith(("reimage", "manualupgrade"))]
+    return writes, slept, outcomes
