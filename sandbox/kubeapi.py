@@ -65,6 +65,8 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from sandbox.rbac import Authorizer, User, forbidden_message, verb_for
+from sandbox.rbac import Request as RbacRequest
 from sandbox.tls import SandboxTLS
 from sandbox.world import World
 
@@ -214,6 +216,7 @@ _PODS = _BY_KEY["pods"]
 _NODES = _BY_KEY["nodes"]
 _NAMESPACES = _BY_KEY["namespaces"]
 _PDBS = _BY_KEY["poddisruptionbudgets.policy"]
+ADMIN = User("kubernetes-admin", ("system:masters", "system:authenticated"))
 _STANDARD_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 
@@ -2491,6 +2494,26 @@ def _api_resources(group: str, version: str) -> Obj:
     }
 
 
+_REVIEW_KINDS = {
+    "selfsubjectaccessreviews": "SelfSubjectAccessReview",
+    "selfsubjectrulesreviews": "SelfSubjectRulesReview",
+}
+_AUTHORIZATION_GROUP: Obj = {
+    "name": "authorization.k8s.io",
+    "versions": [{"groupVersion": "authorization.k8s.io/v1", "version": "v1"}],
+    "preferredVersion": {"groupVersion": "authorization.k8s.io/v1", "version": "v1"},
+}
+_AUTHORIZATION_RESOURCES: Obj = {
+    "kind": "APIResourceList",
+    "apiVersion": "v1",
+    "groupVersion": "authorization.k8s.io/v1",
+    "resources": [
+        {"name": plural, "singularName": "", "namespaced": False, "kind": kind, "verbs": ["create"]}
+        for plural, kind in _REVIEW_KINDS.items()
+    ],
+}
+
+
 def _api_group(group: str) -> Obj:
     versions = [{"groupVersion": f"{group}/{v}", "version": v} for v in _GROUP_VERSIONS[group]]
     return {"name": group, "versions": versions, "preferredVersion": versions[0]}
@@ -2659,13 +2682,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._log(code)
         super().send_response(code, message)
 
-    def _authorized(self) -> bool:
-        token = self.api.token
-        if token is None:
-            return True
+    def _authenticated(self) -> User | None:
+        """The user behind the request's bearer token; None if it has none we know."""
+        api = self.api
+        if api.token is None and not api.identities:
+            return ADMIN  # a server started without credentials trusts everyone
         header = self.headers.get("Authorization") or ""
         scheme, _, presented = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
+        if scheme.lower() != "bearer":
+            return None
+        for token, user in api.tokens():
+            if hmac.compare_digest(presented.strip().encode(), token.encode()):
+                return user
+        return None
 
     def _dispatch(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
         if path in ("/healthz", "/readyz", "/livez") or path.startswith(("/healthz/", "/readyz/", "/livez/")):
@@ -2675,7 +2704,8 @@ class _Handler(BaseHTTPRequestHandler):
             # Public info (system:public-info-viewer): the kubectl dispatcher asks before it has credentials.
             self._send_json(200, SERVER_VERSION)
             return
-        if not self._authorized():
+        user = self._authenticated()
+        if user is None:
             self._send_error(KubeError(401, "Unauthorized", "Unauthorized", details=False))
             return
         if method in ("HEAD", "OPTIONS"):
@@ -2683,12 +2713,95 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.api.faults.take(method, path)
         if fault is not None:
             raise fault
+        # Discovery is every authenticated user's (system:discovery, system:basic-user).
         if self._discovery(method, path):
+            return
+        if self._access_review(method, path, body, user):
             return
         route = self._route(path)
         if route is None:
             raise _resource_not_found()
+        self._authorize(user, method, route, query)
         self._serve_resource(method, route, query, body)
+
+    def _authorize(self, user: User, method: str, route: _Route, query: dict[str, str]) -> None:
+        authorizer = self.api.authorizer
+        if authorizer is None:
+            return
+        watch = route.watch_path or query.get("watch", "").lower() in ("true", "1")
+        request = RbacRequest(
+            verb=verb_for(method, named=route.name is not None, watch=watch),
+            api_group=route.rt.group,
+            resource=route.rt.plural,
+            subresource=route.subresource or "",
+            namespace=route.namespace or "",
+            name=route.name or "",
+        )
+        if not authorizer.allowed(user, request):
+            raise KubeError(
+                403,
+                "Forbidden",
+                forbidden_message(user, request),
+                name=route.name or "",
+                group=route.rt.group,
+                kind=route.rt.plural,
+            )
+
+    def _access_review(self, method: str, path: str, body: bytes, user: User) -> bool:
+        """SelfSubjectAccessReview and SelfSubjectRulesReview: what ``kubectl auth can-i``
+        (and ``--list``) asks, answered from the same rules that authorize requests."""
+        prefix = "/apis/authorization.k8s.io/v1/"
+        if not path.startswith(prefix) or path[len(prefix) :] not in _REVIEW_KINDS:
+            return False
+        if method != "POST":
+            raise _method_not_allowed()
+        try:
+            review = json.loads(body or b"{}")
+        except ValueError:
+            raise _bad_request("the review is not valid JSON") from None
+        if not isinstance(review, dict):
+            raise _bad_request("the review must be an object")
+        spec = review.get("spec") or {}
+        authorizer = self.api.authorizer
+        who = ADMIN if authorizer is None else user
+        authorizer = authorizer or Authorizer()
+        status: Obj
+        if path.endswith("selfsubjectaccessreviews"):
+            attrs = spec.get("resourceAttributes")
+            if attrs is not None:
+                request = RbacRequest(
+                    verb=attrs.get("verb", ""),
+                    api_group=attrs.get("group", ""),
+                    resource=attrs.get("resource", ""),
+                    subresource=attrs.get("subresource", ""),
+                    namespace=attrs.get("namespace", ""),
+                    name=attrs.get("name", ""),
+                )
+            else:
+                plain = spec.get("nonResourceAttributes") or {}
+                request = RbacRequest(
+                    verb=plain.get("verb", ""), resource_request=False, path=plain.get("path", "")
+                )
+            allowed = authorizer.allowed(who, request)
+            status = {"allowed": allowed}
+            if allowed:
+                status["reason"] = "RBAC: allowed by the roles bound to this user"
+        else:
+            resource_rules, non_resource_rules = authorizer.rules_for(who, spec.get("namespace", ""))
+            status = {
+                "resourceRules": resource_rules,
+                "nonResourceRules": non_resource_rules,
+                "incomplete": False,
+            }
+        answer = {
+            "kind": _REVIEW_KINDS[path[len(prefix) :]],
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+            "status": status,
+        }
+        self._send_json(201, answer)
+        return True
 
     def _discovery(self, method: str, path: str) -> bool:
         document: Obj | None = None
@@ -2705,8 +2818,12 @@ class _Handler(BaseHTTPRequestHandler):
             document = {
                 "kind": "APIGroupList",
                 "apiVersion": "v1",
-                "groups": [_api_group(g) for g in _GROUP_VERSIONS],
+                "groups": [*(_api_group(g) for g in _GROUP_VERSIONS), _AUTHORIZATION_GROUP],
             }
+        elif path == "/apis/authorization.k8s.io":
+            document = {"kind": "APIGroup", "apiVersion": "v1", **_AUTHORIZATION_GROUP}
+        elif path == "/apis/authorization.k8s.io/v1":
+            document = _AUTHORIZATION_RESOURCES
         else:
             parts = path.strip("/").split("/")
             if parts[0] == "apis" and len(parts) in (2, 3) and parts[1] in _GROUP_VERSIONS:
@@ -3087,11 +3204,15 @@ class KubeAPIServer:
         port: int = 0,
         tls: SandboxTLS | None = None,
         token: str | None = None,
+        authorizer: Authorizer | None = None,
     ) -> None:
         self.store = store
         self.host = host
         self.tls = tls
-        self.token = token
+        self.token = token  # the admin's (system:masters)
+        # More identities (token -> user), authorized by ``authorizer`` as RBAC would.
+        self.identities: dict[str, User] = {}
+        self.authorizer = authorizer
         self.request_log: list[dict[str, Any]] = []
         self.faults = KubeFaults()
         self._log_lock = threading.Lock()
@@ -3131,12 +3252,23 @@ class KubeAPIServer:
             with suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
 
-    def write_kubeconfig(self, path: Path, *, cluster_name: str) -> None:
+    def tokens(self) -> list[tuple[str, User]]:
+        known = [(self.token, ADMIN)] if self.token else []
+        return known + list(self.identities.items())
+
+    def add_identity(self, token: str, user: User) -> None:
+        self.identities[token] = user
+
+    def write_kubeconfig(
+        self, path: Path, *, cluster_name: str, token: str | None = None, user: str = "admin"
+    ) -> None:
+        """A kubeconfig for the admin (default) or for the identity of ``token``."""
         cluster = [f"    server: {self.url}"]
         if self.tls is not None:
             ca = base64.b64encode(self.tls.ca_pem()).decode()
             cluster.append(f"    certificate-authority-data: {ca}")
-        user_block = f"  user:\n    token: {self.token}" if self.token else "  user: {}"
+        token = token or self.token
+        user_block = f"  user:\n    token: {token}" if token else "  user: {}"
         text = "\n".join(
             [
                 "apiVersion: v1",
@@ -3146,13 +3278,13 @@ class KubeAPIServer:
                 "  cluster:",
                 *cluster,
                 "users:",
-                f"- name: {cluster_name}-admin",
+                f"- name: {cluster_name}-{user}",
                 user_block,
                 "contexts:",
                 f"- name: {cluster_name}",
                 "  context:",
                 f"    cluster: {cluster_name}",
-                f"    user: {cluster_name}-admin",
+                f"    user: {cluster_name}-{user}",
                 "    namespace: default",
                 f"current-context: {cluster_name}",
                 "",

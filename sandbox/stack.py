@@ -30,6 +30,7 @@ from sandbox.cluster import ClusterTimings, PoolSpec, SandboxCluster
 from sandbox.events import EventGridPublisher, image_version_write_event
 from sandbox.flux import add_flux_objects, start_flux_controller
 from sandbox.kubeapi import KubeAPIServer, KubeStore
+from sandbox.rbac import Authorizer, User
 from sandbox.tls import create_tls
 from sandbox.world import World
 
@@ -46,6 +47,17 @@ DEFAULT_POOLS = "linux:linux:6,win:windows:3"
 # run the app as Azure would.
 DEPLOYED_SETTINGS = {"PYTHON_THREADPOOL_THREAD_COUNT": "16"}
 # The fleet repository the sandbox's Flux objects track (the GitOps webhook).
+# What the app may do in the cluster: the manifests shipped for real clusters.
+RBAC_MANIFESTS = sorted((REPO / "infra" / "kubernetes").glob("*.yaml"))
+
+
+def app_identity() -> User:
+    """The ServiceAccount of infra/kubernetes/serviceaccount.yaml, as its token authenticates."""
+    manifest = REPO / "infra" / "kubernetes" / "serviceaccount.yaml"
+    account = yaml.safe_load(manifest.read_text(encoding="utf-8"))
+    return User.service_account(account["metadata"]["namespace"], account["metadata"]["name"])
+
+
 GITOPS_REPO_URL = "https://github.com/Octocoders/fleet-gitops.git"
 GITOPS_BRANCH = "main"
 
@@ -106,7 +118,13 @@ class Sandbox:
 
     @property
     def kubeconfig_path(self) -> Path:
+        """The admin's: it sets the scene (the tests, the demo, a person with kubectl)."""
         return self.state_dir / "kubeconfig"
+
+    @property
+    def app_kubeconfig_path(self) -> Path:
+        """The app's: the ServiceAccount of infra/kubernetes, with exactly its RBAC."""
+        return self.state_dir / "app-kubeconfig"
 
     @property
     def config_path(self) -> Path:
@@ -134,9 +152,22 @@ class Sandbox:
         self.world = World(time_scale=opts.time_scale, history_path=self.history_path)
         self.kube = KubeStore(self.world, pod_termination_cloud_seconds=opts.pod_termination_cloud_seconds)
         self.kube_token = os.urandom(16).hex()
-        self.kube_server = KubeAPIServer(self.kube, tls=tls, token=self.kube_token)
+        # The app talks as the ServiceAccount infra/kubernetes declares, authorized by the
+        # roles shipped there: a grant the code needs and the manifests lack fails here
+        # as it would on the first real cluster.
+        self.kube_server = KubeAPIServer(
+            self.kube, tls=tls, token=self.kube_token, authorizer=Authorizer.from_manifests(RBAC_MANIFESTS)
+        )
+        self.app_kube_token = os.urandom(16).hex()
+        self.kube_server.add_identity(self.app_kube_token, app_identity())
         self.kube_server.start()
         self.kube_server.write_kubeconfig(self.kubeconfig_path, cluster_name=CLUSTER)
+        self.kube_server.write_kubeconfig(
+            self.app_kubeconfig_path,
+            cluster_name=CLUSTER,
+            token=self.app_kube_token,
+            user="vmss-node-patcher",
+        )
         self.compute = ComputeState(
             self.world, subscription_id=SUBSCRIPTION, durations=opts.compute_durations
         )
@@ -315,7 +346,7 @@ class Sandbox:
             "PATCHER_SWEEP_SCHEDULE": self.options.sweep_schedule,
             "PATCHER_SCHEDULE": self.options.patch_schedule,
             "PATCHER_ARM_ENDPOINT": self.arm_server.url,
-            "KUBECONFIG_SANDBOX": str(self.kubeconfig_path),
+            "KUBECONFIG_SANDBOX": str(self.app_kubeconfig_path),
             # The same managed-identity protocol as App Service; the sandbox serves it.
             "IDENTITY_ENDPOINT": self.arm_server.identity_endpoint,
             "IDENTITY_HEADER": self.arm_server.identity_header,
@@ -443,6 +474,7 @@ class Sandbox:
             "cluster": CLUSTER,
             "runner_pids": [p.pid for p in self.runners],
             "kubeconfig": str(self.kubeconfig_path),
+            "app_kubeconfig": str(self.app_kubeconfig_path),
             "config_path": str(self.config_path),
             "ca_path": str(self.tls.ca_path),
             "history": str(self.history_path),

@@ -123,6 +123,7 @@ class RunService:
             "maxFailedNodes": run.max_failed_nodes,
             "counts": counts,
             "waiting": run.waiting,
+            "leftOut": run.left_out,
             "nodes": [_node_view(n, run) for n in nodes],
         }
 

@@ -483,9 +483,10 @@ def kube_calls() -> tuple[list[KubeCall], list[str]]:
             if isinstance(parent, ast.Call) and parent.func is node:
                 args, keywords = parent.args, parent.keywords
             elif isinstance(parent, ast.Call) and node in parent.args:
-                # Passed to a helper as fn(*args): the arguments after it are the method's.
+                # Passed to a helper as fn(*args): the arguments after it are the method's,
+                # with whatever the helper adds itself (a watch helper's watch=True).
                 args = parent.args[parent.args.index(node) + 1 :]
-                keywords = parent.keywords
+                keywords = parent.keywords + _helper_keywords(m, parent.func)
             else:
                 args, keywords = [], []
             params = [
@@ -502,6 +503,21 @@ def kube_calls() -> tuple[list[KubeCall], list[str]]:
                     bound[k.arg] = k.value
             calls.append(KubeCall(api, node.attr, bound, m, m.where(node)))
     return calls, unresolved
+
+
+def _helper_keywords(module: Module, func: ast.AST) -> list[ast.keyword]:
+    """Literal keywords a helper of the module passes on every call it makes, such as
+    ``watch=True`` in a watch helper: they change the request's verb."""
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    found: list[ast.keyword] = []
+    for node in ast.walk(module.tree):
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Call):
+                    found.extend(
+                        k for k in inner.keywords if k.arg == "watch" and isinstance(k.value, ast.Constant)
+                    )
+    return found
 
 
 def _kind_objects(module: Module) -> list[Any]:
@@ -546,8 +562,13 @@ def kube_permissions() -> dict[Permission, list[str]]:
             continue  # discovery (/apis/{group}/{version}): allowed to every authenticated user
         resource, named = rest[0], len(rest) > 1 and rest[1] == "{name}"
         sub = rest[2] if len(rest) > 2 else None
+        watching = call.arguments.get("watch")
         verb = {
-            "GET": "get" if named else "list",
+            "GET": "watch"
+            if isinstance(watching, ast.Constant) and watching.value is True
+            else "get"
+            if named
+            else "list",
             "POST": "create",
             "PUT": "update",
             "PATCH": "patch",
