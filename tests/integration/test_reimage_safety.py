@@ -3,7 +3,8 @@ reimages one with pods still on it, and never loses one (issue #21).
 
 Three ways the leader of a batch can be left not knowing whether ARM acted on its write:
 
-* ARM accepted the write (the instances are being reimaged) and answered 500;
+* ARM accepted the write (the instances are being reimaged) and answered 500, or 409 as
+  a retried write does when its first attempt was accepted;
 * ARM accepted the write and never answered (the connection is dropped after a while);
 * the runner died between the write-ahead claim and the write: the request is held
   before ARM sees it, the runner process holding it is SIGKILLed, and the write is never
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 POOL = "alpha"
 SCALE_SET = f"vmss-{POOL}"
-FAULTS = ("accept_then_500", "accept_then_timeout", "killed_between_claim_and_write")
+FAULTS = ("accept_then_500", "accept_then_409", "accept_then_timeout", "killed_between_claim_and_write")
 # The connection of a write accepted and never answered is closed after this long: less
 # than a reimage takes in the session's sandbox (240 cloud seconds at 0.01, 2.4 s), so the
 # leader is left not knowing while the operation is still running.
@@ -116,6 +117,9 @@ def arm(sandbox: Sandbox, fault: str, op: str) -> None:
     faults = sandbox.compute.faults
     if fault == "accept_then_500":
         faults.accept_then_fail(op, status=500, code="InternalServerError")
+    elif fault == "accept_then_409":
+        # What a retried write meets when its first attempt was accepted: our own operation.
+        faults.accept_then_fail(op, status=409, code="OperationNotAllowed")
     elif fault == "accept_then_timeout":
         faults.accept_then_drop(op, after=ANSWER_DROPPED_AFTER)
     else:
@@ -199,7 +203,7 @@ def test_an_ambiguous_write_neither_reimages_twice_nor_loses_a_node(
         assert killer.kills and killer.outcomes == ["abandoned"], (killer.kills, killer.outcomes)
         assert any(r.get("fault") == "held_abandoned" for r in writes)
     else:
-        expected = "accept_then_fail" if fault == "accept_then_500" else "accept_then_drop"
+        expected = "accept_then_drop" if fault == "accept_then_timeout" else "accept_then_fail"
         assert any(r.get("fault") == expected for r in writes), writes
     assert_safe(sandbox, driver, run, since=since, image=image, targets=targets)
     disks_after = {
