@@ -881,10 +881,24 @@ def step_booting(ctx: StepContext) -> StepResult:
     # interval between watches could miss that by as much, for all of them. So while the
     # boot may end any moment (none timed on this scale set yet, or not twice the typical
     # one gone by), it watches again at once; after that, it polls.
+    # Only while its own Node or a peer's may still come up: a Node verified whose instance
+    # disagrees gains nothing from a watch, and looking again at once would spin on ARM.
     boot_due = typical is None or ctx.now - node.booting_since < 2 * typical
-    if node.leads_batch and not ctx.backlogged and boot_due:
+    node_coming = bool(_node_problems(node, observed)) or _peers_booting(ctx)
+    if node.leads_batch and not ctx.backlogged and boot_due and node_coming:
         return wait("; ".join(problems) + " (watching again)", 0.0)
     return wait("; ".join(problems), poll)
+
+
+def _peers_booting(ctx: StepContext) -> bool:
+    """Whether other nodes of this leader's batch have yet to be called (the watch is theirs too)."""
+    node = ctx.node
+    if not node.reimage_batch:
+        return False
+    return any(
+        p.reimage_batch == node.reimage_batch and p.name != node.name
+        for p in ctx.deps.store.list_nodes(ctx.run.id, states=(NodeState.REIMAGING, NodeState.BOOTING))
+    )
 
 
 def _follows_leader(node: NodeWork) -> bool:
