@@ -541,9 +541,16 @@ def _write_verdict(ctx: StepContext) -> tuple[str, str]:
     if state in ("updating", "creating"):
         return "unsettled", f"{node.reimage_op} in progress (operation not tracked)"
     signs = []
-    if instance.os_disk and node.os_disk_before and instance.os_disk != node.os_disk_before:
+    disks_known = bool(instance.os_disk and node.os_disk_before)
+    if disks_known and instance.os_disk != node.os_disk_before:
         signs.append("OS disk replaced")
-    if instance.provisioning_time and instance.provisioning_time >= node.reimage_started - CLOCK_SKEW:
+    # The provisioning time speaks only where the disk cannot: an operation that ended
+    # just before the claim (the node's previous reimage) would read as this one.
+    if (
+        not disks_known
+        and instance.provisioning_time
+        and instance.provisioning_time >= node.reimage_started - CLOCK_SKEW
+    ):
         signs.append("instance provisioned since the claim")
     if (
         node.reimage_op == "manualupgrade"

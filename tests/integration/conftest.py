@@ -34,6 +34,10 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
             pool_overrides={
                 "alpha": {"drain": {"timeout": 60, "deleteEmptyDirData": True, "onTimeout": "fail"}},
                 "win": {"drain": {"timeout": 60, "deleteEmptyDirData": True, "onTimeout": "fail"}},
+                # Two beta nodes drain at once and share the shop PDB: under load one waits
+                # for the other's evicted pods to be Ready elsewhere, which the 10 s default
+                # did not always cover.
+                "beta": {"drain": {"timeout": 30, "deleteEmptyDirData": True, "onTimeout": "fail"}},
             },
         )
     )
