@@ -1,4 +1,5 @@
-"""Operator endpoints: start, list, inspect, pause, resume and cancel runs."""
+"""Operator endpoints: start, list, inspect, pause, resume and cancel runs; release a
+cluster's lock."""
 
 from __future__ import annotations
 
@@ -74,3 +75,29 @@ def run_action(req: func.HttpRequest) -> func.HttpResponse:
     except ValidationError as exc:
         return error(409, str(exc))
     return json_response({"id": run.id, "state": str(run.state)}, 202)
+
+
+# Set by App Service Authentication (Easy Auth) when it fronts the app; without it the
+# caller is known only as holding a function key.
+PRINCIPAL_HEADER = "x-ms-client-principal-name"
+
+
+@bp.function_name("cluster_lock")
+@bp.route(route="clusters/{name}/lock", methods=["DELETE"], auth_level=func.AuthLevel.FUNCTION)
+def cluster_lock(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.errors import ConcurrencyError, NotFoundError
+    from shared.runs import RunConflictError
+
+    force = req.params.get("force", "").lower() in ("true", "1", "yes")
+    by = req.headers.get(PRINCIPAL_HEADER) or "function key"
+    try:
+        record = _service().release_lock(
+            req.route_params["name"], by=by, reason=req.params.get("reason", ""), force=force
+        )
+    except NotFoundError as exc:
+        return error(404, str(exc))
+    except RunConflictError as exc:
+        return error(409, str(exc), activeRun=exc.active_run)
+    except ConcurrencyError as exc:
+        return error(409, str(exc))
+    return json_response(record)

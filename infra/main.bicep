@@ -37,8 +37,8 @@ param kubeconfigSettings array = []
 @description('GitHub webhook secret settings, as Key Vault references: [{name: "GITHUB_WEBHOOK_SECRET", secretName: "github-webhook-secret"}]; two entries while rotating. The YAML configuration lists them under gitops.secrets.')
 param webhookSecretSettings array = []
 
-@description('Resource groups holding the node pools\' scale sets: ["/subscriptions/<sub>/resourceGroups/<rg>"].')
-param scaleSetResourceGroupIds array = []
+@description('The node pools\' scale sets, grouped by resource group: [{id: "/subscriptions/<sub>/resourceGroups/<rg>", scaleSets: ["<scale set name>"]}]; the app may write only these scale sets.')
+param scaleSetResourceGroups array = []
 
 @description('Compute Galleries whose new image versions trigger rollouts, grouped by resource group: [{id: "/subscriptions/<sub>/resourceGroups/<rg>", galleries: ["<gallery>"], existingSystemTopicName: ""}].')
 param galleryResourceGroups array = []
@@ -128,12 +128,13 @@ module appRoles 'app/roles-app.bicep' = {
   }
 }
 
-module scaleSetRoles 'app/role-scalesets.bicep' = [for (rgId, i) in scaleSetResourceGroupIds: {
+module scaleSetRoles 'app/role-scalesets.bicep' = [for (group, i) in scaleSetResourceGroups: {
   name: 'roles-scalesets-${i}'
-  scope: resourceGroup(split(rgId, '/')[2], split(rgId, '/')[4])
+  scope: resourceGroup(split(group.id, '/')[2], split(group.id, '/')[4])
   params: {
     principalId: functionApp.outputs.principalId
     appName: functionAppName
+    scaleSetNames: group.scaleSets
   }
 }]
 

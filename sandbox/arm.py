@@ -25,7 +25,9 @@ Design:
   Service managed-identity token endpoint at ``/msi/token``, and only tokens it issued
   are accepted by the ARM routes.
 * :class:`FaultInjector` lets tests make the next N requests (or the next N LROs) of a
-  kind fail the way Azure fails.
+  kind fail the way Azure fails, and make writes ambiguous: accepted but answered with an
+  error, accepted but never answered, or held before they are accepted (so that a test
+  can kill the client meanwhile: a held write whose client went away is never accepted).
 
 Fidelity choices (sources: Azure REST API reference, azure-docs, recorded responses):
 
@@ -40,6 +42,15 @@ Fidelity choices (sources: Azure REST API reference, azure-docs, recorded respon
   version of OS Disk"); only ``manualupgrade`` applies the scale set model, which makes
   ``latestModelApplied`` true. ``manualupgrade`` skips instances already on the latest
   model.
+* A reimage, and an upgrade that changes the image, replaces the OS disk: the instance
+  gets a new managed disk from the image (REST reference, Virtual Machines - Reimage:
+  "If deleteOption is detach, the old OS disk will be preserved after reimage. If
+  deleteOption is delete, the old OS disk will be deleted after reimage"), named as
+  Compute names implicit OS disks, ``<vm>_OsDisk_1_<32 hex>``, with a fresh guid. So
+  ``properties.storageProfile.osDisk.name`` and ``.managedDisk.id`` change (in GET vm and
+  in the list) the moment the operation starts, which is also when the node is wiped;
+  ``deleteOption`` is ``Delete``. ``vmId`` does not change. History: ``reimage_started``
+  carries the new ``os_disk``.
 * A reimage/manualupgrade/delete of an instance that another operation is still working
   on is accepted and *preempts* that operation: the older one ends ``Canceled`` with
   ``OperationPreempted`` ("Operation execution has been preempted by a more recent
@@ -106,14 +117,16 @@ import base64
 import json
 import logging
 import math
+import os
 import re
 import secrets
+import select
 import socket
 import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -135,6 +148,7 @@ __all__ = [
     "ComputeDurations",
     "ComputeState",
     "FaultInjector",
+    "HeldRequest",
     "WriteLimit",
 ]
 
@@ -182,6 +196,11 @@ REQUEST_OPERATIONS = frozenset(
         "list_software_update_configuration_runs",
         "get_software_update_configuration_run",
     }
+)
+# Writes that start a long-running operation: what accept_then_fail / accept_then_drop /
+# hold_next can target.
+ACCEPTING_OPERATIONS = frozenset(
+    {"reimage", "reimage_all", "manualupgrade", "delete_instances", "delete_vm", "update_model"}
 )
 # Kinds of long-running operation FaultInjector.fail_lro can target.
 LRO_KINDS = frozenset({"reimage", "reimage_all", "manualupgrade", "update_model", "delete", "image_version"})
@@ -272,13 +291,120 @@ class _LroFault:
     code: str
 
 
+@dataclass
+class _AcceptedFault:
+    """What the client gets for a write ARM did accept: an error status, or no answer."""
+
+    operation: str
+    remaining: int
+    status: int | None  # None: no answer at all
+    code: str
+    drop_after: float
+
+
+@dataclass
+class _HoldFault:
+    operation: str
+    remaining: int
+    max_hold: float
+
+
+class HeldRequest:
+    """A write held before ARM saw it (``FaultInjector.hold_next``).
+
+    It is accepted when released (or after ``max_hold`` seconds); if its client goes away
+    first (the process was killed, or it timed out and closed the connection), it is
+    dropped unseen, exactly as if it had never been sent. ``outcome`` says which.
+    """
+
+    def __init__(self, operation: str, client: tuple[str, int], server_port: int) -> None:
+        self.operation = operation
+        self.client = client
+        self.server_port = server_port
+        self.held_at = time.time()
+        self.outcome = ""  # "" while held; then "accepted" or "abandoned"
+        self._released = threading.Event()
+        self._done = threading.Event()
+
+    def release(self) -> None:
+        """Let the request through to ARM."""
+        self._released.set()
+
+    def wait(self, timeout: float) -> str:
+        """Wait until the request is accepted or abandoned; returns the outcome ("" if neither yet)."""
+        self._done.wait(timeout)
+        return self.outcome
+
+    def client_pid(self, candidates: Iterable[int] | None = None) -> int | None:
+        """The process holding the client end of the connection (Linux /proc), if any.
+
+        ``candidates`` limits the search to those pids (the runners, say)."""
+        return _socket_owner(self.client[1], self.server_port, candidates)
+
+    def _finish(self, outcome: str) -> None:
+        self.outcome = outcome
+        self._done.set()
+
+
+def _socket_owner(local_port: int, remote_port: int, candidates: Iterable[int] | None) -> int | None:
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as fh:
+                next(fh, None)
+                for line in fh:
+                    parts = line.split()
+                    local, remote, inode = parts[1], parts[2], parts[9]
+                    if int(local.rsplit(":", 1)[1], 16) == local_port and (
+                        int(remote.rsplit(":", 1)[1], 16) == remote_port
+                    ):
+                        inodes.add(f"socket:[{inode}]")
+        except OSError:
+            continue
+    if not inodes:
+        return None
+    pids = (
+        list(candidates) if candidates is not None else [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    )
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
 class FaultInjector:
-    """Makes the next requests or LROs of a kind fail as Azure would."""
+    """Makes the next requests or LROs of a kind fail as Azure would.
+
+    Besides failing requests (``fail_next``) and operations (``fail_lro``), it makes
+    writes ambiguous, the cases a client cannot tell from its answer whether ARM acted:
+
+    * ``accept_then_fail``: ARM accepts the write (the operation starts, instances are
+      reimaged) but the client gets an error status (500 by default; 408, 409, 503 ...);
+    * ``accept_then_drop``: ARM accepts the write and never answers: the connection is
+      held for ``after`` seconds (or until the client gives up) and then closed without
+      a response, which the client sees as a read timeout or a dropped connection;
+    * ``hold_next``: the write is held *before* ARM sees it, until ``HeldRequest.release``
+      or ``max_hold`` seconds; ``wait_held`` hands the test the held request, so that it
+      can kill the client process meanwhile. A held write whose client went away is
+      never accepted, as if the process had died just before sending it.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._request_faults: list[_RequestFault] = []
         self._lro_faults: list[_LroFault] = []
+        self._accepted_faults: list[_AcceptedFault] = []
+        self._hold_faults: list[_HoldFault] = []
+        self._held: list[HeldRequest] = []
+        self._held_cond = threading.Condition(self._lock)
 
     def fail_next(
         self,
@@ -302,10 +428,102 @@ class FaultInjector:
         with self._lock:
             self._lro_faults.append(_LroFault(kind, count, code))
 
+    def accept_then_fail(
+        self, operation: str, count: int = 1, *, status: int = 500, code: str = "InternalServerError"
+    ) -> None:
+        """The next ``count`` accepted writes of ``operation`` are answered ``status``."""
+        self._check_accepting(operation)
+        with self._lock:
+            self._accepted_faults.append(_AcceptedFault(operation, count, status, code, 0.0))
+
+    def accept_then_drop(self, operation: str, count: int = 1, *, after: float = 3.0) -> None:
+        """The next ``count`` accepted writes of ``operation`` get no answer: the
+        connection is closed after ``after`` seconds (sooner if the client gives up)."""
+        self._check_accepting(operation)
+        with self._lock:
+            self._accepted_faults.append(_AcceptedFault(operation, count, None, "", after))
+
+    def hold_next(self, operation: str, count: int = 1, *, max_hold: float = 60.0) -> None:
+        """Hold the next ``count`` writes of ``operation`` before ARM sees them."""
+        self._check_accepting(operation)
+        with self._lock:
+            self._hold_faults.append(_HoldFault(operation, count, max_hold))
+
+    def wait_held(self, timeout: float = 30.0) -> HeldRequest:
+        """The oldest request being held now (waiting up to ``timeout`` for one)."""
+        deadline = time.monotonic() + timeout
+        with self._held_cond:
+            while True:
+                waiting = [h for h in self._held if not h.outcome]
+                if waiting:
+                    return waiting[0]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no request was held within {timeout}s")
+                self._held_cond.wait(left)
+
+    @property
+    def held(self) -> list[HeldRequest]:
+        """Every request held so far, in order, with its outcome."""
+        with self._lock:
+            return list(self._held)
+
     def clear(self) -> None:
         with self._lock:
             self._request_faults.clear()
             self._lro_faults.clear()
+            self._accepted_faults.clear()
+            self._hold_faults.clear()
+            for held in self._held:
+                held.release()
+
+    @staticmethod
+    def _check_accepting(operation: str) -> None:
+        if operation != "any" and operation not in ACCEPTING_OPERATIONS:
+            raise ValueError(
+                f"not a write that starts an operation: {operation!r}; known: any, "
+                f"{sorted(ACCEPTING_OPERATIONS)}"
+            )
+
+    def _take_accepted_fault(self, operation: str) -> _AcceptedFault | None:
+        return self._take(self._accepted_faults, operation)
+
+    def _take_hold(self, operation: str) -> _HoldFault | None:
+        return self._take(self._hold_faults, operation)
+
+    def _take(self, faults: list[Any], operation: str) -> Any:
+        with self._lock:
+            for fault in faults:
+                if fault.operation in (operation, "any"):
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        faults.remove(fault)
+                    return fault
+        return None
+
+    def _hold(
+        self,
+        fault: _HoldFault,
+        operation: str,
+        client: tuple[str, int],
+        server_port: int,
+        client_gone: Callable[[], bool],
+    ) -> bool:
+        """Hold one request; True if it may go on to ARM, False if its client went away."""
+        held = HeldRequest(operation, client, server_port)
+        with self._held_cond:
+            self._held.append(held)
+            self._held_cond.notify_all()
+        deadline = time.monotonic() + fault.max_hold
+        while not held._released.wait(0.05):
+            if client_gone():
+                logger.info("sandbox ARM: held %s from %s abandoned by its client", operation, client)
+                held._finish("abandoned")
+                return False
+            if time.monotonic() >= deadline:
+                break
+        held._finish("accepted")
+        return True
 
     def _take_request_fault(self, operation: str) -> _RequestFault | None:
         with self._lock:
@@ -385,6 +603,13 @@ class _Instance:
     target_image: dict[str, Any] | None = None
     target_model_version: int | None = None
     etag: int = 1
+    # The managed OS disk's own guid: a reimage (and an upgrade that changes the image)
+    # creates a new disk from the image, so the disk's name and id change with it.
+    os_disk_guid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    os_disks: int = 1  # how many OS disks this instance has had
+
+    def os_disk_name(self, scale_set: str) -> str:
+        return f"{scale_set}_{self.instance_id}_OsDisk_1_{self.os_disk_guid}"
 
 
 @dataclass
@@ -444,6 +669,9 @@ class _Reply:
     headers: dict[str, str] = field(default_factory=dict)
     resource_group: str | None = None
     scale_set: str | None = None
+    # No answer: hold the connection this long (or until the client leaves), then close it.
+    drop_after: float | None = None
+    fault: str | None = None  # the injected fault that shaped this answer, for the request log
 
 
 class _ApiError(Exception):
@@ -984,6 +1212,7 @@ class ComputeState:
 
     def _vm_json(self, ss: _ScaleSet, inst: _Instance, *, expand: bool) -> dict[str, Any]:
         vm_res = f"{self._resource_id(ss)}/virtualMachines/{inst.instance_id}"
+        disk_name = inst.os_disk_name(ss.name)
         props: dict[str, Any] = {
             "latestModelApplied": inst.model_version == ss.model_version,
             "modelDefinitionApplied": "VirtualMachineScaleSet",
@@ -993,10 +1222,15 @@ class ComputeState:
                 "imageReference": deepcopy(inst.image),
                 "osDisk": {
                     "osType": ss.os_type,
-                    "name": f"{ss.name}_{inst.instance_id}_OsDisk_1_{inst.vm_id.replace('-', '')}",
+                    "name": disk_name,
                     "createOption": "FromImage",
                     "caching": "ReadOnly",
-                    "managedDisk": {"storageAccountType": "Premium_LRS"},
+                    "managedDisk": {
+                        "storageAccountType": "Premium_LRS",
+                        "id": f"/subscriptions/{self.subscription_id}/resourceGroups/{ss.resource_group}"
+                        f"/providers/Microsoft.Compute/disks/{disk_name}",
+                    },
+                    "deleteOption": "Delete",
                     "diskSizeGB": 128,
                 },
                 "dataDisks": [],
@@ -1364,11 +1598,23 @@ class ComputeState:
                 version = (
                     inst.target_model_version if inst.target_model_version is not None else inst.model_version
                 )
+            if kind != "manualupgrade" or target != inst.image:
+                # The OS disk is replaced as the operation starts (the node is wiped then
+                # too): a new disk from the image, with a new name and id.
+                inst.os_disk_guid, inst.os_disks = uuid.uuid4().hex, inst.os_disks + 1
             inst.target_image, inst.target_model_version = target, version
             inst.provisioning_state, inst.power_state, inst.failure = "Updating", "starting", None
             inst.state_time = _iso()
             self._claim(ss, inst, op, kind, self.durations.reimage)
-            self._emit("reimage_started", ss, inst, target, operation=kind, operation_id=op.op_id)
+            self._emit(
+                "reimage_started",
+                ss,
+                inst,
+                target,
+                operation=kind,
+                operation_id=op.op_id,
+                os_disk=inst.os_disk_name(ss.name),
+            )
         return self._accepted(ctx, op, self.durations.reimage, headers)
 
     def _start_delete(self, ctx: _Ctx, ss: _ScaleSet, ids: list[str], headers: dict[str, str]) -> _Reply:
@@ -2879,12 +3125,43 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
+    def _client_gone(self) -> bool:
+        """True once the client closed its end (or the connection broke). The client sends
+        nothing while it waits for an answer, so a readable socket means EOF or reset;
+        the raw socket is peeked, under TLS too, without consuming anything."""
+        sock = self.connection
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                return False
+            # socket.socket.recv is the plain socket's: it peeks below the TLS layer.
+            return socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except (OSError, ValueError):
+            return True
+
     def _serve(self) -> None:
         # The body is always drained first: answering early would leave it in the
         # keep-alive stream and corrupt the next request on this connection.
         raw = self._read_body()
         headers = {k.lower(): v for k, v in self.headers.items()}
-        reply = self.server.arm._dispatch(self.command, self.path, headers, raw)
+        reply = self.server.arm._dispatch(
+            self.command,
+            self.path,
+            headers,
+            raw,
+            client=(str(self.client_address[0]), int(self.client_address[1])),
+            client_gone=self._client_gone,
+        )
+        if reply.drop_after is not None:
+            # Accepted, never answered: the client waits until it gives up, or sees the
+            # connection closed without a response.
+            deadline = time.monotonic() + reply.drop_after
+            while time.monotonic() < deadline and not self._client_gone():
+                time.sleep(0.05)
+            self.close_connection = True
+            return
         payload = b"" if reply.body is None else json.dumps(reply.body).encode()
         self.send_response(reply.status)
         for k, v in reply.headers.items():
@@ -2996,7 +3273,16 @@ class ArmServer:
         with self._log_lock:
             self.request_log.append(entry)
 
-    def _dispatch(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> _Reply:
+    def _dispatch(
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        raw: bytes,
+        *,
+        client: tuple[str, int] | None = None,
+        client_gone: Callable[[], bool] | None = None,
+    ) -> _Reply:
         parts = urlsplit(target)
         path = unquote(parts.path).rstrip("/") or "/"
         query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
@@ -3045,6 +3331,8 @@ class ArmServer:
             handler=handler,
             match=match,
             path_known=path_known,
+            client=client,
+            client_gone=client_gone,
         )
         reply.headers.setdefault("x-ms-request-id", str(uuid.uuid4()))
         reply.headers["x-ms-correlation-request-id"] = corr
@@ -3055,16 +3343,21 @@ class ArmServer:
             kind = "writes" if write else "reads"
             reply.headers[f"x-ms-ratelimit-remaining-subscription-{kind}"] = "1199" if write else "11999"
         reply.headers.update({"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "-1"})
+        entry: dict[str, Any] = {}
+        if reply.fault is not None:
+            entry["fault"] = reply.fault
         self._log(
             t=started,
             method=method,
             path=path,
             query=query,
-            status=reply.status,
+            # 0: the client got no answer (a dropped connection, or a held write abandoned).
+            status=0 if reply.drop_after is not None else reply.status,
             operation=operation,
             write=write,
             resource_group=match.get("rg"),
             scale_set=match.get("vmss"),
+            **entry,
         )
         return reply
 
@@ -3081,6 +3374,8 @@ class ArmServer:
         handler: str | None,
         match: dict[str, str],
         path_known: bool,
+        client: tuple[str, int] | None = None,
+        client_gone: Callable[[], bool] | None = None,
     ) -> _Reply:
         denied = self._authenticate(headers)
         if denied is not None:
@@ -3139,14 +3434,47 @@ class ArmServer:
             api_version=api_version,
         )
         state = self.state
+        hold = state.faults._take_hold(operation)
+        if hold is not None:
+            port = int(self._httpd.server_address[1])
+            if not state.faults._hold(
+                hold, operation, client or ("", 0), port, client_gone or (lambda: False)
+            ):
+                # The client is gone: ARM never saw the request, and nobody reads an answer.
+                return _Reply(0, drop_after=0.0, fault="held_abandoned")
         try:
             with state._transaction():
-                return getattr(state, handler)(ctx)
+                answer: _Reply = getattr(state, handler)(ctx)
         except _ApiError as err:
             return err.reply
         except Exception:
             logger.exception("sandbox ARM handler %s failed", handler)
             return _Reply(500, arm_error("InternalServerError", "The sandbox failed to process the request."))
+        if answer.status < 300:
+            accepted = state.faults._take_accepted_fault(operation)
+            if accepted is not None:
+                return self._ambiguous_answer(accepted, answer)
+        return answer
+
+    @staticmethod
+    def _ambiguous_answer(fault: _AcceptedFault, accepted: _Reply) -> _Reply:
+        """What the client gets for a write ARM accepted, under an ``accept_then_*`` fault."""
+        request_id = accepted.headers.get("x-ms-request-id")
+        if fault.status is None:
+            reply = _Reply(0, drop_after=fault.drop_after, fault="accept_then_drop")
+        else:
+            reply = _Reply(
+                fault.status,
+                arm_error(
+                    fault.code,
+                    _KNOWN_ERROR_MESSAGES.get(fault.code, f"Injected failure '{fault.code}'.")
+                    + " (injected by the sandbox after accepting the request)",
+                ),
+                fault="accept_then_fail",
+            )
+        if request_id:
+            reply.headers["x-ms-request-id"] = request_id
+        return reply
 
     def _authenticate(self, headers: dict[str, str]) -> _Reply | None:
         challenge = {

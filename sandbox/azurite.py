@@ -77,12 +77,17 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
+        return self.connection_string_with()
+
+    def connection_string_with(self, *, table_endpoint: str | None = None) -> str:
+        """The connection string, with the table endpoint replaced when given (a proxy
+        in front of Azurite's, see sandbox/tableproxy.py)."""
         if not self._proc:
             raise AzuriteError("Azurite is not running: call start() first")
         return (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
             f"BlobEndpoint={self.blob_endpoint};QueueEndpoint={self.queue_endpoint};"
-            f"TableEndpoint={self.table_endpoint};"
+            f"TableEndpoint={table_endpoint or self.table_endpoint};"
         )
 
     def start(self, timeout: float = 20.0) -> None:

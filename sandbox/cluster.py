@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 KUBELET_VERSION = "v1.31.4"
 IMAGE_LABEL = "kubernetes.azure.com/node-image-version"
 POOL_LABEL = "kubernetes.azure.com/agentpool"
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+# What the product writes on a node it holds (read, never written, by the sandbox).
+RUN_ANNOTATION = "vmss-node-patcher.io/run"
 
 
 @dataclass(frozen=True)
@@ -481,16 +484,25 @@ class SandboxCluster:
             self.kube.remove_now("nodes", None, name)
 
     def _wipe(self, name: str) -> None:
-        """The OS disk is replaced: the kubelet is gone and so is every pod on the node."""
+        """The OS disk is replaced: the kubelet is gone and so is every pod on the node.
+
+        The record names the pods that a drain should have moved and that die with the
+        disk: every pod bound to the node that has not finished, whatever its phase
+        (Pending, Running, Unknown) and even if it is terminating (its grace period is
+        cut short), except DaemonSet and mirror pods, which come back with the node.
+        The run whose annotation the node carries is recorded too.
+        """
         pods = self.kube.list("pods", field_selector=f"spec.nodeName={name}")
-        running = [
-            f"{p['metadata']['namespace']}/{p['metadata']['name']}"
-            for p in pods
-            if not _owned_by(p, "DaemonSet")
-            and not p["metadata"].get("deletionTimestamp")
-            and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
-        ]
-        self.world.history.append("node_wiped", node=name, running_pods=running, pods=len(pods))
+        live = [p for p in pods if _dies_with_the_disk(p)]
+        node = self.kube.get("nodes", None, name) or {"metadata": {}}
+        self.world.history.append(
+            "node_wiped",
+            node=name,
+            running_pods=[_pod_key(p) for p in live],
+            terminating_pods=[_pod_key(p) for p in live if p["metadata"].get("deletionTimestamp")],
+            pods=len(pods),
+            run=(node["metadata"].get("annotations") or {}).get(RUN_ANNOTATION, ""),
+        )
 
         def not_ready(obj: dict[str, Any]) -> None:
             obj["status"]["conditions"] = [_ready_condition(False, utcnow_iso())]
@@ -518,6 +530,17 @@ class SandboxCluster:
         for workload in list(self.workloads.values()):
             if workload.kind == "DaemonSet" and workload.os == os_name:
                 self._create_pod(workload, name, ready=False)
+
+
+def _pod_key(pod: Mapping[str, Any]) -> str:
+    return f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+
+
+def _dies_with_the_disk(pod: Mapping[str, Any]) -> bool:
+    """A pod a drain must have moved off before a reimage (see ``SandboxCluster._wipe``)."""
+    if _owned_by(pod, "DaemonSet") or MIRROR_ANNOTATION in (pod["metadata"].get("annotations") or {}):
+        return False
+    return pod.get("status", {}).get("phase") not in ("Succeeded", "Failed")
 
 
 def _image_version(image_reference: Mapping[str, Any]) -> str:

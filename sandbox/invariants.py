@@ -6,7 +6,13 @@ simulated services actually served, not against what the app believes it did:
 * budget: at no moment were more nodes of a pool disrupted (cordoned or NotReady) than
   its maxUnavailable, counting from the run's first disruption;
 * eviction only: no non-DaemonSet pod was deleted outside the Eviction API;
-* drained first: no instance was reimaged while non-DaemonSet pods still ran on it;
+* drained first: no instance was reimaged while a non-DaemonSet pod was still bound to
+  it (whatever its phase, terminating or not; see ``SandboxCluster._wipe``);
+* once per run: no node was reimaged twice by one run. A reimage whose operation failed
+  may be retried (``reimage_failed`` forgives one); a second write that preempts the
+  first, or a reimage after the node is back, is a violation. Wipes are grouped by the
+  run annotation the node carried; without one, the records given are taken to be one
+  run's (callers pass the records since the run started);
 * finished clean: every target node ended Ready, schedulable and on the new image.
 """
 
@@ -25,6 +31,8 @@ class Report:
     evictions: int = 0
     evictions_refused: int = 0
     reimages: int = 0
+    # Per run (its id, or "" for wipes of nodes without a run annotation) and node.
+    reimages_by_node: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -42,6 +50,8 @@ def check_history(
     cordoned: set[str] = set()
     not_ready: set[str] = set()
     peak: dict[str, int] = defaultdict(int)
+    wipes: dict[tuple[str, str], int] = defaultdict(int)
+    retries_allowed: dict[str, int] = defaultdict(int)
     for rec in sorted(records, key=lambda r: r["t"]):
         kind, node = rec["kind"], rec.get("node", "")
         if kind == "node_cordoned":
@@ -56,8 +66,23 @@ def check_history(
             report.reimages += 1
             if rec.get("running_pods"):
                 report.violations.append(
-                    f"{rec['at']}: {node} was reimaged with pods still running: {rec['running_pods']}"
+                    f"{rec['at']}: {node} was reimaged with non-DaemonSet pods still on it: "
+                    f"{rec['running_pods']}"
                 )
+            key = (str(rec.get("run") or ""), node)
+            wipes[key] += 1
+            if wipes[key] > 1:
+                if retries_allowed[node] > 0:
+                    retries_allowed[node] -= 1
+                    wipes[key] -= 1
+                else:
+                    run = f" by run {key[0]}" if key[0] else ""
+                    report.violations.append(
+                        f"{rec['at']}: {node} was reimaged twice{run} ({wipes[key]} reimages)"
+                    )
+        elif kind == "reimage_failed":
+            # The failed operation's wipe does not count against the retry that follows.
+            retries_allowed[str(rec.get("computer_name", "")).lower()] += 1
         elif kind == "eviction":
             if int(rec.get("result", 0)) == 201:
                 report.evictions += 1
@@ -79,6 +104,7 @@ def check_history(
                         f"(budget {budgets[pool]})"
                     )
     report.max_disrupted = dict(peak)
+    report.reimages_by_node = dict(wipes)
     return report
 
 

@@ -3079,6 +3079,8 @@ class _Handler(BaseHTTPRequestHandler):
                 timeout = float(query["timeoutSeconds"])
             except ValueError:
                 raise _bad_request(f"invalid timeoutSeconds: {query['timeoutSeconds']}") from None
+        if self.api.watch_max_seconds is not None:
+            timeout = min(timeout, self.api.watch_max_seconds)
         since = query.get("resourceVersion")
         if since and not since.isdigit():
             raise _bad_request(f"invalid resource version: {since}")
@@ -3215,6 +3217,10 @@ class KubeAPIServer:
         self.authorizer = authorizer
         self.request_log: list[dict[str, Any]] = []
         self.faults = KubeFaults()
+        # Opt-in: end every watch after at most this many seconds (0: at once, with an
+        # empty stream), as a proxy's idle timeout or an API server shedding watches does.
+        # None (the default) honours timeoutSeconds.
+        self.watch_max_seconds: float | None = None
         self._log_lock = threading.Lock()
         self._ssl_context = tls.server_context() if tls is not None else None
         self._stopping = threading.Event()

@@ -25,12 +25,13 @@ from typing import Any
 import yaml
 
 from sandbox.arm import ArmServer, ComputeDurations, ComputeState
-from sandbox.azurite import Azurite
+from sandbox.azurite import ACCOUNT_NAME, Azurite
 from sandbox.cluster import ClusterTimings, PoolSpec, SandboxCluster
 from sandbox.events import EventGridPublisher, image_version_write_event
 from sandbox.flux import add_flux_objects, start_flux_controller
 from sandbox.kubeapi import KubeAPIServer, KubeStore
 from sandbox.rbac import Authorizer, User
+from sandbox.tableproxy import TableFaultProxy
 from sandbox.tls import create_tls
 from sandbox.world import World
 
@@ -85,6 +86,10 @@ class SandboxOptions:
     extra_settings: dict[str, str] = field(default_factory=dict)
     # Rare by default, so scheduled runs never surprise a test; tests trigger it on demand.
     patch_schedule: str = "0 0 0 1 1 *"
+    # Route the app's table traffic through sandbox/tableproxy.py, whose faults tests arm
+    # as ``sandbox.table_proxy.faults``. Off by default: the extra hop would shift the
+    # benchmarks' timings.
+    table_faults: bool = False
 
 
 class Sandbox:
@@ -99,6 +104,7 @@ class Sandbox:
         self.arm_server: ArmServer | None = None
         self.cluster: SandboxCluster | None = None
         self.azurite: Azurite | None = None
+        self.table_proxy: TableFaultProxy | None = None
         self.runners: list[subprocess.Popen[bytes]] = []
         self.runner_ports: list[int] = []
         self.restarts = 0
@@ -200,6 +206,9 @@ class Sandbox:
         start_flux_controller(self.kube, self.world)
         self.azurite = Azurite(self.state_dir / "azurite")
         self.azurite.start()
+        if opts.table_faults:
+            self.table_proxy = TableFaultProxy(self.azurite.host, self.azurite.table_port)
+            self.table_proxy.start()
         self._write_config()
         self._write_settings()
         self.runner_ports = [_free_port() for _ in range(opts.runners)]
@@ -224,6 +233,8 @@ class Sandbox:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        if self.table_proxy:
+            self.table_proxy.stop()
         if self.azurite:
             self.azurite.stop()
         if self.arm_server:
@@ -337,11 +348,19 @@ class Sandbox:
             "automationAccounts": [self.automation_account_id],
         }
 
+    @property
+    def storage_connection_string(self) -> str:
+        """What the app is given: Azurite's, with tables behind the fault proxy if on."""
+        assert self.azurite
+        if self.table_proxy is None:
+            return self.azurite.connection_string
+        return self.azurite.connection_string_with(table_endpoint=self.table_proxy.endpoint(ACCOUNT_NAME))
+
     def app_settings(self) -> dict[str, str]:
         assert self.azurite and self.arm_server
         return {
             "FUNCTIONS_WORKER_RUNTIME": "python",
-            "AzureWebJobsStorage": self.azurite.connection_string,
+            "AzureWebJobsStorage": self.storage_connection_string,
             "PATCHER_CONFIG_PATH": str(self.config_path),
             "PATCHER_SWEEP_SCHEDULE": self.options.sweep_schedule,
             "PATCHER_SCHEDULE": self.options.patch_schedule,
@@ -463,7 +482,7 @@ class Sandbox:
         data = {
             "kube_url": self.kube_server.url,
             "arm_url": self.arm_server.url,
-            "storage_connection_string": self.azurite.connection_string,
+            "storage_connection_string": self.storage_connection_string,
             "functions_url": self.functions_url,
             "runner_urls": [f"http://127.0.0.1:{p}" for p in self.runner_ports],
             "subscription_id": SUBSCRIPTION,

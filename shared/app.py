@@ -42,6 +42,7 @@ class _ClientCache:
         self._compute: dict[str, Any] = {}
         self._kube_lock = threading.Lock()
         self._compute_lock = threading.Lock()
+        self._timeout = (app_settings.connect_timeout, app_settings.read_timeout)
 
     def kube(self, cluster: str) -> Any:
         built = self._kube.get(cluster)
@@ -66,6 +67,7 @@ class _ClientCache:
                         ca_pem=ca,
                         proxy=proxy,
                         no_proxy=no_proxy,
+                        timeout=self._timeout,
                     )
                 else:
                     assert spec.kubeconfig is not None  # the config validator requires one of the two
@@ -73,7 +75,13 @@ class _ClientCache:
                     if not value:
                         setting = spec.kubeconfig.setting
                         raise ConfigError(f"app setting {setting} (kubeconfig of cluster {cluster}) is empty")
-                    self._kube[cluster] = KubeClient.from_kubeconfig(value, proxy=proxy, no_proxy=no_proxy)
+                    try:
+                        self._kube[cluster] = KubeClient.from_kubeconfig(
+                            value, proxy=proxy, no_proxy=no_proxy, timeout=self._timeout
+                        )
+                    except ConfigError as exc:  # its message never holds the setting's value
+                        setting = spec.kubeconfig.setting
+                        raise ConfigError(f"app setting {setting} (cluster {cluster}): {exc}") from None
             return self._kube[cluster]
 
     def compute(self, subscription: str) -> Any:
@@ -89,6 +97,8 @@ class _ClientCache:
                     endpoint=self._settings.arm_endpoint,
                     audience=self._settings.arm_audience,
                     credential=azure_credential(),
+                    connection_timeout=self._settings.connect_timeout,
+                    read_timeout=self._settings.read_timeout,
                 )
             return self._compute[subscription]
 
@@ -140,7 +150,25 @@ def _real_collaborators() -> Collaborators:
 @lru_cache(maxsize=1)
 def _client_cache() -> _ClientCache:
     app_settings = settings()
-    return _ClientCache(app_settings, load_config(app_settings.config_path))
+    config = load_config(app_settings.config_path)
+    problem = timeout_problem(app_settings, config.workflow.lease_duration.total_seconds())
+    if problem:
+        logger.warning("%s", problem)
+    return _ClientCache(app_settings, config)
+
+
+def timeout_problem(app_settings: AppSettings, lease: float) -> str | None:
+    """Why the call timeouts do not fit a step's lease, if they do not: one call that gets no
+    answer must end well within the lease, or a second worker may take the node while the
+    first still waits. (A warning, not a refusal: a shortened lease, as in the sandbox, is
+    a test setting.)"""
+    if app_settings.longest_call <= lease / 2:
+        return None
+    return (
+        f"app settings PATCHER_CONNECT_TIMEOUT and PATCHER_READ_TIMEOUT let one call take up to "
+        f"{app_settings.longest_call:g} s (2 x connect + read), more than half of "
+        f"workflow.leaseDuration ({lease:g} s)"
+    )
 
 
 @lru_cache(maxsize=1)
@@ -158,5 +186,9 @@ def automation_client() -> Any:
 
     app_settings = settings()
     return AutomationClient(
-        endpoint=app_settings.arm_endpoint, audience=app_settings.arm_audience, credential=azure_credential()
+        endpoint=app_settings.arm_endpoint,
+        audience=app_settings.arm_audience,
+        credential=azure_credential(),
+        connection_timeout=app_settings.connect_timeout,
+        read_timeout=app_settings.read_timeout,
     )

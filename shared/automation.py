@@ -13,6 +13,7 @@ from typing import Any
 
 from shared.compute import translate_azure_error
 from shared.errors import PermanentError
+from shared.settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
 
 ACCOUNT_RE = re.compile(
     r"^/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<resource_group>[^/]+)"
@@ -22,7 +23,19 @@ ACCOUNT_RE = re.compile(
 
 
 class AutomationClient:
-    def __init__(self, *, endpoint: str, audience: str, credential: Any) -> None:
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        audience: str,
+        credential: Any,
+        connection_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+    ) -> None:
+        self._timeouts: dict[str, Any] = {
+            "connection_timeout": connection_timeout,
+            "read_timeout": read_timeout,
+        }
         self._endpoint = endpoint
         self._audience = audience
         self._credential = credential
@@ -38,6 +51,7 @@ class AutomationClient:
                 base_url=self._endpoint,
                 credential_scopes=[f"{self._audience.rstrip('/')}/.default"],
                 retry_total=0,
+                **self._timeouts,
             )
         return self._clients[subscription]
 

@@ -21,6 +21,7 @@ from shared.errors import (
     PermanentError,
     TemporaryError,
 )
+from shared.settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ def translate_azure_error(exc: Exception, what: str, *, write: bool = False) -> 
     answer that does not say whether it was accepted (408, 5xx, no response) is
     ``OutcomeUnknownError``, never a plain retry."""
     from azure.core.exceptions import (
+        ClientAuthenticationError,
         HttpResponseError,
         ResourceNotFoundError,
         ServiceRequestError,
@@ -122,6 +124,12 @@ def translate_azure_error(exc: Exception, what: str, *, write: bool = False) -> 
 
     if isinstance(exc, ResourceNotFoundError):
         return NotFoundError(f"{what}: not found")
+    if isinstance(exc, ClientAuthenticationError) and exc.response is None:
+        # No answer from ARM: the credential could not get a token (the identity endpoint
+        # timed out, refused or answered 5xx for a moment), so nothing was sent, a write
+        # neither. A 401 from ARM itself has a response and stays permanent below. The
+        # credential's text lists every credential it tried, so only the type is kept.
+        return TemporaryError(f"{what}: no token from the managed identity endpoint ({type(exc).__name__})")
     if isinstance(exc, HttpResponseError):
         status = exc.status_code or 0
         code = getattr(exc.error, "code", None) if exc.error else None
@@ -154,17 +162,29 @@ def translate_azure_error(exc: Exception, what: str, *, write: bool = False) -> 
 class ComputeClient:
     """Scale-set operations for one subscription, through azure-mgmt-compute."""
 
-    def __init__(self, subscription_id: str, *, endpoint: str, audience: str, credential: Any) -> None:
+    def __init__(
+        self,
+        subscription_id: str,
+        *,
+        endpoint: str,
+        audience: str,
+        credential: Any,
+        connection_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+    ) -> None:
         from azure.mgmt.compute import ComputeManagementClient
 
         # The workflow retries through the queue (honouring Retry-After there), so the SDK
-        # must not sleep through throttling inside an invocation.
+        # must not sleep through throttling inside an invocation; nor wait for an answer
+        # longer than the timeouts (the SDK's default is 300 s each, beyond the lease).
         self._client = ComputeManagementClient(
             credential,
             subscription_id,
             base_url=endpoint,
             credential_scopes=[f"{audience.rstrip('/')}/.default"],
             retry_total=0,
+            connection_timeout=connection_timeout,
+            read_timeout=read_timeout,
         )
 
     def get_instance(self, ref: InstanceRef) -> Instance:

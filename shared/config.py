@@ -81,6 +81,11 @@ class PoolConfig(_Model):
         alias="kubernetesVersion",
         description="kubelet version of the pool's images if no image tag says",
     )
+    control_plane: bool = Field(
+        False,
+        alias="controlPlane",
+        description="the pool's nodes run the control plane: patched only if this says so, one at a time",
+    )
 
     @field_validator("scale_set_id")
     @classmethod
@@ -91,6 +96,16 @@ class PoolConfig(_Model):
                 "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/virtualMachineScaleSets/NAME"
             )
         return value
+
+    @model_validator(mode="after")
+    def _control_plane_one_at_a_time(self) -> PoolConfig:
+        # etcd keeps quorum only while a majority of members is up: one node at a time.
+        if self.control_plane and self.max_unavailable != 1:
+            raise ValueError(
+                f"pool {self.name}: a control-plane pool patches one node at a time (maxUnavailable: 1), "
+                f"not {self.max_unavailable}"
+            )
+        return self
 
     @field_validator("max_unavailable")
     @classmethod

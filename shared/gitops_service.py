@@ -125,9 +125,12 @@ class StorageSyncQueue:
     def from_settings(cls, settings: Any) -> StorageSyncQueue:
         from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
+        from shared.settings import storage_options
+
         kwargs: dict[str, Any] = {
             "message_encode_policy": TextBase64EncodePolicy(),
             "message_decode_policy": TextBase64DecodePolicy(),
+            **storage_options(settings),
         }
         if settings.storage_connection_string:
             return cls(

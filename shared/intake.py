@@ -18,6 +18,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from shared.budget import resolve_max_unavailable
 from shared.clock import iso
@@ -34,6 +35,7 @@ from shared.events import (
     ResourceWriteEvent,
 )
 from shared.kube import ANNOTATION_PATCHED_AT, Node
+from shared.planner import left_alone
 from shared.runs import RunConflictError, RunService, StartRequest
 from shared.skew import skew_problem
 from shared.windows import MaintenanceWindow
@@ -89,7 +91,7 @@ class Intake:
         self._record("event", key, outcome, type=kind or "", id=envelope.id)
         return outcome
 
-    def _record(self, kind: str, key: str, outcome: Outcome, **extra: str) -> None:
+    def _record(self, kind: str, key: str, outcome: Outcome, **extra: Any) -> None:
         self.deps.store.put_record(
             kind,
             key,
@@ -403,17 +405,23 @@ class Intake:
     def scheduled(self) -> list[Outcome]:
         """Per pool, inside its window: nodes not on the latest model, nodes older than
         maxNodeAge, nodes asking for a reboot. One run per cluster; the earliest window
-        end among its pools is the run's deadline."""
+        end among its pools is the run's deadline. Due nodes that a run would leave alone
+        (opted out, cordoned) are not planned: otherwise every tick would start a run that
+        skips them at once. The decision, with the nodes left and why, is the cluster's
+        ``schedule`` record (the latest tick's)."""
         now = self.deps.clock.now()
         moment = datetime.fromtimestamp(now, UTC)
         outcomes = []
         for cluster in self.deps.config.clusters:
             active = self.deps.store.active_run(cluster.name)
             if active:
-                outcomes.append(Outcome("waiting", f"{cluster.name}: run {active} is active"))
+                outcome = Outcome("waiting", f"{cluster.name}: run {active} is active")
+                self._record("schedule", cluster.name, outcome, left={})
+                outcomes.append(outcome)
                 continue
             nodes = None
             targets: list[str] = []
+            left: dict[str, str] = {}
             pools: list[str] = []
             deadline = 0.0
             for pool in cluster.pools:
@@ -425,14 +433,23 @@ class Intake:
                     end = occurrence.end.timestamp()
                 if nodes is None:
                     nodes = self.deps.kube(cluster.name).list_nodes()
-                due = self._due(pool, [n for n in nodes if _in_pool(n, pool)], now)
+                due = []
+                for node in self._due(pool, [n for n in nodes if _in_pool(n, pool)], now):
+                    why = left_alone(node, pool)
+                    if why:
+                        left[node.name] = why
+                    else:
+                        due.append(node.name)
                 if due:
                     targets += due
                     pools.append(pool.name)
                     if end:
                         deadline = end if not deadline else min(deadline, end)
+            also = f"; left alone: {', '.join(f'{k} ({v})' for k, v in sorted(left.items()))}" if left else ""
             if not targets:
-                outcomes.append(Outcome("nothing", f"{cluster.name}: no node is due in an open window"))
+                outcome = Outcome("nothing", f"{cluster.name}: no node is due in an open window{also}")
+                self._record("schedule", cluster.name, outcome, left=left)
+                outcomes.append(outcome)
                 continue
             try:
                 run = self.runs.start(
@@ -446,12 +463,14 @@ class Intake:
                         source=f"schedule:{iso(now)}",
                     )
                 )
-                outcomes.append(Outcome("started", f"{cluster.name}: {len(targets)} nodes", (run.id,)))
+                outcome = Outcome("started", f"{cluster.name}: {len(targets)} nodes{also}", (run.id,))
             except (RunConflictError, ValidationError) as exc:
-                outcomes.append(Outcome("refused", f"{cluster.name}: {exc}"))
+                outcome = Outcome("refused", f"{cluster.name}: {exc}")
+            self._record("schedule", cluster.name, outcome, left=left)
+            outcomes.append(outcome)
         return outcomes
 
-    def _due(self, pool: PoolConfig, nodes: list[Node], now: float) -> list[str]:
+    def _due(self, pool: PoolConfig, nodes: list[Node], now: float) -> list[Node]:
         instances = {
             i.instance_id: i
             for i in self.deps.compute(pool.scale_set["subscription"]).list_instances(pool.scale_set_id)
@@ -467,7 +486,7 @@ class Intake:
                 str(pool.reboot_required_condition)
             )
             if off_model or too_old or asks:
-                due.append(node.name)
+                due.append(node)
         return due
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from shared import PRODUCT_PREFIX
 from shared.clock import iso
 from shared.drain import Pod
-from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
+from shared.errors import ConcurrencyError, ConfigError, NotFoundError, PermanentError, TemporaryError
 from shared.kube_objects import KubeObject
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,12 @@ CONNECTIONS = 32
 # nodes running the same DaemonSets: a DaemonSet seen this recently is taken to be there
 # still. kubectl drain gets it once per drain, and it too can vanish right after that.
 DAEMONSET_SEEN_FOR = 10.0
+# A watch that ends sooner than asked is established again after a back-off from
+# WATCH_BACKOFF_INITIAL, doubling up to WATCH_BACKOFF_MAX (one that lived longer than that
+# starts the back-off over). Ending within WATCH_END_SLACK of its deadline is on time.
+WATCH_BACKOFF_INITIAL = 0.2
+WATCH_BACKOFF_MAX = 2.0
+WATCH_END_SLACK = 0.05
 ANNOTATION_RUN = f"{PRODUCT_PREFIX}/run"
 ANNOTATION_STATE = f"{PRODUCT_PREFIX}/state"
 ANNOTATION_CORDONED = f"{PRODUCT_PREFIX}/cordoned-by"
@@ -122,6 +128,95 @@ class EvictionResult:
     retry_after: float | None = None
 
 
+def watch_backoff(attempt: int) -> float:
+    """Seconds before re-establishing a watch after its ``attempt``-th early end in a row:
+    tenacity's exponential strategy, with jitter so that many watches cut at once (a proxy
+    restarting) do not come back at once."""
+    import tenacity
+
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = max(1, attempt)
+    strategy = tenacity.wait_exponential(
+        multiplier=WATCH_BACKOFF_INITIAL, min=WATCH_BACKOFF_INITIAL, max=WATCH_BACKOFF_MAX
+    ) + tenacity.wait_random(0, WATCH_BACKOFF_INITIAL / 2)
+    return min(WATCH_BACKOFF_MAX, float(strategy(state)))
+
+
+def load_kubeconfig(kubeconfig: str, configuration: Any) -> None:
+    """Set ``configuration`` from a kubeconfig (its text, or the path of a file holding it).
+
+    A kubeconfig holds credentials, so no error names any part of it: a value pasted whole
+    (base64-encoded, say) would otherwise be echoed into logs, the node record and
+    ``GET /api/runs``. Errors are ``ConfigError`` saying what is wrong in general terms
+    (YAML line and column, the library's complaint with the document's values taken out),
+    raised without the original exception chained to them."""
+    import yaml
+    from kubernetes import config
+
+    text = kubeconfig
+    if "\n" not in kubeconfig.strip() and not kubeconfig.lstrip().startswith(("{", "apiVersion")):
+        # One line: the path of a file (a kubeconfig's text has several lines).
+        try:
+            with open(kubeconfig.strip(), encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, ValueError) as exc:
+            hint = " (it looks base64-encoded: store the decoded text)" if _looks_base64(kubeconfig) else ""
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigError(
+                f"kubeconfig is one line and names no readable file ({reason}); it must be the "
+                f"kubeconfig's YAML text or the path of a file holding it{hint}"
+            ) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"kubeconfig is not valid YAML{where}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(
+            f"kubeconfig is not a kubeconfig: its YAML is a {type(document).__name__}, not a mapping"
+        )
+    try:
+        config.kube_config.KubeConfigLoader(config_dict=document).load_and_set(configuration)
+    except config.ConfigException as exc:
+        raise ConfigError(f"kubeconfig is not usable: {_without_values(str(exc), text, document)}") from None
+    except Exception as exc:  # a field of the wrong type, undecodable certificate data, ...
+        raise ConfigError(f"kubeconfig is not usable ({type(exc).__name__})") from None
+
+
+def _looks_base64(value: str) -> bool:
+    import base64
+    import binascii
+
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return b"apiVersion" in decoded or b"clusters" in decoded
+
+
+def _without_values(message: str, text: str, document: Any) -> str:
+    """``message`` with every scalar value of ``document`` (and the text itself) taken out:
+    kubernetes' complaints name objects ("Expected object with name X in contexts list")."""
+    values: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif node is not None and not isinstance(node, bool):
+            values.add(str(node))
+
+    walk(document)
+    for value in sorted(values | {text.strip()}, key=len, reverse=True):
+        if len(value) >= 3:
+            message = message.replace(value, "…")
+    return message
+
+
 def _set_proxy(configuration: Any, proxy: str | None, no_proxy: Sequence[str]) -> None:
     if proxy:
         configuration.proxy = proxy
@@ -165,18 +260,27 @@ def translate(exc: Exception, what: str) -> Exception:
 
 def _api_client(configuration: Any) -> Any:
     from kubernetes import client
+    from urllib3.util.retry import Retry
 
     configuration.connection_pool_maxsize = CONNECTIONS
+    # urllib3's default (3 retries, reads included) would send a GET whose answer timed out
+    # three more times: 4 x the read timeout, a whole lease. As for the Azure SDKs: one
+    # retry of a connection that failed, none of a read.
+    configuration.retries = Retry(total=1, connect=1, read=0, status=0, other=0)
     return client.ApiClient(configuration)
 
 
 class KubeClient:
     """A cluster, as the workflow needs it. Built from a kubeconfig (text or path)."""
 
-    def __init__(self, api_client: Any) -> None:
+    def __init__(self, api_client: Any, *, timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
         from kubernetes import client
 
         self._api_client = api_client
+        # (connect, read) seconds of every request; a watch reads for its own duration.
+        self._timeout = timeout
+        # Watches that ended before their time and were established again (see _watch).
+        self.watch_early_ends = 0
         self._daemonsets_seen: dict[tuple[str, str], float] = {}
         self._core = client.CoreV1Api(api_client)
         self._apps = client.AppsV1Api(api_client)
@@ -185,20 +289,19 @@ class KubeClient:
 
     @classmethod
     def from_kubeconfig(
-        cls, kubeconfig: str, *, proxy: str | None = None, no_proxy: Sequence[str] = ()
+        cls,
+        kubeconfig: str,
+        *,
+        proxy: str | None = None,
+        no_proxy: Sequence[str] = (),
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> KubeClient:
-        import yaml
-        from kubernetes import client, config
+        from kubernetes import client
 
-        text = kubeconfig
-        if "\n" not in kubeconfig and not kubeconfig.lstrip().startswith(("{", "apiVersion")):
-            with open(kubeconfig, encoding="utf-8") as fh:
-                text = fh.read()
         configuration = client.Configuration()
-        loader = config.kube_config.KubeConfigLoader(config_dict=yaml.safe_load(text))
-        loader.load_and_set(configuration)
+        load_kubeconfig(kubeconfig, configuration)
         _set_proxy(configuration, proxy, no_proxy)
-        return cls(_api_client(configuration))
+        return cls(_api_client(configuration), timeout=timeout)
 
     @classmethod
     def from_azure_ad(
@@ -210,6 +313,7 @@ class KubeClient:
         ca_pem: str | None = None,
         proxy: str | None = None,
         no_proxy: Sequence[str] = (),
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> KubeClient:
         """An AAD-integrated (AKS-style) API server: an Entra ID token for the AKS server
         application, refreshed before it expires, instead of a kubeconfig credential."""
@@ -239,7 +343,7 @@ class KubeClient:
         configuration.api_key_prefix["authorization"] = "Bearer"
         configuration.refresh_api_key_hook = refresh  # type: ignore[assignment]
         _set_proxy(configuration, proxy, no_proxy)
-        return cls(_api_client(configuration))
+        return cls(_api_client(configuration), timeout=timeout)
 
     @property
     def custom(self) -> Any:
@@ -247,7 +351,7 @@ class KubeClient:
 
     def _json(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            resp = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+            resp = fn(*args, _preload_content=False, _request_timeout=self._timeout, **kwargs)
         except Exception as exc:
             raise translate(exc, what) from exc
         data = resp.data
@@ -323,7 +427,7 @@ class KubeClient:
                 header_params={"Accept": accept},
                 auth_settings=["BearerToken"],
             )
-            resp = self._api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+            resp = self._api_client.call_api(*request, _request_timeout=self._timeout)
             resp.read()
             if not 200 <= resp.status <= 299:
                 raise ApiException.from_response(http_resp=resp, body=None, data=None)
@@ -382,25 +486,32 @@ class KubeClient:
         step learns that the last pod went the moment it goes.
         """
         selector = f"spec.nodeName={node}"
-        data = self._json(
-            f"list pods on {node}", self._core.list_pod_for_all_namespaces, field_selector=selector
-        )
-        left = {str(item["metadata"].get("uid", "")) for item in data.get("items", [])} & set(uids)
-        if not left:
+        left = set(uids)
+
+        def look() -> str | None:
+            """List the node's pods: the resourceVersion to watch from, None if none is left."""
+            data = self._json(
+                f"list pods on {node}", self._core.list_pod_for_all_namespaces, field_selector=selector
+            )
+            left.intersection_update(str(item["metadata"].get("uid", "")) for item in data.get("items", []))
+            return str(data.get("metadata", {}).get("resourceVersion", "")) if left else None
+
+        version = look()
+        if version is None:
             return True
-        version = str(data.get("metadata", {}).get("resourceVersion", ""))
         for event in self._watch(
             f"watch pods on {node}",
             self._core.list_pod_for_all_namespaces,
             version,
             timeout,
+            relist=look,
             field_selector=selector,
         ):
             if event.get("type") == "DELETED":
                 left.discard(str(event.get("object", {}).get("metadata", {}).get("uid", "")))
                 if not left:
                     return True
-        return False
+        return not left
 
     def wait_for_node(self, name: str, done: Callable[[Node], bool], *, timeout: float) -> Node:
         """Watch one Node until ``done`` says so, at most ``timeout`` seconds; returns the
@@ -413,6 +524,9 @@ class KubeClient:
             self._core.list_node,
             node.resource_version,
             timeout,
+            # Too old to resume: a watch without a resourceVersion starts with the Node as
+            # it is now (a synthetic ADDED event).
+            relist=lambda: "",
             field_selector=f"metadata.name={name}",
         ):
             if event.get("type") in ("ADDED", "MODIFIED"):
@@ -441,6 +555,7 @@ class KubeClient:
             self._core.list_node,
             str((data.get("metadata") or {}).get("resourceVersion") or ""),
             timeout,
+            relist=lambda: "",  # as in wait_for_node: the Nodes as they are now, as ADDED events
             label_selector=label_selector,
         ):
             if event.get("type") in ("ADDED", "MODIFIED"):
@@ -452,41 +567,95 @@ class KubeClient:
                         return
 
     def _watch(
-        self, what: str, fn: Any, resource_version: str, timeout: float, **kwargs: Any
+        self,
+        what: str,
+        fn: Any,
+        resource_version: str,
+        timeout: float,
+        *,
+        relist: Callable[[], str | None] | None = None,
+        **kwargs: Any,
     ) -> Iterator[dict[str, Any]]:
-        """Watch events from ``resource_version`` until ``timeout``. Ends quietly when the
-        time is up or the server ends the watch (410 Gone included): callers look again
-        on their own, so a lost watch costs a step, never correctness."""
+        """Watch events from ``resource_version`` for ``timeout`` seconds.
+
+        A watch that ends sooner (the API server closing it, a proxy's idle timeout, a
+        dropped connection) is established again from the last resourceVersion seen, after
+        a back-off (tenacity's exponential strategy with jitter), and counted in
+        ``watch_early_ends``: an early end must neither end the wait (its caller would look
+        again at once, over and over) nor be retried without a pause. A watch whose
+        resourceVersion is too old (``ERROR``, 410 Gone) starts again from ``relist()``,
+        the caller's fresh list (None: the caller is done); without one the wait ends, and
+        the caller looks again on its own. Only the first request's failure raises."""
         from kubernetes.watch.watch import iter_resp_lines
 
         if timeout <= 0:
             return
         deadline = time.monotonic() + timeout
-        try:
-            resp = fn(
-                watch=True,
-                resource_version=resource_version,
-                # The server wants whole seconds; the read timeout ends sub-second waits.
-                timeout_seconds=max(1, math.ceil(timeout)),
-                allow_watch_bookmarks=True,
-                _preload_content=False,
-                _request_timeout=(REQUEST_TIMEOUT[0], timeout),
-                **kwargs,
+        version = resource_version
+        early = 0  # early ends in a row
+        first = True
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            started, expired = time.monotonic(), False
+            try:
+                resp = fn(
+                    watch=True,
+                    resource_version=version,
+                    # The server wants whole seconds; the read timeout ends sub-second waits.
+                    timeout_seconds=max(1, math.ceil(remaining)),
+                    allow_watch_bookmarks=True,
+                    _preload_content=False,
+                    _request_timeout=(self._timeout[0], remaining),
+                    **kwargs,
+                )
+            except Exception as exc:
+                if first:
+                    raise translate(exc, what) from exc
+                logger.info("%s could not be established again: %s", what, exc)
+                resp = None
+            first = False
+            if resp is not None:
+                try:
+                    for line in iter_resp_lines(resp):
+                        event = json.loads(line)
+                        if event.get("type") == "ERROR":
+                            expired = True
+                            break
+                        seen = ((event.get("object") or {}).get("metadata") or {}).get("resourceVersion")
+                        if seen:
+                            version = str(seen)
+                        yield event
+                        if time.monotonic() >= deadline:
+                            return
+                except Exception as exc:  # the read timeout (the wait is over), or the stream broke
+                    logger.debug("%s ended: %s", what, exc)
+                finally:
+                    resp.release_conn()
+            now = time.monotonic()
+            if deadline - now <= WATCH_END_SLACK:
+                return  # it ran its course
+            if expired:
+                if relist is None:
+                    return
+                fresh = relist()
+                if fresh is None:
+                    return
+                version = fresh
+            early = early + 1 if now - started < WATCH_BACKOFF_MAX else 1
+            self.watch_early_ends += 1
+            pause = min(watch_backoff(early), deadline - now)
+            logger.info(
+                "%s ended early, after %.1f s with %.1f s to go (%d early ends by this client); "
+                "watching again in %.2f s",
+                what,
+                now - started,
+                deadline - now,
+                self.watch_early_ends,
+                pause,
             )
-        except Exception as exc:
-            raise translate(exc, what) from exc
-        try:
-            for line in iter_resp_lines(resp):
-                event = json.loads(line)
-                if event.get("type") == "ERROR":
-                    return
-                yield event
-                if time.monotonic() >= deadline:
-                    return
-        except Exception as exc:  # the read timeout, or the server closing: both end the wait
-            logger.debug("%s ended: %s", what, exc)
-        finally:
-            resp.release_conn()
+            time.sleep(pause)
 
     def daemonset_exists(self, namespace: str, name: str) -> bool:
         seen = self._daemonsets_seen.get((namespace, name))
@@ -524,7 +693,7 @@ class KubeClient:
                 pod.namespace,
                 body,  # type: ignore[arg-type]  # a dict body is sent as-is, like the models
                 _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
+                _request_timeout=self._timeout,
             )
             return EvictionResult(evicted=True)
         except ApiException as exc:

@@ -153,6 +153,9 @@ class Run:
     deadline: float = 0.0
     # What started it (event id, automation run id, schedule occurrence), for de-duplication.
     source: str = ""
+    # Nodes of its pools it will not touch, and why (control-plane nodes of a pool that
+    # did not opt in).
+    left_out: dict[str, str] = field(default_factory=dict)
     etag: str | None = None
 
     @staticmethod

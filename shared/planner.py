@@ -16,12 +16,23 @@ from dataclasses import dataclass
 from shared.budget import resolve_max_unavailable
 from shared.clock import iso
 from shared.compute import parse_provider_id
-from shared.config import ClusterConfig
+from shared.config import ClusterConfig, PoolConfig
 from shared.errors import ValidationError
 from shared.kube import Node
 from shared.model import NodeWork, PoolBudget, Run
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
+# kubeadm labels control-plane nodes with the first; clusters from before 1.24 the second.
+CONTROL_PLANE_LABELS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
+CONTROL_PLANE_REFUSAL = "a control-plane node; its pool must say controlPlane: true to patch it"
+
+
+def is_control_plane(node: Node) -> bool:
+    return any(label in node.labels for label in CONTROL_PLANE_LABELS)
+
+
+# Values of the opt-out label (or annotation) that mean "leave this node alone".
+OPT_OUT_VALUES = frozenset({"true", "1", "yes"})
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class PlannedNode:
     instance_id: str
     zone: str
     healthy: bool
+    control_plane: bool = False
 
 
 def map_nodes_to_pools(cluster: ClusterConfig, nodes: Iterable[Node]) -> dict[str, list[PlannedNode]]:
@@ -50,10 +62,31 @@ def map_nodes_to_pools(cluster: ClusterConfig, nodes: Iterable[Node]) -> dict[st
                         instance_id=ref.instance_id,
                         zone=node.labels.get(ZONE_LABEL, ""),
                         healthy=node.ready and not node.unschedulable,
+                        control_plane=is_control_plane(node),
                     )
                 )
                 break
     return by_pool
+
+
+def opted_out(node: Node, pool: PoolConfig) -> bool:
+    label = pool.opt_out_label
+    return (
+        node.labels.get(label, "").lower() in OPT_OUT_VALUES
+        or node.annotations.get(label, "").lower() in OPT_OUT_VALUES
+    )
+
+
+def left_alone(node: Node, pool: PoolConfig) -> str | None:
+    """Why a run would skip this node without touching it (opted out, or cordoned: the
+    first step's and admission's rules), or None. A planner that starts runs unasked (the
+    schedule) leaves such nodes out, or it would plan a run on every tick for nothing."""
+    if opted_out(node, pool):
+        return f"opted out with {pool.opt_out_label}"
+    if node.unschedulable:
+        by = f"run {node.cordoned_by}" if node.cordoned_by else "someone else"
+        return f"cordoned by {by}; left cordoned and untouched"
+    return None
 
 
 def order_targets(targets: Sequence[PlannedNode], pool_order: Sequence[str]) -> list[PlannedNode]:
@@ -92,14 +125,27 @@ def plan_run(
     chosen_pools = [p for p in known_pools if not pools or p in pools]
     by_pool = map_nodes_to_pools(cluster, nodes)
     candidates = [n for p in chosen_pools for n in by_pool[p]]
+    # Control-plane nodes only where the pool opts in (with a budget of 1, by validation):
+    # a drained API server or etcd member is not a worker's lost capacity.
+    left_out = {
+        c.name: CONTROL_PLANE_REFUSAL
+        for c in candidates
+        if c.control_plane and not cluster.pool(c.pool).control_plane
+    }
+    candidates = [c for c in candidates if c.name not in left_out]
     if only_nodes:
         wanted = {n.lower() for n in only_nodes}
+        refused = sorted(n for n in left_out if n.lower() in wanted)
+        if refused:
+            raise ValidationError(f"nodes {refused} refused: {CONTROL_PLANE_REFUSAL}")
         missing = sorted(wanted - {c.name.lower() for c in candidates})
         if missing:
             raise ValidationError(f"nodes {missing} are not VMSS nodes of the chosen pools in {cluster.name}")
         candidates = [c for c in candidates if c.name.lower() in wanted]
+        left_out = {}
     if not candidates:
-        raise ValidationError(f"no nodes to patch in cluster {cluster.name} (pools {chosen_pools})")
+        why = f"; left out: {sorted(left_out)} ({CONTROL_PLANE_REFUSAL})" if left_out else ""
+        raise ValidationError(f"no nodes to patch in cluster {cluster.name} (pools {chosen_pools}){why}")
     ordered = order_targets(candidates, known_pools)
     at = iso(now)
     run = Run(
@@ -111,6 +157,7 @@ def plan_run(
         trigger=trigger,
         max_concurrent_nodes=cluster.max_concurrent_nodes,
         max_failed_nodes=cluster.max_failed_nodes,
+        left_out=left_out,
     )
     for pool_name in chosen_pools:
         pool = cluster.pool(pool_name)

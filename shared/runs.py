@@ -1,4 +1,5 @@
-"""Run lifecycle for operators: start, inspect, pause, resume, cancel.
+"""Run lifecycle for operators: start, inspect, pause, resume, cancel; release a
+cluster's lock.
 
 These are the operations behind the HTTP endpoints and the event triggers; they never
 touch a node directly. Starting admits the first nodes (or enqueues an "admit" work item for
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.clock import iso
-from shared.errors import ConcurrencyError, NotFoundError, ValidationError
+from shared.errors import ConcurrencyError, NotFoundError, TemporaryError, ValidationError
 from shared.model import NodeState, NodeWork, Run, RunState
 from shared.planner import plan_run
 from shared.retry import retry_on_conflict
@@ -21,6 +22,11 @@ from shared.workflow import Collaborators
 from shared.workqueue import WorkItem
 
 logger = logging.getLogger(__name__)
+
+# A claim that got no answer is looked at again this often before the caller is told.
+CLAIM_ATTEMPTS = 3
+# Operators' releases of a cluster's lock, one record each (who, when, which run).
+LOCK_RELEASE_KIND = "lock-release"
 
 
 class RunConflictError(ValidationError):
@@ -82,7 +88,7 @@ class RunService:
             only_nodes=request.nodes,
         )
         run.not_before, run.deadline, run.source = request.not_before, request.deadline, request.source
-        active = self.deps.store.claim_cluster(cluster.name, run.id)
+        active = self._claim(cluster.name, run.id)
         if active is not None:
             raise RunConflictError(
                 f"cluster {cluster.name} already has an active run {active}", active_run=active
@@ -90,7 +96,7 @@ class RunService:
         try:
             self.deps.store.create_run(run, nodes)
         except Exception:
-            self.deps.store.release_cluster(cluster.name, run.id)
+            self._give_back(cluster.name, run.id)
             raise
         delay = max(0.0, run.not_before - self.deps.clock.now())
         if delay > 0:
@@ -99,6 +105,74 @@ class RunService:
             self._admit_now(run.id)
         logger.info("run %s planned for %s: %d nodes (%s)", run.id, cluster.name, len(nodes), request.reason)
         return run
+
+    def _claim(self, cluster: str, run_id: str) -> str | None:
+        """Claim the cluster for a new run. A claim that failed without an answer may have
+        been written: looking again finds it ours (``claim_cluster`` knows its own). If
+        that cannot be told either, the claim is given back before the error goes to the
+        caller, so that no lock is left naming a run that will never be written."""
+        import tenacity
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TemporaryError),
+            stop=tenacity.stop_after_attempt(CLAIM_ATTEMPTS),
+            wait=tenacity.wait_exponential(multiplier=0.2, max=1.0),
+            sleep=self.deps.clock.sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self.deps.store.claim_cluster, cluster, run_id, at=self.deps.clock.now())
+        except TemporaryError:
+            self._give_back(cluster, run_id)
+            raise
+
+    def _give_back(self, cluster: str, run_id: str) -> None:
+        """Release a claim whose run was not written. If the store fails here too, the
+        sweeper releases the lock once it has named a missing run for ``stallAfter``."""
+        try:
+            self.deps.store.release_cluster(cluster, run_id)
+        except Exception:
+            logger.exception("cluster %s: could not give back the claim of unwritten run %s", cluster, run_id)
+
+    def release_lock(self, cluster: str, *, by: str, reason: str = "", force: bool = False) -> dict[str, Any]:
+        """An operator frees a cluster's lock, for the case nobody foresaw (the sweeper
+        frees those naming a missing or finished run by itself). A run still in progress
+        keeps its lock unless ``force``: cancelling it ends it without leaving nodes
+        cordoned, releasing its lock would let a second run start beside it. Recorded, with
+        who asked (``by``), as a ``lock-release`` record."""
+        store = self.deps.store
+        lock = store.cluster_lock(cluster)
+        if lock is None:
+            raise NotFoundError(f"cluster {cluster} has no lock")
+        try:
+            run_state = str(store.get_run(lock.run_id).state)
+        except NotFoundError:
+            run_state = "missing"
+        active = run_state != "missing" and not RunState(run_state).terminal
+        if active and not force:
+            raise RunConflictError(
+                f"run {lock.run_id} is {run_state} on cluster {cluster}; cancel it first "
+                f"(POST /api/runs/{lock.run_id}/cancel), or release with force=true",
+                active_run=lock.run_id,
+            )
+        if not store.release_cluster(cluster, lock.run_id):
+            raise ConcurrencyError(f"the lock of cluster {cluster} changed meanwhile; look again")
+        at = iso(self.deps.clock.now())
+        record = {
+            "at": at,
+            "cluster": cluster,
+            "runId": lock.run_id,
+            "runState": run_state,
+            "claimedAt": iso(lock.claimed_at) if lock.claimed_at else None,
+            "by": by,
+            "reason": reason,
+            "forced": active,
+        }
+        store.put_record(LOCK_RELEASE_KIND, f"{cluster}|{at}|{lock.run_id}", record)
+        logger.warning(
+            "cluster %s: lock of run %s (%s) released by %s: %s", cluster, lock.run_id, run_state, by, reason
+        )
+        return record
 
     def _admit_now(self, run_id: str) -> None:
         """The first admission right away, rather than after a trip round the queue."""
@@ -123,6 +197,7 @@ class RunService:
             "maxFailedNodes": run.max_failed_nodes,
             "counts": counts,
             "waiting": run.waiting,
+            "leftOut": run.left_out,
             "nodes": [_node_view(n, run) for n in nodes],
         }
 

@@ -15,6 +15,20 @@ from typing import Any
 from shared.errors import ConfigError
 
 STORAGE = "AzureWebJobsStorage"
+# Every outbound call (ARM, Table and Queue storage, the identity endpoint, the clusters'
+# API servers) waits at most
+# this long for a connection and then for each read of the answer: the SDKs' default is
+# 300 s each, longer than a step's lease (120 s), so a hung endpoint would outlive the
+# lease and a second worker would take the node while the first still acts on it.
+CONNECT_TIMEOUT = "PATCHER_CONNECT_TIMEOUT"
+READ_TIMEOUT = "PATCHER_READ_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 30.0
+# Storage, the identity endpoint and the API servers are retried once by their clients
+# when they could not connect (the first two also after a 5xx; ARM not at all: the queue
+# does the waiting), never after a read timed out; so one call takes at most
+# (1 + this) x connect + read.
+SDK_RETRIES = 1
 
 
 @dataclass(frozen=True)
@@ -26,6 +40,17 @@ class AppSettings:
     runs_table: str = "patchruns"
     arm_endpoint: str = "https://management.azure.com"
     arm_audience: str = "https://management.azure.com"
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+
+    def client_options(self, *, retries: int = SDK_RETRIES, storage: bool = False) -> dict[str, Any]:
+        """Keyword arguments for an Azure SDK client: the timeouts, and a short, bounded retry."""
+        return sdk_options(self.connect_timeout, self.read_timeout, retries=retries, storage=storage)
+
+    @property
+    def longest_call(self) -> float:
+        """The longest one outbound call can take, SDK retries included (back-off aside)."""
+        return (1 + SDK_RETRIES) * self.connect_timeout + self.read_timeout
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AppSettings:
@@ -63,7 +88,55 @@ class AppSettings:
             runs_table=env.get("PATCHER_RUNS_TABLE", "patchruns").strip() or "patchruns",
             arm_endpoint=env.get("PATCHER_ARM_ENDPOINT", "https://management.azure.com").rstrip("/"),
             arm_audience=env.get("PATCHER_ARM_AUDIENCE", "https://management.azure.com").rstrip("/"),
+            connect_timeout=_seconds(CONNECT_TIMEOUT, env.get(CONNECT_TIMEOUT, ""), DEFAULT_CONNECT_TIMEOUT),
+            read_timeout=_seconds(READ_TIMEOUT, env.get(READ_TIMEOUT, ""), DEFAULT_READ_TIMEOUT),
         )
+
+
+def _seconds(name: str, text: str, default: float) -> float:
+    text = text.strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 300:
+        # The value itself is not repeated: no message names what a setting holds.
+        raise ConfigError(f"app setting {name} must be a number of seconds above 0 and at most 300")
+    return value
+
+
+def sdk_options(
+    connect_timeout: float, read_timeout: float, *, retries: int = SDK_RETRIES, storage: bool = False
+) -> dict[str, Any]:
+    """Transport timeouts and a short retry, as Azure SDK client keyword arguments.
+
+    ``storage``: the queue SDK's own back-off (15 s, then x3) would sleep through the
+    lease; its keywords (``initial_backoff``, ``increment_base``) are its own."""
+    options: dict[str, Any] = {
+        "connection_timeout": connect_timeout,
+        "read_timeout": read_timeout,
+        "retry_total": retries,
+        # A read that timed out is not sent again: the time is spent, and a write may
+        # have landed (the caller's next read tells).
+        "retry_read": 0,
+    }
+    if storage:
+        options.update(initial_backoff=0.5, increment_base=2)
+    else:
+        options.update(retry_backoff_factor=0.5, retry_backoff_max=2)
+    return options
+
+
+def storage_options(settings: Any) -> dict[str, Any]:
+    """``sdk_options`` for a storage client built from ``settings`` (an ``AppSettings``, or
+    anything with its storage fields: the defaults then)."""
+    return sdk_options(
+        getattr(settings, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+        getattr(settings, "read_timeout", DEFAULT_READ_TIMEOUT),
+        storage=True,
+    )
 
 
 @lru_cache(maxsize=1)
@@ -72,4 +145,11 @@ def azure_credential() -> Any:
     serves the same identity endpoint), developer credentials elsewhere."""
     from azure.identity import DefaultAzureCredential
 
-    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+    env = os.environ
+    # The token request too: the identity endpoint hanging would otherwise hold the first
+    # call of every client for 4 x 300 s (azure-core's default timeouts and read retries).
+    options = sdk_options(
+        _seconds(CONNECT_TIMEOUT, env.get(CONNECT_TIMEOUT, ""), DEFAULT_CONNECT_TIMEOUT),
+        _seconds(READ_TIMEOUT, env.get(READ_TIMEOUT, ""), DEFAULT_READ_TIMEOUT),
+    )
+    return DefaultAzureCredential(exclude_interactive_browser_credential=True, **options)

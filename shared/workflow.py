@@ -44,7 +44,7 @@ from shared.errors import (
     PermanentError,
     TemporaryError,
 )
-from shared.kube import LABEL_PATCHING, KubeClient, Node
+from shared.kube import ANNOTATION_STATE, LABEL_PATCHING, KubeClient, Node
 from shared.model import NodeState, NodeWork, PacerRecord, Run, RunState
 from shared.retry import retry_on_conflict
 from shared.store.base import RunStore
@@ -881,10 +881,24 @@ def step_booting(ctx: StepContext) -> StepResult:
     # interval between watches could miss that by as much, for all of them. So while the
     # boot may end any moment (none timed on this scale set yet, or not twice the typical
     # one gone by), it watches again at once; after that, it polls.
+    # Only while its own Node or a peer's may still come up: a Node verified whose instance
+    # disagrees gains nothing from a watch, and looking again at once would spin on ARM.
     boot_due = typical is None or ctx.now - node.booting_since < 2 * typical
-    if node.leads_batch and not ctx.backlogged and boot_due:
+    node_coming = bool(_node_problems(node, observed)) or _peers_booting(ctx)
+    if node.leads_batch and not ctx.backlogged and boot_due and node_coming:
         return wait("; ".join(problems) + " (watching again)", 0.0)
     return wait("; ".join(problems), poll)
+
+
+def _peers_booting(ctx: StepContext) -> bool:
+    """Whether other nodes of this leader's batch have yet to be called (the watch is theirs too)."""
+    node = ctx.node
+    if not node.reimage_batch:
+        return False
+    return any(
+        p.reimage_batch == node.reimage_batch and p.name != node.name
+        for p in ctx.deps.store.list_nodes(ctx.run.id, states=(NodeState.REIMAGING, NodeState.BOOTING))
+    )
 
 
 def _follows_leader(node: NodeWork) -> bool:
@@ -1165,7 +1179,7 @@ class Workflow:
         kube = ctx.kube
         if result.annotate and node.cordoned_by_us:
             try:
-                kube.annotate_node(node.name, {"vmss-node-patcher.io/state": str(node.state)})
+                kube.annotate_node(node.name, {ANNOTATION_STATE: str(node.state)})
             except (TemporaryError, PermanentError) as exc:
                 logger.warning("could not annotate node %s: %s", node.name, exc)
         kube.record_event(
@@ -1196,10 +1210,30 @@ class Workflow:
                 )
                 fresh.seq += 1
             self.deps.store.commit(fresh)
+            if fresh.state == NodeState.FAILED and final_attempt:
+                self._tell_the_cluster(fresh)
             if fresh.state.terminal:
                 self.admit(node.run_id)
         except Exception:
             logger.exception("could not release node %s after an error", node.name)
+
+    def _tell_the_cluster(self, node: NodeWork) -> None:
+        """A node failed outside a step (its work item went to the poison queue): the same
+        annotation and Event as any other transition, best effort, since the cluster may
+        be why it failed."""
+        try:
+            kube = self.deps.kube(self.deps.store.get_run(node.run_id).cluster)
+            if node.cordoned_by_us:
+                kube.annotate_node(node.name, {ANNOTATION_STATE: str(NodeState.FAILED)})
+            kube.record_event(
+                node.name,
+                reason="PatchFailed",
+                message=f"run {node.run_id}: {node.reason}",
+                warning=True,
+                now=self.deps.clock.now(),
+            )
+        except Exception as exc:
+            logger.warning("could not record the failure of node %s in the cluster: %s", node.name, exc)
 
     def admit(self, run_id: str) -> str:
         return Admission(self.deps).admit(run_id)

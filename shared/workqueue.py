@@ -102,10 +102,13 @@ class StorageWorkQueue:
     def from_settings(cls, settings: Any) -> StorageWorkQueue:
         from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
+        from shared.settings import storage_options
+
         def client(name: str) -> Any:
             kwargs: dict[str, Any] = {
                 "message_encode_policy": TextBase64EncodePolicy(),
                 "message_decode_policy": TextBase64DecodePolicy(),
+                **storage_options(settings),
             }
             if settings.storage_connection_string:
                 return QueueClient.from_connection_string(settings.storage_connection_string, name, **kwargs)

@@ -1,4 +1,5 @@
-"""In-memory stand-ins for the Kubernetes and Compute adapters (unit and functional tests).
+"""In-memory stand-ins for the Kubernetes and Compute adapters, and a run store with Table
+storage's faults (unit and functional tests).
 
 They implement the same small surface as ``shared.kube.KubeClient`` and
 ``shared.compute.ComputeClient`` with behaviour simple enough to reason about in a test:
@@ -9,14 +10,17 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.compute import ImageVersion, Instance, InstanceRef, LroStatus
 from shared.drain import Pod
-from shared.errors import NotFoundError, TemporaryError
+from shared.errors import ConcurrencyError, NotFoundError, TemporaryError
 from shared.kube import ANNOTATION_CORDONED, LABEL_PATCHING, EvictionResult, Node, node_status_view
+from shared.model import RunState
+from shared.store.base import RUN_ROW
+from shared.store.memory import MemoryRunStore
 
 SUB = "00000000-0000-0000-0000-000000000001"
 RG = "rg-test"
@@ -379,3 +383,60 @@ class FakeCompute:
 
 def transient(message: str = "boom", delay: float | None = None) -> TemporaryError:
     return TemporaryError(message, delay=delay)
+
+
+# ---- Table storage faults, as the sandbox's table proxy injects them --------------------------
+
+WriteMatch = Callable[[str, Sequence[tuple[str, str, dict[str, Any], str | None]]], bool]
+
+
+@dataclass
+class _WriteFault:
+    match: WriteMatch
+    error: Exception
+    applied: bool  # the write went through before the error (its answer was lost)
+
+
+class FlakyRunStore(MemoryRunStore):
+    """The in-memory store with the two faults of a real Table service that matter to a
+    run's bookkeeping: a write that fails (a 503 the SDK's retries did not outlast), and
+    a write that was applied but whose answer was lost (the caller sees an error, or, once
+    the SDK has retried a create, a 409 for its own first attempt). Each fault fires once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._faults: list[_WriteFault] = []
+        self.fired: list[str] = []
+
+    def fail_write(self, match: WriteMatch, error: Exception | None = None) -> None:
+        self._faults.append(_WriteFault(match, error or transient("table storage answered 503"), False))
+
+    def lose_answer(self, match: WriteMatch, error: Exception | None = None) -> None:
+        """``error``: what the caller sees instead of the answer; by default the 409 of
+        the SDK's retry of a create that had succeeded."""
+        self._faults.append(_WriteFault(match, error or ConcurrencyError("EntityAlreadyExists"), True))
+
+    def _transact(
+        self, partition: str, ops: Sequence[tuple[str, str, dict[str, Any], str | None]]
+    ) -> list[str]:
+        fault = next((f for f in self._faults if f.match(partition, ops)), None)
+        if fault is None:
+            return super()._transact(partition, ops)
+        self._faults.remove(fault)
+        self.fired.append(f"{partition}: {'answer lost' if fault.applied else 'failed'}")
+        if fault.applied:
+            super()._transact(partition, ops)
+        raise fault.error
+
+
+def closes_run(partition: str, ops: Sequence[tuple[str, str, dict[str, Any], str | None]]) -> bool:
+    """The write that ends a run: its run record, moved to a terminal state."""
+    return any(row == RUN_ROW and RunState(data["state"]).terminal for _, row, data, _ in ops if data)
+
+
+def claims_cluster(partition: str, ops: Sequence[tuple[str, str, dict[str, Any], str | None]]) -> bool:
+    return partition.startswith("cluster~") and any(kind == "create" for kind, *_ in ops)
+
+
+def creates_run(partition: str, ops: Sequence[tuple[str, str, dict[str, Any], str | None]]) -> bool:
+    return any(kind == "create" and row == RUN_ROW for kind, row, _, _ in ops)

@@ -63,13 +63,14 @@ class Harness:
         reimage_seconds: float = 60.0,
         boot_seconds: float = 0.0,
         extra_config: dict[str, Any] | None = None,
+        store: MemoryRunStore | None = None,
         **cluster: Any,
     ) -> None:
         self.clock = FakeClock()
         self.kube = FakeKube()
         self.compute = FakeCompute()
         self.compute.clock = self.clock.now
-        self.store = MemoryRunStore()
+        self.store = store if store is not None else MemoryRunStore()
         self.queue = MemoryWorkQueue()
         self.config = parse_config({**config_dict(pools, **cluster), **(extra_config or {})})
         self.deps = Collaborators(

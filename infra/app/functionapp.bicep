@@ -138,6 +138,17 @@ var baseAppSettings = [
     value: runsTableName
   }
   {
+    // Every ARM, storage and identity call: seconds to connect, and to wait for each read
+    // of the answer (the SDKs' default is 300 s each, past a step's 120 s lease). The app
+    // warns when one call could take more than half the lease.
+    name: 'PATCHER_CONNECT_TIMEOUT'
+    value: '10'
+  }
+  {
+    name: 'PATCHER_READ_TIMEOUT'
+    value: '30'
+  }
+  {
     // Invocations wait in place on I/O (drain and boot watches, a reimage's last polls).
     // The worker's default, CPUs + 4, is below the queue messages the host holds at once
     // (host.json batchSize + newBatchThreshold), which would then wait for a thread while

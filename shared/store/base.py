@@ -6,7 +6,11 @@ Layout (the same in every backend): one partition per run. The run record has ro
 budget admission update the run's fence and several nodes in one atomic, ETag-conditioned
 transaction (Azure Table entity-group transactions are per partition), and a batch leader
 update its scale set's pacer and its peers in one.
-A second partition per cluster holds the one-active-run guard.
+A second partition per cluster holds the one-active-run guard (row ``active``: the run's
+id and when it was claimed), claimed before the run is written. The two partitions cannot
+share a transaction, so a create that finds its own row (the SDK's retry of a create
+whose answer was lost) counts as done, and the sweeper releases a guard whose run is
+missing or over.
 
 Node rows carry their ``state``, ``pool`` and ``order`` as columns next to the JSON data,
 written on every create and update, so that admission asks for the nodes in given states,
@@ -16,7 +20,6 @@ or for those columns alone, instead of reading every record of the run.
 from __future__ import annotations
 
 import abc
-import contextlib
 import hashlib
 import json
 from collections.abc import Collection, Iterable, Sequence
@@ -87,6 +90,16 @@ class NodeSummary:
     reimage_batch: str = ""
 
 
+@dataclass(frozen=True)
+class ClusterLock:
+    """The one-active-run guard of a cluster: which run holds it, since when."""
+
+    cluster: str
+    run_id: str
+    claimed_at: float  # epoch seconds; 0 for a claim written before claims carried it
+    etag: str
+
+
 class Entity(dict[str, Any]):
     """A backend-neutral row: PartitionKey, RowKey, data (JSON) and its ETag."""
 
@@ -149,12 +162,26 @@ class RunStore(abc.ABC):
                 batch = []
         if batch:
             self._create_all(run.id, batch)
-        (run.etag,) = self._transact(run.id, [("create", RUN_ROW, _data(run), None)])
+        (run.etag,) = self._create_own(run.id, [(RUN_ROW, _data(run))])
 
     def _create_all(self, partition: str, nodes: list[NodeWork]) -> None:
-        etags = self._transact(partition, [("create", row_key(n), _data(n), None) for n in nodes])
+        etags = self._create_own(partition, [(row_key(n), _data(n)) for n in nodes])
         for node, etag in zip(nodes, etags, strict=True):
             node.etag = etag
+
+    def _create_own(self, partition: str, rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        """Create rows in a partition nobody else writes to yet (a new run's, named by a
+        random id). A conflict there is this writer's own earlier attempt: the Table SDK
+        retries a create whose answer was lost (a 5xx after the service applied it) and
+        gets 409 for it. Rows found as written are taken as created; anything else is a
+        real conflict."""
+        try:
+            return self._transact(partition, [("create", row, data, None) for row, data in rows])
+        except ConcurrencyError:
+            found = {row: (data, etag) for row, data, etag in self._get_many(partition, [r for r, _ in rows])}
+            if any(found.get(row, (None, ""))[0] != data for row, data in rows):
+                raise
+            return [found[row][1] for row, _ in rows]
 
     def get_run(self, run_id: str) -> Run:
         found = self._get(run_id, RUN_ROW)
@@ -277,28 +304,47 @@ class RunStore(abc.ABC):
         return [d for d, _ in self._query_partition(f"{kind}~", "")]
 
     # ---- one active run per cluster ----------------------------------------------------------
-    def claim_cluster(self, cluster: str, run_id: str) -> str | None:
-        """Make ``run_id`` the cluster's active run. Returns the run already active, if any."""
+    def claim_cluster(self, cluster: str, run_id: str, *, at: float = 0.0) -> str | None:
+        """Make ``run_id`` the cluster's active run (``at``: when, epoch seconds). Returns
+        the run already active, if any: never ``run_id`` itself, since a claim found naming
+        it is this caller's own earlier attempt (the SDK's retry of a create whose answer
+        was lost, or the caller's after an error that left the outcome unknown)."""
         try:
-            self._transact(guard_partition(cluster), [("create", GUARD_ROW, {"run_id": run_id}, None)])
+            self._transact(
+                guard_partition(cluster), [("create", GUARD_ROW, {"run_id": run_id, "claimed_at": at}, None)]
+            )
             return None
         except ConcurrencyError:
             found = self._get(guard_partition(cluster), GUARD_ROW)
             if found is None:  # released in between; one more try is enough to be fair
-                return self.claim_cluster(cluster, run_id)
-            return str(found[0]["run_id"])
+                return self.claim_cluster(cluster, run_id, at=at)
+            holder = str(found[0]["run_id"])
+            return None if holder == run_id else holder
 
     def active_run(self, cluster: str) -> str | None:
         found = self._get(guard_partition(cluster), GUARD_ROW)
         return None if found is None else str(found[0]["run_id"])
 
-    def release_cluster(self, cluster: str, run_id: str) -> None:
+    def cluster_lock(self, cluster: str) -> ClusterLock | None:
+        """The cluster's claim as stored, or None when the cluster is free."""
+        found = self._get(guard_partition(cluster), GUARD_ROW)
+        if found is None:
+            return None
+        data, etag = found
+        # A claim written before claims carried their time counts as an old one.
+        return ClusterLock(cluster, str(data["run_id"]), float(data.get("claimed_at") or 0.0), etag)
+
+    def release_cluster(self, cluster: str, run_id: str) -> bool:
+        """Free the cluster if ``run_id`` holds it; whether this call freed it."""
         found = self._get(guard_partition(cluster), GUARD_ROW)
         if found is None or found[0]["run_id"] != run_id:
-            return
+            return False
         # A conflict means someone else released or re-claimed it: not ours to delete any more.
-        with contextlib.suppress(ConcurrencyError):
+        try:
             self._transact(guard_partition(cluster), [("delete", GUARD_ROW, {}, found[1])])
+        except ConcurrencyError:
+            return False
+        return True
 
 
 def record_row(key: str) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConcurrencyError, TemporaryError
+from shared.settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
 from shared.store.base import NODE_COLUMNS, NODE_PREFIX, Row, RunStore, node_columns
 
 if TYPE_CHECKING:
@@ -34,13 +35,18 @@ class TableRunStore(RunStore):
     def from_settings(cls, settings: Any) -> TableRunStore:
         from azure.data.tables import TableServiceClient
 
-        if settings.storage_connection_string:
-            service = TableServiceClient.from_connection_string(settings.storage_connection_string)
-        else:
-            from shared.settings import azure_credential
+        from shared.settings import azure_credential, sdk_options
 
-            service = TableServiceClient(settings.table_service_uri, credential=azure_credential())
-        service.create_table_if_not_exists(settings.runs_table)
+        # azure-core's retry keywords (Tables uses its policy), with the app's timeouts.
+        options = sdk_options(
+            getattr(settings, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+            getattr(settings, "read_timeout", DEFAULT_READ_TIMEOUT),
+        )
+        if settings.storage_connection_string:
+            service = TableServiceClient.from_connection_string(settings.storage_connection_string, **options)
+        else:
+            service = TableServiceClient(settings.table_service_uri, credential=azure_credential(), **options)
+        cls._call(service.create_table_if_not_exists, settings.runs_table)
         return cls(service.get_table_client(settings.runs_table))
 
     @staticmethod
@@ -160,7 +166,7 @@ class TableRunStore(RunStore):
         self, partition: str, ops: Sequence[tuple[str, str, dict[str, Any], str | None]]
     ) -> list[str]:
         from azure.core import MatchConditions
-        from azure.core.exceptions import HttpResponseError
+        from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
         from azure.data.tables import TableTransactionError, UpdateMode
 
         batch: list[Any] = []
@@ -200,7 +206,14 @@ class TableRunStore(RunStore):
                 ) from None
             if exc.status_code in (429, 500, 503):
                 raise TemporaryError(f"table storage answered {exc.status_code}") from exc
+            if _no_token(exc):
+                raise TemporaryError(f"table storage write failed: {exc.__class__.__name__}") from exc
             raise
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            # No connection, or no answer within the read timeout: the write may or may
+            # not have been applied. Callers that create recognise their own row when they
+            # look again (RunStore.claim_cluster, create_run); an update is told by its ETag.
+            raise TemporaryError(f"table storage did not answer: {exc.__class__.__name__}") from exc
         return [e or "" for e in result]
 
     def _single(self, op: tuple[Any, ...]) -> str:
@@ -219,14 +232,27 @@ class TableRunStore(RunStore):
 
     @staticmethod
     def _call(fn: Any, *args: Any) -> Any:
-        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ServiceRequestError
+        from azure.core.exceptions import (
+            HttpResponseError,
+            ResourceNotFoundError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
 
         try:
             return fn(*args)
         except ResourceNotFoundError:
             raise
-        except (HttpResponseError, ServiceRequestError) as exc:
+        except (HttpResponseError, ServiceRequestError, ServiceResponseError) as exc:
             raise TemporaryError(f"table storage read failed: {exc.__class__.__name__}") from exc
+
+
+def _no_token(exc: Exception) -> bool:
+    """The credential could not get a token (the identity endpoint hiccupped): no answer
+    from storage at all, unlike a 401/403 from the service."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    return isinstance(exc, ClientAuthenticationError) and exc.response is None
 
 
 def _node_range(partition: str) -> dict[str, Any]:

@@ -105,3 +105,45 @@ def test_pause_resume_cancel_and_unknown_actions(functions: dict, harness: Harne
         == 404
     )
     assert call(functions, "run_item", "GET", "/", route_params={"id": "nope"}).status_code == 404
+
+
+def delete_lock(
+    functions: dict[str, Any], cluster: str, *, params: dict[str, str] | None = None, who: str | None = None
+) -> func.HttpResponse:
+    req = func.HttpRequest(
+        method="DELETE",
+        url=f"/api/clusters/{cluster}/lock",
+        body=b"",
+        headers={"x-ms-client-principal-name": who} if who else {},
+        params=params or {},
+        route_params={"name": cluster},
+    )
+    return functions["cluster_lock"].get_user_function()(req)
+
+
+def test_delete_lock_frees_a_cluster_whose_run_does_not_exist_and_records_who_asked(
+    functions: dict, harness: Harness
+) -> None:
+    harness.store.claim_cluster("test", "ghost", at=harness.clock.now())
+    resp = delete_lock(functions, "test", params={"reason": "a crashed start"}, who="alice@contoso.com")
+    assert resp.status_code == 200
+    body = json.loads(resp.get_body())
+    assert (body["runId"], body["runState"], body["by"]) == ("ghost", "missing", "alice@contoso.com")
+    assert harness.store.active_run("test") is None
+    (record,) = harness.store.list_records("lock-release")
+    assert record["reason"] == "a crashed start" and record["by"] == "alice@contoso.com"
+    assert delete_lock(functions, "test").status_code == 404  # nothing left to release
+
+
+def test_delete_lock_of_a_run_in_progress_needs_force_and_names_the_run(
+    functions: dict, harness: Harness
+) -> None:
+    run_id = json.loads(call(functions, "runs_collection", "POST", "/", {"cluster": "test"}).get_body())["id"]
+    resp = delete_lock(functions, "test")
+    assert resp.status_code == 409
+    assert json.loads(resp.get_body())["activeRun"] == run_id
+    resp = delete_lock(functions, "test", params={"force": "true"})
+    assert resp.status_code == 200
+    body = json.loads(resp.get_body())
+    assert (body["by"], body["forced"], body["runState"]) == ("function key", True, "running")
+    assert harness.store.active_run("test") is None

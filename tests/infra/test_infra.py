@@ -681,6 +681,22 @@ def test_nothing_is_granted_at_subscription_scope() -> None:
     assert not wide, f"role assignments whose scope cannot be told: {wide}"
 
 
+# Writes that change what a scale set runs: the model (any part of it, not only the image)
+# and its instances' disks. Granted on the named scale sets only, never on a whole resource
+# group (which would let the app rewrite every scale set there, other clusters' included).
+SCALE_SET_WRITES = (f"{VMSS}/write", f"{VMSS}/reimage/action", f"{VMSS}/manualUpgrade/action")
+
+
+def test_scale_set_writes_are_granted_per_scale_set_never_per_resource_group() -> None:
+    grants = derive.role_grants()
+    writers = [
+        g for g in grants if any(_matches(p, a) for p in _granted_actions(g) for a in SCALE_SET_WRITES)
+    ]
+    assert writers, "no role assignment grants the scale-set writes the code performs"
+    wide = [f"{g.file} {g.assignment} (scope {g.scope_type})" for g in writers if g.scope_type != VMSS]
+    assert not wide, f"scale-set writes granted wider than one scale set: {wide}"
+
+
 # ---- Kubernetes RBAC ------------------------------------------------------------------------------
 
 

@@ -321,3 +321,50 @@ def test_the_schedule_patches_nodes_asking_for_a_reboot_or_too_old() -> None:
     (outcome,) = Intake(hw.deps).scheduled()
     assert outcome.action == "started"
     assert set(hw.node_states(outcome.runs[0])) == {"linux-0", "linux-2"}
+
+
+def off_model_harness(nodes: int) -> Harness:
+    """Every instance is behind the model: each node is due."""
+    return Harness({"linux": 1}, nodes_per_pool=nodes)
+
+
+@pytest.mark.parametrize(
+    ("leave", "why"),
+    [
+        (lambda n: n["metadata"]["labels"].update({"vmss-node-patcher.io/opt-out": "true"}), "opted out"),
+        (lambda n: n["metadata"]["annotations"].update({"vmss-node-patcher.io/opt-out": "yes"}), "opted out"),
+        (lambda n: n["spec"].update({"unschedulable": True}), "cordoned by someone else"),
+    ],
+)
+def test_the_schedule_plans_no_run_for_a_node_it_would_leave_alone(leave, why) -> None:  # type: ignore[no-untyped-def]
+    h = off_model_harness(1)
+    leave(h.kube.nodes["linux-0"])
+    (outcome,) = Intake(h.deps).scheduled()
+    assert outcome.action == "nothing" and outcome.runs == ()
+    assert h.store.list_runs() == []
+    assert h.store.active_run("test") is None
+    record = h.store.get_record("schedule", "test")
+    assert record is not None and record["outcome"] == "nothing"
+    assert why in record["left"]["linux-0"]
+
+
+def test_the_schedule_leaves_opted_out_nodes_out_of_its_run_and_says_why() -> None:
+    h = off_model_harness(2)
+    h.kube.nodes["linux-1"]["metadata"]["labels"]["vmss-node-patcher.io/opt-out"] = "true"
+    (outcome,) = Intake(h.deps).scheduled()
+    assert outcome.action == "started"
+    assert set(h.node_states(outcome.runs[0])) == {"linux-0"}
+    assert "linux-1" in outcome.detail
+    record = h.store.get_record("schedule", "test")
+    assert record is not None and record["runs"] == list(outcome.runs)
+    assert record["left"] == {"linux-1": "opted out with vmss-node-patcher.io/opt-out"}
+
+
+def test_a_node_on_the_latest_model_is_not_named_as_left() -> None:
+    h = off_model_harness(1)
+    for inst in h.compute.scale_sets[scale_set_id("vmss-linux").lower()]:
+        h.compute.instance(inst)["latest"] = True
+    (outcome,) = Intake(h.deps).scheduled()
+    assert outcome.action == "nothing"
+    record = h.store.get_record("schedule", "test")
+    assert record is not None and record["left"] == {}
