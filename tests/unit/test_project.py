@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_makefile_checks_the_python_versions_pyproject_supports() -> None:
-    requires = SpecifierSet(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"])
+    requires = SpecifierSet(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    )
     match = re.search(r"^PYTHON_SUPPORTED := (.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
     assert match is not None
     supported = [f"3.{minor}" for minor in range(8, 20) if requires.contains(f"3.{minor}.0")]
