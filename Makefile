@@ -1,49 +1,66 @@
-# The two set-up commands (README): `make demo` and `make test`. Both install what they
-# need first (a virtualenv in .venv, npm packages in node_modules), idempotently.
+# The two set-up commands (README): `make demo` and `make test`. Each installs what it
+# runs first (a virtualenv in .venv, npm packages in node_modules), idempotently:
+# `make demo` the app and the sandbox (requirements-sandbox.txt), `make test` also the
+# test tools (requirements-dev.txt) and checkov for the infra tests.
 PYTHON ?= python3
+# The Python versions the app runs on (pyproject.toml's requires-python says the same;
+# tests/unit/test_project.py keeps them in step): azure-functions 1.x declares <3.13.
+PYTHON_SUPPORTED := 3.11 3.12
 VENV := .venv
 PY := $(VENV)/bin/python
+STAMP_DEMO := $(VENV)/.installed-sandbox
 STAMP_PY := $(VENV)/.installed
 STAMP_NPM := node_modules/.installed
 # checkov pins packaging<24 and python-dateutil<3, which pytest and kubernetes outgrow:
-# it gets a virtualenv of its own inside .venv.
+# it gets a virtualenv of its own inside .venv, and only the infra tests use it.
 STAMP_CHECKOV := $(VENV)/checkov/.installed
 
-.PHONY: install demo test lint unit integration bench clean
+.PHONY: install python-version demo test lint unit integration bench clean
 
-install: $(STAMP_PY) $(STAMP_NPM) $(STAMP_CHECKOV)
+install: $(STAMP_DEMO) $(STAMP_PY) $(STAMP_NPM) $(STAMP_CHECKOV)
 
-$(STAMP_PY): requirements.txt requirements-dev.txt
+# Before anything is installed: a one-line answer instead of a resolver error later.
+python-version:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "vmss-node-patcher needs Python $(subst $() , or ,$(PYTHON_SUPPORTED)): $(PYTHON) is not on the PATH (make PYTHON=python3.11 ...)"; exit 1; }
+	@$(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(0 if v in "$(PYTHON_SUPPORTED)".split() else "vmss-node-patcher needs Python $(subst $() , or ,$(PYTHON_SUPPORTED)); $(PYTHON) is " + v + " (make PYTHON=python3.11 ...)")'
+
+$(PY): | python-version
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP_DEMO): requirements.txt requirements-sandbox.txt | $(PY) python-version
+	$(PY) -m pip install --quiet -r requirements-sandbox.txt
+	touch $@
+
+$(STAMP_PY): requirements.txt requirements-sandbox.txt requirements-dev.txt | $(PY) python-version
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-$(STAMP_CHECKOV): infra/requirements-checkov.txt $(STAMP_PY)
+$(STAMP_CHECKOV): infra/requirements-checkov.txt | $(PY) python-version
 	$(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/pip install --quiet -r infra/requirements-checkov.txt
 	touch $@
 
-$(STAMP_NPM): package.json package-lock.json
+$(STAMP_NPM): package.json package-lock.json | python-version
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-demo: install
+demo: $(STAMP_DEMO) $(STAMP_NPM)
 	$(PY) -m sandbox demo
 
-lint: install
+lint: $(STAMP_PY)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint $(STAMP_NPM) $(STAMP_CHECKOV)
 	$(PY) -m pytest
 
-unit: install
+unit: $(STAMP_PY)
 	$(PY) -m pytest tests/unit tests/functional
 
-bench: install
+bench: $(STAMP_PY) $(STAMP_NPM)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .sandbox
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .sandbox
