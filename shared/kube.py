@@ -22,6 +22,7 @@ from shared.clock import iso
 from shared.drain import Pod
 from shared.errors import ConcurrencyError, ConfigError, NotFoundError, PermanentError, TemporaryError
 from shared.kube_objects import KubeObject
+from shared.retry import backoff
 
 logger = logging.getLogger(__name__)
 
@@ -129,17 +130,10 @@ class EvictionResult:
 
 
 def watch_backoff(attempt: int) -> float:
-    """Seconds before re-establishing a watch after its ``attempt``-th early end in a row:
-    tenacity's exponential strategy, with jitter so that many watches cut at once (a proxy
-    restarting) do not come back at once."""
-    import tenacity
-
-    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    state.attempt_number = max(1, attempt)
-    strategy = tenacity.wait_exponential(
-        multiplier=WATCH_BACKOFF_INITIAL, min=WATCH_BACKOFF_INITIAL, max=WATCH_BACKOFF_MAX
-    ) + tenacity.wait_random(0, WATCH_BACKOFF_INITIAL / 2)
-    return min(WATCH_BACKOFF_MAX, float(strategy(state)))
+    """Seconds before re-establishing a watch after its ``attempt``-th early end in a row,
+    with jitter so that many watches cut at once (a proxy restarting) do not come back at
+    once."""
+    return backoff(attempt, initial=WATCH_BACKOFF_INITIAL, maximum=WATCH_BACKOFF_MAX, jitter=0.5)
 
 
 def load_kubeconfig(kubeconfig: str, configuration: Any) -> None:

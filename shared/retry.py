@@ -1,4 +1,10 @@
-"""Optimistic writes that lost (an ETag or resourceVersion conflict): look again and retry.
+"""Retrying: the pause before the next attempt, and optimistic writes that lost.
+
+``backoff`` is the one exponential back-off with jitter (tenacity's strategies) for every
+wait the app computes itself: a step's next look through the queue, a watch established
+again.
+
+Optimistic writes that lost (an ETag or resourceVersion conflict): look again and retry.
 
 client-go's ``RetryOnConflict`` is the model: the caller's function reads fresh state,
 decides and writes; a ``ConcurrencyError`` means somebody wrote first, so it runs again
@@ -17,6 +23,21 @@ from shared.errors import ConcurrencyError
 T = TypeVar("T")
 
 DEFAULT_ATTEMPTS = 5
+
+
+def backoff(attempt: int, *, initial: float, maximum: float, jitter: float = 0.25) -> float:
+    """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1):
+    ``initial`` doubling up to ``maximum``, plus up to ``jitter`` x ``initial`` at random,
+    so that waiters that failed together do not come back together."""
+    import tenacity
+
+    # tenacity's wait strategies read only the attempt number from the call state.
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = max(1, attempt)
+    strategy = tenacity.wait_exponential(multiplier=initial, min=initial, max=maximum) + tenacity.wait_random(
+        0, initial * jitter
+    )
+    return min(maximum, float(strategy(state)))
 
 
 def retry_on_conflict(

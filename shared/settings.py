@@ -43,10 +43,6 @@ class AppSettings:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
 
-    def client_options(self, *, retries: int = SDK_RETRIES, storage: bool = False) -> dict[str, Any]:
-        """Keyword arguments for an Azure SDK client: the timeouts, and a short, bounded retry."""
-        return sdk_options(self.connect_timeout, self.read_timeout, retries=retries, storage=storage)
-
     @property
     def longest_call(self) -> float:
         """The longest one outbound call can take, SDK retries included (back-off aside)."""
@@ -129,13 +125,14 @@ def sdk_options(
     return options
 
 
-def storage_options(settings: Any) -> dict[str, Any]:
+def storage_options(settings: Any, *, queue: bool = True) -> dict[str, Any]:
     """``sdk_options`` for a storage client built from ``settings`` (an ``AppSettings``, or
-    anything with its storage fields: the defaults then)."""
+    anything with its storage fields: the default timeouts then). ``queue``: the queue
+    SDK's own retry policy; Table storage uses azure-core's."""
     return sdk_options(
         getattr(settings, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
         getattr(settings, "read_timeout", DEFAULT_READ_TIMEOUT),
-        storage=True,
+        storage=queue,
     )
 
 

@@ -44,10 +44,12 @@ def sweep(deps: Collaborators) -> SweepReport:
     now = deps.clock.now()
     stall = deps.config.workflow.stall_after.total_seconds()
     runs = deps.store.list_runs()
+    over: set[str] = set()  # ended, with no node in flight
     for run in runs:
         # Only the nodes in flight are read whole: a finished run costs one filtered query.
         in_flight = deps.store.list_nodes(run.id, states=HOLDING_STATES)
         if run.state.terminal and not in_flight:
+            over.add(run.id)
             continue  # its lock, if it still has one, is released below
         report.runs_checked += 1
         for node in in_flight:
@@ -72,27 +74,35 @@ def sweep(deps: Collaborators) -> SweepReport:
         if deps.store.has_nodes(run.id, states=(NodeState.PENDING,)):
             deps.queue.send(WorkItem("admit", run.id))
             report.admitted.append(run.id)
-        elif not in_flight:
-            _close(deps, run, report)
-    _release_stale_locks(deps, {r.id: r for r in runs}, report, now=now, grace=stall)
+        elif not in_flight and _close(deps, run, report):
+            over.add(run.id)
+    _release_stale_locks(deps, {r.id: r for r in runs}, over, report, now=now, grace=stall)
     return report
 
 
-def _close(deps: Collaborators, run: Run, report: SweepReport) -> None:
+def _close(deps: Collaborators, run: Run, report: SweepReport) -> bool:
     """Every node has ended, yet the run is open: the admission that would have closed it
-    failed (a Table 503 after the last node finished). Close it now, as it would have."""
+    failed (a Table 503 after the last node finished). Close it now, as it would have;
+    whether it is closed."""
     try:
         Admission(deps).finish_if_done(run)
     except (ConcurrencyError, TemporaryError) as exc:
         logger.warning("run %s: could not close it yet (%s); the next sweep looks again", run.id, exc)
-        return
+        return False
     if run.state.terminal:
         report.closed.append(run.id)
         logger.warning("run %s had every node ended but was still open; closed: %s", run.id, run.state_reason)
+    return run.state.terminal
 
 
 def _release_stale_locks(
-    deps: Collaborators, runs: dict[str, Run], report: SweepReport, *, now: float, grace: float
+    deps: Collaborators,
+    runs: dict[str, Run],
+    over: set[str],
+    report: SweepReport,
+    *,
+    now: float,
+    grace: float,
 ) -> None:
     """Free each configured cluster whose lock names a run that has ended with no node in
     flight, or a run that still does not exist ``grace`` after the claim (a run being
@@ -103,19 +113,19 @@ def _release_stale_locks(
         if lock is None:
             continue
         run = runs.get(lock.run_id)
-        if run is None:
+        if run is not None:
+            if run.id not in over:  # the loop above looked at its nodes already
+                continue
+            why = f"run {run.id} is {run.state}"
+        else:
             try:
-                run = store.get_run(lock.run_id)  # written since the runs were listed
+                store.get_run(lock.run_id)  # written since the runs were listed: not stale
+                continue
             except NotFoundError:
-                run = None
-        if run is None:
+                pass
             if now - lock.claimed_at < grace:
                 continue
             why = f"run {lock.run_id} does not exist"
-        elif run.state.terminal and not store.has_nodes(run.id, states=HOLDING_STATES):
-            why = f"run {run.id} is {run.state}"
-        else:
-            continue
         try:
             freed = store.release_cluster(cluster.name, lock.run_id)
         except TemporaryError as exc:

@@ -46,7 +46,7 @@ from shared.errors import (
 )
 from shared.kube import ANNOTATION_STATE, LABEL_PATCHING, KubeClient, Node
 from shared.model import NodeState, NodeWork, PacerRecord, Run, RunState
-from shared.retry import retry_on_conflict
+from shared.retry import backoff, retry_on_conflict
 from shared.store.base import RunStore
 from shared.workqueue import WorkItem, WorkQueue
 
@@ -135,18 +135,6 @@ class StepContext:
 
     def after_waiting(self) -> None:
         self.now = self.deps.clock.now()
-
-
-def backoff(attempt: int, *, initial: float, maximum: float) -> float:
-    """Exponential back-off with jitter, from tenacity's strategy (attempt counts from 1)."""
-    import tenacity
-
-    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    state.attempt_number = max(1, attempt)
-    strategy = tenacity.wait_exponential(multiplier=initial, max=maximum) + tenacity.wait_random(
-        0, initial / 4
-    )
-    return min(maximum, float(strategy(state)))
 
 
 # ---- the steps ------------------------------------------------------------------------------
@@ -494,7 +482,7 @@ def _settle_claimed_write(ctx: StepContext) -> StepResult:
     node, poll = ctx.node, ctx.timing.poll_interval.total_seconds()
     if ctx.now - node.reimage_started > ctx.pool.reimage_timeout.total_seconds():
         return _reimage_timed_out(ctx)
-    if not node.leads_batch and node.reimage_leader and node.reimage_leader != node.name:
+    if not node.leads_batch and node.reimage_leader:
         try:
             leader = ctx.deps.store.get_node(node.run_id, node.reimage_leader)
         except NotFoundError:

@@ -9,7 +9,6 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConcurrencyError, TemporaryError
-from shared.settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
 from shared.store.base import NODE_COLUMNS, NODE_PREFIX, Row, RunStore, node_columns
 
 if TYPE_CHECKING:
@@ -35,13 +34,9 @@ class TableRunStore(RunStore):
     def from_settings(cls, settings: Any) -> TableRunStore:
         from azure.data.tables import TableServiceClient
 
-        from shared.settings import azure_credential, sdk_options
+        from shared.settings import azure_credential, storage_options
 
-        # azure-core's retry keywords (Tables uses its policy), with the app's timeouts.
-        options = sdk_options(
-            getattr(settings, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-            getattr(settings, "read_timeout", DEFAULT_READ_TIMEOUT),
-        )
+        options = storage_options(settings, queue=False)
         if settings.storage_connection_string:
             service = TableServiceClient.from_connection_string(settings.storage_connection_string, **options)
         else:

@@ -22,7 +22,7 @@ from azure.core.exceptions import (
 from shared.app import timeout_problem
 from shared.compute import translate_azure_error
 from shared.errors import ConfigError, PermanentError, TemporaryError
-from shared.settings import AppSettings
+from shared.settings import AppSettings, storage_options
 
 
 class FakeResponse:
@@ -78,7 +78,7 @@ def _settings(**env: str) -> AppSettings:
 def test_timeouts_default_to_10_s_connect_and_30_s_read() -> None:
     s = _settings()
     assert (s.connect_timeout, s.read_timeout) == (10.0, 30.0)
-    options = s.client_options()
+    options = storage_options(s, queue=False)  # what the Table client is built with
     assert options["connection_timeout"] == 10.0 and options["read_timeout"] == 30.0
     assert options["retry_total"] == 1 and options["retry_read"] == 0
 
