@@ -491,10 +491,12 @@ class FaultInjector:
     def _take_hold(self, operation: str) -> _HoldFault | None:
         return self._take(self._hold_faults, operation)
 
-    def _take(self, faults: list[Any], operation: str) -> Any:
+    def _take(self, faults: list[Any], operation: str, *, any_matches: bool = True) -> Any:
+        """The first fault armed for ``operation`` (or for "any", if ``any_matches``), one
+        of its count used up; None if there is none."""
         with self._lock:
             for fault in faults:
-                if fault.operation in (operation, "any"):
+                if fault.operation == operation or (any_matches and fault.operation == "any"):
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         faults.remove(fault)
@@ -526,26 +528,16 @@ class FaultInjector:
         return True
 
     def _take_request_fault(self, operation: str) -> _RequestFault | None:
-        with self._lock:
-            for fault in self._request_faults:
-                # "any" never matches the identity endpoint: breaking token acquisition
-                # silently would make every other fault look like an auth problem.
-                if fault.operation == operation or (fault.operation == "any" and operation != "msi_token"):
-                    fault.remaining -= 1
-                    if fault.remaining <= 0:
-                        self._request_faults.remove(fault)
-                    return fault
-        return None
+        # "any" never matches the identity endpoint: breaking token acquisition
+        # silently would make every other fault look like an auth problem.
+        fault: _RequestFault | None = self._take(
+            self._request_faults, operation, any_matches=operation != "msi_token"
+        )
+        return fault
 
     def _take_lro_fault(self, kind: str) -> str | None:
-        with self._lock:
-            for fault in self._lro_faults:
-                if fault.operation in (kind, "any"):
-                    fault.remaining -= 1
-                    if fault.remaining <= 0:
-                        self._lro_faults.remove(fault)
-                    return fault.code
-        return None
+        fault = self._take(self._lro_faults, kind)
+        return None if fault is None else str(fault.code)
 
 
 # --------------------------------------------------------------------------- internal state
