@@ -290,6 +290,9 @@ class Sandbox:
             "pollInterval": max(0.5, round(15 * scale, 2)),
             "drainRetryInterval": max(0.5, round(5 * scale, 2)),
             "leaseDuration": 10,
+            # The sandbox's calls answer in milliseconds: renew before a reimage write or an
+            # uncordon only when the lease is nearly over, as production does at 45 of 120 s.
+            "leaseMargin": 3,
             "inlineWait": 2,
             "batchLinger": 0.3,
             "stallAfter": 20,

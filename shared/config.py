@@ -212,6 +212,11 @@ class WorkflowTiming(_Model):
     # writes a minute per scale set, so a write saved is worth about 15 s of waiting; 0
     # turns gathering off.
     batch_linger: Seconds = Field(timedelta(seconds=5), alias="batchLinger")
+    # What a step's lease must still have when it sends the reimage write or the uncordon
+    # (else it renews it first): the longest one call may take (2 x connect + read
+    # timeout, 50 s by default, would be the strict figure) and the clocks' skew, so that no
+    # other worker takes the node while the request is on its way.
+    lease_margin: Seconds = Field(timedelta(seconds=45), alias="leaseMargin")
 
     @model_validator(mode="after")
     def _stall_longer_than_lease(self) -> WorkflowTiming:
@@ -219,6 +224,8 @@ class WorkflowTiming(_Model):
             raise ValueError(
                 "stallAfter must be longer than leaseDuration, or the sweeper races live workers"
             )
+        if self.lease_margin >= self.lease_duration:
+            raise ValueError("leaseMargin must be shorter than leaseDuration, or every call renews the lease")
         if self.batch_linger > self.inline_wait:
             raise ValueError("batchLinger must not be longer than inlineWait: the leader waits in place")
         if self.inline_wait * 3 > self.lease_duration:

@@ -35,7 +35,7 @@ from shared.budget import WritePacer
 from shared.clock import Clock, iso
 from shared.compute import ComputeClient, InstanceRef, LroStatus, image_version, parse_provider_id
 from shared.config import ClusterConfig, PatcherConfig, PoolConfig
-from shared.drain import DrainOptionsView, blocking_budgets, plan_drain
+from shared.drain import DrainOptionsView, Pod, blocking_budgets, plan_drain
 from shared.errors import (
     ConcurrencyError,
     LeaseLostError,
@@ -304,10 +304,6 @@ MAX_BATCH = 98
 # claim (both are NTP-synchronised): an operation that ended this much before the claim
 # still counts as ours, which errs towards "it took" (the boot check then tells).
 CLOCK_SKEW = 2.0
-# Time the lease must still have when the reimage write or the uncordon is sent: the
-# call's own read timeout and the clocks' skew, so that no other worker can take the node
-# while the request is on its way.
-LEASE_MARGIN = 45.0
 
 
 def _start_batch(ctx: StepContext) -> StepResult:
@@ -384,10 +380,10 @@ def _unclaim(node: NodeWork) -> None:
 def _hold_lease(ctx: StepContext, what: str) -> None:
     """The two calls a worker that lost its lease must never make (the reimage write, the
     uncordon) come from the lease's holder, with the lease outlasting the call: renew it,
-    conditional on the record's ETag, unless enough of it is left. While the lease has
+    conditional on the record's ETag, unless ``leaseMargin`` of it is left. While the lease has
     not ended, no other worker can have taken it; a lost renewal means one has."""
     node, now = ctx.node, ctx.deps.clock.now()
-    if node.lease_until - now > LEASE_MARGIN:
+    if node.lease_until - now > ctx.timing.lease_margin.total_seconds():
         return
     node.lease_until = now + ctx.timing.lease_duration.total_seconds()
     try:
@@ -400,14 +396,19 @@ def _still_drained(ctx: StepContext, peers: list[NodeWork]) -> tuple[StepResult 
     """Look at every node of the batch once more just before the write: the gathering,
     the pacing and conflicts can take minutes after a node drained, and a node that was
     uncordoned or given a pod meanwhile must not be reimaged with it. One list of the
-    run's cordoned Nodes and one pod list per node. Returns the leader's own way out (None
-    if it may go ahead) and the peers that may; the others leave the batch here."""
+    run's cordoned Nodes and one pod list per node still cordoned, made side by side (a
+    batch can be a hundred nodes, and the write waits for them). Returns the leader's own
+    way out (None if it may go ahead) and the peers that may; the others leave the batch
+    here."""
     node, run = ctx.node, ctx.run
-    nodes = {n.name: n for n in ctx.kube.list_nodes(label_selector=f"{LABEL_PATCHING}={run.id}")}
-    own = _pre_write_problem(ctx, node, nodes.get(node.name))
+    observed = {n.name: n for n in ctx.kube.list_nodes(label_selector=f"{LABEL_PATCHING}={run.id}")}
+    members = [node, *peers]
+    cordoned = [m.name for m in members if _cordoned_by(observed.get(m.name), run)]
+    pods = _pods_on(ctx.kube, cordoned)
+    own = _pre_write_problem(ctx, node, pods.get(node.name))
     keep = []
     for peer in peers:
-        problem = _pre_write_problem(ctx, peer, nodes.get(peer.name))
+        problem = _pre_write_problem(ctx, peer, pods.get(peer.name))
         if problem is None:
             keep.append(peer)
         else:
@@ -415,9 +416,24 @@ def _still_drained(ctx: StepContext, peers: list[NodeWork]) -> tuple[StepResult 
     return own, keep
 
 
-def _pre_write_problem(ctx: StepContext, node: NodeWork, observed: Node | None) -> StepResult | None:
-    run = ctx.run
-    if observed is None or not observed.unschedulable or observed.cordoned_by != run.id:
+def _cordoned_by(observed: Node | None, run: Run) -> bool:
+    return observed is not None and observed.unschedulable and observed.cordoned_by == run.id
+
+
+def _pods_on(kube: KubeClient, names: list[str]) -> dict[str, list[Pod]]:
+    """Each named node's pods, listed on up to WAKE_THREADS threads at once."""
+    if len(names) <= 1:
+        return {name: kube.list_pods_on_node(name) for name in names}
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(WAKE_THREADS, len(names))) as pool:
+        return dict(zip(names, pool.map(kube.list_pods_on_node, names), strict=True))
+
+
+def _pre_write_problem(ctx: StepContext, node: NodeWork, pods: list[Pod] | None) -> StepResult | None:
+    """Why ``node`` must not be reimaged now (``pods``: its pods, None if it is no longer
+    cordoned by this run), or None."""
+    if pods is None:
         # Somebody uncordoned it (the label may be gone with it): honour that, reimage nothing.
         node.cordoned_by_us = False
         why = "uncordoned by someone else after its drain; not reimaged"
@@ -429,15 +445,11 @@ def _pre_write_problem(ctx: StepContext, node: NodeWork, observed: Node | None) 
                 warning=True,
             )
         return StepResult(NodeState.FAILED, why, event="PatchFailed", warning=True)
-    plan = plan_drain(
-        ctx.kube.list_pods_on_node(node.name),
-        options=_drain_options(ctx.pool),
-        daemonset_exists=ctx.kube.daemonset_exists,
-    )
+    plan = plan_drain(pods, options=_drain_options(ctx.pool), daemonset_exists=ctx.kube.daemonset_exists)
     if plan.evict or plan.refused:
-        pods = ", ".join(p.key for p in plan.evict) or plan.refusal_text
+        names = ", ".join(p.key for p in plan.evict) or plan.refusal_text
         return StepResult(
-            NodeState.DRAINING, f"pods landed on it after its drain ({pods}); draining again", warning=True
+            NodeState.DRAINING, f"pods landed on it after its drain ({names}); draining again", warning=True
         )
     return None
 
