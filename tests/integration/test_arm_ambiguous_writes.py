@@ -32,15 +32,14 @@ from azure.mgmt.compute.models import (
     VirtualMachineScaleSetVMInstanceRequiredIDs,
 )
 
-from sandbox.arm import ArmServer, ComputeDurations, ComputeState
-from sandbox.tls import create_tls
+from sandbox.arm import ComputeDurations, ComputeState
 from sandbox.world import World
+from tests.integration.arm_helpers import serving_arm
 from tests.integration.test_arm_fidelity import (
     LINUX_V2,
     RG,
     SUB,
     Sandbox,
-    managed_identity_env,
     vm_props,
     vmss_path,
     wait_for,
@@ -54,17 +53,10 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     tmp: Path = tmp_path_factory.mktemp("arm-ambiguous")
     world = World(time_scale=0.01, history_path=tmp / "history.jsonl")
     state = ComputeState(world, subscription_id=SUB, durations=ComputeDurations(reimage=100, model_update=20))
-    tls = create_tls(tmp / "tls")
-    server = ArmServer(state, tls=tls)
-    server.start()
-    sb = Sandbox(world, state, server, tls)
-    state.add_listener(sb.record)
-    try:
-        with managed_identity_env(server, tls.ca_path):
-            yield sb
-    finally:
-        server.stop()
-        world.close()
+    with serving_arm(world, state, tmp) as (server, tls):
+        sb = Sandbox(world, state, server, tls)
+        state.add_listener(sb.record)
+        yield sb
 
 
 @pytest.fixture(scope="module")

@@ -53,9 +53,9 @@ from sandbox.events import (
     to_cloudevent,
 )
 from sandbox.runner import FunctionsRunner
-from sandbox.tls import SandboxTLS, create_tls
+from sandbox.tls import SandboxTLS
 from sandbox.world import World
-from tests.integration.test_arm_fidelity import managed_identity_env
+from tests.integration.arm_helpers import serving_arm
 
 pytestmark = pytest.mark.integration
 
@@ -120,17 +120,10 @@ def arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm]:
         )
     config_id = state.add_maintenance_configuration(RG, "sandbox-weekly")
     account_id = state.add_automation_account(RG, "sandbox-automation")
-    tls = create_tls(tmp / "tls")
-    server = ArmServer(state, tls=tls)
-    server.start()
-    sb = Arm(world, state, server, tls, config_id, account_id)
-    state.add_listener(sb.record)
-    try:
-        with managed_identity_env(server, tls.ca_path):
-            yield sb
-    finally:
-        server.stop()
-        world.close()
+    with serving_arm(world, state, tmp) as (server, tls):
+        sb = Arm(world, state, server, tls, config_id, account_id)
+        state.add_listener(sb.record)
+        yield sb
 
 
 @pytest.fixture(scope="module")

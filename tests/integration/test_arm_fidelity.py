@@ -11,7 +11,6 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,9 @@ from azure.mgmt.compute.models import (
 )
 
 from sandbox.arm import ArmServer, ComputeDurations, ComputeState
-from sandbox.tls import SandboxTLS, create_tls
+from sandbox.tls import SandboxTLS
 from sandbox.world import World
+from tests.integration.arm_helpers import serving_arm
 
 pytestmark = pytest.mark.integration
 
@@ -59,37 +59,6 @@ WINDOWS_V1 = {
     "sku": "2022-datacenter",
     "version": "1.0.0",
 }
-# Only the App Service managed-identity settings may be visible to the credential chain.
-CREDENTIAL_ENV = [
-    "AZURE_CLIENT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_TENANT_ID",
-    "AZURE_CLIENT_CERTIFICATE_PATH",
-    "AZURE_USERNAME",
-    "AZURE_PASSWORD",
-    "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_AUTHORITY_HOST",
-    "MSI_ENDPOINT",
-    "MSI_SECRET",
-    "IMDS_ENDPOINT",
-    "IDENTITY_SERVER_THUMBPRINT",
-]
-
-
-@contextmanager
-def managed_identity_env(server: ArmServer, ca_path: Path) -> Iterator[None]:
-    """Only the App Service managed-identity protocol, pointed at this server, and its CA
-    trusted: exactly what the app sees in Azure (and in the sandbox)."""
-    mp = pytest.MonkeyPatch()
-    for name in CREDENTIAL_ENV:
-        mp.delenv(name, raising=False)
-    mp.setenv("IDENTITY_ENDPOINT", server.identity_endpoint)
-    mp.setenv("IDENTITY_HEADER", server.identity_header)
-    mp.setenv("REQUESTS_CA_BUNDLE", str(ca_path))
-    try:
-        yield
-    finally:
-        mp.undo()
 
 
 @dataclass
@@ -204,17 +173,10 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         image_reference=WINDOWS_V1,
         computer_name_prefix=WINDOWS,
     )
-    tls = create_tls(tmp / "tls")
-    server = ArmServer(state, tls=tls)
-    server.start()
-    sb = Sandbox(world, state, server, tls)
-    state.add_listener(sb.record)
-    try:
-        with managed_identity_env(server, tls.ca_path):
-            yield sb
-    finally:
-        server.stop()
-        world.close()
+    with serving_arm(world, state, tmp) as (server, tls):
+        sb = Sandbox(world, state, server, tls)
+        state.add_listener(sb.record)
+        yield sb
 
 
 @pytest.fixture(scope="module")

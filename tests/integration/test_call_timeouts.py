@@ -30,6 +30,7 @@ from shared.errors import PermanentError, TemporaryError
 from shared.settings import AppSettings, azure_credential
 from shared.store.table import TableRunStore
 from shared.workqueue import StorageWorkQueue, WorkItem
+from tests.integration.arm_helpers import CREDENTIAL_ENV as IDENTITY_SETTINGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -41,23 +42,8 @@ READ = 0.5
 CONNECT = 0.5
 # Generous for a loaded 2-core machine, and far below any SDK default.
 BOUND = 8.0
-CREDENTIAL_ENV = [
-    "AZURE_CLIENT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_TENANT_ID",
-    "AZURE_CLIENT_CERTIFICATE_PATH",
-    "AZURE_USERNAME",
-    "AZURE_PASSWORD",
-    "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_AUTHORITY_HOST",
-    "MSI_ENDPOINT",
-    "MSI_SECRET",
-    "IMDS_ENDPOINT",
-    "IDENTITY_SERVER_THUMBPRINT",
-    "IDENTITY_ENDPOINT",
-    "IDENTITY_HEADER",
-    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
-]
+# The managed identity's own settings too: each test points them where it wants.
+CREDENTIAL_ENV = [*IDENTITY_SETTINGS, "IDENTITY_ENDPOINT", "IDENTITY_HEADER"]
 
 
 class SilentServer:
