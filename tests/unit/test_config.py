@@ -67,3 +67,14 @@ def test_unreadable_and_malformed_files_are_reported(tmp_path: Path) -> None:
     bad.write_text("clusters: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_a_lease_margin_as_long_as_the_lease_is_refused() -> None:
+    from tests.harness import config_dict
+
+    base = config_dict({"linux": 1})
+    base["workflow"]["leaseMargin"] = 30
+    assert parse_config(base).workflow.lease_margin.total_seconds() == 30
+    base["workflow"]["leaseMargin"] = base["workflow"]["leaseDuration"]
+    with pytest.raises(ConfigError, match="leaseMargin must be shorter than leaseDuration"):
+        parse_config(base)
