@@ -186,12 +186,17 @@ class PoolConfig(_Model):
 
 
 class AzureAdAuth(_Model):
-    """Entra ID token auth for AKS-style clusters (AAD-integrated API servers)."""
+    """Entra ID tokens for an API server that accepts them (AKS Engine's AAD integration,
+    or a kubeadm API server with Entra ID as its OIDC issuer)."""
 
     server: str = Field(pattern=r"^https://", description="API server URL")
     ca_setting: str | None = Field(None, alias="caSetting", description="app setting with the CA (PEM)")
-    # The AKS AAD server application id: the same in every tenant.
-    audience: str = "6dae42f8-4368-4678-94ff-3960e28e3630"
+    audience: str = Field(
+        # The Entra server application AKS uses, the same in every tenant; a self-managed
+        # API server names its own (AKS Engine's serverAppID, kubeadm's --oidc-client-id).
+        "6dae42f8-4368-4678-94ff-3960e28e3630",
+        description="the API server's Entra application ID (the token audience)",
+    )
 
 
 class ProxyConfig(_Model):
