@@ -132,6 +132,11 @@ class PoolConfig(_Model):
         alias="controlPlane",
         description="the pool's nodes run the control plane: patched only if this says so, one at a time",
     )
+    allow_aks_managed: bool = Field(
+        False,
+        alias="allowAksManaged",
+        description="patch a scale set of an AKS-managed node resource group (MC_...) anyway",
+    )
 
     @field_validator("scale_set_id")
     @classmethod
@@ -142,6 +147,19 @@ class PoolConfig(_Model):
                 "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/virtualMachineScaleSets/NAME"
             )
         return value
+
+    @model_validator(mode="after")
+    def _not_aks_managed(self) -> PoolConfig:
+        match = SCALE_SET_ID_RE.match(self.scale_set_id)
+        group = match.group("resource_group") if match else ""
+        if group.lower().startswith("mc_") and not self.allow_aks_managed:
+            raise ValueError(
+                f"pool {self.name}: {group} is an AKS-managed node resource group. Microsoft does not "
+                "support changing AKS nodes through the scale-set API (it renders the cluster "
+                "unsupportable): upgrade AKS node images with AKS itself (node image auto-upgrade or "
+                "'az aks nodepool upgrade --node-image-only'). Set allowAksManaged: true to patch it anyway"
+            )
+        return self
 
     @model_validator(mode="after")
     def _control_plane_one_at_a_time(self) -> PoolConfig:

@@ -108,3 +108,19 @@ def test_a_negative_or_unreadable_duration_names_the_field(written: object) -> N
     data["clusters"][0]["pools"][0]["drain"] = {"timeout": written}
     with pytest.raises(ConfigError, match=r"clusters\[0\]\.pools\[0\]\.drain\.timeout"):
         parse_config(data)
+
+
+@pytest.mark.parametrize("group", ["MC_prod_aks_westeurope", "mc_prod_weu"])
+def test_an_aks_managed_node_resource_group_is_refused_unless_forced(group: str) -> None:
+    data = yaml.safe_load((CONFIG_DIR / "patcher.example.yaml").read_text())
+    pool = data["clusters"][0]["pools"][0]
+    pool["scaleSetId"] = (
+        f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/{group}"
+        "/providers/Microsoft.Compute/virtualMachineScaleSets/aks-system-12345678-vmss"
+    )
+    with pytest.raises(
+        ConfigError, match=rf"{group} is an AKS-managed node resource group.*allowAksManaged: true"
+    ):
+        parse_config(data)
+    pool["allowAksManaged"] = True
+    assert parse_config(data).clusters[0].pools[0].allow_aks_managed
