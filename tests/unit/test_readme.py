@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from pathlib import Path
+
+from tests.app_functions import app_functions
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -14,12 +15,9 @@ README = (ROOT / "README.md").read_text()
 READ_BY_OTHERS = {"HTTPS_PROXY", "NO_PROXY", "AzureWebJobsStorage__accountName"}
 
 
-@functools.cache
 def _registered_routes() -> frozenset[tuple[str, str]]:
-    import function_app
-
     routes = set()
-    for function in function_app.app.get_functions():
+    for function in app_functions().values():
         for binding in function.get_bindings():
             spec = binding.get_dict_repr()
             if spec.get("type") == "httpTrigger":
