@@ -406,12 +406,38 @@ class GitOpsConfig(_Model):
     repositories: list[GitRepositoryConfig] = Field(default_factory=list)
 
 
+NOTICE_KINDS = (
+    "run-started",
+    "run-succeeded",
+    "run-failed",
+    "circuit-breaker-opened",
+    "node-left-cordoned",
+    "run-stalled",
+    "maintenance-run-cancelled",
+    "image-refused",
+    "gitops-sync-failed",
+)
+
+
+class NotificationTarget(_Model):
+    """Where notices go: a Teams or Slack incoming webhook, or any webhook taking JSON."""
+
+    kind: Literal["teams", "slack", "webhook"]
+    url: SettingRef = Field(
+        description="app setting holding the webhook URL (a credential: never in this file)"
+    )
+    events: list[Literal[NOTICE_KINDS]] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="the notices this target wants; none listed = all"
+    )
+
+
 class PatcherConfig(_Model):
     clusters: list[ClusterConfig] = Field(min_length=1)
     workflow: WorkflowTiming = WorkflowTiming()
     windows: list[WindowConfig] = Field(default_factory=list)
     events: EventMappings = EventMappings()
     gitops: GitOpsConfig = GitOpsConfig()
+    notifications: list[NotificationTarget] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> PatcherConfig:

@@ -35,6 +35,7 @@ from shared.events import (
     ResourceWriteEvent,
 )
 from shared.kube import ANNOTATION_PATCHED_AT, Node
+from shared.notify import Notice, NoticeKind
 from shared.planner import left_alone
 from shared.runs import RunConflictError, RunService, StartRequest
 from shared.skew import skew_problem
@@ -202,6 +203,13 @@ class Intake:
             body={"properties": {"status": "Cancel"}},
         )
         logger.warning("maintenance run %s cancelled: %s", event.correlation_id, why)
+        self.deps.notify(
+            Notice(
+                NoticeKind.MAINTENANCE_RUN_CANCELLED,
+                why,
+                details={"maintenanceRun": event.correlation_id, "configuration": event.configuration_id},
+            )
+        )
         return Outcome("cancelled", f"maintenance run cancelled through the cancellation API: {why}")
 
     def post_maintenance(self, event: MaintenanceEvent) -> Outcome:

@@ -17,6 +17,7 @@ from shared.clock import iso
 from shared.config import ClusterConfig
 from shared.errors import ConcurrencyError, NotFoundError, TemporaryError, ValidationError
 from shared.model import NodeState, NodeWork, Run, RunState
+from shared.notify import Notice, NoticeKind
 from shared.planner import left_alone, plan_run
 from shared.retry import retry_on_conflict
 from shared.workflow import Collaborators
@@ -161,6 +162,14 @@ class RunService:
         else:
             self._admit_now(run.id)
         logger.info("run %s planned for %s: %d nodes (%s)", run.id, cluster.name, len(nodes), request.reason)
+        self.deps.notify(
+            Notice(
+                NoticeKind.RUN_STARTED,
+                f"{len(nodes)} nodes ({request.trigger}): {request.reason}",
+                cluster=cluster.name,
+                run_id=run.id,
+            )
+        )
         return run
 
     def _claim(self, cluster: str, run_id: str) -> str | None:
