@@ -28,8 +28,8 @@ from sandbox.world import World, utcnow_iso
 logger = logging.getLogger(__name__)
 
 KUBELET_VERSION = "v1.31.4"
-IMAGE_LABEL = "kubernetes.azure.com/node-image-version"
-POOL_LABEL = "kubernetes.azure.com/agentpool"
+IMAGE_LABEL = "vmss-node-patcher.io/image-version"  # shared.kube.NODE_IMAGE_LABEL
+POOL_LABEL = "agentpool"  # the pool label AKS Engine sets; kubeadm nodes: --node-labels
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 # What the product writes on a node it holds (read, never written, by the sandbox).
 RUN_ANNOTATION = "vmss-node-patcher.io/run"
@@ -48,7 +48,7 @@ class PoolSpec:
     @property
     def computer_name_prefix(self) -> str:
         # Windows computer names are at most 15 characters: prefix <= 9 + 6 base-36 digits.
-        return f"aks{self.name}"[:9] if self.os == "windows" else f"aks-{self.name}-12345678-vmss"
+        return f"k8s{self.name}"[:9] if self.os == "windows" else f"k8s-{self.name}-12345678-vmss"
 
     @classmethod
     def parse_list(cls, text: str) -> list[PoolSpec]:
@@ -125,7 +125,7 @@ class SandboxCluster:
 
     # ---- building ----------------------------------------------------------------------
     def add_pool(self, spec: PoolSpec, *, image_version: str) -> None:
-        definition = "aks-windows" if spec.os == "windows" else "aks-ubuntu"
+        definition = "k8s-node-windows" if spec.os == "windows" else "k8s-node-ubuntu"
         self.compute.add_scale_set(
             resource_group=self.resource_group,
             name=spec.scale_set,
@@ -136,7 +136,7 @@ class SandboxCluster:
             ),
             computer_name_prefix=spec.computer_name_prefix,
             zones=["1", "2", "3"],
-            tags={"aks-managed-poolName": spec.name},
+            tags={"poolName": spec.name, "orchestrator": f"Kubernetes:{KUBELET_VERSION.lstrip('v')}"},
         )
         for vm in self.compute.vms(self.resource_group, spec.scale_set):
             self._create_node(spec.name, spec.os, vm)

@@ -247,7 +247,7 @@ class FakeKube:
         node["status"]["nodeInfo"]["bootID"] = str(uuid.uuid4())
         node["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
         if image:
-            node["metadata"]["labels"]["kubernetes.azure.com/node-image-version"] = image
+            node["metadata"]["labels"]["vmss-node-patcher.io/image-version"] = image
 
 
 @dataclass

@@ -796,7 +796,7 @@ def _run_make_kubeconfig(
         "STUB_TOKEN": token,
         "STUB_TOKEN_B64": base64.b64encode(token.encode()).decode(),
         "STUB_CA_B64": ca,
-        "STUB_SERVER": "https://prod-weu-dns.hcp.westeurope.azmk8s.io:443",
+        "STUB_SERVER": "https://k8s-prod-weu.contoso.example:6443",
         "STUB_ANSWER": answer,
     }
     result = subprocess.run(

@@ -48,7 +48,7 @@ def test_a_new_gallery_image_version_is_rolled_out_by_its_event(sandbox: Sandbox
     version_id = sandbox.compute.publish_image_version(
         sandbox.cluster.resource_group,
         GALLERY,
-        "aks-windows",
+        "k8s-node-windows",
         version,
         tags={"kubernetesVersion": KUBERNETES_VERSION},
         replicate_seconds=100,
@@ -70,7 +70,7 @@ def test_an_image_whose_kubelet_is_newer_than_the_api_server_is_refused(
     sandbox.compute.publish_image_version(
         sandbox.cluster.resource_group,
         GALLERY,
-        "aks-windows",
+        "k8s-node-windows",
         "2027.01.02",
         tags={"kubernetesVersion": "1.32.0"},
         replicate_seconds=0,
@@ -235,4 +235,4 @@ def test_the_timer_patches_nodes_not_on_the_latest_model(sandbox: Sandbox, drive
     assert report.ok, report.violations
     for name in driver.nodes_of("beta"):
         node = sandbox.kube.get("nodes", None, name)
-        assert node["metadata"]["labels"]["kubernetes.azure.com/node-image-version"] == image
+        assert node["metadata"]["labels"]["vmss-node-patcher.io/image-version"] == image
