@@ -37,7 +37,7 @@ param kubeconfigSettings array = []
 @description('GitHub webhook secret settings, as Key Vault references: [{name: "GITHUB_WEBHOOK_SECRET", secretName: "github-webhook-secret"}]; two entries while rotating. The YAML configuration lists them under gitops.secrets.')
 param webhookSecretSettings array = []
 
-@description('The node pools\' scale sets, grouped by resource group: [{id: "/subscriptions/<sub>/resourceGroups/<rg>", scaleSets: ["<scale set name>"]}]; the app may write only these scale sets.')
+@description('The node pools\' scale sets, grouped by resource group: [{id: "/subscriptions/<sub>/resourceGroups/<rg>", scaleSets: ["<scale set name>"], flexible: false}]; the app may write only these scale sets. flexible: true when some are Flexible scale sets (their VMs are read and reimaged through the VM API, granted on the group).')
 param scaleSetResourceGroups array = []
 
 @description('Compute Galleries whose new image versions trigger rollouts, grouped by resource group: [{id: "/subscriptions/<sub>/resourceGroups/<rg>", galleries: ["<gallery>"], existingSystemTopicName: ""}].')
@@ -135,6 +135,7 @@ module scaleSetRoles 'app/role-scalesets.bicep' = [for (group, i) in scaleSetRes
     principalId: functionApp.outputs.principalId
     appName: functionAppName
     scaleSetNames: group.scaleSets
+    flexibleScaleSets: group.?flexible ?? false
   }
 }]
 
