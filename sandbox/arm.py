@@ -63,6 +63,18 @@ Fidelity choices (sources: Azure REST API reference, azure-docs, recorded respon
   policies are reported but not enforced.
 * Unknown instance ids in batch writes: 400 ``InvalidParameter`` "The provided instanceId
   N is not an active Virtual Machine Scale Set VM instanceId." (target ``instanceIds``).
+* Flexible scale sets (``orchestrationMode: Flexible``; orchestration-modes-api-comparison.md):
+  each instance is a ``Microsoft.Compute/virtualMachines`` resource named ``{scaleSet}_{8 hex}``
+  with ``virtualMachineScaleSet.id`` and no ``latestModelApplied``, served by the VM API (list
+  with ``$filter='virtualMachineScaleSet/id' eq 'ID'``, get, instance view, reimage LRO);
+  ``manualupgrade`` takes VM names. The VMSS-VM routes, batch reimage and the scale set's
+  instance view answer 400 ``BadRequest`` "Operation 'VirtualMachineScaleSets.…' is not
+  allowed on Virtual Machine Scale Set '…'." (the message Compute gives the other way round).
+* ``upgradePolicy`` (virtual-machine-scale-sets-upgrade-policy.md) is stored and validated
+  with the model (mode Automatic/Manual/Rolling; ``maxBatchInstancePercent`` 5-100;
+  ``pauseTimeBetweenBatches`` ISO 8601). After a model write that changes the image, Compute
+  upgrades the instances itself: Automatic all at once, Rolling one batch at a time with the
+  pause between batches, a failed batch stopping the upgrade; nothing is cordoned or drained.
 
 Compute Gallery (REST examples of api-version 2022-01-03 and later; the SDK sends 2026-03-03):
 

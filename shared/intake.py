@@ -293,7 +293,9 @@ class Intake:
                             cluster=cluster_name,
                             pools=writable,
                             nodes=targets,
-                            reason=f"new node image {version.version}",
+                            # A pool left out says why on the run, not only in the event record.
+                            reason=f"new node image {version.version}"
+                            + "".join(f"; pool {p} refused: {why}" for p, why in refusals.items()),
                             trigger="image",
                             source=version_id.lower(),
                         )

@@ -71,6 +71,8 @@ def test_only_the_pool_on_a_rolling_scale_set_is_refused_the_others_roll() -> No
     assert "test/linux: refused, scale set vmss-linux has upgradePolicy Rolling" in outcome.detail
     assert h.compute.model_writes == [scale_set_id("vmss-win").lower()]
     assert set(h.node_states(outcome.runs[0])) == {"win-0", "win-1"}
+    reason = h.store.get_run(outcome.runs[0]).reason
+    assert reason.startswith("new node image 2026.12.01; pool linux refused: scale set vmss-linux has")
 
 
 def test_a_model_write_itself_refuses_a_self_upgrading_scale_set() -> None:
