@@ -359,3 +359,39 @@ def test_a_bad_upgrade_policy_is_refused_with_the_field_named(
     assert err.value.status_code == 400
     assert "maxBatchInstancePercent" in str(err.value)
     assert client.virtual_machine_scale_sets.get(RG, GUARDED.scale_set).upgrade_policy.mode == "Manual"
+
+
+def test_a_policy_changed_between_the_app_s_read_and_its_write_fails_the_write(
+    modes: Modes, client: ComputeManagementClient
+) -> None:
+    """The model write is conditional on the scale set the app read (If-Match its ETag):
+    an upgrade policy set to Rolling while the write is on its way makes ARM refuse it."""
+    import threading
+
+    compute = modes.compute_client()
+    guarded = modes.scale_set_id(GUARDED)
+    modes.state.faults.hold_next("update_model", max_hold=20)
+    outcome: list[BaseException | None] = []
+
+    def write_model() -> None:
+        try:
+            compute.set_model_image(guarded, modes.image("2026.12.10")["id"])
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    writer = threading.Thread(target=write_model)
+    writer.start()
+    held = modes.state.faults.wait_held()
+    try:
+        write(client, GUARDED, model_update(policy=UpgradePolicy(mode=UpgradeMode.ROLLING)))
+    finally:
+        held.release()
+        writer.join(timeout=30)
+    try:
+        (error,) = outcome
+        assert isinstance(error, PermanentError) and "412" in str(error), error
+        model = compute.get_model_image(InstanceRef(SUB, RG, GUARDED.scale_set, "0"))
+        assert model == modes.image("2026.11.01")["id"].lower()
+    finally:
+        write(client, GUARDED, model_update(policy=UpgradePolicy(mode=UpgradeMode.MANUAL)))

@@ -155,3 +155,12 @@ def test_drained_nodes_share_a_write_on_a_uniform_scale_set_and_not_on_a_flexibl
         assert writes == [f"reimage {instances}"]
     else:
         assert writes == [f"reimage ['{instances[0]}']"]
+
+
+def test_the_sandbox_pools_option_takes_a_flexible_mode_and_refuses_others() -> None:
+    from sandbox.cluster import PoolSpec
+
+    flex, uniform = PoolSpec.parse_list("a:linux:2:flex,b:windows:1")
+    assert (flex.orchestration, uniform.orchestration) == ("Flexible", "Uniform")
+    with pytest.raises(ValueError, match="NAME:OS:COUNT:flex"):
+        PoolSpec.parse_list("a:linux:2:flexible")
