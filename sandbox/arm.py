@@ -1065,7 +1065,10 @@ class ComputeState:
             raise ValueError(f"os_type must be Linux or Windows, got {os_type!r}")
         if orchestration_mode not in ("Uniform", "Flexible"):
             raise ValueError(f"orchestration_mode must be Uniform or Flexible, got {orchestration_mode!r}")
-        policy = _upgrade_policy(upgrade_policy or {"mode": "Manual"})
+        try:
+            policy = _upgrade_policy(upgrade_policy or {"mode": "Manual"})
+        except _ApiError as exc:
+            raise ValueError(str(exc)) from None
         with self._transaction():
             key = (resource_group.lower(), name.lower())
             if key in self._scale_sets:
