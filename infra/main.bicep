@@ -39,7 +39,7 @@ param webhookSecretSettings array = []
 @description('Notification webhook URL settings, as Key Vault references: [{name: "TEAMS_PATCHING_WEBHOOK", secretName: "teams-patching-webhook"}]. The YAML configuration names them (notifications[].url.setting); a webhook URL is a credential.')
 param notificationSettings array = []
 
-@description('The node pools\' scale sets, grouped by resource group: [{id: "/subscriptions/<sub>/resourceGroups/<rg>", scaleSets: ["<scale set name>"]}]; the app may write only these scale sets.')
+@description('The node pools\' scale sets, grouped by resource group: [{id: "/subscriptions/<sub>/resourceGroups/<rg>", scaleSets: ["<scale set name>"], flexible: false}]; the app may write only these scale sets. flexible: true when some are Flexible scale sets (their VMs are read and reimaged through the VM API, granted on the group).')
 param scaleSetResourceGroups array = []
 
 @description('Compute Galleries whose new image versions trigger rollouts, grouped by resource group: [{id: "/subscriptions/<sub>/resourceGroups/<rg>", galleries: ["<gallery>"], existingSystemTopicName: ""}].')
@@ -135,6 +135,7 @@ module scaleSetRoles 'app/role-scalesets.bicep' = [for (group, i) in scaleSetRes
     principalId: functionApp.outputs.principalId
     appName: functionAppName
     scaleSetNames: group.scaleSets
+    flexibleScaleSets: group.?flexible ?? false
   }
 }]
 

@@ -40,6 +40,7 @@ class PoolSpec:
     name: str
     os: str  # "linux" | "windows"
     count: int
+    orchestration: str = "Uniform"  # or "Flexible": instances are VMs of their own
 
     @property
     def scale_set(self) -> str:
@@ -52,14 +53,17 @@ class PoolSpec:
 
     @classmethod
     def parse_list(cls, text: str) -> list[PoolSpec]:
-        """``NAME:OS:COUNT,...`` as given to ``python -m sandbox up --pools``."""
+        """``NAME:OS:COUNT[:flex],...`` as given to ``python -m sandbox up --pools``."""
         pools = []
         for part in filter(None, (p.strip() for p in text.split(","))):
             try:
-                name, os_name, count = part.split(":")
-                spec = cls(name=name, os=os_name.lower(), count=int(count))
+                name, os_name, count, *mode = part.split(":")
+                if mode not in ([], ["flex"], ["uniform"]):
+                    raise ValueError(part)
+                orchestration = "Flexible" if mode == ["flex"] else "Uniform"
+                spec = cls(name=name, os=os_name.lower(), count=int(count), orchestration=orchestration)
             except ValueError:
-                raise ValueError(f"pool {part!r} is not NAME:OS:COUNT") from None
+                raise ValueError(f"pool {part!r} is not NAME:OS:COUNT or NAME:OS:COUNT:flex") from None
             if spec.os not in ("linux", "windows") or spec.count < 1:
                 raise ValueError(f"pool {part!r}: OS must be linux or windows and COUNT at least 1")
             pools.append(spec)
@@ -137,6 +141,7 @@ class SandboxCluster:
             computer_name_prefix=spec.computer_name_prefix,
             zones=["1", "2", "3"],
             tags={"poolName": spec.name, "orchestrator": f"Kubernetes:{KUBELET_VERSION.lstrip('v')}"},
+            orchestration_mode=spec.orchestration,
         )
         for vm in self.compute.vms(self.resource_group, spec.scale_set):
             self._create_node(spec.name, spec.os, vm)
@@ -150,15 +155,18 @@ class SandboxCluster:
     def _create_node(self, pool: str, os_name: str, vm: Mapping[str, Any]) -> None:
         props = vm["properties"]
         name = str(props["osProfile"]["computerName"]).lower()
-        instance_id = str(vm["instanceId"])
         zone = (vm.get("zones") or ["1"])[0]
         image = _image_version(props["storageProfile"]["imageReference"])
-        # cloud-provider-azure writes the resource group lower-cased into providerIDs.
-        provider_id = (
-            f"azure:///subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group.lower()}"
-            f"/providers/Microsoft.Compute/virtualMachineScaleSets/{vm['name'].rsplit('_', 1)[0]}"
-            f"/virtualMachines/{instance_id}"
-        )
+        # cloud-provider-azure writes the resource group lower-cased into providerIDs; a
+        # Flexible scale set's instance is a plain VM, and its providerID names only that.
+        group = f"azure:///subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group.lower()}"
+        if vm["type"] == "Microsoft.Compute/virtualMachines":
+            provider_id = f"{group}/providers/Microsoft.Compute/virtualMachines/{vm['name']}"
+        else:
+            provider_id = (
+                f"{group}/providers/Microsoft.Compute/virtualMachineScaleSets/{vm['name'].rsplit('_', 1)[0]}"
+                f"/virtualMachines/{vm['instanceId']}"
+            )
         now = utcnow_iso()
         self.kube.create(
             {
@@ -466,7 +474,7 @@ class SandboxCluster:
             vm = next(
                 v
                 for v in self.compute.vms(payload["resource_group"], payload["scale_set"])
-                if str(v["instanceId"]) == str(payload["instance_id"])
+                if v["name"] == payload["vm_name"]
             )
             pool = next(
                 (

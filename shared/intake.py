@@ -22,7 +22,7 @@ from typing import Any
 
 from shared.budget import resolve_max_unavailable
 from shared.clock import iso
-from shared.compute import ComputeClient, Instance, parse_provider_id
+from shared.compute import ComputeClient, Instance, parse_provider_id, unguarded_upgrade
 from shared.config import ClusterConfig, PoolConfig
 from shared.errors import NotFoundError, PermanentError, TemporaryError, ValidationError
 from shared.events import (
@@ -281,8 +281,15 @@ class Intake:
                     waiting = True
                     notes.append(f"{cluster_name}: run {active} is active; will roll after it")
                     continue
+                refusals: dict[str, str] = {}
+                if mapping.pin_versions:
+                    refusals = self._self_upgrading(cluster, pool_names, compute)
+                    notes += [f"{cluster_name}/{pool}: refused, {why}" for pool, why in refusals.items()]
+                    if len(refusals) == len(pool_names):
+                        continue
+                writable = [p for p in pool_names if p not in refusals]
                 targets = self._off_model(
-                    cluster, pool_names, compute, pin=version.id if mapping.pin_versions else None
+                    cluster, writable, compute, pin=version.id if mapping.pin_versions else None
                 )
                 if not targets:
                     notes.append(f"{cluster_name}: every node is already on the latest model")
@@ -291,9 +298,11 @@ class Intake:
                     run = self.runs.start(
                         StartRequest(
                             cluster=cluster_name,
-                            pools=pool_names,
+                            pools=writable,
                             nodes=targets,
-                            reason=f"new node image {version.version}",
+                            # A pool left out says why on the run, not only in the event record.
+                            reason=f"new node image {version.version}"
+                            + "".join(f"; pool {p} refused: {why}" for p, why in refusals.items()),
                             trigger="image",
                             source=version_id.lower(),
                         )
@@ -328,6 +337,21 @@ class Intake:
         delay = self.deps.config.workflow.image_recheck_interval.total_seconds()
         self.deps.queue.send(WorkItem("image", "", ref=version_id, seq=attempt + 1), delay=delay)
         return Outcome("waiting", f"{why}; looking again in {delay:.0f}s")
+
+    @staticmethod
+    def _self_upgrading(
+        cluster: ClusterConfig, pool_names: list[str], compute: ComputeClient
+    ) -> dict[str, str]:
+        """The pools whose scale set would upgrade itself, unguarded, if its model were
+        written (upgradePolicy Automatic or Rolling), with why: read for every pool before
+        any model is written, so a refusal leaves every model as it was."""
+        refusals = {}
+        for pool_name in pool_names:
+            pool = cluster.pool(pool_name)
+            problem = unguarded_upgrade(pool.scale_set["name"], compute.get_upgrade_policy(pool.scale_set_id))
+            if problem:
+                refusals[pool_name] = problem
+        return refusals
 
     def _off_model(
         self, cluster: ClusterConfig, pool_names: list[str], compute: ComputeClient, *, pin: str | None
@@ -448,9 +472,7 @@ def _in_pool(node: Node, pool: PoolConfig) -> bool:
 
 def _vm_id(node: Node) -> str | None:
     ref = parse_provider_id(node.provider_id)
-    if ref is None:
-        return None
-    return f"{ref.scale_set_id}/virtualMachines/{ref.instance_id}".lower()
+    return ref.vm_id if ref is not None else None
 
 
 def _age(node: Node, now: float) -> float:

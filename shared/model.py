@@ -182,8 +182,9 @@ class NodeWork:
     name: str
     pool: str
     scale_set_id: str
-    instance_id: str
+    instance_id: str  # Flexible: the VM's name
     order: int
+    flexible: bool = False  # the scale set's orchestration mode is Flexible
     state: NodeState = NodeState.PENDING
     # Bumped on every persisted step; a message whose seq differs is stale.
     seq: int = 0

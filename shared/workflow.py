@@ -127,7 +127,7 @@ class StepContext:
         ref = parse_provider_id(f"azure://{self.node.scale_set_id}/virtualMachines/{self.node.instance_id}")
         if ref is None:
             raise PermanentError(f"node {self.node.name}: bad scale set id {self.node.scale_set_id}")
-        self.ref = ref
+        self.ref = replace(ref, flexible=self.node.flexible)
 
     @property
     def compute(self) -> ComputeClient:
@@ -603,7 +603,7 @@ def _gather(ctx: StepContext) -> StepResult | None:
     share is drained or nothing more is draining, at most ``inlineWait``; the others that
     get ready meanwhile step aside until it has claimed them. Returns a wait for those."""
     node, store, linger = ctx.node, ctx.deps.store, ctx.timing.batch_linger.total_seconds()
-    if linger <= 0:
+    if linger <= 0 or _written_alone(ctx):
         return None
     clock, longest = ctx.deps.clock, ctx.timing.inline_wait.total_seconds()
     for _ in range(3):
@@ -677,6 +677,12 @@ def _gather(ctx: StepContext) -> StepResult | None:
     return None
 
 
+def _written_alone(ctx: StepContext) -> bool:
+    """A Flexible instance is reimaged through its own VM's API (the scale set has no
+    batch reimage): a write of its own, with no batch to gather or join."""
+    return ctx.ref.flexible and ctx.node.reimage_op == "reimage"
+
+
 def _slots_freeing_soon(ctx: StepContext) -> int:
     """How many of the pool's pending nodes its booting nodes will let start: they end
     within a boot, and the pending nodes then drain and want writes in the same few
@@ -730,7 +736,7 @@ def _claim_batch(ctx: StepContext) -> tuple[list[NodeWork], str, float, float] |
         and n.reimage_op == node.reimage_op
         and n.scale_set_id.lower() == pacer.scale_set
         and n.lease_until <= now
-    ][: MAX_BATCH - 1]
+    ][: 0 if _written_alone(ctx) else MAX_BATCH - 1]
     batch = uuid.uuid4().hex[:8]
     at = iso(now)
     for n in (node, *peers):

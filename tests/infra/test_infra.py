@@ -31,6 +31,7 @@ from tests.infra.derive import INFRA, ROOT
 # ---- tables -----------------------------------------------------------------------------------
 
 VMSS = "Microsoft.Compute/virtualMachineScaleSets"
+VM = "Microsoft.Compute/virtualMachines"
 GALLERY = "Microsoft.Compute/galleries"
 MAINTENANCE = "Microsoft.Maintenance/maintenanceConfigurations"
 STORAGE = "Microsoft.Storage/storageAccounts"
@@ -54,6 +55,10 @@ SDK_ACTIONS: dict[tuple[str, str], tuple[str, str]] = {
         VMSS,
         f"{VMSS}/virtualMachines/instanceView/read",
     ),
+    # Flexible scale sets' instances: VMs of their own.
+    ("virtual_machines", "get"): (VM, f"{VM}/read"),
+    ("virtual_machines", "list"): (VM, f"{VM}/read"),
+    ("virtual_machines", "begin_reimage"): (VM, f"{VM}/reimage/action"),
     ("gallery_image_versions", "get"): (GALLERY, f"{GALLERY}/images/versions/read"),
     ("gallery_image_versions", "list_by_gallery_image"): (GALLERY, f"{GALLERY}/images/versions/read"),
 }
