@@ -7,9 +7,12 @@ recorded (``store.put_record("event", ...)``) with a reason, so "why did nothing
 happen?" has an answer. Rules shared by all of them:
 
 * targets are resolved through ``spec.providerID``, never by name alone;
-* a redelivered signal (same id) is a no-op, and a signal for a cluster that already
-  has an active run does not start a second one;
-* an image whose kubelet would break the version-skew policy is refused, and said so.
+* a redelivered signal (same id) is a no-op, even when it arrives while its twin is being
+  handled (``shared.idempotency``: the id is claimed first), and a signal for a cluster
+  that already has an active run does not start a second one;
+* every run keeps its pools' windows and blackout dates (``RunService.start``);
+* an image whose kubelet would break the version-skew policy is refused, and said so;
+  the refusal is looked at again when the control plane moves, never taken as rolled.
 """
 
 from __future__ import annotations
