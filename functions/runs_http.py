@@ -34,7 +34,10 @@ def runs_collection(req: func.HttpRequest) -> func.HttpResponse:
         service = _service()
         if req.method == "GET":
             return json_response({"runs": service.list()})
-        run = service.start(StartRequest.from_json(read_json(req)))
+        request = StartRequest.from_json(read_json(req))
+        if request.dry_run:
+            return json_response(service.preview(request))
+        run = service.start(request)
     except RunConflictError as exc:
         return error(409, str(exc), activeRun=exc.active_run)
     except ValidationError as exc:

@@ -133,6 +133,7 @@ def collaborators() -> Collaborators:
 
 @lru_cache(maxsize=1)
 def _real_collaborators() -> Collaborators:
+    from shared.notify import ConfiguredNotifier
     from shared.store.table import TableRunStore
     from shared.workqueue import StorageWorkQueue
 
@@ -144,6 +145,7 @@ def _real_collaborators() -> Collaborators:
         config=cache.config,
         kube=cache.kube,
         compute=cache.compute,
+        notify=ConfiguredNotifier.from_config(cache.config),
     )
 
 

@@ -40,6 +40,7 @@ from shared.events import (
     ResourceWriteEvent,
 )
 from shared.kube import ANNOTATION_PATCHED_AT, Node
+from shared.notify import Notice, NoticeKind
 from shared.planner import left_alone
 from shared.retry import retry_on_conflict
 from shared.runs import RunConflictError, RunService, StartRequest
@@ -223,6 +224,13 @@ class Intake:
             body={"properties": {"status": "Cancel"}},
         )
         logger.warning("maintenance run %s cancelled: %s", event.correlation_id, why)
+        self.deps.notify(
+            Notice(
+                NoticeKind.MAINTENANCE_RUN_CANCELLED,
+                why,
+                details={"maintenanceRun": event.correlation_id, "configuration": event.configuration_id},
+            )
+        )
         return Outcome("cancelled", f"maintenance run cancelled through the cancellation API: {why}")
 
     def post_maintenance(self, event: MaintenanceEvent) -> Outcome:

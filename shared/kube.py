@@ -309,8 +309,8 @@ class KubeClient:
         no_proxy: Sequence[str] = (),
         timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> KubeClient:
-        """An AAD-integrated (AKS-style) API server: an Entra ID token for the AKS server
-        application, refreshed before it expires, instead of a kubeconfig credential."""
+        """An API server that accepts Entra ID tokens: a token of the app's identity for the
+        server's Entra application, refreshed before it expires, instead of a kubeconfig."""
         import tempfile
 
         from kubernetes import client

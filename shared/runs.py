@@ -18,7 +18,8 @@ from shared.clock import iso
 from shared.config import ClusterConfig
 from shared.errors import ConcurrencyError, NotFoundError, TemporaryError, ValidationError
 from shared.model import NodeState, NodeWork, Run, RunState
-from shared.planner import plan_run
+from shared.notify import Notice, NoticeKind
+from shared.planner import left_alone, plan_run
 from shared.retry import retry_on_conflict
 from shared.windows import MaintenanceWindow, common_opening
 from shared.workflow import Collaborators
@@ -52,12 +53,16 @@ class StartRequest:
     immediate: bool = False
     # The kubelet the nodes must report after their reimage (the image's tag), if known.
     kubelet_version: str = ""
+    # Plan and answer what the run would do; nothing is claimed, stored or touched.
+    dry_run: bool = False
 
     @classmethod
     def from_json(cls, body: Any) -> StartRequest:
         if not isinstance(body, dict):
             raise ValidationError("body must be a JSON object")
-        unknown = sorted(set(body) - {"cluster", "pools", "nodes", "reason", "immediate", "notBefore"})
+        unknown = sorted(
+            set(body) - {"cluster", "pools", "nodes", "reason", "immediate", "notBefore", "dryRun"}
+        )
         if unknown:
             raise ValidationError(f"unknown fields {unknown}")
         immediate = body.get("immediate", False)
@@ -77,6 +82,9 @@ class StartRequest:
                 not isinstance(value, list) or not all(isinstance(v, str) for v in value)
             ):
                 raise ValidationError(f"field '{name}' must be a list of strings")
+        dry_run = body.get("dryRun", False)
+        if not isinstance(dry_run, bool):
+            raise ValidationError("field 'dryRun' must be true or false")
         return cls(
             cluster=cluster,
             reason=reason or "manual run",
@@ -84,6 +92,7 @@ class StartRequest:
             nodes=nodes or None,
             immediate=immediate,
             not_before=not_before,
+            dry_run=dry_run,
         )
 
 
@@ -106,12 +115,64 @@ class RunService:
     def __init__(self, deps: Collaborators) -> None:
         self.deps = deps
 
-    def start(self, request: StartRequest) -> Run:
+    def _cluster(self, name: str) -> ClusterConfig:
         try:
-            cluster = self.deps.config.cluster(request.cluster)
+            return self.deps.config.cluster(name)
         except KeyError:
             known = [c.name for c in self.deps.config.clusters]
-            raise ValidationError(f"unknown cluster {request.cluster!r}; known: {known}") from None
+            raise ValidationError(f"unknown cluster {name!r}; known: {known}") from None
+
+    def preview(self, request: StartRequest) -> dict[str, Any]:
+        """What ``start`` would do with ``request``, from the same plan, and without a
+        single write: which nodes it would patch in which wave, which it would leave alone
+        and why, and whether the cluster is free to take it now."""
+        cluster = self._cluster(request.cluster)
+        listed = self.deps.kube(cluster.name).list_nodes()
+        run, planned = plan_run(
+            cluster,
+            listed,
+            reason=request.reason,
+            now=self.deps.clock.now(),
+            trigger=request.trigger,
+            pools=request.pools,
+            only_nodes=request.nodes,
+        )
+        by_name = {n.name: n for n in listed}
+        patched_in_pool: dict[str, int] = {}
+        nodes = []
+        for work in planned:
+            why = left_alone(by_name[work.name], cluster.pool(work.pool))
+            view: dict[str, Any] = {"name": work.name, "pool": work.pool}
+            if why is not None:
+                view |= {"action": "skip", "reason": why}
+            else:
+                # A wave is one budget's worth of the pool; the cluster's maxConcurrentNodes
+                # and drains that take longer can only spread them out further.
+                position = patched_in_pool.get(work.pool, 0)
+                patched_in_pool[work.pool] = position + 1
+                view |= {"action": "patch", "wave": 1 + position // run.pools[work.pool].max_unavailable}
+            nodes.append(view)
+        active = self.deps.store.active_run(cluster.name)
+        # When it would start and end, from the same windows, blackouts and notBefore.
+        run.not_before, run.deadline = request.not_before, request.deadline
+        if not request.immediate:
+            self._fit_to_windows(run, cluster)
+        return {
+            "dryRun": True,
+            "cluster": cluster.name,
+            "wouldStart": active is None,
+            "activeRun": active,
+            "notBefore": iso(run.not_before) if run.not_before else None,
+            "deadline": iso(run.deadline) if run.deadline else None,
+            "stateReason": run.state_reason,
+            "pools": {name: b.to_json() for name, b in run.pools.items()},
+            "maxConcurrentNodes": run.max_concurrent_nodes,
+            "leftOut": run.left_out,
+            "nodes": nodes,
+        }
+
+    def start(self, request: StartRequest) -> Run:
+        cluster = self._cluster(request.cluster)
         kube = self.deps.kube(cluster.name)
         run, nodes = plan_run(
             cluster,
@@ -142,6 +203,14 @@ class RunService:
         else:
             self._admit_now(run.id)
         logger.info("run %s planned for %s: %d nodes (%s)", run.id, cluster.name, len(nodes), request.reason)
+        self.deps.notify(
+            Notice(
+                NoticeKind.RUN_STARTED,
+                f"{len(nodes)} nodes ({request.trigger}): {request.reason}",
+                cluster=cluster.name,
+                run_id=run.id,
+            )
+        )
         return run
 
     def _fit_to_windows(self, run: Run, cluster: ClusterConfig) -> None:

@@ -46,6 +46,7 @@ from shared.errors import (
 )
 from shared.kube import ANNOTATION_STATE, LABEL_PATCHING, KubeClient, Node
 from shared.model import NodeState, NodeWork, PacerRecord, Run, RunState
+from shared.notify import Notice, NoticeKind, Notifier, no_notifications
 from shared.retry import backoff, retry_on_conflict
 from shared.skew import same_release
 from shared.store.base import RunStore
@@ -69,6 +70,7 @@ class Collaborators:
     config: PatcherConfig
     kube: Callable[[str], KubeClient]  # cluster name -> client
     compute: Callable[[str], ComputeClient]  # subscription id -> client
+    notify: Notifier = no_notifications
 
 
 @dataclass
@@ -81,6 +83,21 @@ class StepResult:
     event: str = ""
     warning: bool = False
     annotate: bool = True
+
+
+def tell_left_cordoned(deps: Collaborators, cluster: str, node: NodeWork) -> None:
+    """A node failed with our cordon on it: somebody has to look at it (after the failure
+    is stored, by the worker that stored it)."""
+    if node.cordoned_by_us:
+        deps.notify(
+            Notice(
+                NoticeKind.NODE_LEFT_CORDONED,
+                node.reason,
+                cluster=cluster,
+                run_id=node.run_id,
+                node=node.name,
+            )
+        )
 
 
 def wait(reason: str, delay: float) -> StepResult:
@@ -475,6 +492,8 @@ def _leave_batch(ctx: StepContext, peer: NodeWork, result: StepResult) -> None:
 
     left = retry_on_conflict(leave, sleep=ctx.deps.clock.sleep)
     logger.info("run %s node %s left batch %s: %s", ctx.run.id, peer.name, peer.reimage_batch, result.reason)
+    if left.state == NodeState.FAILED and left.reason == result.reason:
+        tell_left_cordoned(ctx.deps, ctx.run.cluster, left)
     ctx.kube.record_event(
         peer.name,
         reason=result.event or "PatchDraining",
@@ -1104,6 +1123,8 @@ class Workflow:
         node.lease_owner, node.lease_until = "", 0.0
         node.next_due = self.deps.clock.now() + result.delay
         self.deps.store.commit(node)
+        if node.state == NodeState.FAILED:
+            tell_left_cordoned(self.deps, run.cluster, node)
         if ended:
             outcome += f"; {ended} woken nodes ended"
         if node.state.terminal and not self.admits:
@@ -1234,6 +1255,7 @@ class Workflow:
             self.deps.store.commit(fresh)
             if fresh.state == NodeState.FAILED and final_attempt:
                 self._tell_the_cluster(fresh)
+                tell_left_cordoned(self.deps, self.deps.store.get_run(fresh.run_id).cluster, fresh)
             if fresh.state.terminal:
                 self.admit(node.run_id)
         except Exception:

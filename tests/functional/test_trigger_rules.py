@@ -120,3 +120,13 @@ def test_the_schedule_timer_looks_again_at_a_refused_image_once_the_control_plan
     timer(TimerRequest())
     (run,) = h.store.list_runs()
     assert (run.trigger, run.kubelet_version) == ("image", "v1.32.2")
+
+
+def test_a_dry_run_says_when_the_run_would_start(functions: dict, harness: Harness) -> None:
+    body = {"cluster": "test", "dryRun": True, "notBefore": LATER}
+    resp = call(functions, "runs_collection", "POST", "/api/runs", body)
+    assert resp.status_code == 200
+    plan = json.loads(resp.get_body())
+    assert plan["notBefore"] == "2023-11-15T06:00:00.000Z"
+    assert plan["stateReason"] == "deferred until 2023-11-15T06:00:00.000Z: notBefore"
+    assert harness.store.list_runs() == []

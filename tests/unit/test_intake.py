@@ -108,6 +108,19 @@ def test_an_unhealthy_pool_cancels_the_maintenance_run_with_the_reason(h: Harnes
     assert h.store.get_record("event", f"{PRE_MAINTENANCE}|e1")["outcome"] == "cancelled"
 
 
+def test_a_cancelled_maintenance_run_is_announced_with_the_reason(h: Harness) -> None:
+    from shared.notify import Notice
+
+    told: list[Notice] = []
+    h.deps.notify = told.append
+    for name in ("linux-0", "linux-1"):
+        h.kube.nodes[name]["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    data = maintenance_data(h, start_in=1800)
+    Intake(h.deps).handle_event(envelope(PRE_MAINTENANCE, data))
+    assert [str(n.kind) for n in told] == ["maintenance-run-cancelled"]
+    assert "2 nodes NotReady" in told[0].reason and told[0].details["maintenanceRun"] == data["correlationId"]
+
+
 def test_after_the_cutoff_a_run_that_cannot_proceed_is_not_cancelled(h: Harness) -> None:
     h.kube.api_version = "v1.31.4"
     h.deps.store.claim_cluster("test", "someone-else")
