@@ -180,17 +180,3 @@ def warm_clients() -> None:
     webhooks never needs the Compute SDK."""
     if _override is None:
         threading.Thread(target=_client_cache().warm, name="warm-clients", daemon=True).start()
-
-
-@lru_cache(maxsize=1)
-def automation_client() -> Any:
-    from shared.automation import AutomationClient
-
-    app_settings = settings()
-    return AutomationClient(
-        endpoint=app_settings.arm_endpoint,
-        audience=app_settings.arm_audience,
-        credential=azure_credential(),
-        connection_timeout=app_settings.connect_timeout,
-        read_timeout=app_settings.read_timeout,
-    )

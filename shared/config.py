@@ -7,6 +7,7 @@ the same code with short ones. Errors name the offending field and value.
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import timedelta
 from functools import cached_property
@@ -34,6 +35,7 @@ SCALE_SET_ID_RE = re.compile(
     r"/providers/Microsoft\.Compute/virtualMachineScaleSets/(?P<name>[^/]+)$",
     re.IGNORECASE,
 )
+logger = logging.getLogger(__name__)
 PERCENT_RE = re.compile(r"^(\d{1,3})%$")
 
 
@@ -384,11 +386,22 @@ class EventMappings(_Model):
         default_factory=list, alias="maintenanceConfigurations"
     )
     gallery_images: list[GalleryImageMapping] = Field(default_factory=list, alias="galleryImages")
+    # Azure Automation Update Management is retired and shut down: the field is still read,
+    # so that a configuration written for an older release still loads, and ignored.
     automation_accounts: list[str] = Field(
         default_factory=list,
         alias="automationAccounts",
-        description="Automation account ids whose software update configurations the hook may read",
+        description="retired with Azure Automation Update Management: ignored",
     )
+
+    @model_validator(mode="after")
+    def _automation_retired(self) -> EventMappings:
+        if self.automation_accounts:
+            logger.warning(
+                "events.automationAccounts is ignored: Azure Automation Update Management was retired; "
+                "map Update Manager maintenance configurations under events.maintenanceConfigurations"
+            )
+        return self
 
 
 class GitRepositoryConfig(_Model):

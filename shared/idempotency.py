@@ -1,7 +1,7 @@
 """Handle a signal once, even when its twin arrives at the same moment.
 
-Event Grid delivers at least once and redelivers whatever it did not see acknowledged;
-Azure Automation's runbook can be retried. Looking for a record and writing it when done
+Event Grid delivers at least once and redelivers whatever it did not see acknowledged,
+so two copies of one event can be handled at once. Looking for a record and writing it when done
 leaves a gap in which two deliveries both look, both find nothing and both act: the
 second then finds the cluster held by the run the first just planned, and a
 pre-maintenance event that "cannot proceed" cancels the maintenance run. So the first

@@ -34,7 +34,6 @@ from shared.events import (
     POST_MAINTENANCE,
     PRE_MAINTENANCE,
     RESOURCE_WRITE_SUCCESS,
-    AutomationRunContext,
     EventEnvelope,
     MaintenanceEvent,
     ResourceWriteEvent,
@@ -465,73 +464,6 @@ class Intake:
                 if instance is not None and not instance.latest_model_applied:
                     targets.append(node.name)
         return targets
-
-    # ---- Azure Automation ------------------------------------------------------------------------
-    def automation_run(self, context: AutomationRunContext, *, automation: object) -> Outcome:
-        held = idempotency.claim(self.deps.store, "automation", context.run_id, now=self.deps.clock.now())
-        if not isinstance(held, idempotency.Claim):
-            return Outcome(
-                "duplicate",
-                f"automation run {context.run_id} was handled at {held.get('at')}",
-                tuple(held.get("runs", [])),
-            )
-        try:
-            outcome = self._automation_run(context, automation=automation)
-        except BaseException:
-            idempotency.give_back(self.deps.store, held)
-            raise
-        if outcome.action == "refused":
-            # Refused because the cluster is busy: a retry of the runbook may find it free.
-            idempotency.give_back(self.deps.store, held)
-        else:
-            self._finish(held, outcome)
-        return outcome
-
-    def _automation_run(self, context: AutomationRunContext, *, automation: object) -> Outcome:
-        vm_ids: list[str] | None = None
-        for account in self.deps.config.events.automation_accounts:
-            try:
-                vm_ids = automation.configuration_vms(account, context.configuration_name)  # type: ignore[attr-defined]
-                break
-            except NotFoundError:
-                continue
-        if vm_ids is None:
-            raise NotFoundError(
-                f"software update configuration {context.configuration_name} was not found in the configured "
-                "automation accounts"
-            )
-        wanted = {v.lower() for v in vm_ids}
-        started, notes = [], []
-        for cluster in self.deps.config.clusters:
-            names = []
-            for node in self.deps.kube(cluster.name).list_nodes():
-                vm_id = _vm_id(node)
-                if vm_id and vm_id in wanted and any(_in_pool(node, p) for p in cluster.pools):
-                    names.append(node.name)
-            if not names:
-                continue
-            try:
-                run = self.runs.start(
-                    StartRequest(
-                        cluster=cluster.name,
-                        nodes=names,
-                        reason=f"Automation update deployment {context.configuration_name}",
-                        trigger="automation",
-                        source=context.run_id,
-                    )
-                )
-                started.append(run.id)
-                if run.not_before > self.deps.clock.now():
-                    notes.append(f"{cluster.name}: {run.state_reason}")
-            except RunConflictError as exc:
-                notes.append(f"{cluster.name}: {exc}")
-        if not started and not notes:
-            return Outcome("nothing", f"none of the {len(wanted)} machines is a node of a configured pool")
-        if not started:
-            return Outcome("refused", "; ".join(notes))
-        return Outcome(
-            "started", f"{context.configuration_name}: " + ("; ".join(notes) or "planned"), tuple(started)
-        )
 
     # ---- schedules ----------------------------------------------------------------------------
     def scheduled(self) -> list[Outcome]:

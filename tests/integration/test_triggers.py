@@ -1,5 +1,5 @@
 """Signals through the local runner's real paths: the Event Grid webhook (both schemas),
-the Automation hook and the timer, against the sandbox's ARM and Kubernetes API."""
+the retired Automation hook and the timer, against the sandbox's ARM and Kubernetes API."""
 
 from __future__ import annotations
 
@@ -194,38 +194,18 @@ def test_unknown_malformed_and_unvalidated_deliveries_have_documented_outcomes(s
     assert "event u2 rejected" in log and "ISO-8601" in log
 
 
-def test_the_automation_hook_patches_the_machines_of_its_configuration(
-    sandbox: Sandbox, driver: Driver
-) -> None:
-    names = driver.nodes_of("beta")[-2:]
-    vm_ids = []
-    for name in names:
-        provider = sandbox.kube.get("nodes", None, name)["spec"]["providerID"]
-        vm_ids.append(provider.removeprefix("azure://").upper())  # ARM ids come in any case
-    config = sandbox.compute.add_software_update_configuration(
-        sandbox.automation_account_id, "patch-beta", vm_ids=vm_ids
-    )
-    run_id = sandbox.compute.start_software_update_run(sandbox.automation_account_id, "patch-beta")
+def test_the_retired_automation_hook_answers_410_with_the_reason(sandbox: Sandbox, driver: Driver) -> None:
+    before = {r["id"] for r in http_json("GET", f"{driver.url}/api/runs")[1]["runs"]}
     context = {
-        "SoftwareUpdateConfigurationName": config["name"],
-        "SoftwareUpdateConfigurationRunId": run_id,
-        "SoftwareUpdateConfigurationSettings": {"OperatingSystem": 2, "AzureVirtualMachines": vm_ids},
+        "SoftwareUpdateConfigurationName": "patch-beta",
+        "SoftwareUpdateConfigurationRunId": "8d1f6c3a-0000-4000-8000-000000000001",
+        "SoftwareUpdateConfigurationSettings": {"OperatingSystem": 2, "AzureVirtualMachines": []},
     }
-    status, body = http_json("POST", f"{driver.url}/api/automation/update-run", json.dumps(context))
-    assert status == 202, body
-    run = driver.wait(body["runs"][0])
-    assert run["state"] == "succeeded" and sorted(n["name"] for n in run["nodes"]) == names, driver.explain(
-        run
-    )
-    status, again = http_json("POST", f"{driver.url}/api/automation/update-run", context)
-    assert status == 200 and again["outcome"] == "duplicate"
-    status, missing = http_json(
-        "POST",
-        f"{driver.url}/api/automation/update-run",
-        {**context, "SoftwareUpdateConfigurationName": "nope", "SoftwareUpdateConfigurationRunId": "r2"},
-    )
-    assert status == 404 and "nope" in missing["error"]
-    assert http_json("POST", f"{driver.url}/api/automation/update-run", {"x": 1})[0] == 400
+    for body in (json.dumps(context), context, {"x": 1}):
+        status, answer = http_json("POST", f"{driver.url}/api/automation/update-run", body)
+        assert status == 410
+        assert "retired" in answer["error"] and "maintenanceConfigurations" in answer["error"]
+    assert {r["id"] for r in http_json("GET", f"{driver.url}/api/runs")[1]["runs"]} == before
 
 
 def test_the_timer_patches_nodes_not_on_the_latest_model(sandbox: Sandbox, driver: Driver) -> None:

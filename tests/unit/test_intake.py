@@ -3,7 +3,6 @@ Automation run contexts, schedules; duplicates and malformed input."""
 
 from __future__ import annotations
 
-import copy
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,11 +10,10 @@ from typing import Any
 
 import pytest
 
-from shared.errors import NotFoundError, ValidationError
+from shared.errors import ValidationError
 from shared.events import (
     POST_MAINTENANCE,
     PRE_MAINTENANCE,
-    AutomationRunContext,
     CaseInsensitive,
     EventEnvelope,
     infer_type,
@@ -268,54 +266,6 @@ def test_cloudevents_without_a_type_are_recognised_by_their_data() -> None:
     assert infer_type(CaseInsensitive(post)) == POST_MAINTENANCE
     assert infer_type(CaseInsensitive(image)) == "Microsoft.Resources.ResourceWriteSuccess"
     assert infer_type(CaseInsensitive({"hello": 1})) is None
-
-
-def automation_context(
-    vms: list[str], run_id: str = "8d1f6c3a-0000-4000-8000-000000000001"
-) -> dict[str, Any]:
-    sample = json.loads((PAYLOADS / "automation-run-context.json").read_text())
-    ctx = copy.deepcopy(sample)
-    ctx["SoftwareUpdateConfigurationRunId"] = run_id
-    ctx["SoftwareUpdateConfigurationSettings"]["AzureVirtualMachines"] = vms
-    return ctx
-
-
-class FakeAutomation:
-    def __init__(self, vms: list[str]) -> None:
-        self.vms = vms
-
-    def configuration_vms(self, account_id: str, name: str) -> list[str]:
-        if account_id != ACCOUNT:
-            raise NotFoundError(name)
-        return self.vms
-
-
-def test_an_automation_run_patches_the_nodes_its_configuration_targets(h: Harness) -> None:
-    vm = f"{scale_set_id('vmss-win')}/virtualMachines/win1".upper()  # ARM ids come in any case
-    ctx = AutomationRunContext.parse(json.dumps(automation_context([vm, vm])))
-    outcome = Intake(h.deps).automation_run(ctx, automation=FakeAutomation([vm.lower()]))
-    assert outcome.action == "started"
-    assert set(h.node_states(outcome.runs[0])) == {"win-1"}
-    assert Intake(h.deps).automation_run(ctx, automation=FakeAutomation([vm])).action == "duplicate"
-
-
-def test_an_automation_run_for_unknown_machines_starts_nothing(h: Harness) -> None:
-    ctx = AutomationRunContext.parse(
-        automation_context(
-            ["/subscriptions/x/resourcegroups/y/providers/microsoft.compute/virtualmachines/z"]
-        )
-    )
-    outcome = Intake(h.deps).automation_run(ctx, automation=FakeAutomation(["/subscriptions/x/z"]))
-    assert outcome.action == "nothing"
-
-
-@pytest.mark.parametrize(
-    ("body", "needle"),
-    [("{", "not JSON"), ([], "JSON object"), ({"SoftwareUpdateConfigurationName": "x"}, "RunId")],
-)
-def test_malformed_run_contexts_are_rejected(body: Any, needle: str) -> None:
-    with pytest.raises(ValidationError, match=needle):
-        AutomationRunContext.parse(body)
 
 
 def test_the_schedule_patches_only_pools_inside_their_window(h: Harness) -> None:

@@ -6,7 +6,6 @@ plane moves."""
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,17 +16,14 @@ import pytest
 from shared import idempotency
 from shared.clock import iso
 from shared.errors import TemporaryError, ValidationError
-from shared.events import PRE_MAINTENANCE, AutomationRunContext
+from shared.events import PRE_MAINTENANCE
 from shared.intake import Intake
 from shared.model import NodeState, RunState
 from shared.runs import RunService, StartRequest
 from shared.sweeper import sweep
-from tests.fakes import scale_set_id
 from tests.harness import Harness
 from tests.unit.test_intake import (
     DEF,
-    FakeAutomation,
-    automation_context,
     envelope,
     events_config,
     image_event,
@@ -136,15 +132,6 @@ def test_an_image_event_outside_the_window_plans_a_deferred_run() -> None:
     assert set(h.node_states(run.id).values()) == {"pending"}
 
 
-def test_an_automation_run_outside_the_window_is_deferred() -> None:
-    h = windowed()
-    vm = f"{scale_set_id('vmss-win')}/virtualMachines/win1"
-    ctx = AutomationRunContext.parse(json.dumps(automation_context([vm])))
-    outcome = Intake(h.deps).automation_run(ctx, automation=FakeAutomation([vm]))
-    assert outcome.action == "started" and "deferred until" in outcome.detail
-    assert h.store.get_run(outcome.runs[0]).not_before == OPENS
-
-
 def test_a_maintenance_window_outside_the_pools_window_cancels_the_maintenance_run() -> None:
     h = windowed()
     data = maintenance_data(h, start_in=1800)  # Tuesday night: the pools' window is closed
@@ -231,20 +218,6 @@ def test_a_claim_whose_holder_died_is_taken_over_after_its_lease() -> None:
     assert h.store.get_record("event", "k")["token"] == taken.token
     idempotency.finish(h.store, taken, {"outcome": "started"})
     assert idempotency.claim(h.store, "event", "k", now=later) == {"key": "k", "outcome": "started"}
-
-
-def test_twin_automation_contexts_plan_one_run() -> None:
-    h = Harness({"linux": 1, "win": 1}, nodes_per_pool=2, extra_config=events_config())
-    vm = f"{scale_set_id('vmss-win')}/virtualMachines/win1"
-    ctx = AutomationRunContext.parse(json.dumps(automation_context([vm])))
-    held = idempotency.claim(h.store, "automation", ctx.run_id, now=h.clock.now())
-    assert isinstance(held, idempotency.Claim)  # its twin is being handled right now
-    with pytest.raises(idempotency.InProgressError):
-        Intake(h.deps).automation_run(ctx, automation=FakeAutomation([vm]))
-    assert h.store.list_runs() == []
-
-
-# ---- the skew guard ---------------------------------------------------------------------------
 
 
 def image_harness() -> Harness:
