@@ -48,6 +48,7 @@ from shared.kube import ANNOTATION_STATE, LABEL_PATCHING, KubeClient, Node
 from shared.model import NodeState, NodeWork, PacerRecord, Run, RunState
 from shared.notify import Notice, NoticeKind, Notifier, no_notifications
 from shared.retry import backoff, retry_on_conflict
+from shared.skew import same_release
 from shared.store.base import RunStore
 from shared.workqueue import WorkItem, WorkQueue
 
@@ -889,6 +890,20 @@ def step_booting(ctx: StepContext) -> StepResult:
             problems.append("instance is not on the latest model")
         if node.expected_image and instance.image != node.expected_image:
             problems.append(f"instance runs {instance.image}, expected {node.expected_image}")
+    if (
+        not problems
+        and ctx.run.kubelet_version
+        and not same_release(observed.kubelet_version, ctx.run.kubelet_version)
+    ):
+        # Ready on its new boot, so this is the kubelet the image brought: waiting cannot
+        # change it, and a node on a release the skew guard never approved stays out.
+        return StepResult(
+            NodeState.FAILED,
+            f"kubelet reports {observed.kubelet_version or '(nothing)'} after the reimage, but the "
+            f"image's tag says {ctx.run.kubelet_version}; left cordoned",
+            event="PatchFailed",
+            warning=True,
+        )
     if not problems:
         _observe(ctx, "boot", ctx.now - node.booting_since)
         if node.cordoned_by_us and observed.cordoned_by in (ctx.run.id, ""):

@@ -300,6 +300,31 @@ class RunStore(abc.ABC):
         except ConcurrencyError:
             return False
 
+    def get_record_entry(self, kind: str, key: str) -> tuple[dict[str, Any], str] | None:
+        """A record with its ETag, for a write conditional on it."""
+        return self._get(f"{kind}~", record_row(key))
+
+    def replace_record(self, kind: str, key: str, data: dict[str, Any], *, etag: str) -> str | None:
+        """Replace a record if it is still as read (``etag``); its new ETag, or None when it
+        changed or went meanwhile."""
+        try:
+            (new_etag,) = self._transact(
+                f"{kind}~", [("update", record_row(key), {"key": key, **data}, etag)]
+            )
+        except ConcurrencyError:
+            return None
+        return new_etag
+
+    def delete_record(self, kind: str, key: str, *, etag: str) -> bool:
+        """Delete a record if it is still as read (``etag``); False when it changed since.
+        (A record already gone may answer either way: the Table SDK takes a 404 on delete
+        for done.)"""
+        try:
+            self._transact(f"{kind}~", [("delete", record_row(key), {}, etag)])
+        except ConcurrencyError:
+            return False
+        return True
+
     def put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
         self._transact(f"{kind}~", [("upsert", record_row(key), {"key": key, **data}, None)])
 

@@ -19,7 +19,6 @@ from shared.events import (
     infer_type,
 )
 from shared.intake import Intake
-from shared.model import RunState
 from tests.fakes import SUB, scale_set_id
 from tests.harness import Harness
 
@@ -142,19 +141,35 @@ def test_nodes_that_could_not_finish_before_the_window_ends_are_deferred(h: Harn
     assert "window closes" in deferred.reason
 
 
-def test_a_post_maintenance_event_closes_the_window(h: Harness) -> None:
+def test_a_post_maintenance_event_leaves_the_window_open_until_its_end(h: Harness) -> None:
+    # Update Manager raises it when the updates are installed; the window ends at endDateTime.
     data = maintenance_data(h, start_in=0)
     run_id = Intake(h.deps).handle_event(envelope(PRE_MAINTENANCE, data)).runs[0]
     started = {name for name, state in h.node_states(run_id).items() if state == "admitted"}
-    assert started  # the window is open: the first nodes start at once
+    assert started and len(started) < 2  # the window is open: the first node starts at once
     post = {k: v for k, v in data.items() if k != "cancellationCutOffDateTime"} | {"status": "Succeeded"}
     outcome = Intake(h.deps).handle_event(envelope(POST_MAINTENANCE, post, "e1"))  # same id as the pre-event
-    assert outcome.action == "closed" and outcome.runs == (run_id,)
+    assert outcome.action == "noted" and outcome.runs == (run_id,)
+    assert "stays open until " + data["endDateTime"][:19] in outcome.detail
+    end = datetime.fromisoformat(data["endDateTime"]).timestamp()
+    assert h.store.get_run(run_id).deadline == pytest.approx(end)
     h.pump(run_id)
-    states = h.node_states(run_id)
-    assert {n for n, s in states.items() if s == "succeeded"} == started  # those already under way finish
-    assert {n for n, s in states.items() if s == "deferred"} == set(states) - started
-    assert h.store.get_run(run_id).state == RunState.SUCCEEDED
+    assert set(h.node_states(run_id).values()) == {"succeeded"}  # the nodes not yet reached start too
+
+
+def test_the_maintenance_window_ends_at_the_events_end_date_time() -> None:
+    mapping = {"maintenanceConfigurations": [{"maintenanceConfigurationId": MC, "pools": ["test/linux"]}]}
+    h = Harness({"linux": 1}, nodes_per_pool=3, extra_config={"events": mapping})
+    # An hour's window, the post-event at once; a node takes ~22 minutes, estimated at 20:
+    # the second still starts after the post-event, the third would end after endDateTime.
+    data = maintenance_data(h, start_in=0, hours=1.0)
+    run_id = Intake(h.deps).handle_event(envelope(PRE_MAINTENANCE, data)).runs[0]
+    post = {k: v for k, v in data.items() if k != "cancellationCutOffDateTime"} | {"status": "Succeeded"}
+    Intake(h.deps).handle_event(envelope(POST_MAINTENANCE, post, "e1"))
+    h.reimage_seconds = 1300
+    h.pump(run_id)
+    states = sorted(n.state for n in h.store.list_nodes(run_id))
+    assert states == ["deferred", "succeeded", "succeeded"]
 
 
 def image_event(version_id: str, event_id: str = "img-1") -> EventEnvelope:
@@ -230,13 +245,17 @@ def test_unknown_and_unrelated_events_are_acknowledged_with_a_reason(h: Harness)
 
 def test_malformed_maintenance_events_raise_a_validation_error(h: Harness) -> None:
     data = maintenance_data(h, start_in=0)
-    for broken in (
-        {**data, "startDateTime": "tomorrow"},
-        {**data, "endDateTime": data["startDateTime"]},
-        {k: v for k, v in data.items() if k != "endDateTime"},
+    for i, broken in enumerate(
+        (
+            {**data, "startDateTime": "tomorrow"},
+            {**data, "endDateTime": data["startDateTime"]},
+            {k: v for k, v in data.items() if k != "endDateTime"},
+        )
     ):
         with pytest.raises(ValidationError):
-            Intake(h.deps).handle_event(envelope(PRE_MAINTENANCE, broken, "bad"))
+            Intake(h.deps).handle_event(envelope(PRE_MAINTENANCE, broken, f"bad-{i}"))
+        # Recorded with the reason, so that a copy of it is a duplicate and "why" has an answer.
+        assert h.store.get_record("event", f"{PRE_MAINTENANCE}|bad-{i}")["outcome"] == "rejected"
 
 
 def test_cloudevents_without_a_type_are_recognised_by_their_data() -> None:

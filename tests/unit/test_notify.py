@@ -179,3 +179,19 @@ def test_a_chat_url_apprise_cannot_post_to_is_skipped_at_start_up(caplog: pytest
         notifier = ConfiguredNotifier.from_config(parse_config(data), env={"TEAMS": retired})
     assert notifier.targets == []
     assert "not a teams webhook URL apprise can post to" in caplog.text and "contoso" not in caplog.text
+
+
+def test_an_image_refused_for_its_skew_is_announced_once_per_refusal() -> None:
+    from shared.intake import Intake
+    from tests.unit.test_intake import image_event
+    from tests.unit.test_triggers import image_harness, publish
+
+    h = image_harness()
+    told = Recorder()
+    h.deps.notify = told
+    version = publish(h, "2026.12.05", "v1.32.1")
+    assert Intake(h.deps).handle_event(image_event(version)).action == "refused"
+    Intake(h.deps).handle_event(image_event(version, event_id="redelivered-under-another-id"))
+    assert told.kinds() == ["image-refused"]
+    assert told.notices[0].cluster == "test" and told.notices[0].details["versionId"] == version
+    assert "v1.32.1" in told.notices[0].reason
