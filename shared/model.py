@@ -189,6 +189,8 @@ class Run:
         self.state = state
         self.state_reason = reason
         self.updated_at = at
+        # Paused, resumed or ended: whatever it was waiting for, the waiting starts over.
+        self.idle_since, self.stalled_at, self.stalled_reason = 0.0, "", ""
         if state.terminal:
             self.ended_at = at
 

@@ -244,3 +244,16 @@ def test_release_leaves_a_node_someone_cordoned_since_alone() -> None:
         RunService(h.deps).release_node(run_id, "linux-0", OPERATOR)
     assert h.kube.nodes["linux-0"]["spec"]["unschedulable"] is True
     assert h.store.get_node(run_id, "linux-0").state == NodeState.FAILED
+
+
+def test_a_stalled_run_that_is_cancelled_is_no_longer_shown_stalled() -> None:
+    h = stall_harness()
+    run_id = blocked_run(h)
+    sweep(h.deps)
+    h.clock.advance(h.config.workflow.stall_after.total_seconds() + 1)
+    sweep(h.deps)
+    assert h.store.get_run(run_id).stalled_at
+    RunService(h.deps).cancel(run_id)
+    h.pump(run_id)
+    view = RunService(h.deps).get(run_id)
+    assert view["state"] == "cancelled" and view["stalled"] is None
