@@ -194,6 +194,7 @@ def test_retry_takes_the_failed_node_up_again_within_its_budget() -> None:
     assert answer == {"id": run_id, "node": "linux-0", "state": "pending"}
     node = h.store.get_node(run_id, "linux-0")
     assert node.history[-1]["by"] == "alice@contoso.com" and node.history[-1]["to"] == "pending"
+    assert any(e[:2] == ("linux-0", "PatchRetried") and "alice@contoso.com" in e[2] for e in h.kube.events)
     h.pump(run_id)
     assert h.store.get_run(run_id).state == RunState.SUCCEEDED
     assert set(h.node_states(run_id).values()) == {"succeeded"}
