@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from shared.budget import PoolObservation, choose_admissions
 from shared.errors import NotFoundError
 from shared.kube import ANNOTATION_CORDONED, Node
 from shared.model import NodeState, RunState
@@ -258,3 +259,30 @@ def test_a_stalled_run_that_is_cancelled_is_no_longer_shown_stalled() -> None:
     h.pump(run_id)
     view = RunService(h.deps).get(run_id)
     assert view["state"] == "cancelled" and view["stalled"] is None
+
+
+@pytest.mark.parametrize(
+    ("pending", "down", "cluster_limit", "admitted"),
+    [
+        # A healthy target takes the slot; the unavailable one needs none.
+        ([("a", "p"), ("b", "p")], {"a"}, 10, ["a"]),
+        ([("b", "p"), ("a", "p")], {"a"}, 10, ["a"]),
+        # Both unavailable: both admitted, though the budget (1) is over-full already.
+        ([("a", "p"), ("b", "p"), ("c", "p")], {"a", "b"}, 10, ["a", "b"]),
+        # The cluster's limit of nodes at once still holds for them: it bounds our work.
+        ([("a", "p"), ("b", "p")], {"a", "b"}, 1, ["a"]),
+        # Nothing unavailable: one slot, one node.
+        ([("a", "p"), ("b", "p")], set(), 10, ["a"]),
+    ],
+)
+def test_choose_admissions_counts_an_unavailable_target_once(
+    pending: list[tuple[str, str]], down: set[str], cluster_limit: int, admitted: list[str]
+) -> None:
+    decision = choose_admissions(
+        pending=pending,
+        held={},
+        max_unavailable={"p": 1},
+        observed={"p": PoolObservation(frozenset(down))},
+        max_concurrent_nodes=cluster_limit,
+    )
+    assert decision.admit == admitted
