@@ -25,9 +25,9 @@ POOL = "delta"
 
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """A small sandbox of its own: one pool of 3 with a budget of 1, short drains that fail
-    (a PodDisruptionBudget that never allows an eviction fails its node quickly), room for
-    a failure without the run failing, and a short stallAfter."""
+    """A small sandbox of its own: one pool of 3 with a budget of 1, drains that fail (a
+    PodDisruptionBudget that never allows an eviction fails its node), room for a failure
+    without the run failing, and a short stallAfter."""
     sb = Sandbox(
         SandboxOptions(
             state_dir=Path(tmp_path_factory.mktemp("tight")),
@@ -38,7 +38,11 @@ def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
             max_concurrent_nodes=1,
             max_failed_nodes=3,
             workflow={"stallAfter": 12},
-            pool_overrides={POOL: {"drain": {"timeout": 4, "deleteEmptyDirData": True, "onTimeout": "fail"}}},
+            # Long enough for the shared workloads' PDBs under load (a replica evicted from
+            # the previous node must be Ready elsewhere first), short for one that never yields.
+            pool_overrides={
+                POOL: {"drain": {"timeout": 15, "deleteEmptyDirData": True, "onTimeout": "fail"}}
+            },
         )
     )
     sb.start()
