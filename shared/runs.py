@@ -1,5 +1,5 @@
-"""Run lifecycle for operators: start, inspect, pause, resume, cancel; release a
-cluster's lock.
+"""Run lifecycle for operators: start, inspect, pause, resume, cancel; retry or release a
+failed node; release a cluster's lock.
 
 These are the operations behind the HTTP endpoints and the event triggers; they never
 touch a node directly. Starting admits the first nodes (or enqueues an "admit" work item for
@@ -16,7 +16,14 @@ from typing import Any
 
 from shared.clock import iso
 from shared.config import ClusterConfig
-from shared.errors import ConcurrencyError, NotFoundError, TemporaryError, ValidationError
+from shared.errors import (
+    ConcurrencyError,
+    NotFoundError,
+    PatcherError,
+    PermanentError,
+    TemporaryError,
+    ValidationError,
+)
 from shared.model import NodeState, NodeWork, Run, RunState
 from shared.notify import Notice, NoticeKind
 from shared.planner import left_alone, plan_run
@@ -37,6 +44,46 @@ class RunConflictError(ValidationError):
     def __init__(self, message: str, *, active_run: str) -> None:
         super().__init__(message)
         self.active_run = active_run
+
+
+class NodeActionRefusedError(PatcherError):
+    """An operator's retry or release that the node's state does not allow (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class NodeActionRequest:
+    """An operator's retry or release of one node: who asked, and why.
+
+    ``by`` is the authenticated caller when the host knows one; else the caller holds a
+    function key, and the name it gives (``requestedBy``, optional) is recorded as its
+    own say-so, never as an identity."""
+
+    by: str
+    reason: str = ""
+
+    @classmethod
+    def from_json(cls, body: Any, *, principal: str | None) -> NodeActionRequest:
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise ValidationError("body must be a JSON object (or empty)")
+        unknown = sorted(set(body) - {"reason", "requestedBy"})
+        if unknown:
+            raise ValidationError(f"unknown fields {unknown}; allowed: ['reason', 'requestedBy']")
+        reason, requested_by = body.get("reason", ""), body.get("requestedBy", "")
+        for name, value in (("reason", reason), ("requestedBy", requested_by)):
+            if not isinstance(value, str):
+                raise ValidationError(f"field '{name}' must be a string")
+        if principal:
+            by = principal
+        elif requested_by.strip():
+            by = f"{requested_by.strip()[:200]} (function key)"
+        else:
+            by = "function key"
+        return cls(by=by, reason=reason.strip()[:500])
+
+    def says(self, what: str) -> str:
+        return f"{what} by {self.by}" + (f": {self.reason}" if self.reason else "")
 
 
 @dataclass(frozen=True)
@@ -312,6 +359,100 @@ class RunService:
         )
         return record
 
+    def retry_node(self, run_id: str, name: str, request: NodeActionRequest) -> dict[str, Any]:
+        """A failed node is patched again. While its run is active the node goes back to
+        pending in it and waits for admission like any other (its budget holds; a node
+        still cordoned by the run is counted once, as unavailable). A run that has ended
+        cannot take nodes up again, so a new run is started for the node: it carries on
+        from the cordon the ended run left."""
+        store, at = self.deps.store, iso(self.deps.clock.now())
+        run = store.get_run(run_id)
+        node = store.get_node(run_id, name)
+        _refuse_unless_failed(node, "retried")
+        if run.state.terminal:
+            why = request.says(f"retry of {name} from run {run_id}")
+            new_run = self.start(StartRequest(cluster=run.cluster, reason=why, nodes=[name]))
+            logger.warning("run %s node %s: %s; in run %s", run_id, name, request.says("retried"), new_run.id)
+            return {"id": run_id, "node": name, "state": str(node.state), "retriedIn": new_run.id}
+
+        def back_to_pending() -> NodeWork:
+            run, node = store.get_run(run_id), store.get_node(run_id, name)
+            _refuse_unless_failed(node, "retried")
+            if run.state.terminal:
+                raise NodeActionRefusedError(f"run {run_id} ended ({run.state}) meanwhile; retry again")
+            node.move_to(NodeState.PENDING, reason=request.says("retried"), at=at, by=request.by)
+            node.start_over()
+            node.seq += 1
+            node.updated_at = at
+            run.updated_at = at
+            # With the run record: an admission closing the run at this moment conflicts,
+            # and looks again, rather than ending the run with this node pending.
+            store.commit(run, node)
+            return node
+
+        node = retry_on_conflict(back_to_pending, sleep=self.deps.clock.sleep)
+        self.deps.queue.send(WorkItem("admit", run_id))
+        self._tell_node(run, name, "PatchRetried", request.says("retried"))
+        logger.warning("run %s node %s: %s", run_id, name, request.says("retried"))
+        return {"id": run_id, "node": name, "state": str(node.state)}
+
+    def release_node(self, run_id: str, name: str, request: NodeActionRequest) -> dict[str, Any]:
+        """A failed node that the run left cordoned is uncordoned, unpatched, and marked
+        released: its capacity is given back. Only a cordon our annotations say is this
+        run's is lifted; a node someone (or another run) has cordoned since is refused."""
+        store = self.deps.store
+        run = store.get_run(run_id)
+        node = store.get_node(run_id, name)
+        _refuse_unless_failed(node, "released")
+        kube = self.deps.kube(run.cluster)
+        try:
+            observed = kube.get_node(name)
+        except NotFoundError:
+            observed = None
+        if observed is not None and observed.unschedulable:
+            if observed.cordoned_by != run_id:
+                by = f"run {observed.cordoned_by}" if observed.cordoned_by else "someone else"
+                raise NodeActionRefusedError(
+                    f"node {name} is cordoned by {by}, not by run {run_id}; it is not ours to uncordon"
+                )
+            kube.uncordon(name, state=str(NodeState.RELEASED))
+            what = "uncordoned, not patched"
+        elif observed is None:
+            what = "the Node no longer exists; nothing to uncordon"
+        else:
+            what = "it was uncordoned already; not patched"
+        at, why = iso(self.deps.clock.now()), f"{request.says('released')}; {what}"
+
+        def mark() -> NodeWork:
+            node = store.get_node(run_id, name)
+            _refuse_unless_failed(node, "released")
+            node.move_to(NodeState.RELEASED, reason=why, at=at, by=request.by)
+            node.seq += 1
+            node.updated_at = at
+            store.commit(node)
+            return node
+
+        node = retry_on_conflict(mark, sleep=self.deps.clock.sleep)
+        if observed is not None:
+            self._tell_node(run, name, "PatchReleased", why)
+        logger.warning("run %s node %s: %s", run_id, name, why)
+        # A slot may have come free for whichever run holds the cluster now (this one, or a
+        # later one that this node's cordon was holding up).
+        lock = store.cluster_lock(run.cluster)
+        if lock is not None:
+            self.deps.queue.send(WorkItem("admit", lock.run_id))
+        return {"id": run_id, "node": name, "state": str(node.state)}
+
+    def _tell_node(self, run: Run, name: str, reason: str, message: str) -> None:
+        """An Event on the Node, so ``kubectl describe node`` shows what the operator did;
+        best effort: the record in the run is what counts."""
+        try:
+            self.deps.kube(run.cluster).record_event(
+                name, reason=reason, message=f"run {run.id}: {message}", now=self.deps.clock.now()
+            )
+        except (TemporaryError, PermanentError) as exc:
+            logger.warning("could not record %s on node %s: %s", reason, name, exc)
+
     def _admit_now(self, run_id: str) -> None:
         """The first admission right away, rather than after a trip round the queue."""
         from shared.admission import Admission
@@ -352,6 +493,7 @@ class RunService:
             "deadline": iso(run.deadline) if run.deadline else None,
             "source": run.source,
             "kubeletVersion": run.kubelet_version or None,
+            "stalled": {"since": run.stalled_at, "reason": run.stalled_reason} if run.stalled_at else None,
             "createdAt": run.created_at,
             "updatedAt": run.updated_at,
             "endedAt": run.ended_at,
@@ -406,6 +548,13 @@ class RunService:
             raise ConcurrencyError(f"run {run_id} kept changing; try again") from None
 
 
+def _refuse_unless_failed(node: NodeWork, what: str) -> None:
+    if node.state != NodeState.FAILED:
+        raise NodeActionRefusedError(
+            f"node {node.name} of run {node.run_id} is {node.state}; only a failed node can be {what}"
+        )
+
+
 def _node_view(node: NodeWork, run: Run) -> dict[str, Any]:
     view = node.public()
     if node.state == NodeState.PENDING and node.pool in run.waiting:
@@ -419,4 +568,11 @@ def _allowed(state: RunState) -> frozenset[RunState]:
     return RUN_TRANSITIONS[state]
 
 
-__all__ = ["NotFoundError", "RunConflictError", "RunService", "StartRequest"]
+__all__ = [
+    "NodeActionRefusedError",
+    "NodeActionRequest",
+    "NotFoundError",
+    "RunConflictError",
+    "RunService",
+    "StartRequest",
+]

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from shared.admission import Admission
+from shared.admission import Admission, cordoned_by_us
 from shared.budget import WritePacer
 from shared.clock import Clock, iso
 from shared.compute import ComputeClient, InstanceRef, LroStatus, image_version, parse_provider_id
@@ -181,14 +181,19 @@ def step_admitted(ctx: StepContext) -> StepResult:
             event="PatchSkipped",
             annotate=False,
         )
+    taken_over = ""
     if observed.unschedulable and not ours:
-        return StepResult(
-            NodeState.SKIPPED,
-            "cordoned by someone else before this run; left cordoned and untouched",
-            event="PatchSkipped",
-            annotate=False,
-        )
-    if not observed.unschedulable:
+        if not cordoned_by_us(ctx.deps.store, run, observed):
+            return StepResult(
+                NodeState.SKIPPED,
+                "cordoned by someone else before this run; left cordoned and untouched",
+                event="PatchSkipped",
+                annotate=False,
+            )
+        # Left cordoned by an earlier run of ours that failed on it: this run carries on from
+        # there, and its own annotations say so from now on.
+        taken_over = observed.cordoned_by
+    if not observed.unschedulable or taken_over:
         ctx.kube.cordon(node.name, run_id=run.id, state=str(NodeState.DRAINING))
     node.cordoned_by_us = True
     node.boot_id_before = observed.boot_id
@@ -201,7 +206,8 @@ def step_admitted(ctx: StepContext) -> StepResult:
     pdbs = [pdb for ns in namespaces for pdb in ctx.kube.list_pdbs(ns)]
     blockers += blocking_budgets(plan.evict, pdbs)
     node.blockers = blockers
-    message = f"cordoned by run {run.id}; {len(plan.evict)} pods to evict"
+    cordon = f"left cordoned by run {taken_over}, taken over by run" if taken_over else "cordoned by run"
+    message = f"{cordon} {run.id}; {len(plan.evict)} pods to evict"
     if blockers:
         message += "; may block: " + " | ".join(blockers)
     return StepResult(NodeState.DRAINING, message, event="PatchCordoned", annotate=False)

@@ -195,3 +195,21 @@ def test_an_image_refused_for_its_skew_is_announced_once_per_refusal() -> None:
     assert told.kinds() == ["image-refused"]
     assert told.notices[0].cluster == "test" and told.notices[0].details["versionId"] == version
     assert "v1.32.1" in told.notices[0].reason
+
+
+def test_a_stalled_run_is_announced_once_with_what_blocks_it() -> None:
+    from shared.sweeper import sweep
+    from tests.unit.test_stuck_runs import blocked_run, stall_harness
+
+    h = stall_harness()
+    run_id = blocked_run(h)
+    told = Recorder()
+    h.deps.notify = told
+    stall = h.config.workflow.stall_after.total_seconds()
+    sweep(h.deps)
+    h.clock.advance(stall + 1)
+    sweep(h.deps)
+    h.clock.advance(stall)
+    sweep(h.deps)
+    stalled = [n for n in told.notices if n.kind == NoticeKind.RUN_STALLED]
+    assert len(stalled) == 1 and stalled[0].run_id == run_id and "linux-0" in stalled[0].reason
