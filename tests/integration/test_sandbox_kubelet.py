@@ -23,6 +23,7 @@ from sandbox.kubeapi import KubeAPIServer, KubeStore
 from sandbox.kubelet import NodeAgents
 from sandbox.tls import create_tls
 from sandbox.world import World
+from shared.kube import KubeClient
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +41,8 @@ def unique(prefix: str) -> str:
 class Cluster:
     world: World
     store: KubeStore
+    server: KubeAPIServer
+    kubeconfig: Path
     api_client: client.ApiClient
 
     @property
@@ -85,7 +88,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
     api_client = client.ApiClient(cfg)
     try:
-        yield Cluster(world, store, api_client)
+        yield Cluster(world, store, server, kubeconfig, api_client)
     finally:
         api_client.close()
         server.stop()
@@ -478,3 +481,41 @@ def test_a_controller_that_cannot_be_found_fails_the_budget_safe(cluster: Cluste
         )
     assert err.value.status == 429
     assert "is still being processed by the server" in str(err.value.body)
+
+
+# --------------------------------------------------------------------------- the app's Events
+
+
+def test_the_app_records_its_transitions_as_events_on_the_node(cluster: Cluster) -> None:
+    """What ``kubectl describe node`` lists: involvedObject the Node, reason, type, source."""
+    node = unique("node")
+    cluster.add_node(node)
+    kube = KubeClient.from_kubeconfig(str(cluster.kubeconfig))
+
+    assert kube.record_event(
+        node, reason="PatchFailed", message="run r1: it broke", warning=True, now=time.time()
+    )
+    assert kube.record_event(
+        node, reason="PatchAdmitted", message="run r1: budget slot acquired", now=time.time()
+    )
+
+    listed = cluster.core.list_namespaced_event("default", field_selector=f"involvedObject.name={node}")
+    got = [
+        (e.involved_object.kind, e.involved_object.name, e.reason, e.type, e.message) for e in listed.items
+    ]
+    assert sorted(got) == [
+        ("Node", node, "PatchAdmitted", "Normal", "run r1: budget slot acquired"),
+        ("Node", node, "PatchFailed", "Warning", "run r1: it broke"),
+    ]
+    assert {e.source.component for e in listed.items} == {"vmss-node-patcher"}
+
+
+def test_an_event_the_api_server_refuses_is_reported_and_not_raised(cluster: Cluster) -> None:
+    node = unique("node")
+    cluster.add_node(node)
+    kube = KubeClient.from_kubeconfig(str(cluster.kubeconfig))
+    cluster.server.faults.fail_next("POST", r"/namespaces/default/events", count=1, status=500)
+    try:
+        assert not kube.record_event(node, reason="PatchCancelled", message="m", now=time.time())
+    finally:
+        cluster.server.faults.clear()
