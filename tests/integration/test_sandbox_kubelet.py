@@ -9,6 +9,8 @@ with nothing set up behind the API's back except the Nodes, which are the machin
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -72,6 +74,18 @@ class Cluster:
 
     def set_node(self, name: str, fn: Callable[[dict[str, Any]], None]) -> None:
         self.store.mutate("nodes", None, name, fn)
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        home = self.kubeconfig.parent
+        return subprocess.run(
+            ["kubectl", "--kubeconfig", str(self.kubeconfig), "--cache-dir", str(home / "cache"), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HOME": str(home), "KUBECONFIG": str(self.kubeconfig)},
+            timeout=90,
+            check=False,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +211,37 @@ def test_a_pod_created_on_a_node_through_the_api_runs_and_becomes_ready(cluster:
     assert container.image == "mcr.microsoft.com/oss/nginx/nginx:1.25"
     assert container.container_id.startswith("containerd://")
     assert status.qos_class == "BestEffort"
+
+
+def test_kubectl_apply_then_wait_sees_an_unscheduled_pod_scheduled_and_ready(
+    cluster: Cluster, ns: str
+) -> None:
+    label = unique("pool")
+    node = unique("node")
+    cluster.add_node(node)
+    cluster.set_node(node, lambda n: n["metadata"]["labels"].update(pool=label))
+    manifest = f"""
+apiVersion: v1
+kind: Pod
+metadata:
+  name: applied
+  namespace: {ns}
+spec:
+  nodeSelector:
+    pool: {label}
+  containers:
+  - name: app
+    image: mcr.microsoft.com/oss/nginx/nginx:1.25
+"""
+    # The sandbox serves no OpenAPI document, which kubectl's client-side validation reads.
+    applied = cluster.kubectl("apply", "--validate=false", "-f", "-", stdin=manifest)
+    assert applied.returncode == 0, applied.stderr
+
+    waited = cluster.kubectl("wait", "-n", ns, "--for=condition=Ready", "pod/applied", "--timeout=30s")
+
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert "condition met" in waited.stdout
+    assert cluster.core.read_namespaced_pod("applied", ns).spec.node_name == node
 
 
 def test_a_pod_bound_to_a_node_that_is_not_ready_starts_when_the_node_is(cluster: Cluster, ns: str) -> None:
