@@ -11,8 +11,9 @@ The scheduler keeps to the filters a patching run meets: a cordoned node takes n
 pod (unless the pod tolerates ``node.kubernetes.io/unschedulable``), nor does a NotReady
 node (the node lifecycle controller's ``node.kubernetes.io/not-ready`` taint) or one
 with a ``NoSchedule``/``NoExecute`` taint the pod does not tolerate; ``nodeSelector``
-must match and the node must have room (``allocatable.pods``). Of the nodes left, the
-one running fewest pods wins, as LeastAllocated spreads equal pods. A pod that fits
+and required node affinity (``matchExpressions``) must match, and the node must have
+room (``allocatable.pods``). Of the nodes left, the one running fewest pods wins, as
+LeastAllocated spreads equal pods. A pod that fits
 nowhere gets ``PodScheduled=False`` (``Unschedulable``, with the scheduler's message) and
 is tried again whenever a node changes, as the scheduling queue's node events do.
 """
@@ -272,8 +273,43 @@ def _blocking_taints(node: Mapping[str, Any]) -> list[Obj]:
 
 
 def _selector_matches(pod: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
+    """nodeSelector, and the required node affinity: any of its terms, each term all of
+    its expressions (NodeAffinity filter)."""
     labels = node["metadata"].get("labels") or {}
-    return all(labels.get(k) == v for k, v in ((pod.get("spec") or {}).get("nodeSelector") or {}).items())
+    spec = pod.get("spec") or {}
+    if not all(labels.get(k) == v for k, v in (spec.get("nodeSelector") or {}).items()):
+        return False
+    required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    )
+    if not required:
+        return True
+    terms = required.get("nodeSelectorTerms") or []
+    return any(
+        all(_expression_matches(e, labels) for e in term.get("matchExpressions") or [])
+        for term in terms
+        if term.get("matchExpressions")
+    )
+
+
+def _expression_matches(expression: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    key, operator = expression.get("key", ""), expression.get("operator", "")
+    values = [str(v) for v in expression.get("values") or []]
+    if operator == "In":
+        return key in labels and labels[key] in values
+    if operator == "NotIn":
+        return key not in labels or labels[key] not in values
+    if operator == "Exists":
+        return key in labels
+    if operator == "DoesNotExist":
+        return key not in labels
+    if operator in ("Gt", "Lt") and key in labels and len(values) == 1:
+        try:
+            have, limit = int(labels[key]), int(values[0])
+        except ValueError:
+            return False
+        return have > limit if operator == "Gt" else have < limit
+    return False
 
 
 def _max_pods(node: Mapping[str, Any]) -> int:

@@ -283,6 +283,33 @@ def test_an_unscheduled_pod_goes_to_a_ready_schedulable_node_that_matches(cluste
     assert [r["node"] for r in scheduled] == [nodes["fit"]]
 
 
+def test_required_node_affinity_picks_the_node_its_expressions_match(cluster: Cluster, ns: str) -> None:
+    label = unique("pool")
+    nodes = {zone: unique(f"zone-{zone}") for zone in ("a", "b", "c")}
+    for zone, name in nodes.items():
+        cluster.add_node(name)
+        cluster.set_node(name, lambda n, z=zone: n["metadata"]["labels"].update(pool=label, zone=z))
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": "pool", "operator": "In", "values": [label]},
+                            {"key": "zone", "operator": "NotIn", "values": ["a", "c"]},
+                            {"key": "gpu", "operator": "DoesNotExist"},
+                        ]
+                    }
+                ]
+            }
+        }
+    }
+
+    cluster.core.create_namespaced_pod(ns, pod_body("zoned", affinity=affinity))
+
+    assert wait_for_pod(cluster, ns, "zoned", ready).spec.node_name == nodes["b"]
+
+
 def test_tolerations_let_a_pod_onto_tainted_and_cordoned_nodes(cluster: Cluster, ns: str) -> None:
     label = unique("pool")
     tainted, cordoned = unique("tainted"), unique("cordoned")
