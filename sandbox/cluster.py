@@ -23,6 +23,7 @@ from typing import Any
 
 from sandbox.arm import ComputeState
 from sandbox.kubeapi import KubeError, KubeStore
+from sandbox.kubelet import NodeAgents
 from sandbox.world import World, utcnow_iso
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,13 @@ class SandboxCluster:
         self._lock = threading.RLock()
         self._node_seen: dict[str, tuple[bool, bool]] = {}
         self._booting: set[str] = set()
+        # Pods the controllers below create unscheduled or unstarted go the way any pod does.
+        self.agents = NodeAgents(
+            world,
+            kube,
+            schedule_cloud_seconds=self.timings.pod_start,
+            start_cloud_seconds=self.timings.pod_start,
+        )
         compute.add_listener(self._on_compute)
         kube.add_listener(self._on_kube)
 
@@ -308,7 +316,9 @@ class SandboxCluster:
 
     def add_bare_pod(self, namespace: str, name: str, node: str) -> None:
         self._ensure_namespace(namespace)
-        self.kube.create(_pod(namespace, name, node, {"app": name}, None, ready=True))
+        pod = _pod(namespace, name, node, {"app": name}, None)
+        pod["status"] = self.agents.running_status(pod, node)
+        self.kube.create(pod)
 
     def _add_workload(
         self, workload: Workload, min_available: int | str | None, max_unavailable: int | str | None
@@ -378,57 +388,15 @@ class SandboxCluster:
             node,
             workload.labels,
             owner,
-            ready=ready and node is not None,
             empty_dir=workload.empty_dir,
             grace=workload.grace,
         )
         pod["spec"]["nodeSelector"] = {"kubernetes.io/os": workload.os}
-        try:
-            self.kube.create(pod)
-        except KubeError:
-            return
-        if node is None:
-            self.world.scheduler.call_later(
-                self.world.clock.seconds(self.timings.pod_start),
-                lambda: self._schedule_pending(workload.namespace, name),
-            )
-        elif not ready:
-            self.world.scheduler.call_later(
-                self.world.clock.seconds(self.timings.pod_start),
-                lambda: self._mark_pod_ready(workload.namespace, name),
-            )
-
-    def _schedule_pending(self, namespace: str, name: str) -> None:
-        pod = self.kube.get("pods", namespace, name)
-        if pod is None or pod["spec"].get("nodeName"):
-            return
-        os_name = pod["spec"].get("nodeSelector", {}).get("kubernetes.io/os", "linux")
-        node = self._pick_node(os_name)
-        if node is None:
-            self.world.scheduler.call_later(
-                self.world.clock.seconds(self.timings.pod_start),
-                lambda: self._schedule_pending(namespace, name),
-            )
-            return
-
-        def bind(obj: dict[str, Any]) -> None:
-            obj["spec"]["nodeName"] = node
-            obj["status"]["phase"] = "Running"
-
-        self.kube.mutate("pods", namespace, name, bind)
-        self.world.scheduler.call_later(
-            self.world.clock.seconds(self.timings.pod_start), lambda: self._mark_pod_ready(namespace, name)
-        )
-
-    def _mark_pod_ready(self, namespace: str, name: str) -> None:
-        def ready(obj: dict[str, Any]) -> None:
-            obj["status"]["phase"] = "Running"
-            obj["status"]["conditions"] = [
-                {"type": "Ready", "status": "True", "lastTransitionTime": utcnow_iso()}
-            ]
-
+        if ready and node is not None:
+            pod["status"] = self.agents.running_status(pod, node)
+        # Otherwise the scheduler binds it (when it has no node) and the kubelet starts it.
         with contextlib.suppress(KubeError):
-            self.kube.mutate("pods", namespace, name, ready)
+            self.kube.create(pod)
 
     def _on_kube(self, event_type: str, resource: str, obj: dict[str, Any]) -> None:
         if resource == "nodes" and event_type == "MODIFIED":
@@ -610,7 +578,6 @@ def _pod(
     labels: Mapping[str, str],
     owner: Mapping[str, Any] | None,
     *,
-    ready: bool,
     empty_dir: bool = False,
     grace: int = 30,
 ) -> dict[str, Any]:
@@ -622,9 +589,7 @@ def _pod(
         spec["nodeName"] = node
     if empty_dir:
         spec["volumes"] = [{"name": "scratch", "emptyDir": {}}]
-    status: dict[str, Any] = {"phase": "Running" if node else "Pending"}
-    if node:
-        status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+    status: dict[str, Any] = {"phase": "Pending"}
     metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
     if owner:
         metadata["ownerReferences"] = [copy.deepcopy(dict(owner))]

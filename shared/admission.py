@@ -23,7 +23,7 @@ from shared.clock import iso
 from shared.compute import parse_provider_id
 from shared.config import ClusterConfig, PoolConfig
 from shared.errors import ConcurrencyError, NotFoundError
-from shared.kube import KubeClient, Node
+from shared.kube import KubeClient, Node, record_events
 from shared.model import NodeState, NodeWork, Run, RunState
 from shared.notify import Notice, NoticeKind
 from shared.store.base import NodeSummary, RunStore
@@ -164,8 +164,11 @@ class Admission:
             store.commit(run, *changed[i : i + 98])
         for n in admitted:
             self.deps.queue.send(WorkItem("step", run.id, n.name, n.seq))
-        for name, why in skip.items():
-            kube.record_event(name, reason="PatchSkipped", message=f"run {run.id}: {why}", now=now)
+        # After the sends: the steps need not wait for the Events.
+        admitted_why = {n.name: f"run {run.id}: {n.reason}" for n in admitted}
+        record_events(kube, admitted_why, reason="PatchAdmitted", now=now)
+        skipped_why = {name: f"run {run.id}: {why}" for name, why in skip.items()}
+        record_events(kube, skipped_why, reason="PatchSkipped", now=now)
         return f"admitted {len(admitted)}"
 
     def _read_pending(self, run: Run, pending: list[NodeSummary], names: list[str]) -> dict[str, NodeWork]:
@@ -207,6 +210,12 @@ class Admission:
             n.seq += 1
         for i in range(0, len(records), 99):
             store.commit(*records[i : i + 99])
+        record_events(
+            self.deps.kube(run.cluster),
+            {n.name: f"run {run.id}: {n.reason}" for n in records},
+            reason="PatchDeferred",
+            now=now,
+        )
         return [n for n in pending if n.name not in late]
 
     def _observe(

@@ -24,6 +24,7 @@ from shared.errors import (
     TemporaryError,
     ValidationError,
 )
+from shared.kube import record_events
 from shared.model import NodeState, NodeWork, Run, RunState
 from shared.notify import Notice, NoticeKind
 from shared.planner import left_alone, plan_run
@@ -517,19 +518,35 @@ class RunService:
         run = self._set_state(run_id, RunState.CANCELLED, "cancelled by operator")
         at = iso(self.deps.clock.now())
 
-        def cancel_pending() -> None:
+        def cancel_pending() -> Sequence[NodeWork]:
             pending = [n for n in self.deps.store.list_nodes(run_id) if n.state == NodeState.PENDING]
             for n in pending:
                 n.move_to(NodeState.CANCELLED, reason="run cancelled before the node started", at=at)
                 n.seq += 1
             for i in range(0, len(pending), 99):
                 self.deps.store.commit(*pending[i : i + 99])
+            return pending
 
         # Exhausted conflicts raise: the operator is told, and the run (already cancelled)
         # stops admitting; a repeated cancel finishes the pending nodes.
-        retry_on_conflict(cancel_pending, sleep=self.deps.clock.sleep)
+        cancelled = retry_on_conflict(cancel_pending, sleep=self.deps.clock.sleep)
         self.deps.queue.send(WorkItem("admit", run.id))  # releases the cluster when nothing is in flight
+        self._tell_the_cluster(run, cancelled)
         return run
+
+    def _tell_the_cluster(self, run: Run, cancelled: Sequence[NodeWork]) -> None:
+        """The Events of the nodes cancelled before they started (nodes in flight record
+        theirs at their next step). Best effort: the run is cancelled whatever the cluster
+        answers."""
+        if not cancelled:
+            return
+        try:
+            kube = self.deps.kube(run.cluster)
+        except (TemporaryError, PermanentError) as exc:
+            logger.warning("run %s: not recording the cancellation on its nodes: %s", run.id, exc)
+            return
+        messages = {n.name: f"run {run.id}: {n.reason}" for n in cancelled}
+        record_events(kube, messages, reason="PatchCancelled", now=self.deps.clock.now())
 
     def _set_state(self, run_id: str, state: RunState, reason: str) -> Run:
         def change() -> Run:

@@ -24,7 +24,16 @@ from shared.compute import (
 )
 from shared.drain import Pod
 from shared.errors import ConcurrencyError, NotFoundError, TemporaryError
-from shared.kube import ANNOTATION_CORDONED, LABEL_PATCHING, EvictionResult, Node, node_status_view
+from shared.kube import (
+    ANNOTATION_CORDONED,
+    ANNOTATION_PATCHED_AT,
+    ANNOTATION_RUN,
+    ANNOTATION_STATE,
+    LABEL_PATCHING,
+    EvictionResult,
+    Node,
+    node_status_view,
+)
 from shared.model import RunState
 from shared.store.base import RUN_ROW
 from shared.store.memory import MemoryRunStore
@@ -96,6 +105,7 @@ class FakeKube:
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # "ns/name" -> pod
     blocked: set[str] = field(default_factory=set)  # pods whose eviction gets 429
     events: list[tuple[str, str, str]] = field(default_factory=list)
+    event_types: list[str] = field(default_factory=list)  # "Normal" | "Warning", one per event
     calls: list[str] = field(default_factory=list)
     fail_next: list[Exception] = field(default_factory=list)
     daemonsets: set[str] = field(default_factory=set)
@@ -165,17 +175,25 @@ class FakeKube:
             {
                 "metadata": {
                     "labels": {LABEL_PATCHING: run_id},
-                    "annotations": {ANNOTATION_CORDONED: run_id},
+                    # The annotations KubeClient.cordon writes with the cordon.
+                    "annotations": {
+                        ANNOTATION_CORDONED: run_id,
+                        ANNOTATION_RUN: run_id,
+                        ANNOTATION_STATE: state,
+                    },
                 },
                 "spec": {"unschedulable": True},
             },
         )
 
     def uncordon(self, name: str, *, state: str, patched_at: str | None = None) -> Node:
+        annotations: dict[str, str | None] = {ANNOTATION_CORDONED: None, ANNOTATION_STATE: state}
+        if patched_at:
+            annotations[ANNOTATION_PATCHED_AT] = patched_at
         return self.patch_node(
             name,
             {
-                "metadata": {"labels": {LABEL_PATCHING: None}, "annotations": {ANNOTATION_CORDONED: None}},
+                "metadata": {"labels": {LABEL_PATCHING: None}, "annotations": annotations},
                 "spec": {"unschedulable": None},
             },
         )
@@ -246,8 +264,10 @@ class FakeKube:
 
     def record_event(
         self, node: str, *, reason: str, message: str, warning: bool = False, now: float
-    ) -> None:
+    ) -> bool:
         self.events.append((node, reason, message))
+        self.event_types.append("Warning" if warning else "Normal")
+        return True
 
     def reboot(self, name: str, *, image: str | None = None) -> None:
         node = self.nodes[name]
