@@ -3371,6 +3371,10 @@ class _Issued:
     expires_on: int
 
 
+class IncompleteBodyError(ConnectionError):
+    """The client closed its end before the body its headers announced had arrived."""
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -3412,15 +3416,26 @@ class _Handler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             chunks: list[bytes] = []
             while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                line = self.rfile.readline()
+                if not line:
+                    raise IncompleteBodyError("the client went away inside a chunked body")
+                size = int(line.split(b";")[0].strip() or b"0", 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
+                chunk = self.rfile.read(size)
+                if len(chunk) < size:
+                    raise IncompleteBodyError("the client went away inside a chunked body")
+                chunks.append(chunk)
                 self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        raw = self.rfile.read(length) if length > 0 else b""
+        if len(raw) < length:
+            # A real server never acts on half a request: an empty reimage body would mean
+            # "every instance".
+            raise IncompleteBodyError(f"the client went away after {len(raw)} of {length} body bytes")
+        return raw
 
     def _client_gone(self) -> bool:
         """True once the client closed its end (or the connection broke). The client sends
@@ -3441,7 +3456,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         # The body is always drained first: answering early would leave it in the
         # keep-alive stream and corrupt the next request on this connection.
-        raw = self._read_body()
+        try:
+            raw = self._read_body()
+        except IncompleteBodyError:
+            self.close_connection = True
+            return
         headers = {k.lower(): v for k, v in self.headers.items()}
         reply = self.server.arm._dispatch(
             self.command,

@@ -2701,11 +2701,18 @@ class _Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     break
-                chunks.append(self.rfile.read(size))
+                chunk = self.rfile.read(size)
+                if len(chunk) < size:
+                    raise ConnectionError("the client went away inside a chunked body")
+                chunks.append(chunk)
                 self.rfile.readline()
             return b"".join(chunks)
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        raw = self.rfile.read(length) if length > 0 else b""
+        if len(raw) < length:
+            # Half a request is never acted on (an apiserver waits for the rest, then drops it).
+            raise ConnectionError(f"the client went away after {len(raw)} of {length} body bytes")
+        return raw
 
     def _send_json(self, code: int, body: Any, *, headers: dict[str, str] | None = None) -> None:
         payload = json.dumps(body, separators=(",", ":")).encode()
