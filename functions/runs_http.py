@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()
 
+# Set by App Service Authentication (Easy Auth) when it fronts the app; without it the
+# caller is known only as holding a function key.
+PRINCIPAL_HEADER = "x-ms-client-principal-name"
+
 
 def _service() -> RunService:
     from shared.app import collaborators
@@ -80,18 +84,17 @@ def run_action(req: func.HttpRequest) -> func.HttpResponse:
     actions = {"pause": service.pause, "resume": service.resume, "cancel": service.cancel}
     if action not in actions:
         return error(404, f"unknown action {action!r}; use one of {sorted(actions)}")
+    by = req.headers.get(PRINCIPAL_HEADER) or "function key"
     try:
-        run = actions[action](run_id)
+        run = actions[action](run_id, by=by)
     except NotFoundError as exc:
         return error(404, str(exc))
     except ValidationError as exc:
         return error(409, str(exc))
-    return json_response({"id": run.id, "state": str(run.state)}, 202)
+    logger.info("run %s: %s by %s", run.id, action, by)
+    return json_response({"id": run.id, "state": str(run.state), "stateReason": run.state_reason}, 202)
 
 
-# Set by App Service Authentication (Easy Auth) when it fronts the app; without it the
-# caller is known only as holding a function key.
-PRINCIPAL_HEADER = "x-ms-client-principal-name"
 NODE_ACTIONS = ("release", "retry")
 
 

@@ -503,19 +503,19 @@ class RunService:
     def list(self) -> list[dict[str, Any]]:
         return [self.summary(r) for r in self.deps.store.list_runs()]
 
-    def pause(self, run_id: str) -> Run:
-        return self._set_state(run_id, RunState.PAUSED, "paused by operator")
+    def pause(self, run_id: str, *, by: str = "operator") -> Run:
+        return self._set_state(run_id, RunState.PAUSED, f"paused by {by}")
 
-    def resume(self, run_id: str) -> Run:
-        run = self._set_state(run_id, RunState.RUNNING, "resumed by operator")
+    def resume(self, run_id: str, *, by: str = "operator") -> Run:
+        run = self._set_state(run_id, RunState.RUNNING, f"resumed by {by}")
         self.deps.queue.send(WorkItem("admit", run.id))
         return run
 
-    def cancel(self, run_id: str) -> Run:
+    def cancel(self, run_id: str, *, by: str = "operator") -> Run:
         """Pending nodes are cancelled now; nodes in flight see the cancellation at their
         next step: not yet reimaged -> uncordoned and cancelled, already reimaging ->
         finished and uncordoned (a reimage cannot be stopped halfway)."""
-        run = self._set_state(run_id, RunState.CANCELLED, "cancelled by operator")
+        run = self._set_state(run_id, RunState.CANCELLED, f"cancelled by {by}")
         at = iso(self.deps.clock.now())
 
         def cancel_pending() -> Sequence[NodeWork]:

@@ -208,3 +208,25 @@ def test_a_run_id_no_table_key_can_be_is_404_not_500(functions: dict, harness: H
         assert "not found" in json.loads(got.get_body())["error"]
         acted = call(functions, "run_action", "POST", "/", route_params={"id": run_id, "action": "cancel"})
         assert acted.status_code == 404, run_id
+
+
+def test_pause_resume_and_cancel_record_who_asked(functions: dict, harness: Harness) -> None:
+    run_id = json.loads(call(functions, "runs_collection", "POST", "/", {"cluster": "test"}).get_body())["id"]
+
+    def act(action: str, who: str | None) -> dict[str, Any]:
+        req = func.HttpRequest(
+            method="POST",
+            url=f"/api/runs/{run_id}/{action}",
+            body=b"",
+            headers={"x-ms-client-principal-name": who} if who else {},
+            route_params={"id": run_id, "action": action},
+        )
+        resp = functions["run_action"].get_user_function()(req)
+        assert resp.status_code == 202
+        return json.loads(resp.get_body())
+
+    assert act("pause", "alice@contoso.example")["stateReason"] == "paused by alice@contoso.example"
+    assert act("resume", None)["stateReason"] == "resumed by function key"
+    assert act("cancel", "bob@contoso.example")["stateReason"] == "cancelled by bob@contoso.example"
+    got = json.loads(call(functions, "run_item", "GET", "/", route_params={"id": run_id}).get_body())
+    assert got["stateReason"] == "cancelled by bob@contoso.example"
