@@ -1,7 +1,7 @@
 """A simulated Azure Resource Manager for Microsoft.Compute virtual machine scale sets,
 plus the few other resource types the patcher's triggers read: Compute Gallery image
-definitions and versions, Update Manager maintenance configurations and their runs
-(``applyUpdates``), and Automation software update configurations and their runs.
+definitions and versions, and Update Manager maintenance configurations and their runs
+(``applyUpdates``).
 
 Why it exists: the app talks to Azure only through the unmodified
 ``azure.mgmt.compute.ComputeManagementClient`` and ``DefaultAzureCredential``. To test
@@ -111,16 +111,6 @@ Update Manager (``Microsoft.Maintenance``, spec 2023-09-01-preview):
   (default start - 10 minutes, the documented "T-10") it answers 409 ``Conflict`` (the
   spec lists 409; the exact error code Azure uses is not documented, this one is the
   sandbox's). Older api-versions cannot cancel (400). History: ``maintenance_cancelled``.
-
-Automation (``Microsoft.Automation``, JSON shapes of the REST examples, as
-azure-mgmt-automation 2.0.0 deserialises them; it sends api-version 2024-10-23):
-
-* ``softwareUpdateConfigurations`` GET/list (list items are the collection-item shape with
-  ``frequency``/``startTime``/``nextRun`` at the top of ``properties``; ``$filter``
-  ``properties/updateConfiguration/azureVirtualMachines/any(m: m eq 'ID')``) and
-  ``softwareUpdateConfigurationRuns`` GET/list (``$filter`` on
-  ``properties/softwareUpdateConfiguration/name``, ``properties/status``, ``properties/osType``).
-  A run is ``InProgress`` for ``ComputeDurations.software_update_run``, then ``Succeeded``.
 """
 
 from __future__ import annotations
@@ -201,12 +191,6 @@ REQUEST_OPERATIONS = frozenset(
         "put_maintenance_configuration",
         "get_maintenance_run",
         "cancel_maintenance_run",
-        # Automation
-        "get_automation_account",
-        "list_software_update_configurations",
-        "get_software_update_configuration",
-        "list_software_update_configuration_runs",
-        "get_software_update_configuration_run",
     }
 )
 # Writes that start a long-running operation: what accept_then_fail / accept_then_drop /
@@ -339,7 +323,6 @@ class ComputeDurations:
     scale: float = 120.0
     delete: float = 60.0
     image_replication: float = 60.0  # a gallery version PUT: Creating -> Succeeded
-    software_update_run: float = 300.0  # an Automation software update run: InProgress -> Succeeded
 
 
 @dataclass
@@ -792,13 +775,6 @@ def _parent_not_found(name: str) -> _ApiError:
     )
 
 
-def _automation_error(status: int, code: str, message: str) -> _ApiError:
-    """Automation answers its own errors as a flat ``{"code", "message"}`` object."""
-    err = _ApiError(status, code, message)
-    err.reply.body = {"code": code, "message": message}
-    return err
-
-
 def _require_body(ctx: _Ctx) -> dict[str, Any]:
     if not isinstance(ctx.body, dict):
         raise _ApiError(
@@ -893,22 +869,6 @@ _MC_ID = re.compile(
 _RUN_ID = re.compile(
     r"(?P<config>.+)/providers/microsoft\.maintenance/applyupdates/(?P<run>[^/]+)", re.IGNORECASE
 )
-_AA_ID = re.compile(
-    r"/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)"
-    r"/providers/microsoft\.automation/automationaccounts/(?P<name>[^/]+)",
-    re.IGNORECASE,
-)
-_VM_FILTER = re.compile(
-    r"\s*properties/updateConfiguration/azureVirtualMachines/any\(\s*(?P<var>\w+)\s*:\s*(?P=var)"
-    r"\s+eq\s+'(?P<vm>[^']*)'\s*\)\s*",
-    re.IGNORECASE,
-)
-_RUN_FILTER = re.compile(r"\s*(?P<field>properties/[A-Za-z/]+)\s+eq\s+'(?P<value>[^']*)'\s*", re.IGNORECASE)
-_RUN_FILTER_FIELDS = {
-    "properties/softwareupdateconfiguration/name": "config",
-    "properties/status": "status",
-    "properties/ostype": "os",
-}
 
 
 @dataclass
@@ -972,45 +932,6 @@ class _MaintenanceConfig:
     runs: dict[str, _MaintenanceRun] = field(default_factory=dict)
 
 
-@dataclass
-class _UpdateConfig:
-    name: str
-    os: str  # Linux | Windows
-    vm_ids: list[str]
-    duration: str
-    created: str
-    start_time: str
-    pre_task: str | None = None
-    post_task: str | None = None
-
-
-@dataclass
-class _UpdateRun:
-    run_id: str
-    config: str
-    os: str
-    duration: str
-    computer_count: int
-    start_time: str
-    pre_task: str | None
-    post_task: str | None
-    status: str = "InProgress"
-    end_time: str | None = None
-    modified: str = field(default_factory=_iso)
-    pre_job: str = field(default_factory=lambda: str(uuid.uuid4()))
-    post_job: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-
-@dataclass
-class _AutomationAccount:
-    resource_group: str
-    name: str
-    location: str
-    created: str
-    configs: dict[str, _UpdateConfig] = field(default_factory=dict)
-    runs: dict[str, _UpdateRun] = field(default_factory=dict)
-
-
 # --------------------------------------------------------------------------- compute state
 
 
@@ -1037,7 +958,6 @@ class ComputeState:
         self._scale_sets: dict[tuple[str, str], _ScaleSet] = {}
         self._galleries: dict[tuple[str, str], _Gallery] = {}
         self._maintenance: dict[tuple[str, str], _MaintenanceConfig] = {}
-        self._automation: dict[tuple[str, str], _AutomationAccount] = {}
         self._operations: dict[str, _Operation] = {}
         self._listeners: list[Listener] = []
         self._pending_events: list[tuple[str, dict[str, Any]]] = []
@@ -1369,7 +1289,7 @@ class ComputeState:
     def _require_group(self, rg: str) -> None:
         """A resource group exists when the sandbox holds any resource in it."""
         key = rg.lower()
-        stores: list[Any] = [self._scale_sets, self._galleries, self._maintenance, self._automation]
+        stores: list[Any] = [self._scale_sets, self._galleries, self._maintenance]
         if not any(k[0] == key for store in stores for k in store):
             raise _ApiError(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
 
@@ -2915,339 +2835,6 @@ class ComputeState:
             self._announce("maintenance_cancelled", self._run_event(mc, run))
         return _Reply(202, self._apply_update_json(mc, run, status="Cancel"))
 
-    # ================================================================ Automation (Microsoft.Automation)
-
-    def add_automation_account(self, resource_group: str, name: str) -> str:
-        """An Automation account to hold software update configurations; returns its id."""
-        with self._transaction():
-            key = (resource_group.lower(), name.lower())
-            if key in self._automation:
-                raise ValueError(f"automation account {resource_group}/{name} already exists")
-            aa = _AutomationAccount(
-                resource_group=resource_group, name=name, location=self.location, created=_iso()
-            )
-            self._automation[key] = aa
-            self.world.history.append("automation_account_added", resource_id=self._aa_id(aa))
-            return self._aa_id(aa)
-
-    def add_software_update_configuration(
-        self,
-        account_id: str,
-        name: str,
-        *,
-        vm_ids: list[str],
-        os: str = "Linux",
-        duration: str = "PT2H",
-        pre_task: str | None = None,
-        post_task: str | None = None,
-    ) -> dict[str, Any]:
-        """A weekly software update configuration targeting ``vm_ids``; returns its GET body."""
-        os_norm = _os_name(os)
-        with self._transaction():
-            aa = self._automation_from_id(account_id)
-            if name.lower() in aa.configs:
-                raise ValueError(f"software update configuration {name} already exists")
-            created = datetime.now(UTC)
-            cfg = _UpdateConfig(
-                name=name,
-                os=os_norm,
-                vm_ids=list(vm_ids),
-                duration=duration,
-                created=_iso(created.timestamp()),
-                start_time=_iso((created + timedelta(days=1)).replace(microsecond=0).timestamp()),
-                pre_task=pre_task,
-                post_task=post_task,
-            )
-            aa.configs[name.lower()] = cfg
-            self.world.history.append(
-                "software_update_configuration_added",
-                resource_id=self._suc_id(aa, cfg),
-                vm_ids=list(vm_ids),
-                os=os_norm,
-            )
-            return self._suc_json(aa, cfg)
-
-    def start_software_update_run(self, account_id: str, name: str) -> str:
-        """Start a run of a configuration now; returns the run id (a GUID).
-
-        The run is ``InProgress`` for ``ComputeDurations.software_update_run`` cloud
-        seconds, then ``Succeeded``. Listeners get ``software_update_run_started`` and
-        ``software_update_run_finished``.
-        """
-        with self._transaction():
-            aa = self._automation_from_id(account_id)
-            cfg = aa.configs.get(name.lower())
-            if cfg is None:
-                raise KeyError(f"no software update configuration {name} in {account_id}")
-            run = _UpdateRun(
-                run_id=str(uuid.uuid4()),
-                config=cfg.name,
-                os=cfg.os,
-                duration=cfg.duration,
-                computer_count=len({v.lower() for v in cfg.vm_ids}),
-                start_time=_iso(),
-                pre_task=cfg.pre_task,
-                post_task=cfg.post_task,
-            )
-            aa.runs[run.run_id] = run
-            self._announce("software_update_run_started", self._update_run_event(aa, run, cfg))
-            key = (aa.resource_group.lower(), aa.name.lower())
-            self.world.scheduler.call_later(
-                self.world.clock.seconds(self.durations.software_update_run),
-                lambda: self._finish_update_run(key, run.run_id),
-            )
-            return run.run_id
-
-    # ---------------------------------------------------------------- automation helpers
-
-    def _aa_id(self, aa: _AutomationAccount) -> str:
-        return (
-            f"/subscriptions/{self.subscription_id}/resourceGroups/{aa.resource_group}"
-            f"/providers/Microsoft.Automation/automationAccounts/{aa.name}"
-        )
-
-    def _suc_id(self, aa: _AutomationAccount, cfg: _UpdateConfig) -> str:
-        return f"{self._aa_id(aa)}/softwareUpdateConfigurations/{cfg.name}"
-
-    def _automation_from_id(self, account_id: str) -> _AutomationAccount:
-        m = _AA_ID.fullmatch(account_id.rstrip("/"))
-        if m is None or m["sub"].lower() != self.subscription_id.lower():
-            raise KeyError(f"not an automation account id of this subscription: {account_id}")
-        aa = self._automation.get((m["rg"].lower(), m["name"].lower()))
-        if aa is None:
-            raise KeyError(f"no automation account {account_id}")
-        return aa
-
-    def _update_run_event(
-        self, aa: _AutomationAccount, run: _UpdateRun, cfg: _UpdateConfig | None
-    ) -> dict[str, Any]:
-        return {
-            "automation_account_id": self._aa_id(aa),
-            "software_update_configuration": run.config,
-            "run_id": run.run_id,
-            "status": run.status,
-            "vm_ids": list(cfg.vm_ids) if cfg else [],
-        }
-
-    def _finish_update_run(self, key: tuple[str, str], run_id: str) -> None:
-        with self._transaction():
-            aa = self._automation.get(key)
-            run = aa.runs.get(run_id) if aa else None
-            if aa is None or run is None or run.status != "InProgress":
-                return
-            run.status, run.end_time = "Succeeded", _iso()
-            run.modified = run.end_time
-            self._announce(
-                "software_update_run_finished",
-                self._update_run_event(aa, run, aa.configs.get(run.config.lower())),
-            )
-
-    def _update_configuration_json(self, cfg: _UpdateConfig) -> dict[str, Any]:
-        linux = cfg.os == "Linux"
-        return {
-            "operatingSystem": cfg.os,
-            "windows": None
-            if linux
-            else {
-                "includedUpdateClassifications": "Critical, Security",
-                "excludedKbNumbers": None,
-                "includedKbNumbers": None,
-                "rebootSetting": "IfRequired",
-            },
-            "linux": {
-                "includedPackageClassifications": "Critical, Security",
-                "excludedPackageNameMasks": None,
-                "includedPackageNameMasks": None,
-                "rebootSetting": "IfRequired",
-            }
-            if linux
-            else None,
-            "duration": cfg.duration,
-            "azureVirtualMachines": list(cfg.vm_ids),
-            "nonAzureComputerNames": [],
-            "targets": {"azureQueries": [], "nonAzureQueries": []},
-        }
-
-    @staticmethod
-    def _suc_tasks(pre: str | None, post: str | None) -> dict[str, Any]:
-        return {
-            "preTask": {"source": pre, "parameters": None} if pre else None,
-            "postTask": {"source": post, "parameters": None} if post else None,
-        }
-
-    def _suc_json(self, aa: _AutomationAccount, cfg: _UpdateConfig) -> dict[str, Any]:
-        return {
-            "id": self._suc_id(aa, cfg),
-            "name": cfg.name,
-            "type": "Microsoft.Automation/AutomationAccounts/softwareUpdateConfigurations",
-            "properties": {
-                "updateConfiguration": self._update_configuration_json(cfg),
-                "scheduleInfo": {
-                    "description": "",
-                    "startTime": cfg.start_time,
-                    "startTimeOffsetMinutes": 0,
-                    "expiryTime": "9999-12-31T23:59:59.9999999+00:00",
-                    "expiryTimeOffsetMinutes": 0,
-                    "isEnabled": True,
-                    "nextRun": cfg.start_time,
-                    "nextRunOffsetMinutes": 0,
-                    "interval": 1,
-                    "frequency": "Week",
-                    "creationTime": cfg.created,
-                    "lastModifiedTime": cfg.created,
-                    "timeZone": "UTC",
-                    "advancedSchedule": {
-                        "weekDays": ["Saturday"],
-                        "monthDays": None,
-                        "monthlyOccurrences": None,
-                    },
-                },
-                "tasks": self._suc_tasks(cfg.pre_task, cfg.post_task),
-                "provisioningState": "Succeeded",
-                "createdBy": "",
-                "error": None,
-                "creationTime": cfg.created,
-                "lastModifiedBy": "",
-                "lastModifiedTime": cfg.created,
-            },
-        }
-
-    def _suc_item_json(self, aa: _AutomationAccount, cfg: _UpdateConfig) -> dict[str, Any]:
-        return {
-            "name": cfg.name,
-            "id": self._suc_id(aa, cfg),
-            "properties": {
-                "updateConfiguration": self._update_configuration_json(cfg),
-                "tasks": self._suc_tasks(cfg.pre_task, cfg.post_task),
-                "frequency": "Week",
-                "startTime": cfg.start_time,
-                "creationTime": cfg.created,
-                "lastModifiedTime": cfg.created,
-                "provisioningState": "Succeeded",
-                "nextRun": cfg.start_time,
-            },
-        }
-
-    def _update_run_json(self, aa: _AutomationAccount, run: _UpdateRun) -> dict[str, Any]:
-        def task(source: str | None, job: str, started: bool) -> dict[str, Any] | None:
-            if not source:
-                return None
-            return {"jobId": job, "source": source, "status": "Completed" if started else "New"}
-
-        return {
-            "id": f"{self._aa_id(aa)}/softwareUpdateConfigurationRuns/{run.run_id}",
-            "name": run.run_id,
-            "properties": {
-                "softwareUpdateConfiguration": {"name": run.config},
-                "status": run.status,
-                "tasks": {
-                    "preTask": task(run.pre_task, run.pre_job, True),
-                    "postTask": task(run.post_task, run.post_job, run.end_time is not None),
-                },
-                "configuredDuration": run.duration,
-                "osType": run.os,
-                "startTime": run.start_time,
-                "endTime": run.end_time,
-                "computerCount": run.computer_count,
-                "failedCount": 0,
-                "creationTime": run.start_time,
-                "createdBy": "",
-                "lastModifiedBy": "",
-                "lastModifiedTime": run.modified,
-            },
-        }
-
-    # ---------------------------------------------------------------- automation API
-
-    def _lookup_aa(self, ctx: _Ctx, *, parent: bool = False) -> _AutomationAccount:
-        self._check_subscription(ctx)
-        rg, name = ctx.match["rg"], ctx.match["aa"]
-        self._require_group(rg)
-        aa = self._automation.get((rg.lower(), name.lower()))
-        if aa is None:
-            if parent:
-                raise _parent_not_found(name)
-            raise _resource_not_found(f"Microsoft.Automation/automationAccounts/{name}", rg)
-        return aa
-
-    def _api_get_automation_account(self, ctx: _Ctx) -> _Reply:
-        aa = self._lookup_aa(ctx)
-        body = {
-            "id": self._aa_id(aa),
-            "name": aa.name,
-            "type": "Microsoft.Automation/AutomationAccounts",
-            "location": aa.location,
-            "tags": {},
-            "properties": {
-                "sku": {"name": "Basic"},
-                "state": "Ok",
-                "creationTime": aa.created,
-                "lastModifiedTime": aa.created,
-                "publicNetworkAccess": True,
-                "disableLocalAuth": False,
-            },
-        }
-        return _Reply(200, body)
-
-    def _api_list_software_update_configurations(self, ctx: _Ctx) -> _Reply:
-        aa = self._lookup_aa(ctx, parent=True)
-        configs = [cfg for _, cfg in sorted(aa.configs.items())]
-        flt = ctx.query.get("$filter")
-        if flt:
-            m = _VM_FILTER.fullmatch(flt)
-            if m is None:
-                raise _automation_error(
-                    400,
-                    "BadRequest",
-                    "The $filter is invalid: the sandbox supports only "
-                    "properties/updateConfiguration/azureVirtualMachines/any(m: m eq 'ID').",
-                )
-            vm = m["vm"].lower()
-            configs = [c for c in configs if vm in {v.lower() for v in c.vm_ids}]
-        return _Reply(200, {"value": [self._suc_item_json(aa, c) for c in configs]})
-
-    def _api_get_software_update_configuration(self, ctx: _Ctx) -> _Reply:
-        aa = self._lookup_aa(ctx, parent=True)
-        name = ctx.match["suc"]
-        cfg = aa.configs.get(name.lower())
-        if cfg is None:
-            raise _automation_error(404, "NotFound", f"Software update configuration '{name}' was not found.")
-        return _Reply(200, self._suc_json(aa, cfg))
-
-    def _api_list_software_update_configuration_runs(self, ctx: _Ctx) -> _Reply:
-        aa = self._lookup_aa(ctx, parent=True)
-        runs = sorted(aa.runs.values(), key=lambda r: r.start_time, reverse=True)
-        flt = ctx.query.get("$filter")
-        if flt:
-            for clause in re.split(r"\s+and\s+", flt.strip(), flags=re.IGNORECASE):
-                m = _RUN_FILTER.fullmatch(clause)
-                field_name = m["field"].lower() if m else ""
-                if m is None or field_name not in _RUN_FILTER_FIELDS:
-                    raise _automation_error(
-                        400,
-                        "BadRequest",
-                        f"The $filter clause '{clause}' is invalid: the sandbox supports 'eq' on "
-                        "properties/softwareUpdateConfiguration/name, properties/status, properties/osType.",
-                    )
-                attr, value = _RUN_FILTER_FIELDS[field_name], m["value"].lower()
-                runs = [r for r in runs if str(getattr(r, attr)).lower() == value]
-        skip = _int_query(ctx, "$skip")
-        top = _int_query(ctx, "$top")
-        runs = runs[skip or 0 :]
-        if top is not None:
-            runs = runs[:top]
-        return _Reply(200, {"value": [self._update_run_json(aa, r) for r in runs]})
-
-    def _api_get_software_update_configuration_run(self, ctx: _Ctx) -> _Reply:
-        aa = self._lookup_aa(ctx, parent=True)
-        run_id = ctx.match["run"]
-        run = aa.runs.get(run_id.lower())
-        if run is None:
-            raise _automation_error(
-                404, "NotFound", f"Software update configuration run '{run_id}' was not found."
-            )
-        return _Reply(200, self._update_run_json(aa, run))
-
 
 # --------------------------------------------------------------------------- HTTP server
 
@@ -3269,9 +2856,6 @@ _IMAGE_VERSION = _GALLERY_IMAGE + r"/versions/(?P<version>[^/]+)"
 _MC_COLL = _RG + r"/providers/microsoft\.maintenance/maintenanceconfigurations"
 _MC = _MC_COLL + r"/(?P<mc>[^/]+)"
 _APPLY_UPDATE = _MC + r"/providers/microsoft\.maintenance/applyupdates/(?P<run>[^/]+)"
-_AA = _RG + r"/providers/microsoft\.automation/automationaccounts/(?P<aa>[^/]+)"
-_SUC_COLL = _AA + r"/softwareupdateconfigurations"
-_SUC_RUNS = _AA + r"/softwareupdateconfigurationruns"
 
 # (method, path regex, operation name, is write, ComputeState handler name)
 _ROUTES: list[tuple[str, re.Pattern[str], str, bool, str]] = [
@@ -3331,36 +2915,6 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool, str]] = [
         ("PUT", _MC, "put_maintenance_configuration", True, "_api_put_maintenance_configuration"),
         ("GET", _APPLY_UPDATE, "get_maintenance_run", False, "_api_get_maintenance_run"),
         ("PUT", _APPLY_UPDATE, "cancel_maintenance_run", True, "_api_cancel_maintenance_run"),
-        # Automation
-        ("GET", _AA, "get_automation_account", False, "_api_get_automation_account"),
-        (
-            "GET",
-            _SUC_COLL,
-            "list_software_update_configurations",
-            False,
-            "_api_list_software_update_configurations",
-        ),
-        (
-            "GET",
-            _SUC_COLL + r"/(?P<suc>[^/]+)",
-            "get_software_update_configuration",
-            False,
-            "_api_get_software_update_configuration",
-        ),
-        (
-            "GET",
-            _SUC_RUNS,
-            "list_software_update_configuration_runs",
-            False,
-            "_api_list_software_update_configuration_runs",
-        ),
-        (
-            "GET",
-            _SUC_RUNS + r"/(?P<run>[^/]+)",
-            "get_software_update_configuration_run",
-            False,
-            "_api_get_software_update_configuration_run",
-        ),
     ]
 ]
 

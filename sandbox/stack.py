@@ -114,7 +114,6 @@ class Sandbox:
         self.github_webhook_secret = os.urandom(16).hex()
         self.gallery_image_ids: dict[str, str] = {}  # "linux"/"windows" -> image definition id
         self.maintenance_configuration_id = ""
-        self.automation_account_id = ""
         self._grid_events: queue.Queue[dict[str, Any]] = queue.Queue()
 
     # ---- paths ---------------------------------------------------------------------------
@@ -196,7 +195,6 @@ class Sandbox:
                 replicate_seconds=0,
             )
         self.maintenance_configuration_id = self.compute.add_maintenance_configuration(rg, "sandbox-weekly")
-        self.automation_account_id = self.compute.add_automation_account(rg, "sandbox-automation")
         for pool in opts.pools:
             self.cluster.add_pool(pool, image_version=IMAGE_V1)
         if opts.workloads:
@@ -330,8 +328,8 @@ class Sandbox:
         )
 
     def _event_mappings(self) -> dict[str, Any]:
-        """Map the sandbox's maintenance configuration, gallery images and Automation
-        account to its pools, the way an operator would in their configuration."""
+        """Map the sandbox's maintenance configuration and gallery images to its pools, the
+        way an operator would in their configuration."""
         pools = [
             f"{CLUSTER}/{p.name}"
             for p in self.options.pools
@@ -348,7 +346,6 @@ class Sandbox:
                 {"imageDefinitionId": self.gallery_image_ids[os_name], "pools": refs, "pinVersions": True}
                 for os_name, refs in by_os.items()
             ],
-            "automationAccounts": [self.automation_account_id],
         }
 
     @property
@@ -507,7 +504,6 @@ class Sandbox:
             "gallery_image_definition_id": self.gallery_image_ids.get("linux", ""),
             "gallery_image_definition_ids": dict(self.gallery_image_ids),
             "maintenance_configuration_id": self.maintenance_configuration_id,
-            "automation_account_id": self.automation_account_id,
         }
         tmp = self.endpoints_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")

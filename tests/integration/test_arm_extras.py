@@ -4,7 +4,6 @@
   (``gallery_images``, ``gallery_image_versions``, the ARM LRO poller);
 * Update Manager maintenance runs through a plain azure-core ARM pipeline (the cancel
   API has no SDK: ``PUT {correlationId}?api-version=2023-09-01-preview``);
-* Automation software update configurations and runs through azure-mgmt-automation;
 * :mod:`sandbox.events` posting to a real :class:`sandbox.runner.FunctionsRunner` running
   the fixture app (its ``events`` function records what it received).
 
@@ -30,7 +29,6 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.core.pipeline.policies import ContentDecodePolicy, HeadersPolicy, RequestIdPolicy, RetryPolicy
 from azure.core.rest import HttpRequest, HttpResponse
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-from azure.mgmt.automation import AutomationClient
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import (
     GalleryArtifactVersionFullSource,
@@ -88,7 +86,6 @@ class Arm:
     server: ArmServer
     tls: SandboxTLS
     maintenance_config_id: str
-    automation_account_id: str
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -108,10 +105,8 @@ class Arm:
 def arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm]:
     tmp: Path = tmp_path_factory.mktemp("arm-extras")
     world = World(time_scale=0.01, history_path=tmp / "history.jsonl")
-    # 1 s replication and update runs at this scale.
-    state = ComputeState(
-        world, subscription_id=SUB, durations=ComputeDurations(image_replication=100, software_update_run=100)
-    )
+    # 1 s replication at this scale.
+    state = ComputeState(world, subscription_id=SUB, durations=ComputeDurations(image_replication=100))
     # What the sandbox stack sets up: both node-image definitions with a first version.
     for image, os_type in ((LINUX_IMAGE, "Linux"), (WINDOWS_IMAGE, "Windows")):
         state.add_gallery_image(RG, GALLERY, image, os_type=os_type)
@@ -119,9 +114,8 @@ def arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm]:
             RG, GALLERY, image, V1, tags={"kubernetesVersion": "1.31.4"}, replicate_seconds=0
         )
     config_id = state.add_maintenance_configuration(RG, "sandbox-weekly")
-    account_id = state.add_automation_account(RG, "sandbox-automation")
     with serving_arm(world, state, tmp) as (server, tls):
-        sb = Arm(world, state, server, tls, config_id, account_id)
+        sb = Arm(world, state, server, tls, config_id)
         state.add_listener(sb.record)
         yield sb
 
@@ -129,11 +123,6 @@ def arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm]:
 @pytest.fixture(scope="module")
 def compute(arm: Arm) -> ComputeManagementClient:
     return ComputeManagementClient(DefaultAzureCredential(), SUB, base_url=arm.server.url)
-
-
-@pytest.fixture(scope="module")
-def automation(arm: Arm) -> AutomationClient:
-    return AutomationClient(ManagedIdentityCredential(), SUB, base_url=arm.server.url)
 
 
 class ArmRest:
@@ -402,86 +391,6 @@ def test_a_run_goes_pending_in_progress_completed_on_the_wall_clock(arm: Arm) ->
     with arm.lock:
         kinds = [k for k, p in arm.events if p.get("correlation_id") == correlation_id]
     assert kinds == ["maintenance_scheduled", "maintenance_started", "maintenance_completed"]
-
-
-# ----------------------------------------------------------------------------- Automation
-
-
-def test_software_update_configuration_reads_through_azure_mgmt_automation(
-    arm: Arm, automation: AutomationClient
-) -> None:
-    vm = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachines/vm-01"
-    other = vm.replace("vm-01", "vm-02")
-    arm.state.add_software_update_configuration(
-        arm.automation_account_id, "k8s-nodes-weekly", vm_ids=[vm, vm, other], pre_task="drain-nodes"
-    )
-    arm.state.add_software_update_configuration(
-        arm.automation_account_id, "windows-monthly", vm_ids=[other.replace("vm-02", "win-01")], os="Windows"
-    )
-    config = automation.software_update_configurations.get_by_name(
-        RG, "sandbox-automation", "k8s-nodes-weekly"
-    )
-    assert config.name == "k8s-nodes-weekly" and config.provisioning_state == "Succeeded"
-    update = config.update_configuration
-    assert update is not None and update.operating_system == "Linux"
-    assert update.azure_virtual_machines == [vm, vm, other]
-    assert update.duration == timedelta(hours=2)
-    assert update.linux is not None and update.windows is None
-    assert config.schedule_info is not None and config.schedule_info.frequency == "Week"
-    assert config.tasks is not None and config.tasks.pre_task is not None
-    assert config.tasks.pre_task.source == "drain-nodes"
-
-    listed = automation.software_update_configurations.list(RG, "sandbox-automation")
-    assert sorted(c.name or "" for c in listed.value or []) == ["k8s-nodes-weekly", "windows-monthly"]
-    by_vm = automation.software_update_configurations.list(
-        RG,
-        "sandbox-automation",
-        filter=f"properties/updateConfiguration/azureVirtualMachines/any(m: m eq '{vm}')",
-    )
-    assert [c.name for c in by_vm.value or []] == ["k8s-nodes-weekly"]
-    item = (by_vm.value or [])[0]
-    assert item.update_configuration is not None and item.update_configuration.azure_virtual_machines == [
-        vm,
-        vm,
-        other,
-    ]
-    sent = [e for e in arm.server.request_log if e["operation"] == "get_software_update_configuration"]
-    assert sent[-1]["query"]["api-version"] == "2024-10-23"  # what azure-mgmt-automation 2.0.0 sends
-
-    with pytest.raises(ResourceNotFoundError) as missing:
-        automation.software_update_configurations.get_by_name(RG, "sandbox-automation", "nope")
-    assert missing.value.error is not None and missing.value.error.code == "NotFound"
-    with pytest.raises(ResourceNotFoundError) as no_account:
-        automation.software_update_configurations.get_by_name(RG, "no-account", "k8s-nodes-weekly")
-    assert no_account.value.error is not None and no_account.value.error.code == "ParentResourceNotFound"
-
-
-def test_software_update_runs_read_by_id_and_finish(arm: Arm, automation: AutomationClient) -> None:
-    vm = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/virtualMachines/vm-07"
-    arm.state.add_software_update_configuration(
-        arm.automation_account_id, "runs-probe", vm_ids=[vm, vm.upper()]
-    )
-    run_id = arm.state.start_software_update_run(arm.automation_account_id, "runs-probe")
-    run = automation.software_update_configuration_runs.get_by_id(RG, "sandbox-automation", run_id)
-    assert run.name == run_id and run.status == "InProgress"
-    assert (
-        run.software_update_configuration is not None
-        and run.software_update_configuration.name == "runs-probe"
-    )
-    assert run.computer_count == 1 and run.os_type == "Linux" and run.end_time is None
-    wait_for(
-        lambda: (
-            automation.software_update_configuration_runs.get_by_id(RG, "sandbox-automation", run_id).status
-            == "Succeeded"
-        )
-    )
-    runs = automation.software_update_configuration_runs.list(
-        RG, "sandbox-automation", filter="properties/softwareUpdateConfiguration/name eq 'runs-probe'"
-    )
-    assert [r.name for r in runs.value or []] == [run_id]
-    assert [p["run_id"] for p in arm.events_of("software_update_run_finished")] == [run_id]
-    with pytest.raises(ResourceNotFoundError):
-        automation.software_update_configuration_runs.get_by_id(RG, "sandbox-automation", str(uuid.uuid4()))
 
 
 # ----------------------------------------------------------------------------- Event Grid delivery

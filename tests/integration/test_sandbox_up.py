@@ -58,7 +58,6 @@ def test_sandbox_up_serves_everything_restarts_dead_runners_and_stops_cleanly(tm
             "runner_pids",
             "maintenance_configuration_id",
             "gallery_image_definition_id",
-            "automation_account_id",
             "github_webhook_secret",
             "gitops_repo_url",
             "gitops_branch",
