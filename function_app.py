@@ -2,7 +2,16 @@
 
 import azure.functions as func
 
-from functions import automation_http, azure_events, gitops, node_work, runs_http, schedule, sweeper
+from functions import (
+    automation_http,
+    azure_events,
+    gitops,
+    node_work,
+    openapi_http,
+    runs_http,
+    schedule,
+    sweeper,
+)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -14,5 +23,6 @@ for blueprint in (
     automation_http.bp,
     schedule.bp,
     gitops.bp,
+    openapi_http.bp,
 ):
     app.register_blueprint(blueprint)

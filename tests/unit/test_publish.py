@@ -23,7 +23,7 @@ FUNCIGNORE = ROOT / ".funcignore"
 # What the Functions host needs (Python v2 model): the entry point, host.json, the
 # requirements the remote build installs, the packages function_app.py imports, and the
 # YAML configuration written in the project root (PATCHER_CONFIG_PATH, infra/README.md).
-APP_FILES = {"function_app.py", "host.json", "requirements.txt", "patcher.yaml"}
+APP_FILES = {"function_app.py", "host.json", "requirements.txt", "patcher.yaml", "functions/openapi.yaml"}
 APP_PACKAGES = ("functions", "shared")
 
 # What a session leaves (make demo, make test, make bench, an editor), present or not.
