@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from azure.identity import ManagedIdentityCredential
 
 from sandbox.arm import ArmServer, ComputeState
 from sandbox.tls import SandboxTLS, create_tls
@@ -60,3 +61,9 @@ def serving_arm(world: World, state: ComputeState, tmp: Path) -> Iterator[tuple[
     finally:
         server.stop()
         world.close()
+
+
+def admin_credential(server: ArmServer) -> ManagedIdentityCredential:
+    """The sandbox's scene-setting identity, which ARM never restricts: for tests of how the
+    simulated services behave, not of what the app's identity may do."""
+    return ManagedIdentityCredential(client_id=server.admin_client_id)
