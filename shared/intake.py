@@ -22,7 +22,7 @@ from typing import Any
 
 from shared.budget import resolve_max_unavailable
 from shared.clock import iso
-from shared.compute import ComputeClient, Instance, parse_provider_id
+from shared.compute import Instance, parse_provider_id
 from shared.config import ClusterConfig, PoolConfig
 from shared.errors import NotFoundError, PermanentError, TemporaryError, ValidationError
 from shared.events import (
@@ -233,10 +233,8 @@ class Intake:
         done = self.deps.store.get_record("image-rolled", version_id.lower())
         if done is not None:
             return Outcome("duplicate", f"image version {version_id} was rolled out at {done.get('at')}")
-        subscription = version_id.split("/")[2]
-        compute = self.deps.compute(subscription)
         try:
-            version = compute.get_image_version(version_id)
+            version = self.deps.compute(version_id.split("/")[2]).get_image_version(version_id)
         except NotFoundError:
             return Outcome(
                 "ignored", f"image version {version_id} does not exist (deleted, or an intermediate event)"
@@ -275,7 +273,7 @@ class Intake:
                     notes.append(f"{cluster_name}: run {active} is active; will roll after it")
                     continue
                 targets = self._off_model(
-                    cluster, pool_names, compute, pin=version.id if mapping.pin_versions else None
+                    cluster, pool_names, pin=version.id if mapping.pin_versions else None
                 )
                 if not targets:
                     notes.append(f"{cluster_name}: every node is already on the latest model")
@@ -322,15 +320,16 @@ class Intake:
         self.deps.queue.send(WorkItem("image", "", ref=version_id, seq=attempt + 1), delay=delay)
         return Outcome("waiting", f"{why}; looking again in {delay:.0f}s")
 
-    def _off_model(
-        self, cluster: ClusterConfig, pool_names: list[str], compute: ComputeClient, *, pin: str | None
-    ) -> list[str]:
+    def _off_model(self, cluster: ClusterConfig, pool_names: list[str], *, pin: str | None) -> list[str]:
         """Point the pools' models at the new version (if pinned), then the nodes whose
         instance is not on the latest model."""
         nodes = self.deps.kube(cluster.name).list_nodes()
         targets: list[str] = []
         for pool_name in pool_names:
             pool = cluster.pool(pool_name)
+            # The scale set's own subscription: a central image subscription holds the
+            # gallery, never the scale sets.
+            compute = self.deps.compute(pool.scale_set["subscription"])
             if pin:
                 compute.set_model_image(pool.scale_set_id, pin)
             instances: dict[str, Instance] = {
