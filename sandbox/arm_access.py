@@ -4,8 +4,8 @@ scene-setting identity everything.
 
 The deployment parameters are the ones an operator would write for the sandbox's
 resources (``infra/main.parameters.json``): given explicitly, or, by default, covering
-every scale set, gallery, maintenance configuration and Automation account the served
-subscriptions hold at the moment of the request.
+every scale set, gallery and maintenance configuration the served subscriptions
+hold at the moment of the request.
 """
 
 from __future__ import annotations
@@ -35,27 +35,30 @@ _GALLERY_MARK = "/providers/microsoft.compute/galleries/"
 
 
 def covering_parameters(states: Sequence[ComputeState]) -> dict[str, Any]:
-    """main.bicep's resource parameters for every resource the states hold."""
+    """main.bicep's resource parameters for every resource the states hold (Automation
+    accounts have none: the app no longer reads them)."""
     scale_sets: dict[str, list[str]] = {}
+    flexible: set[str] = set()
     galleries: dict[str, list[str]] = {}
-    accounts: dict[str, list[str]] = {}
     configurations: list[dict[str, Any]] = []
     for state in states:
         sub = state.subscription_id
         with state._lock:
             for ss in state._scale_sets.values():
                 scale_sets.setdefault(_group_id(sub, ss.resource_group), []).append(ss.name)
+                if ss.flexible:
+                    flexible.add(_group_id(sub, ss.resource_group))
             for g in state._galleries.values():
                 galleries.setdefault(_group_id(sub, g.resource_group), []).append(g.name)
-            for aa in state._automation.values():
-                accounts.setdefault(_group_id(sub, aa.resource_group), []).append(aa.name)
             for mc in state._maintenance.values():
                 configurations.append({"id": state._mc_id(mc), "location": state.location})
     return {
-        "scaleSetResourceGroups": [{"id": k, "scaleSets": sorted(v)} for k, v in sorted(scale_sets.items())],
+        "scaleSetResourceGroups": [
+            {"id": k, "scaleSets": sorted(v), **({"flexible": True} if k in flexible else {})}
+            for k, v in sorted(scale_sets.items())
+        ],
         "galleryResourceGroups": [{"id": k, "galleries": sorted(v)} for k, v in sorted(galleries.items())],
         "maintenanceConfigurations": sorted(configurations, key=lambda c: str(c["id"])),
-        "automationAccountGroups": [{"id": k, "accounts": sorted(v)} for k, v in sorted(accounts.items())],
     }
 
 

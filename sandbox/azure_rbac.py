@@ -364,6 +364,10 @@ class _Deployment:
     def deploy(self, path: Path, params: dict[str, Any], target: _Target) -> None:
         doc = _parse(path)
         env = _Env(self, doc, target, path)
+        unknown = sorted(set(params) - set(doc.get("parameters") or {}))
+        if unknown:
+            # As ARM refuses such a deployment (InvalidTemplate).
+            raise ValueError(f"{path.name} declares no parameter {', '.join(unknown)}")
         for name, spec in (doc.get("parameters") or {}).items():
             if name in params:
                 env.values[name] = params[name]
@@ -582,16 +586,21 @@ class _Env:
         if kind == "index_accessor":
             return self.eval(operands["operand_1"])[self.eval(operands["operand_2"])]
         if kind == "property_accessor":
-            value = self.eval(operands["operand_1"])
-            for key in _property_path(operands["operand_2"]):
-                value = value[key]
-            return value
+            return self._access(self.eval(operands["operand_1"]), operands["operand_2"])
         raise ValueError(f"{self.path.name}: Bicep operator {kind!r} is not evaluated by the sandbox")
 
-
-def _property_path(node: Any) -> list[str]:
-    """pycep nests ``a.b.c`` as a.(b.c): the property names after the first operand."""
-    if isinstance(node, str):
-        return [node]
-    ops = node["operator"]["operands"]
-    return [ops["operand_1"], *_property_path(ops["operand_2"])]
+    def _access(self, value: Any, node: Any) -> Any:
+        """``value`` followed by the property path pycep gives after the first operand
+        (it nests ``a.b.c`` as a.(b.c), and ``a.?b ?? c`` as a.(b ?? c))."""
+        if isinstance(node, str):
+            return value[node]
+        kind, operands = node["operator"]["type"], node["operator"]["operands"]
+        if kind == "property_accessor":
+            return self._access(self._access(value, operands["operand_1"]), operands["operand_2"])
+        if kind == "coalesce":
+            try:
+                found = self._access(value, operands["operand_1"])
+            except (KeyError, TypeError):
+                found = None  # the safe dereference: a missing property is null
+            return found if found is not None else self.eval(operands["operand_2"])
+        raise ValueError(f"{self.path.name}: Bicep operator {kind!r} in a property path is not evaluated")

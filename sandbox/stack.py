@@ -26,7 +26,7 @@ import yaml
 
 from sandbox.arm import ArmServer, ComputeDurations, ComputeState
 from sandbox.azurite import ACCOUNT_NAME, Azurite
-from sandbox.cluster import ClusterTimings, PoolSpec, SandboxCluster
+from sandbox.cluster import POOL_LABEL, ClusterTimings, PoolSpec, SandboxCluster
 from sandbox.events import EventGridPublisher, image_version_write_event
 from sandbox.flux import add_flux_objects, start_flux_controller
 from sandbox.kubeapi import KubeAPIServer, KubeStore
@@ -203,7 +203,7 @@ class Sandbox:
         )
         rg = self.cluster.resource_group
         self.gallery_resource_group = IMAGE_RESOURCE_GROUP if opts.image_subscription else rg
-        for definition, os_type in (("aks-ubuntu", "Linux"), ("aks-windows", "Windows")):
+        for definition, os_type in (("k8s-node-ubuntu", "Linux"), ("k8s-node-windows", "Windows")):
             self.gallery_image_ids[os_type.lower()] = self.gallery_compute.add_gallery_image(
                 self.gallery_resource_group, GALLERY, definition, os_type=os_type
             )
@@ -300,7 +300,7 @@ class Sandbox:
                 "scaleSetId": self.cluster.scale_set_id(spec),
                 "os": spec.os,
                 "maxUnavailable": opts.max_unavailable,
-                "nodeSelector": {"kubernetes.azure.com/agentpool": spec.name},
+                "nodeSelector": {POOL_LABEL: spec.name},
                 "drain": {"timeout": round(900 * scale, 2), "deleteEmptyDirData": True, "onTimeout": "fail"},
                 "reimageTimeout": round(3600 * scale, 2),
                 "bootTimeout": round((1800 if spec.os == "windows" else 900) * scale, 2),

@@ -8,15 +8,13 @@ the production code unchanged: clients only get told which CA to trust.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+# A state directory is kept between runs: certificates in it are used again only while
+# they stay valid this much longer (a sandbox may run for hours; a demo for minutes).
+REUSE_MARGIN = dt.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -35,75 +33,30 @@ class SandboxTLS:
         return self.ca_path.read_bytes()
 
 
-def create_tls(directory: Path) -> SandboxTLS:
-    """Create (or reuse) a CA and a server certificate for 127.0.0.1 / localhost in ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_path, cert_path, key_path = (
-        directory / "ca.pem",
-        directory / "server.pem",
-        directory / "server-key.pem",
-    )
-    if ca_path.exists() and cert_path.exists() and key_path.exists():
-        return SandboxTLS(ca_path, cert_path, key_path)
+def _still_valid(*paths: Path, now: dt.datetime) -> bool:
+    from cryptography import x509
 
+    try:
+        certs = [x509.load_pem_x509_certificate(p.read_bytes()) for p in paths]
+    except (OSError, ValueError):
+        return False
+    return all(c.not_valid_before_utc <= now and now + REUSE_MARGIN < c.not_valid_after_utc for c in certs)
+
+
+def create_tls(directory: Path) -> SandboxTLS:
+    """Create a CA and a server certificate for 127.0.0.1 / localhost in ``directory``, or
+    reuse the ones there while they stay valid (an expired pair is replaced)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tls = SandboxTLS(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
     now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vmss-node-patcher sandbox CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return SandboxTLS(ca_path, cert_path, key_path)
+    if tls.key_path.exists() and _still_valid(tls.ca_path, tls.cert_path, now=now):
+        return tls
+
+    import trustme
+
+    ca = trustme.CA(organization_name="vmss-node-patcher sandbox")
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    ca.cert_pem.write_to_path(str(tls.ca_path))
+    server.cert_chain_pems[0].write_to_path(str(tls.cert_path))
+    server.private_key_pem.write_to_path(str(tls.key_path))
+    return tls

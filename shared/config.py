@@ -7,6 +7,7 @@ the same code with short ones. Errors name the offending field and value.
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import timedelta
 from functools import cached_property
@@ -14,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 
 from shared import PRODUCT_PREFIX
@@ -25,6 +35,7 @@ SCALE_SET_ID_RE = re.compile(
     r"/providers/Microsoft\.Compute/virtualMachineScaleSets/(?P<name>[^/]+)$",
     re.IGNORECASE,
 )
+logger = logging.getLogger(__name__)
 PERCENT_RE = re.compile(r"^(\d{1,3})%$")
 
 
@@ -32,13 +43,48 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
+# Go's duration syntax (what Kubernetes users write: 15m, 720h, 1h30m) next to what
+# pydantic already reads (seconds as a number, ISO 8601, HH:MM:SS).
+_GO_DURATION_RE = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d))+$")
+
+
+def _go_duration(value: Any) -> Any:
+    if isinstance(value, str) and _GO_DURATION_RE.match(value.strip()):
+        import durationpy
+
+        try:
+            return durationpy.from_str(value.strip())
+        except durationpy.DurationError as exc:  # e.g. an overflow the pattern lets through
+            raise ValueError(f"not a duration: {value!r} ({exc})") from None
+    return value
+
+
+def _not_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("a duration cannot be negative")
+    return value
+
+
 Seconds = Annotated[
     timedelta,
+    BeforeValidator(_go_duration),
+    AfterValidator(_not_negative),
     WithJsonSchema(
-        {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}]},
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "description": "seconds"},
+                {
+                    "type": "string",
+                    "pattern": _GO_DURATION_RE.pattern,
+                    "description": "Go duration: 15m, 720h",
+                },
+                {"type": "string", "pattern": "^P", "description": "ISO 8601: PT15M, P30D"},
+                {"type": "string", "pattern": r"^\d+:\d{2}:\d{2}$", "description": "HH:MM:SS"},
+            ]
+        },
         mode="validation",
     ),
-    Field(description="seconds, or ISO 8601 (PT10M), or HH:MM:SS"),
+    Field(description="a duration: seconds (a number), Go style (15m, 720h), ISO 8601 (PT15M) or HH:MM:SS"),
 ]
 
 
@@ -52,7 +98,7 @@ class DrainOptions(_Model):
     timeout: Seconds = timedelta(minutes=15)
     delete_emptydir_data: bool = Field(False, alias="deleteEmptyDirData")
     force: bool = False
-    grace_period_seconds: int | None = Field(None, alias="gracePeriodSeconds", ge=0)
+    grace_period_seconds: int | None = Field(None, alias="gracePeriodSeconds", ge=0, description="seconds")
     on_timeout: Literal["fail", "skip"] = Field("fail", alias="onTimeout")
 
 
@@ -60,7 +106,9 @@ class PoolConfig(_Model):
     name: str = Field(min_length=1, max_length=63)
     scale_set_id: str = Field(alias="scaleSetId")
     os: Literal["linux", "windows"] = "linux"
-    max_unavailable: int | str = Field(1, alias="maxUnavailable")
+    max_unavailable: int | str = Field(
+        1, alias="maxUnavailable", description="nodes of the pool out at once: a count, or a percentage (25%)"
+    )
     node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
     opt_out_label: str = Field(f"{PRODUCT_PREFIX}/opt-out", alias="optOutLabel")
     drain: DrainOptions = DrainOptions()
@@ -86,6 +134,11 @@ class PoolConfig(_Model):
         alias="controlPlane",
         description="the pool's nodes run the control plane: patched only if this says so, one at a time",
     )
+    allow_aks_managed: bool = Field(
+        False,
+        alias="allowAksManaged",
+        description="patch a scale set of an AKS-managed node resource group (MC_...) anyway",
+    )
 
     @field_validator("scale_set_id")
     @classmethod
@@ -96,6 +149,19 @@ class PoolConfig(_Model):
                 "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/virtualMachineScaleSets/NAME"
             )
         return value
+
+    @model_validator(mode="after")
+    def _not_aks_managed(self) -> PoolConfig:
+        match = SCALE_SET_ID_RE.match(self.scale_set_id)
+        group = match.group("resource_group") if match else ""
+        if group.lower().startswith("mc_") and not self.allow_aks_managed:
+            raise ValueError(
+                f"pool {self.name}: {group} is an AKS-managed node resource group. Microsoft does not "
+                "support changing AKS nodes through the scale-set API (it renders the cluster "
+                "unsupportable): upgrade AKS node images with AKS itself (node image auto-upgrade or "
+                "'az aks nodepool upgrade --node-image-only'). Set allowAksManaged: true to patch it anyway"
+            )
+        return self
 
     @model_validator(mode="after")
     def _control_plane_one_at_a_time(self) -> PoolConfig:
@@ -140,12 +206,17 @@ class PoolConfig(_Model):
 
 
 class AzureAdAuth(_Model):
-    """Entra ID token auth for AKS-style clusters (AAD-integrated API servers)."""
+    """Entra ID tokens for an API server that accepts them (AKS Engine's AAD integration,
+    or a kubeadm API server with Entra ID as its OIDC issuer)."""
 
     server: str = Field(pattern=r"^https://", description="API server URL")
     ca_setting: str | None = Field(None, alias="caSetting", description="app setting with the CA (PEM)")
-    # The AKS AAD server application id: the same in every tenant.
-    audience: str = "6dae42f8-4368-4678-94ff-3960e28e3630"
+    audience: str = Field(
+        # The Entra server application AKS uses, the same in every tenant; a self-managed
+        # API server names its own (AKS Engine's serverAppID, kubeadm's --oidc-client-id).
+        "6dae42f8-4368-4678-94ff-3960e28e3630",
+        description="the API server's Entra application ID (the token audience)",
+    )
 
 
 class ProxyConfig(_Model):
@@ -158,8 +229,10 @@ class ClusterConfig(_Model):
     kubeconfig: SettingRef | None = None
     azure_ad: AzureAdAuth | None = Field(None, alias="azureAd")
     proxy: ProxyConfig | None = None
-    max_concurrent_nodes: int = Field(4, alias="maxConcurrentNodes", ge=1)
-    max_failed_nodes: int = Field(1, alias="maxFailedNodes", ge=1)
+    max_concurrent_nodes: int = Field(4, alias="maxConcurrentNodes", ge=1, description="nodes, across pools")
+    max_failed_nodes: int = Field(
+        1, alias="maxFailedNodes", ge=1, description="nodes failed before the run stops"
+    )
     pools: list[PoolConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -190,17 +263,23 @@ class WorkflowTiming(_Model):
     drain_retry_interval: Seconds = Field(timedelta(seconds=5), alias="drainRetryInterval")
     lease_duration: Seconds = Field(timedelta(minutes=2), alias="leaseDuration")
     stall_after: Seconds = Field(timedelta(minutes=10), alias="stallAfter")
-    max_transient_retries: int = Field(8, alias="maxTransientRetries", ge=0)
+    max_transient_retries: int = Field(
+        8, alias="maxTransientRetries", ge=0, description="retries of one step"
+    )
     retry_backoff_initial: Seconds = Field(timedelta(seconds=2), alias="retryBackoffInitial")
     retry_backoff_max: Seconds = Field(timedelta(minutes=5), alias="retryBackoffMax")
-    max_reimage_attempts: int = Field(2, alias="maxReimageAttempts", ge=1)
+    max_reimage_attempts: int = Field(
+        2, alias="maxReimageAttempts", ge=1, description="reimage writes per node"
+    )
     # How often an image version that is still replicating, or that waits for a busy
     # cluster, is looked at again.
     image_recheck_interval: Seconds = Field(timedelta(seconds=60), alias="imageRecheckInterval")
     # Compute's "Update VMSS" limit is 12 at once and 4 per minute per scale set; stay
     # a little under it to leave room for other writers (model updates, people).
-    write_burst: int = Field(10, alias="writeBurst", ge=1)
-    writes_per_minute: float = Field(3.5, alias="writesPerMinute", gt=0)
+    write_burst: int = Field(10, alias="writeBurst", ge=1, description="writes at once per scale set")
+    writes_per_minute: float = Field(
+        3.5, alias="writesPerMinute", gt=0, description="writes per minute per scale set"
+    )
     # Waits expected to end soon (evicted pods terminating, a rebooted node turning
     # Ready) are watched inside the invocation for up to this long, so the step moves on
     # the moment they end instead of one re-check interval (plus queue latency) later.
@@ -307,11 +386,22 @@ class EventMappings(_Model):
         default_factory=list, alias="maintenanceConfigurations"
     )
     gallery_images: list[GalleryImageMapping] = Field(default_factory=list, alias="galleryImages")
+    # Azure Automation Update Management is retired and shut down: the field is still read,
+    # so that a configuration written for an older release still loads, and ignored.
     automation_accounts: list[str] = Field(
         default_factory=list,
         alias="automationAccounts",
-        description="Automation account ids whose software update configurations the hook may read",
+        description="retired with Azure Automation Update Management: ignored",
     )
+
+    @model_validator(mode="after")
+    def _automation_retired(self) -> EventMappings:
+        if self.automation_accounts:
+            logger.warning(
+                "events.automationAccounts is ignored: Azure Automation Update Management was retired; "
+                "map Update Manager maintenance configurations under events.maintenanceConfigurations"
+            )
+        return self
 
 
 class GitRepositoryConfig(_Model):
@@ -323,8 +413,35 @@ class GitOpsConfig(_Model):
     secrets: list[SettingRef] = Field(
         default_factory=list, max_length=2, description="webhook secrets (two during rotation)"
     )
-    max_body_bytes: int = Field(5 * 1024 * 1024, alias="maxBodyBytes", ge=1024, le=25 * 1024 * 1024)
+    max_body_bytes: int = Field(
+        5 * 1024 * 1024, alias="maxBodyBytes", ge=1024, le=25 * 1024 * 1024, description="bytes"
+    )
     repositories: list[GitRepositoryConfig] = Field(default_factory=list)
+
+
+NOTICE_KINDS = (
+    "run-started",
+    "run-succeeded",
+    "run-failed",
+    "circuit-breaker-opened",
+    "node-left-cordoned",
+    "run-stalled",
+    "maintenance-run-cancelled",
+    "image-refused",
+    "gitops-sync-failed",
+)
+
+
+class NotificationTarget(_Model):
+    """Where notices go: a Teams or Slack incoming webhook, or any webhook taking JSON."""
+
+    kind: Literal["teams", "slack", "webhook"]
+    url: SettingRef = Field(
+        description="app setting holding the webhook URL (a credential: never in this file)"
+    )
+    events: list[Literal[NOTICE_KINDS]] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="the notices this target wants; none listed = all"
+    )
 
 
 class PatcherConfig(_Model):
@@ -333,6 +450,7 @@ class PatcherConfig(_Model):
     windows: list[WindowConfig] = Field(default_factory=list)
     events: EventMappings = EventMappings()
     gitops: GitOpsConfig = GitOpsConfig()
+    notifications: list[NotificationTarget] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> PatcherConfig:

@@ -123,148 +123,6 @@ def repository_key(url: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class _Version:
-    major: int
-    minor: int
-    patch: int
-    # Pre-release identifiers sort below the release; () is the release itself.
-    pre: tuple[tuple[int, int | str], ...] = ()
-
-    def key(self) -> tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]:
-        return (self.major, self.minor, self.patch, 0 if self.pre else 1, self.pre)
-
-
-_VERSION = re.compile(
-    r"^v?(?P<major>\d+)(?:\.(?P<minor>\d+|[xX*]))?(?:\.(?P<patch>\d+|[xX*]))?"
-    r"(?:-(?P<pre>[0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$"
-)
-
-
-def _pre(text: str | None) -> tuple[tuple[int, int | str], ...]:
-    if not text:
-        return ()
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in text.split("."))
-
-
-def parse_version(text: str) -> _Version | None:
-    """A semantic version as Masterminds/semver (which Flux uses) reads a tag: ``v`` optional,
-    minor and patch optional."""
-    match = _VERSION.match(text.strip())
-    if not match or any(g in ("x", "X", "*") for g in (match.group("minor"), match.group("patch"))):
-        return None
-    return _Version(
-        int(match.group("major")),
-        int(match.group("minor") or 0),
-        int(match.group("patch") or 0),
-        _pre(match.group("pre")),
-    )
-
-
-_TERM = re.compile(r"^(?P<op>!=|>=|=>|<=|=<|~>|[=<>~^])?\s*(?P<version>\S+)$")
-_Check = Callable[[_Version], bool]
-
-
-def _bounds(op: str, text: str) -> tuple[_Check, bool] | None:
-    """One constraint term as a predicate, and whether it names a pre-release."""
-    if text in ("*", "x", "X"):
-        return (lambda _v: True), False
-    match = _VERSION.match(text)
-    if not match:
-        return None
-    major = int(match.group("major"))
-    minor_s, patch_s = match.group("minor"), match.group("patch")
-    wild = {None, "x", "X", "*"}
-    if minor_s in wild and patch_s not in wild:
-        return None
-    pre = _pre(match.group("pre"))
-    minor = 0 if minor_s in wild else int(minor_s)
-    patch = 0 if patch_s in wild else int(patch_s)
-    low = _Version(major, minor, patch, pre).key()
-    # The first version above everything the (possibly partial) version covers.
-    if minor_s in wild:
-        above = _Version(major + 1, 0, 0, ((0, 0),)).key()
-    elif patch_s in wild:
-        above = _Version(major, minor + 1, 0, ((0, 0),)).key()
-    else:
-        above = None
-    exact = _Version(major, minor, patch, pre).key()
-
-    def gte(a: Any) -> _Check:
-        return lambda v: v.key() >= a
-
-    def lt(a: Any) -> _Check:
-        return lambda v: v.key() < a
-
-    def both(f: _Check, g: _Check) -> _Check:
-        return lambda v: f(v) and g(v)
-
-    check: _Check
-    if op in ("", "="):
-        check = both(gte(low), lt(above)) if above else (lambda v: v.key() == exact)
-    elif op == "!=":
-        check = (lambda v: not (low <= v.key() < above)) if above else (lambda v: v.key() != exact)
-    elif op == ">":
-        check = gte(above) if above else (lambda v: v.key() > exact)
-    elif op in (">=", "=>"):
-        check = gte(low)
-    elif op == "<":
-        check = lt(low)
-    elif op in ("<=", "=<"):
-        check = lt(above) if above else (lambda v: v.key() <= exact)
-    elif op in ("~", "~>"):
-        # ~1.2.3 and ~1.2 allow patch changes, ~1 minor changes.
-        top = (
-            _Version(major + 1, 0, 0, ((0, 0),))
-            if minor_s in wild
-            else _Version(major, minor + 1, 0, ((0, 0),))
-        )
-        check = both(gte(low), lt(top.key()))
-    else:  # "^": changes that do not modify the left-most non-zero part
-        if major > 0 or minor_s in wild:
-            top = _Version(major + 1, 0, 0, ((0, 0),))
-        elif minor > 0 or patch_s in wild:
-            top = _Version(0, minor + 1, 0, ((0, 0),))
-        else:
-            top = _Version(0, 0, patch + 1, ((0, 0),))
-        check = both(gte(low), lt(top.key()))
-    return check, bool(pre)
-
-
-def semver_allows(constraint: str, version: _Version) -> bool | None:
-    """Whether a Masterminds/semver constraint admits ``version``; None if it cannot be parsed.
-
-    Supported: ``||`` alternatives, terms joined by ``,`` or spaces, hyphen ranges
-    (``1.2 - 1.4.5``), ``= != > < >= <= ~ ~> ^`` and ``x``/``*`` wildcards. As in
-    Masterminds, a pre-release only satisfies a group that itself names a pre-release.
-    """
-    text = constraint.strip()
-    if not text:
-        return None
-    for raw in text.split("||"):
-        alternative = re.sub(r"(?<=[=<>~^])\s+", "", raw.strip())
-        hyphen = re.fullmatch(r"(\S+)\s+-\s+(\S+)", alternative)
-        terms = (
-            [f">={hyphen.group(1)}", f"<={hyphen.group(2)}"] if hyphen else re.split(r"[,\s]+", alternative)
-        )
-        checks: list[_Check] = []
-        names_pre = False
-        for term in filter(None, terms):
-            match = _TERM.match(term)
-            bounds = _bounds(match.group("op") or "", match.group("version")) if match else None
-            if bounds is None:
-                return None
-            checks.append(bounds[0])
-            names_pre |= bounds[1]
-        if not checks:
-            return None
-        if version.pre and not names_pre:
-            continue
-        if all(check(version) for check in checks):
-            return True
-    return False
-
-
-@dataclass(frozen=True)
 class RefMatch:
     matches: bool
     reason: str
@@ -289,16 +147,11 @@ def ref_matches(spec_ref: Any, *, pushed_ref: str, commit_ids: Iterable[str] = (
         return RefMatch(name == pushed_ref, f"tracks ref {name}")
     semver = str(ref.get("semver") or "").strip()
     if semver:
+        # Flux resolves the range itself (and may pick an older tag than the one pushed):
+        # any new tag can change what the range resolves to, so a tag push asks it to look.
         if not pushed_ref.startswith("refs/tags/"):
             return RefMatch(False, f"tracks tags matching {semver}; {pushed_ref} is not a tag")
-        version = parse_version(pushed_ref[len("refs/tags/") :])
-        if version is None:
-            return RefMatch(False, f"tracks tags matching {semver}; {pushed_ref} is not a version")
-        allowed = semver_allows(semver, version)
-        if allowed is None:
-            # Cannot evaluate the range here: asking Flux to look costs one no-op reconcile.
-            return RefMatch(True, f"tracks tags matching {semver} (range not understood; assumed to match)")
-        return RefMatch(allowed, f"tracks tags matching {semver}")
+        return RefMatch(True, f"tracks tags matching {semver}; Flux resolves the range")
     tag = str(ref.get("tag") or "").strip()
     if tag:
         return RefMatch(pushed_ref == f"refs/tags/{tag}", f"tracks tag {tag}")

@@ -15,6 +15,7 @@ half done with nobody told (a cancelled run whose pending nodes stay pending).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -28,16 +29,14 @@ DEFAULT_ATTEMPTS = 5
 def backoff(attempt: int, *, initial: float, maximum: float, jitter: float = 0.25) -> float:
     """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1):
     ``initial`` doubling up to ``maximum``, plus up to ``jitter`` x ``initial`` at random,
-    so that waiters that failed together do not come back together."""
-    import tenacity
+    so that waiters that failed together do not come back together.
 
-    # tenacity's wait strategies read only the attempt number from the call state.
-    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    state.attempt_number = max(1, attempt)
-    strategy = tenacity.wait_exponential(multiplier=initial, min=initial, max=maximum) + tenacity.wait_random(
-        0, initial * jitter
-    )
-    return min(maximum, float(strategy(state)))
+    The loop these waits belong to is the queue (each attempt is a new delivery) or a
+    watch being re-established, so no in-process retrier can own it; this is the delay
+    tenacity's ``wait_exponential + wait_random`` would give, without forging its call
+    state."""
+    exponential = initial * 2 ** min(max(1, attempt) - 1, 62)
+    return min(maximum, max(initial, exponential) + random.uniform(0, initial * jitter))
 
 
 def retry_on_conflict(

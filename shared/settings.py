@@ -55,14 +55,6 @@ class AppSettings:
         if not config_path:
             raise ConfigError("app setting PATCHER_CONFIG_PATH is required (path of the YAML configuration)")
         conn = env.get(STORAGE, "").strip() or None
-        if conn == "UseDevelopmentStorage=true":
-            conn = (
-                "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-                "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
-                "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
-                "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
-                "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
-            )
         # Identity-based connection, as the Functions host itself reads it.
         account = env.get(f"{STORAGE}__accountName", "").strip()
         queue_uri = env.get(f"{STORAGE}__queueServiceUri", "").strip() or (

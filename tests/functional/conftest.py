@@ -6,15 +6,14 @@ from typing import Any
 import pytest
 
 from shared.app import use_collaborators
+from tests.app_functions import app_functions
 from tests.harness import Harness
 
 
 @pytest.fixture(scope="session")
 def functions() -> dict[str, Any]:
-    """The app's functions by name, indexed once (get_functions() may run once per app)."""
-    import function_app
-
-    return {f.get_function_name(): f for f in function_app.app.get_functions()}
+    """The app's functions by name."""
+    return app_functions()
 
 
 @pytest.fixture

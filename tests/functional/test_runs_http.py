@@ -147,3 +147,64 @@ def test_delete_lock_of_a_run_in_progress_needs_force_and_names_the_run(
     body = json.loads(resp.get_body())
     assert (body["by"], body["forced"], body["runState"]) == ("function key", True, "running")
     assert harness.store.active_run("test") is None
+
+
+def test_a_dry_run_answers_what_would_happen_and_writes_nothing(functions: dict, harness: Harness) -> None:
+    harness.kube.nodes["win-1"]["spec"]["unschedulable"] = True  # somebody else's cordon
+    before = json.dumps(harness.kube.nodes, sort_keys=True)
+
+    resp = call(
+        functions,
+        "runs_collection",
+        "POST",
+        "/api/runs",
+        {"cluster": "test", "reason": "first", "dryRun": True},
+    )
+
+    assert resp.status_code == 200
+    plan = json.loads(resp.get_body())
+    assert plan["dryRun"] is True and plan["wouldStart"] is True and plan["activeRun"] is None
+    assert plan["pools"]["linux"]["maxUnavailable"] == 1
+    by_name = {n["name"]: n for n in plan["nodes"]}
+    assert by_name["linux-0"] == {"name": "linux-0", "pool": "linux", "action": "patch", "wave": 1}
+    assert by_name["linux-1"]["wave"] == 2  # budget 1: one node of the pool at a time
+    assert by_name["win-1"]["action"] == "skip" and "cordoned by someone else" in by_name["win-1"]["reason"]
+    # Nothing claimed, stored, queued or touched: a real run can start right after.
+    assert json.dumps(harness.kube.nodes, sort_keys=True) == before
+    assert harness.store.active_run("test") is None and harness.store.list_runs() == []
+    assert harness.queue.sent == []
+    assert call(functions, "runs_collection", "POST", "/", {"cluster": "test"}).status_code == 202
+
+
+def test_a_dry_run_on_a_busy_cluster_says_it_would_not_start(functions: dict, harness: Harness) -> None:
+    first = json.loads(call(functions, "runs_collection", "POST", "/", {"cluster": "test"}).get_body())["id"]
+    plan = json.loads(
+        call(functions, "runs_collection", "POST", "/", {"cluster": "test", "dryRun": True}).get_body()
+    )
+    assert plan["wouldStart"] is False and plan["activeRun"] == first
+    assert [r.id for r in harness.store.list_runs()] == [first]
+
+
+def test_a_dry_run_flag_that_is_not_a_boolean_is_refused(functions: dict, harness: Harness) -> None:
+    resp = call(functions, "runs_collection", "POST", "/", {"cluster": "test", "dryRun": "yes"})
+    assert resp.status_code == 400 and "dryRun" in json.loads(resp.get_body())["error"]
+
+
+def test_a_body_nested_thousands_deep_is_refused_with_400_before_parsing(
+    functions: dict, harness: Harness
+) -> None:
+    resp = call(functions, "runs_collection", "POST", "/api/runs", b"[" * 5000 + b"]" * 5000)
+    assert resp.status_code == 400
+    assert "nests deeper than 32 levels" in json.loads(resp.get_body())["error"]
+    # Brackets inside strings are text, not nesting.
+    resp = call(functions, "runs_collection", "POST", "/", {"cluster": "test", "reason": "[" * 100})
+    assert resp.status_code == 202
+
+
+def test_a_run_id_no_table_key_can_be_is_404_not_500(functions: dict, harness: Harness) -> None:
+    for run_id in ("../../x", "a#b", "q?x=1", "bell\x07", "x" * 2000):
+        got = call(functions, "run_item", "GET", "/", route_params={"id": run_id})
+        assert got.status_code == 404, run_id
+        assert "not found" in json.loads(got.get_body())["error"]
+        acted = call(functions, "run_action", "POST", "/", route_params={"id": run_id, "action": "cancel"})
+        assert acted.status_code == 404, run_id

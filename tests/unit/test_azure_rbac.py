@@ -229,7 +229,6 @@ def infra() -> AccessControl:
             "scaleSetResourceGroups": [{"id": NODES, "scaleSets": ["vmss-a", "vmss-b"]}],
             "galleryResourceGroups": [{"id": IMAGES, "galleries": ["gal"]}],
             "maintenanceConfigurations": [{"id": MC, "location": "westeurope"}],
-            "automationAccountGroups": [{"id": NODES, "accounts": ["ops"]}],
         },
         principal_id="app",
         subscription_id="s-app",
@@ -259,7 +258,8 @@ def infra() -> AccessControl:
         ("GET", f"{IMAGES}/providers/Microsoft.Compute/galleries/other/images/i/versions/1.0.0", False),
         ("PUT", f"{MC}/providers/Microsoft.Maintenance/applyUpdates/run1", True),
         ("GET", f"{MC}/providers/Microsoft.Maintenance/applyUpdates/run1", False),
-        ("GET", f"{ACCOUNTS}/ops/softwareUpdateConfigurations/weekly", True),
+        # The Automation hook is retired: nothing of an account is granted.
+        ("GET", f"{ACCOUNTS}/ops/softwareUpdateConfigurations/weekly", False),
         ("GET", f"{ACCOUNTS}/ops/softwareUpdateConfigurationRuns/r1", False),
         ("GET", f"{ACCOUNTS}/other/softwareUpdateConfigurations/weekly", False),
     ],
@@ -280,6 +280,33 @@ def test_operation_polls_are_granted_on_the_scale_sets_group_not_the_subscriptio
     assert not infra.allowed("app", poll, IMAGES)
 
 
+def test_a_parameter_main_bicep_does_not_declare_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"main\.bicep declares no parameter automationAccountGroups"):
+        AccessControl.from_bicep(
+            {"automationAccountGroups": []}, principal_id="app", subscription_id="s", resource_group="rg"
+        )
+
+
 def test_nothing_is_granted_to_anyone_else_or_at_subscription_scope(infra: AccessControl) -> None:
     assert {a.principal_id for a in infra.assignments} == {"app"}
     assert all("/resourceGroups/" in a.scope for a in infra.assignments)
+
+
+@pytest.mark.parametrize("flexible", [True, False])
+def test_flexible_groups_get_the_vm_actions_on_the_group_and_others_do_not(flexible: bool) -> None:
+    group = {"id": NODES, "scaleSets": ["vmss-f"], **({"flexible": True} if flexible else {})}
+    control = AccessControl.from_bicep(
+        {"scaleSetResourceGroups": [group]},
+        principal_id="app",
+        subscription_id="s-app",
+        resource_group="rg-app",
+    )
+    vm = f"{NODES}/providers/Microsoft.Compute/virtualMachines/vmss-f_0a1b2c3d"
+    for method, path in (
+        ("GET", vm),
+        ("POST", f"{vm}/reimage"),
+        ("GET", f"{NODES}/providers/Microsoft.Compute/virtualMachines"),
+    ):
+        request = request_action(method, path)
+        assert control.allowed("app", request.action, request.scope) is flexible
+    assert not control.allowed("app", "Microsoft.Compute/virtualMachines/write", vm)

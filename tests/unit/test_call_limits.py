@@ -95,3 +95,17 @@ def test_timeouts_that_would_outlive_half_the_lease_are_reported() -> None:
     assert timeout_problem(_settings(), lease=120) is None  # 2 x 10 + 30 = 50 s
     problem = timeout_problem(_settings(PATCHER_READ_TIMEOUT="60"), lease=120)
     assert problem is not None and "leaseDuration" in problem and "80 s" in problem
+
+
+def test_the_emulator_shorthand_goes_to_the_sdks_which_read_it_as_azurite() -> None:
+    from azure.data.tables import TableServiceClient
+
+    from shared.workqueue import StorageWorkQueue
+
+    settings = _settings()
+    assert settings.storage_connection_string == "UseDevelopmentStorage=true"
+    queue = StorageWorkQueue.from_settings(settings)
+    assert queue._queue.url.startswith("http://127.0.0.1:10001/devstoreaccount1/")
+    # TableRunStore.from_settings builds its service client from the same string.
+    service = TableServiceClient.from_connection_string(settings.storage_connection_string)
+    assert service.url.startswith("http://127.0.0.1:10002/devstoreaccount1")

@@ -78,3 +78,61 @@ def test_a_lease_margin_as_long_as_the_lease_is_refused() -> None:
     base["workflow"]["leaseMargin"] = base["workflow"]["leaseDuration"]
     with pytest.raises(ConfigError, match="leaseMargin must be shorter than leaseDuration"):
         parse_config(base)
+
+
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [
+        ("15m", 900),
+        ("720h", 30 * 24 * 3600),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        ("500ms", 0.5),
+        (900, 900),
+        ("PT15M", 900),
+        ("00:15:00", 900),
+    ],
+)
+def test_durations_are_read_as_kubernetes_users_write_them(written: object, seconds: float) -> None:
+    data = yaml.safe_load((CONFIG_DIR / "patcher.example.yaml").read_text())
+    data["clusters"][0]["pools"][0]["drain"] = {"timeout": written}
+    config = parse_config(data)
+    assert config.clusters[0].pools[0].drain.timeout.total_seconds() == seconds
+    schema = json.loads((CONFIG_DIR / "patcher.schema.json").read_text())
+    jsonschema.validate(data, schema)
+
+
+@pytest.mark.parametrize("written", ["-5m", -3, "15 minutes", "5x", "m15"])
+def test_a_negative_or_unreadable_duration_names_the_field(written: object) -> None:
+    data = yaml.safe_load((CONFIG_DIR / "patcher.example.yaml").read_text())
+    data["clusters"][0]["pools"][0]["drain"] = {"timeout": written}
+    with pytest.raises(ConfigError, match=r"clusters\[0\]\.pools\[0\]\.drain\.timeout"):
+        parse_config(data)
+
+
+@pytest.mark.parametrize("group", ["MC_prod_aks_westeurope", "mc_prod_weu"])
+def test_an_aks_managed_node_resource_group_is_refused_unless_forced(group: str) -> None:
+    data = yaml.safe_load((CONFIG_DIR / "patcher.example.yaml").read_text())
+    pool = data["clusters"][0]["pools"][0]
+    pool["scaleSetId"] = (
+        f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/{group}"
+        "/providers/Microsoft.Compute/virtualMachineScaleSets/aks-system-12345678-vmss"
+    )
+    with pytest.raises(
+        ConfigError, match=rf"{group} is an AKS-managed node resource group.*allowAksManaged: true"
+    ):
+        parse_config(data)
+    pool["allowAksManaged"] = True
+    assert parse_config(data).clusters[0].pools[0].allow_aks_managed
+
+
+def test_automation_accounts_of_an_older_configuration_load_and_are_said_to_be_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = yaml.safe_load((CONFIG_DIR / "patcher.example.yaml").read_text())
+    data["events"]["automationAccounts"] = [
+        "/subscriptions/0/resourceGroups/ops/providers/Microsoft.Automation/automationAccounts/ops"
+    ]
+    with caplog.at_level("WARNING", logger="shared.config"):
+        parse_config(data)
+    assert "events.automationAccounts is ignored" in caplog.text

@@ -65,3 +65,13 @@ def test_cancel_that_keeps_conflicting_says_so_instead_of_leaving_nodes_pending(
     # A repeated cancel finishes the job.
     RunService(h.deps).cancel(run_id)
     assert NodeState.PENDING not in {n.state for n in h.store.list_nodes(run_id)}
+
+
+def test_backoff_doubles_from_the_initial_wait_up_to_the_maximum_with_bounded_jitter() -> None:
+    from shared.retry import backoff
+
+    for attempt, low in [(0, 2.0), (1, 2.0), (2, 4.0), (3, 8.0), (5, 32.0), (6, 60.0), (10_000, 60.0)]:
+        waits = {backoff(attempt, initial=2.0, maximum=60.0) for _ in range(50)}
+        assert all(low <= w <= min(60.0, low + 0.5) for w in waits), (attempt, sorted(waits)[:3])
+        if low < 60.0:
+            assert len(waits) > 1, "waiters that failed together would come back together"
