@@ -43,7 +43,7 @@ def test_an_image_version_in_another_subscription_rolls_the_pool_of_this_one(san
     version_id = sandbox.gallery_compute.publish_image_version(
         sandbox.gallery_resource_group,
         GALLERY,
-        "aks-ubuntu",
+        "k8s-node-ubuntu",
         version,
         tags={"kubernetesVersion": KUBERNETES_VERSION},
         replicate_seconds=50,
@@ -61,7 +61,8 @@ def test_an_image_version_in_another_subscription_rolls_the_pool_of_this_one(san
     assert len(run["nodes"]) == 3
     report = driver.check(run, since=since, image=version)
     assert report.ok, report.violations
-    vmss = sandbox.compute.scale_set(sandbox.cluster.resource_group, "vmss-alpha")  # type: ignore[union-attr]
+    (pool,) = sandbox.options.pools
+    vmss = sandbox.compute.scale_set(sandbox.cluster.resource_group, pool.scale_set)  # type: ignore[union-attr]
     assert vmss["properties"]["virtualMachineProfile"]["storageProfile"]["imageReference"]["id"] == version_id
     # Every call went to the resource's own subscription, and ARM refused none of them.
     arm = [r for r in sandbox.arm_server.request_log if r["t"] >= since]  # type: ignore[union-attr]
