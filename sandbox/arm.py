@@ -138,6 +138,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
+from sandbox.arm_access import ArmAccess
+from sandbox.azure_rbac import Principal
 from sandbox.tls import SandboxTLS
 from sandbox.world import World
 
@@ -2923,6 +2925,8 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool, str]] = [
 class _Issued:
     resource: str
     expires_on: int
+    # Whom ARM authorizes: the app's identity; None for the sandbox's scene-setting one.
+    principal: Principal | None = None
 
 
 class IncompleteBodyError(ConnectionError):
@@ -3060,7 +3064,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ArmServer:
-    """HTTPS front for a ComputeState, plus the managed-identity token endpoint."""
+    """HTTPS front for a ComputeState (one per subscription it serves), plus the
+    managed-identity token endpoint.
+
+    The identity endpoint issues tokens for two identities: the app's (the default, as
+    App Service's system-assigned identity), authorized against the role assignments
+    ``infra/`` declares for ``deployment`` (main.bicep's parameters; by default covering
+    every resource served), and the scene-setter's (``client_id=admin_client_id``, a
+    user-assigned identity of the sandbox: image pipelines, tests), never restricted."""
 
     def __init__(
         self,
@@ -3069,10 +3080,21 @@ class ArmServer:
         host: str = "127.0.0.1",
         port: int = 0,
         tls: SandboxTLS | None = None,
+        subscriptions: Iterable[ComputeState] = (),
+        deployment: dict[str, Any] | None = None,
     ) -> None:
         self.state = state
+        self.states = {s.subscription_id.lower(): s for s in (state, *subscriptions)}
         self.identity_header = secrets.token_urlsafe(24)
         self.client_id = str(uuid.uuid4())
+        self.principal_id = str(uuid.uuid4())  # the app identity's object id
+        self.admin_client_id = str(uuid.uuid4())
+        self.access = ArmAccess(
+            self.states,
+            principal_id=self.principal_id,
+            deployment=deployment,
+            app_subscription=state.subscription_id,
+        )
         self.tenant_id = str(uuid.uuid4())
         self.request_log: list[dict[str, Any]] = []
         self._log_lock = threading.Lock()
@@ -3105,9 +3127,12 @@ class ArmServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def issue_token(self, resource: str = "https://management.azure.com/") -> str:
-        """Mint a token as the identity endpoint would (for tests that bypass azure-identity)."""
+    def issue_token(self, resource: str = "https://management.azure.com/", *, admin: bool = False) -> str:
+        """Mint a token as the identity endpoint would (for tests that bypass azure-identity):
+        the app's, or with ``admin`` the unrestricted scene-setter's."""
         now = int(time.time())
+        client_id = self.admin_client_id if admin else self.client_id
+        object_id = client_id if admin else self.principal_id
         expires_on = now + _TOKEN_LIFETIME_S
 
         def b64(obj: dict[str, Any]) -> str:
@@ -3124,8 +3149,8 @@ class ArmServer:
                         "iat": now,
                         "nbf": now,
                         "exp": expires_on,
-                        "appid": self.client_id,
-                        "oid": self.client_id,
+                        "appid": client_id,
+                        "oid": object_id,
                         "tid": self.tenant_id,
                         "jti": secrets.token_hex(8),
                     }
@@ -3134,7 +3159,9 @@ class ArmServer:
             ]
         )
         with self._token_lock:
-            self._tokens[token] = _Issued(resource.rstrip("/"), expires_on)
+            self._tokens[token] = _Issued(
+                resource.rstrip("/"), expires_on, None if admin else Principal(client_id, object_id)
+            )
         return token
 
     # ---------------------------------------------------------------- dispatch
@@ -3250,6 +3277,9 @@ class ArmServer:
         denied = self._authenticate(headers)
         if denied is not None:
             return denied
+        # Each subscription's resources are their own state; an unknown one answers
+        # SubscriptionNotFound from the first.
+        state = self.states.get(match.get("sub", "").lower(), self.state)
         api_version = lquery.get("api-version", "")
         if not api_version:
             return _Reply(
@@ -3269,7 +3299,13 @@ class ArmServer:
                 )
             return _Reply(404, arm_error("NotFound", f"No HTTP resource was found that matches '{path}'."))
 
-        fault = self.state.faults._take_request_fault(operation)
+        principal = self._principal(headers)
+        if principal is not None:
+            refused = self.access.check(principal, method, path, match, raw)
+            if refused is not None:
+                return _Reply(refused[0], refused[1])
+
+        fault = state.faults._take_request_fault(operation)
         if fault is not None:
             reply = _Reply(
                 fault.status,
@@ -3303,7 +3339,6 @@ class ArmServer:
             base_url=self.url,
             api_version=api_version,
         )
-        state = self.state
         hold = state.faults._take_hold(operation)
         if hold is not None:
             port = int(self._httpd.server_address[1])
@@ -3345,6 +3380,13 @@ class ArmServer:
         if request_id:
             reply.headers["x-ms-request-id"] = request_id
         return reply
+
+    def _principal(self, headers: dict[str, str]) -> Principal | None:
+        """Whom an authenticated request is authorized as (None: unrestricted)."""
+        token = headers.get("authorization", "").partition(" ")[2].strip()
+        with self._token_lock:
+            issued = self._tokens.get(token)
+        return issued.principal if issued is not None else None
 
     def _authenticate(self, headers: dict[str, str]) -> _Reply | None:
         challenge = {
@@ -3424,9 +3466,9 @@ class ArmServer:
         if not resource:
             return fail(400, "The resource query parameter is required.")
         wanted = query.get("client_id")
-        if wanted and wanted != self.client_id:
+        if wanted and wanted not in (self.client_id, self.admin_client_id):
             return fail(400, f"No managed identity with client_id '{wanted}' is assigned to this app.")
-        token = self.issue_token(resource)
+        token = self.issue_token(resource, admin=wanted == self.admin_client_id)
         with self._token_lock:
             expires_on = self._tokens[token].expires_on
         return _Reply(
@@ -3436,6 +3478,6 @@ class ArmServer:
                 "expires_on": str(expires_on),
                 "resource": resource,
                 "token_type": "Bearer",
-                "client_id": self.client_id,
+                "client_id": wanted or self.client_id,
             },
         )

@@ -51,8 +51,11 @@ def publish_image(sandbox: Sandbox, version: str, *, pools: list[str] | None = N
     os.environ["IDENTITY_ENDPOINT"] = sandbox.arm_server.identity_endpoint
     os.environ["IDENTITY_HEADER"] = sandbox.arm_server.identity_header
     os.environ["REQUESTS_CA_BUNDLE"] = str(sandbox.tls.ca_path)
+    # The pipeline's own identity, not the app's: it may do what the app may not.
     client = ComputeManagementClient(
-        ManagedIdentityCredential(), sandbox.cluster.subscription_id, base_url=sandbox.arm_server.url
+        ManagedIdentityCredential(client_id=sandbox.arm_server.admin_client_id),
+        sandbox.cluster.subscription_id,
+        base_url=sandbox.arm_server.url,
     )
     rg = sandbox.cluster.resource_group
     for spec in sandbox.options.pools:
@@ -77,13 +80,13 @@ def publish_gallery_version(sandbox: Sandbox, version: str) -> list[str]:
     sandbox delivers to the app's ``azure_events`` function as Event Grid would."""
     from sandbox.stack import GALLERY, KUBERNETES_VERSION
 
-    assert sandbox.compute and sandbox.cluster
+    assert sandbox.gallery_compute
     definitions = sorted(
         {"k8s-node-windows" if p.os == "windows" else "k8s-node-ubuntu" for p in sandbox.options.pools}
     )
     return [
-        sandbox.compute.publish_image_version(
-            sandbox.cluster.resource_group,
+        sandbox.gallery_compute.publish_image_version(
+            sandbox.gallery_resource_group,
             GALLERY,
             definition,
             version,

@@ -42,6 +42,8 @@ SUBSCRIPTION = "8f3e2a71-5c1d-4b8e-9a2f-0c6d7e1b4a90"
 CLUSTER = "sandbox"
 IMAGE_V1 = "2026.11.01"
 GALLERY = "sandboxgallery"
+# Where the gallery lives when it has a subscription of its own (image_subscription).
+IMAGE_RESOURCE_GROUP = "rg-node-images"
 KUBERNETES_VERSION = "1.31.4"  # what the sandbox API server and kubelets report
 DEFAULT_POOLS = "linux:linux:6,win:windows:3"
 # Platform settings the deployment sets (infra/app/functionapp.bicep), so that the runners
@@ -90,6 +92,9 @@ class SandboxOptions:
     # as ``sandbox.table_proxy.faults``. Off by default: the extra hop would shift the
     # benchmarks' timings.
     table_faults: bool = False
+    # The Compute Gallery in a subscription of its own (a central image subscription, as
+    # many organisations have), served by the same ARM; None keeps it beside the scale sets.
+    image_subscription: str | None = None
 
 
 class Sandbox:
@@ -101,6 +106,8 @@ class Sandbox:
         self.kube: KubeStore | None = None
         self.kube_server: KubeAPIServer | None = None
         self.compute: ComputeState | None = None
+        self.gallery_compute: ComputeState | None = None  # the gallery's subscription
+        self.gallery_resource_group = ""
         self.arm_server: ArmServer | None = None
         self.cluster: SandboxCluster | None = None
         self.azurite: Azurite | None = None
@@ -176,18 +183,31 @@ class Sandbox:
         self.compute = ComputeState(
             self.world, subscription_id=SUBSCRIPTION, durations=opts.compute_durations
         )
-        self.arm_server = ArmServer(self.compute, tls=tls)
+        self.gallery_compute = self.compute
+        if opts.image_subscription:
+            self.gallery_compute = ComputeState(
+                self.world, subscription_id=opts.image_subscription, durations=opts.compute_durations
+            )
+        # The app's identity may do what infra/ grants for the sandbox's resources, as
+        # deployed with parameters naming all of them (the pools, gallery, maintenance
+        # configuration and Automation account the configuration maps).
+        self.arm_server = ArmServer(
+            self.compute,
+            tls=tls,
+            subscriptions=[self.gallery_compute] if self.gallery_compute is not self.compute else [],
+        )
         self.arm_server.start()
         self.cluster = SandboxCluster(
             self.world, self.kube, self.compute, subscription_id=SUBSCRIPTION, timings=opts.cluster_timings
         )
         rg = self.cluster.resource_group
+        self.gallery_resource_group = IMAGE_RESOURCE_GROUP if opts.image_subscription else rg
         for definition, os_type in (("k8s-node-ubuntu", "Linux"), ("k8s-node-windows", "Windows")):
-            self.gallery_image_ids[os_type.lower()] = self.compute.add_gallery_image(
-                rg, GALLERY, definition, os_type=os_type
+            self.gallery_image_ids[os_type.lower()] = self.gallery_compute.add_gallery_image(
+                self.gallery_resource_group, GALLERY, definition, os_type=os_type
             )
-            self.compute.publish_image_version(
-                rg,
+            self.gallery_compute.publish_image_version(
+                self.gallery_resource_group,
                 GALLERY,
                 definition,
                 IMAGE_V1,
@@ -216,6 +236,8 @@ class Sandbox:
         self._supervisor.start()
         # ARM's resource-group topic -> Event Grid subscription -> the app's azure_events function.
         self.compute.add_listener(self._on_compute_event)
+        if self.gallery_compute is not self.compute:
+            self.gallery_compute.add_listener(self._on_compute_event)
         threading.Thread(target=self._forward_events, name="eventgrid-forwarder", daemon=True).start()
         self.write_endpoints()
 
@@ -443,7 +465,7 @@ class Sandbox:
             self._grid_events.put(
                 image_version_write_event(
                     payload["resource_id"],
-                    subscription_id=SUBSCRIPTION,
+                    subscription_id=payload["resource_id"].split("/")[2],
                     tenant_id=self.arm_server.tenant_id,
                     correlation_id=payload["correlation_id"],
                     operation_name=payload["operation_name"],
@@ -486,6 +508,7 @@ class Sandbox:
             "functions_url": self.functions_url,
             "runner_urls": [f"http://127.0.0.1:{p}" for p in self.runner_ports],
             "subscription_id": SUBSCRIPTION,
+            "image_subscription_id": self.gallery_compute.subscription_id if self.gallery_compute else "",
             "github_webhook_secret": self.github_webhook_secret,
             "gitops_repo_url": GITOPS_REPO_URL,
             "gitops_branch": GITOPS_BRANCH,

@@ -277,10 +277,8 @@ class Intake:
         done = self.deps.store.get_record(IMAGE_ROLLED, version_id.lower())
         if done is not None:
             return Outcome("duplicate", f"image version {version_id} was rolled out at {done.get('at')}")
-        subscription = version_id.split("/")[2]
-        compute = self.deps.compute(subscription)
         try:
-            version = compute.get_image_version(version_id)
+            version = self.deps.compute(version_id.split("/")[2]).get_image_version(version_id)
         except NotFoundError:
             return Outcome(
                 "ignored", f"image version {version_id} does not exist (deleted, or an intermediate event)"
@@ -330,7 +328,7 @@ class Intake:
                     continue
                 refusals: dict[str, str] = {}
                 if mapping.pin_versions:
-                    refusals = self._self_upgrading(cluster, pool_names, compute)
+                    refusals = self._self_upgrading(cluster, pool_names)
                     notes += [f"{cluster_name}/{pool}: refused, {why}" for pool, why in refusals.items()]
                     if len(refusals) == len(pool_names):
                         refused = True
@@ -339,7 +337,6 @@ class Intake:
                 targets = self._off_model(
                     cluster,
                     writable,
-                    compute,
                     pin=version.id if mapping.pin_versions else None,
                     nodes=nodes,
                 )
@@ -459,17 +456,20 @@ class Intake:
         self.deps.queue.send(WorkItem("image", "", ref=version_id, seq=attempt + 1), delay=delay)
         return Outcome("waiting", f"{why}; looking again in {delay:.0f}s")
 
-    @staticmethod
-    def _self_upgrading(
-        cluster: ClusterConfig, pool_names: list[str], compute: ComputeClient
-    ) -> dict[str, str]:
+    def _scale_sets_client(self, pool: PoolConfig) -> ComputeClient:
+        """The client of the scale set's own subscription: a central image subscription
+        holds the gallery, never the scale sets."""
+        return self.deps.compute(pool.scale_set["subscription"])
+
+    def _self_upgrading(self, cluster: ClusterConfig, pool_names: list[str]) -> dict[str, str]:
         """The pools whose scale set would upgrade itself, unguarded, if its model were
         written (upgradePolicy Automatic or Rolling), with why: read for every pool before
         any model is written, so a refusal leaves every model as it was."""
         refusals = {}
         for pool_name in pool_names:
             pool = cluster.pool(pool_name)
-            problem = unguarded_upgrade(pool.scale_set["name"], compute.get_upgrade_policy(pool.scale_set_id))
+            policy = self._scale_sets_client(pool).get_upgrade_policy(pool.scale_set_id)
+            problem = unguarded_upgrade(pool.scale_set["name"], policy)
             if problem:
                 refusals[pool_name] = problem
         return refusals
@@ -478,7 +478,6 @@ class Intake:
         self,
         cluster: ClusterConfig,
         pool_names: list[str],
-        compute: ComputeClient,
         *,
         pin: str | None,
         nodes: list[Node],
@@ -488,6 +487,7 @@ class Intake:
         targets: list[str] = []
         for pool_name in pool_names:
             pool = cluster.pool(pool_name)
+            compute = self._scale_sets_client(pool)
             if pin:
                 compute.set_model_image(pool.scale_set_id, pin)
             instances: dict[str, Instance] = {

@@ -3,11 +3,13 @@ what the ARM-level integration tests share."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from azure.identity import ManagedIdentityCredential
 
 from sandbox.arm import ArmServer, ComputeState
 from sandbox.tls import SandboxTLS, create_tls
@@ -48,11 +50,20 @@ def managed_identity_env(server: ArmServer, ca_path: Path) -> Iterator[None]:
 
 
 @contextmanager
-def serving_arm(world: World, state: ComputeState, tmp: Path) -> Iterator[tuple[ArmServer, SandboxTLS]]:
-    """``state`` served over TLS, with the managed identity pointed at it; stopped (and
+def serving_arm(
+    world: World,
+    state: ComputeState,
+    tmp: Path,
+    *,
+    subscriptions: Iterable[ComputeState] = (),
+    deployment: dict[str, Any] | None = None,
+) -> Iterator[tuple[ArmServer, SandboxTLS]]:
+    """``state`` (and the states of more ``subscriptions``) served over TLS, with the
+    managed identity pointed at it, granted what infra/ grants for ``deployment``
+    (main.bicep's parameters; by default naming every resource served); stopped (and
     ``world`` closed) afterwards."""
     tls = create_tls(tmp / "tls")
-    server = ArmServer(state, tls=tls)
+    server = ArmServer(state, tls=tls, subscriptions=subscriptions, deployment=deployment)
     server.start()
     try:
         with managed_identity_env(server, tls.ca_path):
@@ -60,3 +71,9 @@ def serving_arm(world: World, state: ComputeState, tmp: Path) -> Iterator[tuple[
     finally:
         server.stop()
         world.close()
+
+
+def admin_credential(server: ArmServer) -> ManagedIdentityCredential:
+    """The sandbox's scene-setting identity, which ARM never restricts: for tests of how the
+    simulated services behave, not of what the app's identity may do."""
+    return ManagedIdentityCredential(client_id=server.admin_client_id)

@@ -44,6 +44,11 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     sb.start()
     yield sb
     sb.stop()
+    # The app runs with exactly infra/'s grants: a refusal it shrugged off (an event
+    # acknowledged as unrelated, say) would otherwise go unnoticed.
+    assert sb.arm_server is not None
+    refused = [r for r in sb.arm_server.request_log if r["status"] == 403]
+    assert not refused, f"ARM refused the app's identity: {refused[:5]}"
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ServiceResponseError
-from azure.identity import DefaultAzureCredential
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import (
     ImageReference,
@@ -35,7 +34,7 @@ from azure.mgmt.compute.models import (
 
 from sandbox.arm import ComputeDurations, ComputeState
 from sandbox.world import World
-from tests.integration.arm_helpers import serving_arm
+from tests.integration.arm_helpers import admin_credential, serving_arm
 from tests.integration.test_arm_fidelity import (
     LINUX_V2,
     RG,
@@ -63,7 +62,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 @pytest.fixture(scope="module")
 def client(sandbox: Sandbox) -> ComputeManagementClient:
     # retry_total=0, as the app's client: every answer is seen as it came.
-    return ComputeManagementClient(DefaultAzureCredential(), SUB, base_url=sandbox.server.url, retry_total=0)
+    return ComputeManagementClient(
+        admin_credential(sandbox.server), SUB, base_url=sandbox.server.url, retry_total=0
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -223,7 +224,7 @@ def test_accept_then_drop_looks_like_a_read_timeout_to_a_client_that_gives_up_fi
 ) -> None:
     name = sandbox.new_scale_set(capacity=1)
     impatient = ComputeManagementClient(
-        DefaultAzureCredential(), SUB, base_url=sandbox.server.url, retry_total=0, read_timeout=0.5
+        admin_credential(sandbox.server), SUB, base_url=sandbox.server.url, retry_total=0, read_timeout=0.5
     )
     impatient.virtual_machine_scale_sets.get(RG, name)  # a token first, outside the timed call
     sandbox.state.faults.accept_then_drop("reimage", after=30)

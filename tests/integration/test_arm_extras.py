@@ -28,7 +28,7 @@ import pytest
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.policies import ContentDecodePolicy, HeadersPolicy, RequestIdPolicy, RetryPolicy
 from azure.core.rest import HttpRequest, HttpResponse
-from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+from azure.identity import ManagedIdentityCredential
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import (
     GalleryArtifactVersionFullSource,
@@ -53,7 +53,7 @@ from sandbox.events import (
 from sandbox.runner import FunctionsRunner
 from sandbox.tls import SandboxTLS
 from sandbox.world import World
-from tests.integration.arm_helpers import serving_arm
+from tests.integration.arm_helpers import admin_credential, serving_arm
 
 pytestmark = pytest.mark.integration
 
@@ -122,13 +122,13 @@ def arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm]:
 
 @pytest.fixture(scope="module")
 def compute(arm: Arm) -> ComputeManagementClient:
-    return ComputeManagementClient(DefaultAzureCredential(), SUB, base_url=arm.server.url)
+    return ComputeManagementClient(admin_credential(arm.server), SUB, base_url=arm.server.url)
 
 
 class ArmRest:
     """A bare azure-core ARM pipeline, as the app uses for the cancel call (no SDK has it)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, credential: Any) -> None:
         self.base_url = base_url
         self.client: ARMPipelineClient[HttpRequest, HttpResponse] = ARMPipelineClient(
             base_url=base_url,
@@ -136,7 +136,7 @@ class ArmRest:
                 RequestIdPolicy(),
                 HeadersPolicy(),
                 RetryPolicy(retry_total=0),
-                ARMChallengeAuthenticationPolicy(ManagedIdentityCredential(), SCOPE),
+                ARMChallengeAuthenticationPolicy(credential, SCOPE),
                 ContentDecodePolicy(),
             ],
         )
@@ -151,7 +151,13 @@ class ArmRest:
 
 @pytest.fixture(scope="module")
 def rest(arm: Arm) -> ArmRest:
-    return ArmRest(arm.server.url)
+    return ArmRest(arm.server.url, admin_credential(arm.server))
+
+
+@pytest.fixture(scope="module")
+def app_rest(arm: Arm) -> ArmRest:
+    """As the app's identity, which may cancel a run and nothing else here."""
+    return ArmRest(arm.server.url, ManagedIdentityCredential())
 
 
 # ----------------------------------------------------------------------------- Compute Gallery
@@ -329,7 +335,9 @@ def test_maintenance_configuration_reads_as_an_in_guest_patch_schedule(arm: Arm,
     )
 
 
-def test_cancel_before_the_cutoff_answers_202_and_the_run_reads_cancelled(arm: Arm, rest: ArmRest) -> None:
+def test_cancel_before_the_cutoff_answers_202_and_the_run_reads_cancelled(
+    arm: Arm, rest: ArmRest, app_rest: ArmRest
+) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     run_id, correlation_id = arm.state.schedule_maintenance_run(
         arm.maintenance_config_id, now + timedelta(hours=1), now + timedelta(hours=3)
@@ -339,7 +347,7 @@ def test_cancel_before_the_cutoff_answers_202_and_the_run_reads_cancelled(arm: A
     assert rest("GET", correlation_id, "2023-09-01-preview").json()["properties"]["status"] == ("Pending")
 
     cancel = {"properties": {"status": "Cancel"}}
-    response = rest("PUT", correlation_id, "2023-09-01-preview", cancel)
+    response = app_rest("PUT", correlation_id, "2023-09-01-preview", cancel)
     assert response.status_code == 202
     body = response.json()
     assert body["id"] == correlation_id.lower() and body["name"] == run_id
@@ -349,7 +357,7 @@ def test_cancel_before_the_cutoff_answers_202_and_the_run_reads_cancelled(arm: A
     after = rest("GET", correlation_id, "2023-09-01-preview").json()
     assert after["properties"]["status"] == "Cancelled"
     # At-least-once delivery: cancelling again is harmless.
-    assert rest("PUT", correlation_id, "2023-09-01-preview", cancel).status_code == 202
+    assert app_rest("PUT", correlation_id, "2023-09-01-preview", cancel).status_code == 202
     cancelled = [r for r in arm.history("maintenance_cancelled") if r["correlation_id"] == correlation_id]
     assert len(cancelled) == 1
     assert cancelled[0]["maintenance_configuration_id"] == arm.maintenance_config_id
@@ -358,7 +366,9 @@ def test_cancel_before_the_cutoff_answers_202_and_the_run_reads_cancelled(arm: A
     assert cancel_log[-1]["query"]["api-version"] == "2023-09-01-preview" and cancel_log[-1]["write"]
 
 
-def test_cancel_past_the_cutoff_or_with_an_old_api_version_is_refused(arm: Arm, rest: ArmRest) -> None:
+def test_cancel_past_the_cutoff_or_with_an_old_api_version_is_refused(
+    arm: Arm, rest: ArmRest, app_rest: ArmRest
+) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     _, soon = arm.state.schedule_maintenance_run(
         arm.maintenance_config_id, now + timedelta(minutes=5), now + timedelta(hours=2)
@@ -368,7 +378,7 @@ def test_cancel_past_the_cutoff_or_with_an_old_api_version_is_refused(arm: Arm, 
     )
     cancel = {"properties": {"status": "Cancel"}}
     for correlation_id, status in ((soon, "Pending"), (running, "InProgress")):
-        response = rest("PUT", correlation_id, "2023-09-01-preview", cancel)
+        response = app_rest("PUT", correlation_id, "2023-09-01-preview", cancel)
         assert response.status_code == 409
         assert response.json()["error"]["code"] == "Conflict"
         assert "cut-off" in response.json()["error"]["message"]

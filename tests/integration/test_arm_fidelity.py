@@ -38,7 +38,7 @@ from azure.mgmt.compute.models import (
 from sandbox.arm import ArmServer, ComputeDurations, ComputeState
 from sandbox.tls import SandboxTLS
 from sandbox.world import World
-from tests.integration.arm_helpers import serving_arm
+from tests.integration.arm_helpers import admin_credential, serving_arm
 
 pytestmark = pytest.mark.integration
 
@@ -181,13 +181,15 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 @pytest.fixture(scope="module")
 def client(sandbox: Sandbox) -> ComputeManagementClient:
-    return ComputeManagementClient(DefaultAzureCredential(), SUB, base_url=sandbox.server.url)
+    return ComputeManagementClient(admin_credential(sandbox.server), SUB, base_url=sandbox.server.url)
 
 
 @pytest.fixture(scope="module")
 def no_retry_client(sandbox: Sandbox) -> ComputeManagementClient:
     """Sees every error response as is, instead of azure-core's automatic retries."""
-    return ComputeManagementClient(DefaultAzureCredential(), SUB, base_url=sandbox.server.url, retry_total=0)
+    return ComputeManagementClient(
+        admin_credential(sandbox.server), SUB, base_url=sandbox.server.url, retry_total=0
+    )
 
 
 # ----------------------------------------------------------------------------- identity
@@ -382,7 +384,7 @@ def test_reimage_poller_resumes_from_a_continuation_token_in_a_new_client(
         RG, name, VirtualMachineScaleSetReimageParameters(instance_ids=["0"]), polling_interval=POLL
     ).continuation_token()
     # A different process would build its own client and credential from scratch.
-    other = ComputeManagementClient(DefaultAzureCredential(), SUB, base_url=sandbox.server.url)
+    other = ComputeManagementClient(admin_credential(sandbox.server), SUB, base_url=sandbox.server.url)
     resumed = other.virtual_machine_scale_sets.begin_reimage(
         RG, name, continuation_token=token, polling_interval=POLL
     )
@@ -577,8 +579,8 @@ def test_write_limit_answers_429_on_the_13th_rapid_write_and_refills(
     monkeypatch.setenv("IDENTITY_ENDPOINT", server.identity_endpoint)
     monkeypatch.setenv("IDENTITY_HEADER", server.identity_header)
     try:
-        strict = ComputeManagementClient(DefaultAzureCredential(), SUB, base_url=server.url, retry_total=0)
-        patient = ComputeManagementClient(DefaultAzureCredential(), SUB, base_url=server.url)
+        strict = ComputeManagementClient(admin_credential(server), SUB, base_url=server.url, retry_total=0)
+        patient = ComputeManagementClient(admin_credential(server), SUB, base_url=server.url)
 
         def write(c: ComputeManagementClient, name: str, n: int) -> object:
             update = VirtualMachineScaleSetUpdate(tags={"n": str(n)})

@@ -45,7 +45,7 @@ from sandbox.kubeapi import KubeStore
 from sandbox.world import World
 from shared.compute import ComputeClient, InstanceRef, UnguardedUpgradeError, parse_provider_id
 from shared.errors import PermanentError
-from tests.integration.arm_helpers import serving_arm
+from tests.integration.arm_helpers import admin_credential, serving_arm
 
 pytestmark = pytest.mark.integration
 
@@ -104,13 +104,15 @@ def modes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Modes]:
     for spec in (FLEX, FLEX_OTHER, AUTO, ROLLING, GUARDED):
         cluster.add_pool(spec, image_version="2026.11.01")
     cluster.add_deployment("shop", "web", replicas=16, pdb_max_unavailable=1)
+    # The models' gallery: ARM lets the app point a model only at an image it may read.
+    state.add_gallery_image(RG, "sandboxgallery", "k8s-node-ubuntu", os_type="Linux")
     with serving_arm(world, state, tmp) as (server, _tls):
         yield Modes(world, state, kube, cluster, server)
 
 
 @pytest.fixture(scope="module")
 def client(modes: Modes) -> ComputeManagementClient:
-    return ComputeManagementClient(DefaultAzureCredential(), SUB, base_url=modes.server.url)
+    return ComputeManagementClient(admin_credential(modes.server), SUB, base_url=modes.server.url)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
