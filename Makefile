@@ -15,7 +15,7 @@ STAMP_NPM := node_modules/.installed
 # it gets a virtualenv of its own inside .venv, and only the infra tests use it.
 STAMP_CHECKOV := $(VENV)/checkov/.installed
 
-.PHONY: install python-version demo test lint unit integration bench clean
+.PHONY: install python-version demo test lint unit integration bench fuzz clean
 
 install: $(STAMP_DEMO) $(STAMP_PY) $(STAMP_NPM) $(STAMP_CHECKOV)
 
@@ -61,6 +61,15 @@ unit: $(STAMP_PY)
 
 bench: $(STAMP_PY) $(STAMP_NPM)
 	$(PY) -m bench
+
+# The long fuzz campaign (not in `make test`, which runs the bounded schemathesis pass):
+# every payload parser under hypothesis, then schemathesis with many more examples per
+# operation against the sandbox. Prints the inputs tried; any failure names its input.
+FUZZ_EXAMPLES ?= 15000
+FUZZ_API_EXAMPLES ?= 1000
+fuzz: $(STAMP_PY) $(STAMP_NPM)
+	PATCHER_FUZZ=1 PATCHER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s tests/fuzz
+	PATCHER_FUZZ_EXAMPLES=$(FUZZ_API_EXAMPLES) $(PY) -m pytest -q tests/integration/test_api_fuzz.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .sandbox

@@ -1153,8 +1153,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD" and body:
             self.wfile.write(body)
 
-    # BaseHTTPRequestHandler dispatches on these stdlib names; every method goes through routing.
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle  # noqa: N815
+    # BaseHTTPRequestHandler dispatches on do_<METHOD>: every method, even one it has never
+    # heard of, goes through the routing, so a method no route takes gets the host's 404,
+    # never http.server's 501.
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("do_"):
+            return self._handle
+        raise AttributeError(name)
 
 
 def _json_response(status: int, payload: Any) -> HttpResult:
