@@ -2,12 +2,22 @@
 
 import azure.functions as func
 
-from functions import automation_http, azure_events, gitops, node_work, runs_http, schedule, sweeper
+from functions import (
+    automation_http,
+    azure_events,
+    gitops,
+    node_work,
+    plans_http,
+    runs_http,
+    schedule,
+    sweeper,
+)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 for blueprint in (
     runs_http.bp,
+    plans_http.bp,
     node_work.bp,
     sweeper.bp,
     azure_events.bp,

@@ -17,7 +17,7 @@ from shared.clock import iso
 from shared.config import ClusterConfig
 from shared.errors import ConcurrencyError, NotFoundError, TemporaryError, ValidationError
 from shared.model import NodeState, NodeWork, Run, RunState
-from shared.planner import left_alone, plan_run
+from shared.planner import plan_run
 from shared.retry import retry_on_conflict
 from shared.workflow import Collaborators
 from shared.workqueue import WorkItem
@@ -92,45 +92,12 @@ class RunService:
 
     def preview(self, request: StartRequest) -> dict[str, Any]:
         """What ``start`` would do with ``request``, from the same plan, and without a
-        single write: which nodes it would patch in which wave, which it would leave alone
-        and why, and whether the cluster is free to take it now."""
-        cluster = self._cluster(request.cluster)
-        listed = self.deps.kube(cluster.name).list_nodes()
-        run, planned = plan_run(
-            cluster,
-            listed,
-            reason=request.reason,
-            now=self.deps.clock.now(),
-            trigger=request.trigger,
-            pools=request.pools,
-            only_nodes=request.nodes,
-        )
-        by_name = {n.name: n for n in listed}
-        patched_in_pool: dict[str, int] = {}
-        nodes = []
-        for work in planned:
-            why = left_alone(by_name[work.name], cluster.pool(work.pool))
-            view: dict[str, Any] = {"name": work.name, "pool": work.pool}
-            if why is not None:
-                view |= {"action": "skip", "reason": why}
-            else:
-                # A wave is one budget's worth of the pool; the cluster's maxConcurrentNodes
-                # and drains that take longer can only spread them out further.
-                position = patched_in_pool.get(work.pool, 0)
-                patched_in_pool[work.pool] = position + 1
-                view |= {"action": "patch", "wave": 1 + position // run.pools[work.pool].max_unavailable}
-            nodes.append(view)
-        active = self.deps.store.active_run(cluster.name)
-        return {
-            "dryRun": True,
-            "cluster": cluster.name,
-            "wouldStart": active is None,
-            "activeRun": active,
-            "pools": {name: b.to_json() for name, b in run.pools.items()},
-            "maxConcurrentNodes": run.max_concurrent_nodes,
-            "leftOut": run.left_out,
-            "nodes": nodes,
-        }
+        single write (``shared/plan.py``): which nodes it would patch in which wave and why,
+        which it would leave alone and why, the estimated durations and windows, what would
+        block each node now, and whether the cluster is free to take it."""
+        from shared.plan import build_plan
+
+        return build_plan(self.deps, self._cluster(request.cluster), request)
 
     def start(self, request: StartRequest) -> Run:
         cluster = self._cluster(request.cluster)
