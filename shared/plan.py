@@ -6,9 +6,9 @@ that the plan is what the run then follows: ``plan_run`` picks and orders the no
 budgets, ``maxConcurrentNodes`` and the nodes already unavailable, and ``plan_drain`` /
 ``blocking_budgets`` (the drain step's own filters) say what would hold each node up now.
 
-Waves are admission rounds: the nodes a run admits together, the next round starting when
-the previous one has ended. A wave is estimated to take its slowest node; a node's duration
-is the median cordon-to-uncordon time its pool measured in the cluster's latest runs, else
+Waves are admission rounds: the nodes a run admits together, at its start and then each
+time nodes end and free their slots. A wave is estimated to take its slowest node; a node's
+duration is the median cordon-to-uncordon time its pool measured in the cluster's latest runs, else
 the configured ``estimatedNodeDuration``. Nothing here writes: no claim, no record, no
 message, no cordon.
 """
@@ -82,35 +82,48 @@ def plan_waves(
     node_seconds: Mapping[str, float],
 ) -> WavePlan:
     """Admission rounds over ``ordered`` (node, pool) in plan order, as the run's admissions
-    would make them if nothing changed meanwhile: each round admits what the budgets allow
-    with nothing of ours in flight, and starts when the round before it has ended."""
+    would make them if nothing changed meanwhile: one when the run starts, then one each
+    time nodes end (each node taking its pool's duration) and free their slots."""
     plan = WavePlan()
     pending = list(ordered)
     observed = {pool: PoolObservation(unavailable.get(pool, frozenset())) for pool in max_unavailable}
-    start = 0.0
+    held: dict[str, set[str]] = {}
+    running: list[tuple[float, str, str]] = []  # (ends after, node, pool)
+    now = 0.0
     while pending:
         decision = choose_admissions(
             pending=pending,
-            held={},
+            held=held,
             max_unavailable=max_unavailable,
             observed=observed,
             max_concurrent_nodes=max_concurrent_nodes,
         )
-        if not decision.admit:
+        if decision.admit:
+            admitted = set(decision.admit)
+            pools = {pool for name, pool in pending if name in admitted}
+            wave = Wave(
+                number=len(plan.waves) + 1,
+                nodes=tuple(decision.admit),
+                starts_after=now,
+                duration=max(node_seconds[p] for p in pools),
+            )
+            plan.waves.append(wave)
+            for name, pool in pending:
+                if name in admitted:
+                    plan.wave_of[name] = wave.number
+                    held.setdefault(pool, set()).add(name)
+                    running.append((now + node_seconds[pool], name, pool))
+            pending = [(name, pool) for name, pool in pending if name not in admitted]
+        if not pending:
+            break
+        if not running:
             plan.never = {name: decision.waiting.get(pool, "no budget slot") for name, pool in pending}
             break
-        admitted = set(decision.admit)
-        pools = {pool for name, pool in pending if name in admitted}
-        wave = Wave(
-            number=len(plan.waves) + 1,
-            nodes=tuple(decision.admit),
-            starts_after=start,
-            duration=max(node_seconds[p] for p in pools),
-        )
-        plan.waves.append(wave)
-        plan.wave_of |= {name: wave.number for name in decision.admit}
-        pending = [(name, pool) for name, pool in pending if name not in admitted]
-        start = wave.ends_after
+        # The next nodes to end free their slots; the admission after them is the next wave.
+        now = min(end for end, _, _ in running)
+        for entry in [r for r in running if r[0] <= now]:
+            running.remove(entry)
+            held[entry[2]].discard(entry[1])
     return plan
 
 
