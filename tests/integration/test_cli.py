@@ -1,0 +1,146 @@
+"""vmss-patcher, the real command in its own process, against the sandbox: the runners serve
+the app's HTTP functions, which talk to the simulated ARM and Kubernetes API server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sandbox.stack import CLUSTER, Sandbox
+from tests.integration.sandbox_helpers import Driver
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(sandbox: Sandbox, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMSS_PATCHER_")}
+    env["VMSS_PATCHER_URL"] = sandbox.functions_url
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def frozen_api(sandbox: Sandbox) -> Iterator[str]:
+    """A PodDisruptionBudget that allows no disruption of shop/api, made by the cluster's
+    admin through the real client; removed afterwards so that rollouts can drain again."""
+    from kubernetes import client, config
+
+    api = client.PolicyV1Api(config.new_client_from_config(str(sandbox.kubeconfig_path)))
+    body = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": "api-freeze", "namespace": "shop"},
+        "spec": {"minAvailable": "100%", "selector": {"matchLabels": {"app": "api"}}},
+    }
+    api.create_namespaced_pod_disruption_budget("shop", body)
+    try:
+        yield "shop/api-freeze"
+    finally:
+        api.delete_namespaced_pod_disruption_budget("api-freeze", "shop")
+
+
+def test_plan_prints_waves_eta_and_the_blockers_now(
+    sandbox: Sandbox, driver: Driver, frozen_api: str
+) -> None:
+    assert sandbox.kube is not None
+    api_pods = [p for p in sandbox.kube.list("pods", "shop") if p["metadata"]["name"].startswith("api")]
+    as_json = json.loads(
+        cli(sandbox, "plan", "--cluster", CLUSTER, "--pools", "alpha,beta", "-o", "json").stdout
+    )
+    patched = {n["name"] for n in as_json["nodes"] if n["action"] == "patch"}
+    expected = {p["spec"]["nodeName"] for p in api_pods} & patched
+    assert expected, "the scene has api pods on the nodes to patch"
+
+    result = cli(sandbox, "plan", "--cluster", CLUSTER, "--pools", "alpha,beta")
+
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"Plan for cluster {CLUSTER}" in out
+    assert "WAVE" in out and "ETA:" in out and "waves, about" in out
+    assert "Blockers now" in out
+    blocker_lines = [line for line in out.splitlines() if f"PodDisruptionBudget {frozen_api}" in line]
+    # Every node with an api pod names the budget, and the pod's Deployment (not its ReplicaSet).
+    assert {line.split(":")[0].strip() for line in blocker_lines} == expected
+    assert all("allows 0 disruptions" in line and "(Deployment/api)" in line for line in blocker_lines)
+
+    # The session's pools have a budget of 2 and the cluster a limit of 6 nodes at once.
+    assert all(len(w["nodes"]) <= 6 for w in as_json["waves"])
+    assert as_json["estimatedSeconds"] > 0
+    assert {n["action"] for n in as_json["nodes"]} <= {"patch", "skip"}
+
+
+def test_runs_lists_a_table_and_json_filtered_by_cluster_and_state(sandbox: Sandbox, driver: Driver) -> None:
+    run_id = driver.start(nodes=[driver.nodes_of("beta")[0]])
+    driver.wait(run_id)
+
+    table = cli(sandbox, "runs", "--cluster", CLUSTER)
+    assert table.returncode == 0, table.stderr
+    header = table.stdout.splitlines()[0].split()
+    assert header[:4] == ["ID", "CLUSTER", "STATE", "TRIGGER"]
+    assert any(line.startswith(run_id) and "succeeded" in line for line in table.stdout.splitlines())
+
+    listed = json.loads(cli(sandbox, "runs", "--state", "succeeded", "-o", "json").stdout)
+    assert run_id in [r["id"] for r in listed["runs"]]
+    assert {r["state"] for r in listed["runs"]} == {"succeeded"}
+    assert json.loads(cli(sandbox, "runs", "--cluster", "elsewhere", "-o", "json").stdout)["runs"] == []
+    paged = yaml.safe_load(cli(sandbox, "runs", "--limit", "1", "-o", "yaml").stdout)
+    assert len(paged["runs"]) == 1 and paged["total"] >= 1
+
+    shown = cli(sandbox, "show", run_id)
+    assert shown.returncode == 0 and f"Run {run_id}" in shown.stdout and "succeeded" in shown.stdout
+
+
+def test_start_then_watch_follows_the_run_to_its_end(sandbox: Sandbox, driver: Driver) -> None:
+    node = driver.nodes_of("alpha")[0]
+
+    started = cli(
+        sandbox, "start", "--cluster", CLUSTER, "--nodes", node, "--reason", "cli test", "-o", "json"
+    )
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout)["id"]
+    # The cluster is taken: a second start is refused with the API's reason, in one line.
+    again = cli(sandbox, "start", "--cluster", CLUSTER, "--nodes", node)
+    assert again.returncode == 1
+    assert again.stderr.count("\n") == 1 and "HTTP 409" in again.stderr and run_id in again.stderr
+
+    watched = cli(sandbox, "watch", run_id, "--interval", "0.3", timeout=240)
+
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert f"run {run_id} succeeded" in watched.stdout
+    for state in ("draining", "reimaging", "succeeded"):
+        assert any(node in line and state in line for line in watched.stdout.splitlines()), state
+    assert driver.get(run_id)["state"] == "succeeded"
+
+
+def test_http_failures_are_one_line_and_exit_1(sandbox: Sandbox) -> None:
+    for args in (("show", "no-such-run"), ("cancel", "no-such-run"), ("syncs", "no-such-delivery")):
+        result = cli(sandbox, *args)
+        assert result.returncode == 1, args
+        assert result.stdout == "" and result.stderr.count("\n") == 1 and "HTTP 404" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_bad_input_is_one_line_and_exit_2(sandbox: Sandbox) -> None:
+    refused_by_the_api = cli(sandbox, "plan", "--cluster", "no-such-cluster")
+    assert refused_by_the_api.returncode == 2
+    assert "HTTP 400" in refused_by_the_api.stderr and "unknown cluster" in refused_by_the_api.stderr
+    unknown_pool = cli(sandbox, "start", "--cluster", CLUSTER, "--pools", "nope")
+    assert unknown_pool.returncode == 2 and "unknown pools" in unknown_pool.stderr
+    for result in (refused_by_the_api, unknown_pool):
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
