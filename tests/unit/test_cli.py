@@ -183,3 +183,20 @@ def test_an_unreachable_app_is_one_line_and_exit_1() -> None:
     assert (
         code == 1 and err.startswith("vmss-patcher: cannot reach http://127.0.0.1:9") and err.count("\n") == 1
     )
+
+
+def test_watch_exits_3_when_the_run_ends_without_success(api: tuple[Recorder, str]) -> None:
+    recorder, url = api
+    run_body = {
+        "id": "r1",
+        "state": "failed",
+        "stateReason": "1 nodes failed: n1",
+        "counts": {"failed": 1},
+        "nodes": [{"name": "n1", "pool": "p", "state": "failed", "reason": "drain timed out"}],
+    }
+    recorder.answers[("GET", "/api/runs/r1")] = (200, json.dumps(run_body).encode())
+
+    code, out, _ = run("--url", url, "watch", "r1", "--interval", "0.1")
+
+    assert code == 3
+    assert "n1" in out and "drain timed out" in out and "run r1 failed: 1 nodes failed: n1" in out
