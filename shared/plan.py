@@ -26,7 +26,7 @@ from shared.clock import iso, parse_iso
 from shared.compute import Instance, parse_provider_id
 from shared.config import ClusterConfig, PoolConfig
 from shared.drain import DrainOptionsView, Pod, blocking_budgets, plan_drain
-from shared.errors import NotFoundError
+from shared.errors import NotFoundError, PermanentError
 from shared.kube import ANNOTATION_PATCHED_AT, Node
 from shared.model import NodeState, NodeWork, Run
 from shared.planner import left_alone, plan_run
@@ -212,7 +212,11 @@ class Blockers:
         if key not in self._owners:
             try:
                 owner = self.kube.replica_set_owner(pod.namespace, name)
-            except NotFoundError:
+            except PermanentError as exc:
+                # Gone, or not readable (a ClusterRole from before this grant): the plan is
+                # worth more with the ReplicaSet's name than not at all.
+                if not isinstance(exc, NotFoundError):
+                    logger.warning("plan: owner of ReplicaSet %s/%s not read: %s", pod.namespace, name, exc)
                 owner = None
             self._owners[key] = owner or f"ReplicaSet/{name}"
         return self._owners[key]

@@ -215,3 +215,29 @@ def test_a_plan_touches_nothing() -> None:
     assert [c for c in h.kube.calls if not c.startswith(("list_nodes", "list_pods"))] == []
     assert h.compute.calls == [f"list_instances {scale_set_id('vmss-linux')}"]
     assert datetime.fromtimestamp(h.clock.now(), UTC).year == 2023
+
+
+def test_a_replica_set_the_app_may_not_read_is_named_as_such_and_the_plan_still_answers() -> None:
+    from shared.errors import PermanentError
+
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+
+    def forbidden(namespace: str, name: str) -> str | None:
+        raise PermanentError(f'replicasets.apps "{name}" is forbidden')
+
+    h.kube.replica_set_owner = forbidden  # type: ignore[method-assign]
+    pod = make_pod("shop", "web-1", "linux-0", owner_kind="ReplicaSet")
+    h.kube.pods["shop/web-1"] = pod
+    h.kube.pdbs.append(
+        {
+            "metadata": {"namespace": "shop", "name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web-1"}}},
+            "status": {"disruptionsAllowed": 0},
+        }
+    )
+
+    [node] = plan_of(h)["nodes"]
+
+    assert node["blockers"] == [
+        "PodDisruptionBudget shop/web allows 0 disruptions (?/? healthy): web-1 (ReplicaSet/web-1-owner)"
+    ]
