@@ -115,11 +115,12 @@ def show_run(run: dict[str, Any], out: Console) -> None:
     out.print()
     out.print(
         table(
-            ["node", "pool", "state", "since", "attempts", "reason"],
+            ["node", "pool", "wave", "state", "since", "attempts", "reason"],
             (
                 [
                     n["name"],
                     n.get("pool"),
+                    n.get("wave") or "-",
                     coloured(str(n.get("state"))),
                     n.get("since"),
                     n.get("attempts"),

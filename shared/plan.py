@@ -6,9 +6,10 @@ that the plan is what the run then follows: ``plan_run`` picks and orders the no
 budgets, ``maxConcurrentNodes`` and the nodes already unavailable, and ``plan_drain`` /
 ``blocking_budgets`` (the drain step's own filters) say what would hold each node up now.
 
-Waves are admission rounds: the nodes a run admits together, at its start and then each
-time nodes end and free their slots. A wave is estimated to take its slowest node; a node's
-duration is the median cordon-to-uncordon time its pool measured in the cluster's latest runs, else
+A run admits nodes when it starts and then each time nodes end and free their slots; a
+node's wave is one more than the latest wave that has ended when it is admitted. A wave's
+estimate runs from its first admission to the end of its slowest node; a node's duration is
+the median cordon-to-uncordon time its pool measured in the cluster's latest runs, else
 the configured ``estimatedNodeDuration``. Nothing here writes: no claim, no record, no
 message, no cordon.
 """
@@ -81,14 +82,19 @@ def plan_waves(
     max_concurrent_nodes: int,
     node_seconds: Mapping[str, float],
 ) -> WavePlan:
-    """Admission rounds over ``ordered`` (node, pool) in plan order, as the run's admissions
-    would make them if nothing changed meanwhile: one when the run starts, then one each
-    time nodes end (each node taking its pool's duration) and free their slots."""
+    """The waves of ``ordered`` (node, pool) in plan order, as the run's admissions would make
+    them if nothing changed meanwhile: one admission when the run starts, then one each time
+    nodes end (each node taking its pool's duration) and free their slots. A node's wave is
+    one more than the latest wave that has ended when it is admitted (``waves_of_run``)."""
     plan = WavePlan()
     pending = list(ordered)
     observed = {pool: PoolObservation(unavailable.get(pool, frozenset())) for pool in max_unavailable}
     held: dict[str, set[str]] = {}
     running: list[tuple[float, str, str]] = []  # (ends after, node, pool)
+    members: dict[int, list[str]] = {}
+    starts: dict[int, float] = {}
+    ends: dict[int, float] = {}
+    latest_ended = 0
     now = 0.0
     while pending:
         decision = choose_admissions(
@@ -100,17 +106,13 @@ def plan_waves(
         )
         if decision.admit:
             admitted = set(decision.admit)
-            pools = {pool for name, pool in pending if name in admitted}
-            wave = Wave(
-                number=len(plan.waves) + 1,
-                nodes=tuple(decision.admit),
-                starts_after=now,
-                duration=max(node_seconds[p] for p in pools),
-            )
-            plan.waves.append(wave)
+            wave = latest_ended + 1
             for name, pool in pending:
                 if name in admitted:
-                    plan.wave_of[name] = wave.number
+                    plan.wave_of[name] = wave
+                    members.setdefault(wave, []).append(name)
+                    starts.setdefault(wave, now)
+                    ends[wave] = max(ends.get(wave, 0.0), now + node_seconds[pool])
                     held.setdefault(pool, set()).add(name)
                     running.append((now + node_seconds[pool], name, pool))
             pending = [(name, pool) for name, pool in pending if name not in admitted]
@@ -119,12 +121,45 @@ def plan_waves(
         if not running:
             plan.never = {name: decision.waiting.get(pool, "no budget slot") for name, pool in pending}
             break
-        # The next nodes to end free their slots; the admission after them is the next wave.
+        # The next nodes to end free their slots for the next admission.
         now = min(end for end, _, _ in running)
         for entry in [r for r in running if r[0] <= now]:
             running.remove(entry)
             held[entry[2]].discard(entry[1])
+            latest_ended = max(latest_ended, plan.wave_of[entry[1]])
+    plan.waves = [
+        Wave(number=w, nodes=tuple(members[w]), starts_after=starts[w], duration=ends[w] - starts[w])
+        for w in sorted(members)
+    ]
     return plan
+
+
+def waves_of_run(nodes: Iterable[NodeWork]) -> dict[str, int]:
+    """The waves a run has made: a node's wave is one more than the latest wave that had
+    ended when it was admitted. Slots refill one by one as nodes end at slightly different
+    moments, so admission rounds fragment; waves counted this way do not, and are the
+    plan's when nothing changes in between. Nodes skipped at their first step are in none."""
+    events: list[tuple[float, int, str]] = []  # (when, 0 ended / 1 admitted, node)
+    for node in nodes:
+        if node.state == NodeState.SKIPPED:
+            continue
+        admitted = next((h["at"] for h in node.history if h.get("to") == str(NodeState.ADMITTED)), None)
+        if admitted is None:
+            continue
+        events.append((parse_iso(admitted), 1, node.name))
+        if node.state.terminal:
+            ended = next((h["at"] for h in reversed(node.history) if h.get("to") == str(node.state)), None)
+            if ended is not None:
+                events.append((parse_iso(ended), 0, node.name))
+    wave_of: dict[str, int] = {}
+    latest_ended = 0
+    # At one moment, ends come before admissions: the admission counted those slots.
+    for _, kind, name in sorted(events):
+        if kind == 1:
+            wave_of[name] = latest_ended + 1
+        elif name in wave_of:
+            latest_ended = max(latest_ended, wave_of[name])
+    return wave_of
 
 
 def due_reasons(node: Node, instance: Instance | None, pool: PoolConfig, *, now: float) -> list[str]:
@@ -396,4 +431,13 @@ def _duration_text(seconds: float) -> str:
     return "".join(parts) or f"{int(seconds)}s"
 
 
-__all__ = ["Blockers", "Wave", "WavePlan", "build_plan", "due_reasons", "node_age", "plan_waves"]
+__all__ = [
+    "Blockers",
+    "Wave",
+    "WavePlan",
+    "build_plan",
+    "due_reasons",
+    "node_age",
+    "plan_waves",
+    "waves_of_run",
+]

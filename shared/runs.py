@@ -209,8 +209,11 @@ class RunService:
             self.deps.queue.send(WorkItem("admit", run_id))
 
     def get(self, run_id: str) -> dict[str, Any]:
+        from shared.plan import waves_of_run
+
         run = self.deps.store.get_run(run_id)
         nodes = self.deps.store.list_nodes(run_id)
+        waves = waves_of_run(nodes)
         counts: dict[str, int] = {}
         for n in nodes:
             counts[str(n.state)] = counts.get(str(n.state), 0) + 1
@@ -222,7 +225,7 @@ class RunService:
             "counts": counts,
             "waiting": run.waiting,
             "leftOut": run.left_out,
-            "nodes": [_node_view(n, run) for n in nodes],
+            "nodes": [_node_view(n, run) | {"wave": waves.get(n.name)} for n in nodes],
         }
 
     @staticmethod

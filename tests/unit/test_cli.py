@@ -200,3 +200,37 @@ def test_watch_exits_3_when_the_run_ends_without_success(api: tuple[Recorder, st
 
     assert code == 3
     assert "n1" in out and "drain timed out" in out and "run r1 failed: 1 nodes failed: n1" in out
+
+
+def test_plan_table_shows_the_window_its_fit_and_nodes_that_would_never_start(
+    api: tuple[Recorder, str],
+) -> None:
+    from shared.runs import RunService, StartRequest
+    from tests.harness import Harness
+
+    windows = {
+        "windows": [
+            {
+                "name": "short",
+                "days": ["sat"],
+                "start": "22:00",
+                "end": "22:30",
+                "timeZone": "Europe/Amsterdam",
+            }
+        ]
+    }
+    h = Harness(
+        {"linux": 1, "win": 1}, nodes_per_pool=2, extra_config=windows, pool_linux={"window": "short"}
+    )
+    h.kube.nodes["win-1"]["spec"]["unschedulable"] = True  # takes the win pool's only slot
+    plan = RunService(h.deps).preview(StartRequest(cluster="test", reason="plan"))
+    recorder, url = api
+    recorder.answers[("POST", "/api/plans")] = (200, json.dumps(plan).encode())
+
+    code, out, _ = run("--url", url, "plan", "--cluster", "test")
+
+    assert code == 0
+    assert "short (Europe/Amsterdam): next 2023-11-18T22:00:00+01:00" in out and "does NOT fit" in out
+    assert "ETA: 2 waves, about 40m in total" in out
+    assert "win-0: would never start: pool budget of 1 unavailable reached" in out
+    assert "cordoned by someone else" in out

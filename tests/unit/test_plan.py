@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from shared.clock import parse_iso
 from shared.plan import build_plan, plan_waves
 from shared.runs import RunService, StartRequest
 from tests.fakes import make_pod, scale_set_id
@@ -174,13 +173,13 @@ def test_estimates_come_from_the_latest_run_once_one_has_measured_them() -> None
 
 
 def _waves_of_run(h: Harness, run_id: str) -> list[list[str]]:
-    """The run's waves as it made them: the nodes admitted at the same moment."""
-    admitted: dict[float, list[str]] = defaultdict(list)
-    for node in h.store.list_nodes(run_id):
-        at = next(x["at"] for x in node.history if x["to"] == "admitted")
-        admitted[parse_iso(at)].append(node.name)
+    """The run's waves as GET /api/runs/{id} shows them, each in plan order."""
+    nodes = RunService(h.deps).get(run_id)["nodes"]
     order = {n.name: n.order for n in h.store.list_nodes(run_id)}
-    return [sorted(names, key=order.__getitem__) for _, names in sorted(admitted.items())]
+    waves: dict[int, list[str]] = defaultdict(list)
+    for node in nodes:
+        waves[node["wave"]].append(node["name"])
+    return [sorted(names, key=order.__getitem__) for _, names in sorted(waves.items())]
 
 
 @pytest.mark.parametrize(
