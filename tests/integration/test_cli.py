@@ -191,3 +191,20 @@ def test_bad_input_is_one_line_and_exit_2(sandbox: Sandbox) -> None:
     assert unknown_pool.returncode == 2 and "unknown pools" in unknown_pool.stderr
     for result in (refused_by_the_api, unknown_pool):
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_real_run_makes_the_waves_its_plan_showed(sandbox: Sandbox, driver: Driver) -> None:
+    nodes = ",".join(driver.nodes_of("alpha")[-4:])
+    plan = json.loads(cli(sandbox, "plan", "--cluster", CLUSTER, "--nodes", nodes, "-o", "json").stdout)
+    planned = [sorted(w["nodes"]) for w in plan["waves"]]
+    assert len(planned) == 2  # four nodes, a budget of 2
+
+    started = cli(sandbox, "start", "--cluster", CLUSTER, "--nodes", nodes, "--watch", "--interval", "0.5")
+    assert started.returncode == 0, started.stdout + started.stderr
+
+    run_id = started.stdout.split()[1]
+    shown = json.loads(cli(sandbox, "show", run_id, "-o", "json").stdout)
+    made: dict[int, list[str]] = {}
+    for node in shown["nodes"]:
+        made.setdefault(node["wave"], []).append(node["name"])
+    assert [sorted(made[w]) for w in sorted(made)] == planned
