@@ -208,3 +208,23 @@ def test_a_real_run_makes_the_waves_its_plan_showed(sandbox: Sandbox, driver: Dr
     for node in shown["nodes"]:
         made.setdefault(node["wave"], []).append(node["name"])
     assert [sorted(made[w]) for w in sorted(made)] == planned
+
+
+def test_pause_resume_and_cancel_steer_a_run_and_watch_says_it_did_not_succeed(
+    sandbox: Sandbox, driver: Driver
+) -> None:
+    nodes = ",".join(driver.nodes_of("beta")[-3:])
+    started = cli(sandbox, "start", "--cluster", CLUSTER, "--nodes", nodes, "-o", "json")
+    run_id = json.loads(started.stdout)["id"]
+
+    for verb, state in (("pause", "paused"), ("resume", "running"), ("cancel", "cancelled")):
+        steered = cli(sandbox, verb, run_id)
+        assert steered.returncode == 0, steered.stderr
+        assert steered.stdout.strip() == f"run {run_id}: {verb} accepted ({state})"
+    watched = cli(sandbox, "watch", run_id, "--interval", "0.5", timeout=240)
+
+    assert watched.returncode == 3, watched.stdout + watched.stderr
+    assert f"run {run_id} cancelled" in watched.stdout
+    # A cancelled run cannot be resumed: the API's 409, in one line.
+    refused = cli(sandbox, "resume", run_id)
+    assert refused.returncode == 1 and "HTTP 409" in refused.stderr and refused.stderr.count("\n") == 1
