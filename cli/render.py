@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 OUTPUTS = ("table", "json", "yaml")
@@ -141,8 +142,15 @@ def show_run(run: dict[str, Any], out: Console) -> None:
 
 
 def show_plan(plan: dict[str, Any], out: Console) -> None:
-    start = "yes" if plan.get("wouldStart") else f"no, run {plan.get('activeRun')} is active"
-    out.print(f"[bold]Plan for cluster {plan['cluster']}[/] (would start now: {start})")
+    if plan.get("refusal"):
+        start = f"no: {plan['refusal']}"
+    elif plan.get("activeRun"):
+        start = f"no, run {plan['activeRun']} is active"
+    elif plan.get("notBefore"):
+        start = f"at {plan['notBefore']}: {plan.get('stateReason') or 'notBefore'}"
+    else:
+        start = "now"
+    out.print(f"[bold]Plan for cluster {escape(str(plan['cluster']))}[/] (would start: {escape(start)})")
     rows = []
     for name, p in (plan.get("pools") or {}).items():
         window = p.get("window")
@@ -185,7 +193,7 @@ def show_plan(plan: dict[str, Any], out: Console) -> None:
     waves = len(plan.get("waves") or [])
     out.print(
         f"ETA: {waves} waves, about {duration(plan.get('estimatedSeconds'))} in total "
-        f"(ending about {plan.get('estimatedEnd')} if started now)",
+        f"(ending about {plan.get('estimatedEnd')})",
         markup=False,
     )
     out.print()

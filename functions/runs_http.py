@@ -45,8 +45,17 @@ def runs_collection(req: func.HttpRequest) -> func.HttpResponse:
     except ConfigError as exc:
         logger.error("configuration error: %s", exc)
         return error(500, "the app is misconfigured; see its logs")
+    # A deferred run says until when and why (outside its window, notBefore) at once.
+    summary = service.summary(run)
     return json_response(
-        {"id": run.id, "state": str(run.state)}, 202, headers={"Location": f"/api/runs/{run.id}"}
+        {
+            "id": run.id,
+            "state": str(run.state),
+            "notBefore": summary["notBefore"],
+            "stateReason": run.state_reason,
+        },
+        202,
+        headers={"Location": f"/api/runs/{run.id}"},
     )
 
 

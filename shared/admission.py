@@ -24,6 +24,7 @@ from shared.config import ClusterConfig, PoolConfig
 from shared.errors import ConcurrencyError, NotFoundError
 from shared.kube import KubeClient, Node
 from shared.model import NodeState, NodeWork, Run, RunState
+from shared.notify import Notice, NoticeKind
 from shared.store.base import NodeSummary
 from shared.workqueue import WorkItem
 
@@ -111,6 +112,8 @@ class Admission:
                 at=at,
             )
             store.commit(run)
+            self._tell(run, NoticeKind.CIRCUIT_BREAKER_OPENED)
+            self._tell(run, NoticeKind.RUN_FAILED)
             self._finish(run, in_flight=bool(holding), pending=bool(pending))
             return "circuit breaker opened"
         cluster = self.deps.config.cluster(run.cluster)
@@ -274,7 +277,13 @@ class Admission:
                     RunState.SUCCEEDED, reason=", ".join(f"{v} {k}" for k, v in sorted(counts.items())), at=at
                 )
             store.commit(run)
+            self._tell(
+                run, NoticeKind.RUN_FAILED if run.state == RunState.FAILED else NoticeKind.RUN_SUCCEEDED
+            )
         store.release_cluster(run.cluster, run.id)
+
+    def _tell(self, run: Run, kind: NoticeKind) -> None:
+        self.deps.notify(Notice(kind, run.state_reason, cluster=run.cluster, run_id=run.id))
 
 
 def _counted(run: Run, ended_at: float) -> bool:

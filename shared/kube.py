@@ -49,7 +49,10 @@ ANNOTATION_PATCHED_AT = f"{PRODUCT_PREFIX}/patched-at"
 # On the Nodes a run holds cordoned (value: the run id), so that one label-selected watch
 # follows a whole batch of them and `kubectl get nodes -l` shows what is being patched.
 LABEL_PATCHING = f"{PRODUCT_PREFIX}/patching"
-NODE_IMAGE_LABEL = "kubernetes.azure.com/node-image-version"
+# The gallery image version a node image says it is, as a label its kubelet sets
+# (--node-labels baked into the image). When a Node has it, the boot check compares it
+# with the version the instance was reimaged to.
+NODE_IMAGE_LABEL = f"{PRODUCT_PREFIX}/image-version"
 # Server-side printing, the form kubectl get asks for (meta.k8s.io/v1 Table).
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io"
 # Beyond this many nodes to read whole, one list costs less than a GET each (a GET is a

@@ -15,6 +15,7 @@ Node lifecycle (one message moves one node forward by one step)::
     reimaging --LRO failed, attempts left--> reimaging
     reimaging --a pod landed on it before the write--> draining
     reimaging --uncordoned by someone else before the write, policy "skip"--> deferred
+    booting --Ready, but its kubelet is not the release the image's tag names--> failed (left cordoned)
     any step --permanent error, retries exhausted, timeout--> failed (reason kept)
 """
 
@@ -156,6 +157,9 @@ class Run:
     # Nodes of its pools it will not touch, and why (control-plane nodes of a pool that
     # did not opt in).
     left_out: dict[str, str] = field(default_factory=dict)
+    # The kubelet version its nodes must report after the reimage (a node image's tag);
+    # "" when nothing says.
+    kubelet_version: str = ""
     etag: str | None = None
 
     @staticmethod
@@ -182,8 +186,9 @@ class NodeWork:
     name: str
     pool: str
     scale_set_id: str
-    instance_id: str
+    instance_id: str  # Flexible: the VM's name
     order: int
+    flexible: bool = False  # the scale set's orchestration mode is Flexible
     state: NodeState = NodeState.PENDING
     # Bumped on every persisted step; a message whose seq differs is stale.
     seq: int = 0

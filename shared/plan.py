@@ -17,7 +17,7 @@ message, no cordon.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -292,8 +292,17 @@ def window_view(
     }
 
 
-def build_plan(deps: Collaborators, cluster: ClusterConfig, request: StartRequest) -> dict[str, Any]:
-    """The plan of the run ``request`` would start, as JSON."""
+def build_plan(
+    deps: Collaborators,
+    cluster: ClusterConfig,
+    request: StartRequest,
+    *,
+    timing: Callable[[Run], str | None] | None = None,
+) -> dict[str, Any]:
+    """The plan of the run ``request`` would start, as JSON. ``timing`` sets the run's
+    ``not_before``, ``deadline`` and ``state_reason`` as starting it would (windows,
+    blackouts, notBefore), or answers why starting it would be refused; the estimates
+    count from when it would start."""
     now = deps.clock.now()
     kube = deps.kube(cluster.name)
     listed = kube.list_nodes()
@@ -306,6 +315,8 @@ def build_plan(deps: Collaborators, cluster: ClusterConfig, request: StartReques
         pools=request.pools,
         only_nodes=request.nodes,
     )
+    refusal = timing(run) if timing is not None else None
+    start_at = max(now, run.not_before)
     by_name = {n.name: n for n in listed}
     skip = {w.name: why for w in planned if (why := left_alone(by_name[w.name], cluster.pool(w.pool)))}
     patched = [w for w in planned if w.name not in skip]
@@ -353,8 +364,12 @@ def build_plan(deps: Collaborators, cluster: ClusterConfig, request: StartReques
         "dryRun": True,
         "cluster": cluster.name,
         "plannedAt": iso(now),
-        "wouldStart": active is None,
+        "wouldStart": active is None and refusal is None,
         "activeRun": active,
+        "refusal": refusal,
+        "notBefore": iso(run.not_before) if run.not_before else None,
+        "deadline": iso(run.deadline) if run.deadline else None,
+        "stateReason": run.state_reason,
         "pools": pools,
         "maxConcurrentNodes": run.max_concurrent_nodes,
         "leftOut": run.left_out,
@@ -365,12 +380,12 @@ def build_plan(deps: Collaborators, cluster: ClusterConfig, request: StartReques
                 "nodes": list(w.nodes),
                 "startsAfter": round(w.starts_after),
                 "estimatedSeconds": round(w.duration),
-                "estimatedEnd": iso(now + w.ends_after),
+                "estimatedEnd": iso(start_at + w.ends_after),
             }
             for w in waves.waves
         ],
         "estimatedSeconds": round(waves.duration),
-        "estimatedEnd": iso(now + waves.duration),
+        "estimatedEnd": iso(start_at + waves.duration),
         "neverStart": waves.never,
     }
 

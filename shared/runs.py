@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.clock import iso
 from shared.config import ClusterConfig
 from shared.errors import ConcurrencyError, NotFoundError, TemporaryError, ValidationError
 from shared.model import NodeState, NodeWork, Run, RunState
+from shared.notify import Notice, NoticeKind
 from shared.planner import plan_run
 from shared.retry import retry_on_conflict
+from shared.windows import MaintenanceWindow, common_opening
 from shared.workflow import Collaborators
 from shared.workqueue import WorkItem
 
@@ -46,6 +49,10 @@ class StartRequest:
     not_before: float = 0.0
     deadline: float = 0.0
     source: str = ""
+    # Start now, whatever the pools' maintenance windows and blackout dates say.
+    immediate: bool = False
+    # The kubelet the nodes must report after their reimage (the image's tag), if known.
+    kubelet_version: str = ""
     # Plan and answer what the run would do; nothing is claimed, stored or touched.
     dry_run: bool = False
 
@@ -53,9 +60,17 @@ class StartRequest:
     def from_json(cls, body: Any) -> StartRequest:
         if not isinstance(body, dict):
             raise ValidationError("body must be a JSON object")
-        unknown = sorted(set(body) - {"cluster", "pools", "nodes", "reason", "dryRun"})
+        unknown = sorted(
+            set(body) - {"cluster", "pools", "nodes", "reason", "immediate", "notBefore", "dryRun"}
+        )
         if unknown:
             raise ValidationError(f"unknown fields {unknown}")
+        immediate = body.get("immediate", False)
+        if not isinstance(immediate, bool):
+            raise ValidationError("field 'immediate' must be true or false")
+        not_before = (
+            _utc_instant(body["notBefore"], "notBefore") if body.get("notBefore") is not None else 0.0
+        )
         cluster, reason = body.get("cluster"), body.get("reason", "")
         if not isinstance(cluster, str) or not cluster:
             raise ValidationError("field 'cluster' (string) is required")
@@ -75,8 +90,25 @@ class StartRequest:
             reason=reason or "manual run",
             pools=pools or None,
             nodes=nodes or None,
+            immediate=immediate,
+            not_before=not_before,
             dry_run=dry_run,
         )
+
+
+def _utc_instant(value: Any, name: str) -> float:
+    """An ISO 8601 instant in UTC (``Z`` or ``+00:00``) as epoch seconds. A local time, or
+    one with another offset, is refused: which moment it means is then a guess."""
+    example = "like 2026-12-05T22:00:00Z"
+    if not isinstance(value, str):
+        raise ValidationError(f"field '{name}' must be an ISO 8601 UTC time, {example}")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationError(f"field '{name}' is not an ISO 8601 time: {value!r}; {example}") from None
+    if moment.tzinfo is None or moment.utcoffset() != timedelta(0):
+        raise ValidationError(f"field '{name}' must be in UTC (end it with Z): {value!r}; {example}")
+    return moment.timestamp()
 
 
 class RunService:
@@ -94,10 +126,23 @@ class RunService:
         """What ``start`` would do with ``request``, from the same plan, and without a
         single write (``shared/plan.py``): which nodes it would patch in which wave and why,
         which it would leave alone and why, the estimated durations and windows, what would
-        block each node now, and whether the cluster is free to take it."""
+        block each node now, whether the cluster is free to take it, and when it would start
+        and end (``notBefore``, ``deadline``, ``stateReason``: the same windows, blackouts and
+        notBefore as ``start``)."""
         from shared.plan import build_plan
 
-        return build_plan(self.deps, self._cluster(request.cluster), request)
+        cluster = self._cluster(request.cluster)
+
+        def timing(run: Run) -> str | None:
+            run.not_before, run.deadline = request.not_before, request.deadline
+            if not request.immediate:
+                try:
+                    self._fit_to_windows(run, cluster)
+                except ValidationError as exc:
+                    return str(exc)  # start would refuse it: the plan says why, and the rest
+            return None
+
+        return build_plan(self.deps, cluster, request, timing=timing)
 
     def start(self, request: StartRequest) -> Run:
         cluster = self._cluster(request.cluster)
@@ -112,6 +157,9 @@ class RunService:
             only_nodes=request.nodes,
         )
         run.not_before, run.deadline, run.source = request.not_before, request.deadline, request.source
+        run.kubelet_version = request.kubelet_version
+        if not request.immediate:
+            self._fit_to_windows(run, cluster)
         active = self._claim(cluster.name, run.id)
         if active is not None:
             raise RunConflictError(
@@ -128,7 +176,46 @@ class RunService:
         else:
             self._admit_now(run.id)
         logger.info("run %s planned for %s: %d nodes (%s)", run.id, cluster.name, len(nodes), request.reason)
+        self.deps.notify(
+            Notice(
+                NoticeKind.RUN_STARTED,
+                f"{len(nodes)} nodes ({request.trigger}): {request.reason}",
+                cluster=cluster.name,
+                run_id=run.id,
+            )
+        )
         return run
+
+    def _fit_to_windows(self, run: Run, cluster: ClusterConfig) -> None:
+        """Every trigger's run keeps its pools' maintenance windows and blackout dates: it
+        starts when all of them are open (and not before its own ``not_before``) and starts
+        no node that could not finish before the first closes. A run that has to wait is
+        planned all the same, with the reason, and its first admission is queued for the
+        opening (the way a maintenance run waits for its window)."""
+        names = sorted({p.window for name in run.pools if (p := cluster.pool(name)).window})
+        now = self.deps.clock.now()
+        earliest = max(now, run.not_before)
+        why = "notBefore" if run.not_before > now else ""
+        if names:
+            windows = [MaintenanceWindow(self.deps.config.window(n)) for n in names]
+            opening = common_opening(windows, datetime.fromtimestamp(earliest, UTC))
+            if opening is None:
+                raise ValidationError(
+                    f"the windows {names} of pools {sorted(run.pools)} are never open together in the "
+                    "next 400 days (days, blackout dates); start one run per pool, or say immediate"
+                )
+            start, end = opening.start.timestamp(), opening.end.timestamp()
+            if run.deadline and start >= run.deadline:
+                raise ValidationError(
+                    f"the run's window ({iso(earliest)} - {iso(run.deadline)}) does not overlap the "
+                    f"pools' windows {names}, next open {iso(start)} - {iso(end)}"
+                )
+            if start > earliest:
+                why = f"outside the maintenance window {', '.join(names)}, which opens then"
+            run.not_before = max(run.not_before, start)
+            run.deadline = min(run.deadline or end, end)
+        if why:
+            run.state_reason = f"deferred until {iso(run.not_before)}: {why}"
 
     def _claim(self, cluster: str, run_id: str) -> str | None:
         """Claim the cluster for a new run. A claim that failed without an answer may have
@@ -240,6 +327,7 @@ class RunService:
             "notBefore": iso(run.not_before) if run.not_before else None,
             "deadline": iso(run.deadline) if run.deadline else None,
             "source": run.source,
+            "kubeletVersion": run.kubelet_version or None,
             "createdAt": run.created_at,
             "updatedAt": run.updated_at,
             "endedAt": run.ended_at,

@@ -69,6 +69,8 @@ def sweep(deps: Collaborators) -> SweepReport:
             logger.warning("run %s node %s stalled in %s; resumed", run.id, node.name, node.state)
         if run.state not in (RunState.PLANNED, RunState.RUNNING):
             continue
+        if run.not_before > now:
+            continue  # deferred to its window: its admission is queued for the opening
         if in_flight and not _may_have_free_slots(run, in_flight):
             continue
         if deps.store.has_nodes(run.id, states=(NodeState.PENDING,)):

@@ -14,7 +14,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.compute import ImageVersion, Instance, InstanceRef, LroStatus
+from shared.compute import (
+    ImageVersion,
+    Instance,
+    InstanceRef,
+    LroStatus,
+    UnguardedUpgradeError,
+    unguarded_upgrade,
+)
 from shared.drain import Pod
 from shared.errors import ConcurrencyError, NotFoundError, TemporaryError
 from shared.kube import ANNOTATION_CORDONED, LABEL_PATCHING, EvictionResult, Node, node_status_view
@@ -255,7 +262,7 @@ class FakeKube:
         node["status"]["nodeInfo"]["bootID"] = str(uuid.uuid4())
         node["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
         if image:
-            node["metadata"]["labels"]["kubernetes.azure.com/node-image-version"] = image
+            node["metadata"]["labels"]["vmss-node-patcher.io/image-version"] = image
 
 
 @dataclass
@@ -314,6 +321,12 @@ class FakeCompute:
     scale_sets: dict[str, list[str]] = field(default_factory=dict)  # scale set id (lower) -> instance ids
     image_versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # id (lower) -> state, tags
     arm_calls: list[tuple[str, str, Any]] = field(default_factory=list)
+    upgrade_policies: dict[str, str] = field(default_factory=dict)  # scale set id (lower) -> mode
+    model_writes: list[str] = field(default_factory=list)
+
+    def get_upgrade_policy(self, scale_set_id: str) -> str:
+        self._maybe_fail(f"get_upgrade_policy {scale_set_id}")
+        return self.upgrade_policies.get(scale_set_id.lower(), "Manual")
 
     def list_instances(self, scale_set_id: str) -> list[Instance]:
         self._maybe_fail(f"list_instances {scale_set_id}")
@@ -336,6 +349,10 @@ class FakeCompute:
 
     def set_model_image(self, scale_set_id: str, image_id: str) -> None:
         self._maybe_fail(f"set_model_image {scale_set_id}")
+        problem = unguarded_upgrade(scale_set_id.rsplit("/", 1)[-1], self.get_upgrade_policy(scale_set_id))
+        if problem:
+            raise UnguardedUpgradeError(problem)
+        self.model_writes.append(scale_set_id.lower())
         self.model_image = image_id.lower()
         for iid in self.scale_sets.get(scale_set_id.lower(), []):
             inst = self.instance(iid)

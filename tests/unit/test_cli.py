@@ -231,6 +231,7 @@ def test_plan_table_shows_the_window_its_fit_and_nodes_that_would_never_start(
 
     assert code == 0
     assert "short (Europe/Amsterdam): next 2023-11-18T22:00:00+01:00" in out and "does NOT fit" in out
-    assert "ETA: 2 waves, about 40m in total" in out
+    assert "(would start: at 2023-11-18T21:00:00.000Z: deferred until" in out
+    assert "ETA: 2 waves, about 40m in total (ending about 2023-11-18T21:40:00.000Z)" in out
     assert "win-0: would never start: pool budget of 1 unavailable reached" in out
     assert "cordoned by someone else" in out

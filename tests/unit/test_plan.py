@@ -145,7 +145,10 @@ def test_the_plan_shows_the_next_window_in_its_own_time_zone_and_whether_it_fits
         pool_win={"window": "long"},
     )
 
-    pools = plan_of(h)["pools"]
+    # The two windows are never open together: a run would be refused unless immediate.
+    refused = plan_of(h)
+    assert refused["wouldStart"] is False and "never open together" in refused["refusal"]
+    pools = plan_of(h, immediate=True)["pools"]
 
     short, long = pools["linux"]["window"], pools["win"]["window"]
     assert short["timeZone"] == "Europe/Amsterdam" and short["start"] == "2023-11-18T22:00:00+01:00"
@@ -240,3 +243,19 @@ def test_a_replica_set_the_app_may_not_read_is_named_as_such_and_the_plan_still_
     assert node["blockers"] == [
         "PodDisruptionBudget shop/web allows 0 disruptions (?/? healthy): web-1 (ReplicaSet/web-1-owner)"
     ]
+
+
+def test_a_plan_counts_from_when_its_window_opens() -> None:
+    windows = {
+        "windows": [{"name": "sat", "days": ["sat"], "start": "22:00", "end": "06:00", "timeZone": "UTC"}]
+    }
+    h = Harness({"linux": 1}, nodes_per_pool=2, extra_config=windows, pool_linux={"window": "sat"})
+
+    plan = plan_of(h)
+
+    # Tuesday now; the run would wait for Saturday 22:00 UTC and take two 20-minute waves.
+    assert plan["wouldStart"] is True and plan["refusal"] is None
+    assert plan["notBefore"] == "2023-11-18T22:00:00.000Z" and "deferred until" in plan["stateReason"]
+    assert plan["estimatedEnd"] == "2023-11-18T22:40:00.000Z"
+    assert plan["waves"][0]["estimatedEnd"] == "2023-11-18T22:20:00.000Z"
+    assert plan_of(h, immediate=True)["notBefore"] is None
