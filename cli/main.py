@@ -149,8 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("start", "Start a run on a cluster.", cmd_start, output=True)
     _target_arguments(p)
     p.add_argument("--reason", default="", help="why, recorded on the run")
-    p.add_argument("--not-before", type=_utc, help="start no node before this ISO 8601 time")
-    p.add_argument("--immediate", action="store_true", help="start now, whatever the pools' windows say")
+    _timing_arguments(p)
     p.add_argument("--watch", action="store_true", help="then follow it to its end")
     p.add_argument("--interval", type=_positive, default=2.0, help="with --watch: seconds between looks")
 
@@ -158,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "plan", "What a run would do, touching nothing: waves, ETA, windows, blockers.", cmd_plan, output=True
     )
     _target_arguments(p)
+    _timing_arguments(p)
 
     for name, text in (
         ("pause", "Pause a run: nodes in flight finish, no new node starts."),
@@ -185,6 +185,11 @@ def _target_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", action="append", metavar="N[,N...]", help="only these nodes")
 
 
+def _timing_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--not-before", type=_utc, help="start no node before this ISO 8601 time")
+    p.add_argument("--immediate", action="store_true", help="start now, whatever the pools' windows say")
+
+
 def _client(args: argparse.Namespace) -> PatcherClient:
     url = args.url or os.environ.get(URL_ENV)
     if not url:
@@ -201,11 +206,16 @@ def _client(args: argparse.Namespace) -> PatcherClient:
 
 
 def _target_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of POST /api/runs that say what and when, shared by start and plan."""
     body: dict[str, Any] = {"cluster": args.cluster}
     if pools := _names(args.pools):
         body["pools"] = pools
     if nodes := _names(args.nodes):
         body["nodes"] = nodes
+    if args.not_before:
+        body["notBefore"] = args.not_before
+    if args.immediate:
+        body["immediate"] = True
     return body
 
 
@@ -252,10 +262,6 @@ def cmd_plan(args: argparse.Namespace, out: Any) -> int:
 
 def cmd_start(args: argparse.Namespace, out: Any) -> int:
     body = _target_body(args) | {"reason": args.reason or "started with vmss-patcher"}
-    if args.not_before:
-        body["notBefore"] = args.not_before
-    if args.immediate:
-        body["immediate"] = True
     client = _client(args)
     answer = client.start_run(body)
     if args.output != "table":

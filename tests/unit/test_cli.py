@@ -150,10 +150,10 @@ def test_plan_posts_to_the_plans_route(api: tuple[Recorder, str]) -> None:
     plan = {"cluster": "c", "wouldStart": True, "pools": {}, "waves": [], "nodes": [], "estimatedSeconds": 0}
     recorder.answers[("POST", "/api/plans")] = (200, json.dumps(plan).encode())
 
-    code, out, _ = run("--url", url, "plan", "--cluster", "c", "--nodes", "n1", "-o", "json")
+    code, out, _ = run("--url", url, "plan", "--cluster", "c", "--nodes", "n1", "--immediate", "-o", "json")
 
     assert code == 0 and json.loads(out) == plan
-    assert recorder.seen[0]["body"] == {"cluster": "c", "nodes": ["n1"], "reason": "plan"}
+    assert recorder.seen[0]["body"] == {"cluster": "c", "nodes": ["n1"], "immediate": True, "reason": "plan"}
 
 
 @pytest.mark.parametrize(
