@@ -4,9 +4,10 @@ one ``ApiError`` with a one-line message and the exit code a script can act on."
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -86,7 +87,7 @@ class PatcherClient:
         except requests.exceptions.Timeout:
             raise ApiError(f"{method} {url}: no answer within {TIMEOUT[1]:.0f} s") from None
         except requests.exceptions.RequestException as exc:
-            raise ApiError(f"cannot reach {self.base_url}: {_reason(exc)}") from None
+            raise ApiError(f"cannot reach {self.base_url}: {_reason(exc, url)}") from None
         try:
             answer = resp.json() if resp.content else None
         except ValueError:
@@ -151,11 +152,12 @@ def _error_text(method: str, path: str, resp: requests.Response, answer: Any) ->
     return f"{method} {path}: HTTP {resp.status_code}: {json.dumps(detail)[1:-1]}"
 
 
-def _reason(exc: Exception) -> str:
+def _reason(exc: Exception, url: str) -> str:
+    """The readable part of what requests and urllib3 nest around a failed connection."""
     text = str(exc)
-    # requests nests urllib3's reasons: the innermost, shortest part is the readable one.
-    for marker in ("Failed to establish a new connection: ", "NameResolutionError", "Max retries exceeded"):
-        if marker in text:
-            tail = text.split(marker, 1)[1] if marker.endswith(": ") else text
-            return tail.split("'))")[0].strip(" ()'\"")[:200]
+    if "NameResolutionError" in text or "Failed to resolve" in text:
+        return f"cannot resolve the host {urlsplit(url).hostname}"
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if errno:
+        return errno.group(1).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -235,3 +235,12 @@ def test_plan_table_shows_the_window_its_fit_and_nodes_that_would_never_start(
     assert "ETA: 2 waves, about 40m in total (ending about 2023-11-18T21:40:00.000Z)" in out
     assert "win-0: would never start: pool budget of 1 unavailable reached" in out
     assert "cordoned by someone else" in out
+
+
+def test_a_host_that_does_not_resolve_is_named_in_one_line() -> None:
+    code, _, err = run("--url", "http://no-such-host.invalid", "runs")
+    assert code == 1
+    assert err == (
+        "vmss-patcher: cannot reach http://no-such-host.invalid: "
+        "cannot resolve the host no-such-host.invalid\n"
+    )
