@@ -28,8 +28,10 @@ $(PY): | python-version
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP_DEMO): requirements.txt requirements-sandbox.txt | $(PY) python-version
+$(STAMP_DEMO): requirements.txt requirements-sandbox.txt pyproject.toml | $(PY) python-version
 	$(PY) -m pip install --quiet -r requirements-sandbox.txt
+	# The vmss-patcher command (cli/), from this checkout: .venv/bin/vmss-patcher.
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 $(STAMP_PY): requirements.txt requirements-sandbox.txt requirements-dev.txt | $(PY) python-version

@@ -8,6 +8,7 @@ from functions import (
     gitops,
     node_work,
     openapi_http,
+    plans_http,
     runs_http,
     schedule,
     sweeper,
@@ -17,6 +18,7 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 for blueprint in (
     runs_http.bp,
+    plans_http.bp,
     node_work.bp,
     sweeper.bp,
     azure_events.bp,

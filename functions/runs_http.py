@@ -31,7 +31,7 @@ def _service() -> RunService:
 @bp.function_name("runs_collection")
 @bp.route(route="runs", methods=["GET", "POST"], auth_level=func.AuthLevel.FUNCTION)
 def runs_collection(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.errors import ConfigError, ValidationError
+    from shared.errors import ConfigError, TemporaryError, ValidationError
     from shared.runs import RunConflictError, StartRequest
 
     try:
@@ -49,6 +49,8 @@ def runs_collection(req: func.HttpRequest) -> func.HttpResponse:
     except ConfigError as exc:
         logger.error("configuration error: %s", exc)
         return error(500, "the app is misconfigured; see its logs")
+    except TemporaryError as exc:  # the cluster, ARM or the store, for a moment
+        return error(503, f"try again: {exc}")
     # A deferred run says until when and why (outside its window, notBefore) at once.
     summary = service.summary(run)
     return json_response(

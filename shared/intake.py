@@ -38,8 +38,9 @@ from shared.events import (
     MaintenanceEvent,
     ResourceWriteEvent,
 )
-from shared.kube import ANNOTATION_PATCHED_AT, Node
+from shared.kube import Node
 from shared.notify import Notice, NoticeKind
+from shared.plan import due_reasons
 from shared.planner import left_alone
 from shared.retry import retry_on_conflict
 from shared.runs import RunConflictError, RunService, StartRequest
@@ -580,13 +581,7 @@ class Intake:
         for node in nodes:
             ref = parse_provider_id(node.provider_id)
             instance = instances.get(ref.instance_id) if ref else None
-            off_model = instance is not None and not instance.latest_model_applied
-            max_age = pool.max_node_age.total_seconds() if pool.max_node_age else None
-            too_old = max_age is not None and _age(node, now) > max_age
-            asks = bool(pool.reboot_required_condition) and node.condition_true(
-                str(pool.reboot_required_condition)
-            )
-            if off_model or too_old or asks:
+            if due_reasons(node, instance, pool, now=now):
                 due.append(node)
         return due
 
@@ -599,18 +594,6 @@ def _in_pool(node: Node, pool: PoolConfig) -> bool:
 def _vm_id(node: Node) -> str | None:
     ref = parse_provider_id(node.provider_id)
     return ref.vm_id if ref is not None else None
-
-
-def _age(node: Node, now: float) -> float:
-    from shared.clock import parse_iso
-
-    stamp = node.annotations.get(ANNOTATION_PATCHED_AT) or node.raw["metadata"].get("creationTimestamp")
-    if not stamp:
-        return 0.0
-    try:
-        return now - parse_iso(str(stamp))
-    except ValueError:
-        return 0.0
 
 
 __all__ = ["Intake", "Outcome"]

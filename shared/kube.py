@@ -476,6 +476,31 @@ class KubeClient:
         )
         return [Pod(item) for item in data.get("items", [])]
 
+    def list_pods_on_nodes(self, nodes: Collection[str]) -> dict[str, list[Pod]]:
+        """The pods on each of ``nodes``: one list per node when few, else one list of every
+        pod in the cluster (a plan of a whole pool would otherwise be a request per node)."""
+        wanted = set(nodes)
+        if len(wanted) <= MAX_SINGLE_READS:
+            return {name: self.list_pods_on_node(name) for name in sorted(wanted)}
+        data = self._json("list pods", self._core.list_pod_for_all_namespaces)
+        out: dict[str, list[Pod]] = {name: [] for name in wanted}
+        for item in data.get("items", []):
+            node = (item.get("spec") or {}).get("nodeName")
+            if node in wanted:
+                out[node].append(Pod(item))
+        return out
+
+    def replica_set_owner(self, namespace: str, name: str) -> str | None:
+        """The workload owning a ReplicaSet ("Deployment/web"), or None for a bare one:
+        operators know their Deployments, not the hashed ReplicaSet names."""
+        data = self._json(
+            f"get replicaset {namespace}/{name}", self._apps.read_namespaced_replica_set, name, namespace
+        )
+        for ref in (data.get("metadata") or {}).get("ownerReferences") or []:
+            if ref.get("controller"):
+                return f"{ref['kind']}/{ref['name']}"
+        return None
+
     def wait_for_pods_gone(self, node: str, uids: Collection[str], *, timeout: float) -> bool:
         """Watch the node's pods until none of ``uids`` is left, at most ``timeout`` seconds.
 

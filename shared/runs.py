@@ -27,7 +27,7 @@ from shared.errors import (
 from shared.kube import record_events
 from shared.model import NodeState, NodeWork, Run, RunState
 from shared.notify import Notice, NoticeKind
-from shared.planner import left_alone, plan_run
+from shared.planner import plan_run
 from shared.retry import retry_on_conflict
 from shared.windows import MaintenanceWindow, common_opening
 from shared.workflow import Collaborators
@@ -172,52 +172,25 @@ class RunService:
 
     def preview(self, request: StartRequest) -> dict[str, Any]:
         """What ``start`` would do with ``request``, from the same plan, and without a
-        single write: which nodes it would patch in which wave, which it would leave alone
-        and why, and whether the cluster is free to take it now."""
+        single write (``shared/plan.py``): which nodes it would patch in which wave and why,
+        which it would leave alone and why, the estimated durations and windows, what would
+        block each node now, whether the cluster is free to take it, and when it would start
+        and end (``notBefore``, ``deadline``, ``stateReason``: the same windows, blackouts and
+        notBefore as ``start``)."""
+        from shared.plan import build_plan
+
         cluster = self._cluster(request.cluster)
-        listed = self.deps.kube(cluster.name).list_nodes()
-        run, planned = plan_run(
-            cluster,
-            listed,
-            reason=request.reason,
-            now=self.deps.clock.now(),
-            trigger=request.trigger,
-            pools=request.pools,
-            only_nodes=request.nodes,
-        )
-        by_name = {n.name: n for n in listed}
-        patched_in_pool: dict[str, int] = {}
-        nodes = []
-        for work in planned:
-            why = left_alone(by_name[work.name], cluster.pool(work.pool))
-            view: dict[str, Any] = {"name": work.name, "pool": work.pool}
-            if why is not None:
-                view |= {"action": "skip", "reason": why}
-            else:
-                # A wave is one budget's worth of the pool; the cluster's maxConcurrentNodes
-                # and drains that take longer can only spread them out further.
-                position = patched_in_pool.get(work.pool, 0)
-                patched_in_pool[work.pool] = position + 1
-                view |= {"action": "patch", "wave": 1 + position // run.pools[work.pool].max_unavailable}
-            nodes.append(view)
-        active = self.deps.store.active_run(cluster.name)
-        # When it would start and end, from the same windows, blackouts and notBefore.
-        run.not_before, run.deadline = request.not_before, request.deadline
-        if not request.immediate:
-            self._fit_to_windows(run, cluster)
-        return {
-            "dryRun": True,
-            "cluster": cluster.name,
-            "wouldStart": active is None,
-            "activeRun": active,
-            "notBefore": iso(run.not_before) if run.not_before else None,
-            "deadline": iso(run.deadline) if run.deadline else None,
-            "stateReason": run.state_reason,
-            "pools": {name: b.to_json() for name, b in run.pools.items()},
-            "maxConcurrentNodes": run.max_concurrent_nodes,
-            "leftOut": run.left_out,
-            "nodes": nodes,
-        }
+
+        def timing(run: Run) -> str | None:
+            run.not_before, run.deadline = request.not_before, request.deadline
+            if not request.immediate:
+                try:
+                    self._fit_to_windows(run, cluster)
+                except ValidationError as exc:
+                    return str(exc)  # start would refuse it: the plan says why, and the rest
+            return None
+
+        return build_plan(self.deps, cluster, request, timing=timing)
 
     def start(self, request: StartRequest) -> Run:
         cluster = self._cluster(request.cluster)
@@ -465,8 +438,11 @@ class RunService:
             self.deps.queue.send(WorkItem("admit", run_id))
 
     def get(self, run_id: str) -> dict[str, Any]:
+        from shared.plan import waves_of_run
+
         run = self.deps.store.get_run(run_id)
         nodes = self.deps.store.list_nodes(run_id)
+        waves = waves_of_run(nodes)
         counts: dict[str, int] = {}
         for n in nodes:
             counts[str(n.state)] = counts.get(str(n.state), 0) + 1
@@ -478,7 +454,7 @@ class RunService:
             "counts": counts,
             "waiting": run.waiting,
             "leftOut": run.left_out,
-            "nodes": [_node_view(n, run) for n in nodes],
+            "nodes": [_node_view(n, run) | {"wave": waves.get(n.name)} for n in nodes],
         }
 
     @staticmethod

@@ -109,6 +109,8 @@ class FakeKube:
     calls: list[str] = field(default_factory=list)
     fail_next: list[Exception] = field(default_factory=list)
     daemonsets: set[str] = field(default_factory=set)
+    pdbs: list[dict[str, Any]] = field(default_factory=list)
+    replica_set_owners: dict[str, str] = field(default_factory=dict)  # "ns/rs" -> "Deployment/web"
     # How a watch lets time pass (the harness's clock); None: watches see only the present.
     sleep: Any = None
 
@@ -248,7 +250,13 @@ class FakeKube:
         return f"{namespace}/{name}" in self.daemonsets
 
     def list_pdbs(self, namespace: str) -> list[dict[str, Any]]:
-        return []
+        return [p for p in self.pdbs if p["metadata"].get("namespace") == namespace]
+
+    def list_pods_on_nodes(self, nodes: Any) -> dict[str, list[Pod]]:
+        return {name: self.list_pods_on_node(name) for name in nodes}
+
+    def replica_set_owner(self, namespace: str, name: str) -> str | None:
+        return self.replica_set_owners.get(f"{namespace}/{name}")
 
     def evict(self, pod: Pod, *, grace_period_seconds: int | None = None) -> EvictionResult:
         self._maybe_fail(f"evict {pod.key}")

@@ -166,7 +166,8 @@ def test_a_dry_run_answers_what_would_happen_and_writes_nothing(functions: dict,
     assert plan["dryRun"] is True and plan["wouldStart"] is True and plan["activeRun"] is None
     assert plan["pools"]["linux"]["maxUnavailable"] == 1
     by_name = {n["name"]: n for n in plan["nodes"]}
-    assert by_name["linux-0"] == {"name": "linux-0", "pool": "linux", "action": "patch", "wave": 1}
+    first = {"name": "linux-0", "pool": "linux", "action": "patch", "wave": 1}
+    assert first.items() <= by_name["linux-0"].items()
     assert by_name["linux-1"]["wave"] == 2  # budget 1: one node of the pool at a time
     assert by_name["win-1"]["action"] == "skip" and "cordoned by someone else" in by_name["win-1"]["reason"]
     # Nothing claimed, stored, queued or touched: a real run can start right after.

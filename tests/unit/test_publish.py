@@ -56,6 +56,10 @@ SESSION_LEFTOVERS = [
     "requirements-dev.txt",
     "package.json",
     "README.md",
+    # The operator's CLI and what its editable install (make demo) leaves: never deployed.
+    "cli/main.py",
+    "vmss_node_patcher.egg-info/PKG-INFO",
+    "build/lib/cli/main.py",
 ]
 
 # Core Tools never looks at these, whatever .funcignore says (FileSystemHelpers.GetLocalFiles).
