@@ -68,6 +68,21 @@ def stall_harness(**kwargs: Any) -> DisruptionHarness:
     )
 
 
+def run_failing_on_linux_0(*, nodes_per_pool: int) -> tuple[DisruptionHarness, str]:
+    """A harness and the id of a run of linux-0 alone that failed on its drain, which
+    is still blocked."""
+    h = DisruptionHarness(
+        {"linux": 1},
+        nodes_per_pool=nodes_per_pool,
+        pool_linux={"drain": {"timeout": 60, "onTimeout": "fail"}},
+    )
+    fail_on_drain(h, "linux-0")
+    first = h.start(nodes=["linux-0"])
+    h.pump(first)
+    assert h.store.get_run(first).state == RunState.FAILED
+    return h, first
+
+
 def test_a_notready_target_with_a_budget_of_one_is_patched_and_the_run_completes() -> None:
     h = DisruptionHarness({"linux": 1}, nodes_per_pool=3)
     not_ready(h, "linux-1")
@@ -95,13 +110,7 @@ def test_a_notready_target_is_admitted_even_when_others_fill_the_budget() -> Non
 
 
 def test_a_node_an_earlier_failed_run_left_cordoned_is_taken_over_and_patched() -> None:
-    h = DisruptionHarness(
-        {"linux": 1}, nodes_per_pool=3, pool_linux={"drain": {"timeout": 60, "onTimeout": "fail"}}
-    )
-    fail_on_drain(h, "linux-0")
-    first = h.start(nodes=["linux-0"])
-    h.pump(first)
-    assert h.store.get_run(first).state == RunState.FAILED
+    h, first = run_failing_on_linux_0(nodes_per_pool=3)
     assert h.kube.nodes["linux-0"]["metadata"]["annotations"][ANNOTATION_CORDONED] == first
     unblock(h)
 
@@ -206,13 +215,7 @@ def test_retry_takes_the_failed_node_up_again_within_its_budget() -> None:
 
 
 def test_retry_of_a_node_whose_run_has_ended_starts_a_run_for_it() -> None:
-    h = DisruptionHarness(
-        {"linux": 1}, nodes_per_pool=2, pool_linux={"drain": {"timeout": 60, "onTimeout": "fail"}}
-    )
-    fail_on_drain(h, "linux-0")
-    first = h.start(nodes=["linux-0"])
-    h.pump(first)
-    assert h.store.get_run(first).state == RunState.FAILED
+    h, first = run_failing_on_linux_0(nodes_per_pool=2)
     unblock(h)
     answer = RunService(h.deps).retry_node(first, "linux-0", OPERATOR)
     second = answer["retriedIn"]
