@@ -174,13 +174,19 @@ def test_a_run_that_cannot_move_for_stall_after_is_marked_stalled_with_what_bloc
     assert len([e for e in h.kube.events if e[1] == "PatchRunStalled"]) == 1
 
 
-def test_release_uncordons_the_failed_node_records_who_asked_and_the_run_moves_on() -> None:
+def stalled_run() -> tuple[DisruptionHarness, str]:
+    """A harness and a run the sweeper has marked stalled behind its failed linux-0."""
     h = stall_harness()
     run_id = blocked_run(h)
     sweep(h.deps)
     h.clock.advance(h.config.workflow.stall_after.total_seconds() + 1)
     sweep(h.deps)
     assert h.store.get_run(run_id).stalled_at
+    return h, run_id
+
+
+def test_release_uncordons_the_failed_node_records_who_asked_and_the_run_moves_on() -> None:
+    h, run_id = stalled_run()
 
     answer = RunService(h.deps).release_node(run_id, "linux-0", OPERATOR)
     assert answer["state"] == "released"
@@ -252,12 +258,7 @@ def test_release_leaves_a_node_someone_cordoned_since_alone() -> None:
 
 
 def test_a_stalled_run_that_is_cancelled_is_no_longer_shown_stalled() -> None:
-    h = stall_harness()
-    run_id = blocked_run(h)
-    sweep(h.deps)
-    h.clock.advance(h.config.workflow.stall_after.total_seconds() + 1)
-    sweep(h.deps)
-    assert h.store.get_run(run_id).stalled_at
+    h, run_id = stalled_run()
     RunService(h.deps).cancel(run_id)
     h.pump(run_id)
     view = RunService(h.deps).get(run_id)
