@@ -1677,6 +1677,27 @@ class KubeStore:
         ]
         return status
 
+    def _budget_refusal(
+        self, record: Obj, pdb: Obj, *, dry_run: bool, reason_text: str, retry_after_seconds: int = 0
+    ) -> KubeError:
+        """The 429 the eviction subresource answers when a PodDisruptionBudget forbids it;
+        a dry run leaves no trace in the history."""
+        pdb_name = pdb["metadata"]["name"]
+        if not dry_run:
+            self.world.history.append("eviction", **record, result=429, pdb=pdb_name)
+        return KubeError(
+            429,
+            "TooManyRequests",
+            "Cannot evict pod as it would violate the pod's disruption budget.",
+            causes=[
+                {
+                    "reason": "DisruptionBudget",
+                    "message": f"The disruption budget {pdb_name} {reason_text}",
+                }
+            ],
+            retry_after_seconds=retry_after_seconds,
+        )
+
     def _evict_locked(
         self,
         namespace: str,
@@ -1723,21 +1744,11 @@ class KubeStore:
                 if int(status.get("observedGeneration") or 0) < int(pdb["metadata"].get("generation", 1)):
                     # checkAndDecrement: a budget the controller has not processed yet
                     # allows nothing.
-                    if not dry_run:
-                        self.world.history.append(
-                            "eviction", **record, result=429, pdb=pdb["metadata"]["name"]
-                        )
-                    raise KubeError(
-                        429,
-                        "TooManyRequests",
-                        "Cannot evict pod as it would violate the pod's disruption budget.",
-                        causes=[
-                            {
-                                "reason": "DisruptionBudget",
-                                "message": f"The disruption budget {pdb['metadata']['name']} "
-                                "is still being processed by the server.",
-                            }
-                        ],
+                    raise self._budget_refusal(
+                        record,
+                        pdb,
+                        dry_run=dry_run,
+                        reason_text="is still being processed by the server.",
                         retry_after_seconds=10,
                     )
                 policy = (pdb.get("spec") or {}).get("unhealthyPodEvictionPolicy")
@@ -1747,21 +1758,11 @@ class KubeStore:
                 )
                 unhealthy_may_go = not _pod_ready(pod) and (policy == "AlwaysAllow" or healthy >= desired > 0)
                 if not unhealthy_may_go and int(status.get("disruptionsAllowed") or 0) <= 0:
-                    if not dry_run:
-                        self.world.history.append(
-                            "eviction", **record, result=429, pdb=pdb["metadata"]["name"]
-                        )
-                    raise KubeError(
-                        429,
-                        "TooManyRequests",
-                        "Cannot evict pod as it would violate the pod's disruption budget.",
-                        causes=[
-                            {
-                                "reason": "DisruptionBudget",
-                                "message": f"The disruption budget {pdb['metadata']['name']} needs "
-                                f"{desired} healthy pods and has {healthy} currently",
-                            }
-                        ],
+                    raise self._budget_refusal(
+                        record,
+                        pdb,
+                        dry_run=dry_run,
+                        reason_text=f"needs {desired} healthy pods and has {healthy} currently",
                     )
         if dry_run:
             self._check_preconditions(_PODS, pod, preconditions)

@@ -31,6 +31,25 @@ def events_harness() -> Iterator[Harness]:
     use_collaborators(None)
 
 
+def image_version_written(h: Harness, name: str, *, kubelet: str, event_id: str) -> func.EventGridEvent:
+    """Publishes a gallery image version tagged with `kubelet` and returns the Event Grid
+    event ARM sends for it."""
+    version = f"{DEF}/versions/{name}"
+    h.compute.image_versions[version.lower()] = {
+        "state": "Succeeded",
+        "tags": {"kubernetesVersion": kubelet},
+    }
+    return func.EventGridEvent(
+        id=event_id,
+        data={"operationName": "Microsoft.Compute/galleries/images/versions/write", "resourceUri": version},
+        topic="/subscriptions/x/resourceGroups/rg-img",
+        subject=version,
+        event_type="Microsoft.Resources.ResourceWriteSuccess",
+        event_time=datetime(2026, 12, 1, tzinfo=UTC),
+        data_version="2",
+    )
+
+
 def test_a_run_with_not_before_is_planned_deferred_and_says_so(functions: dict, harness: Harness) -> None:
     resp = call(functions, "runs_collection", "POST", "/api/runs", {"cluster": "test", "notBefore": LATER})
     assert resp.status_code == 202
@@ -68,20 +87,7 @@ def test_bad_schedule_fields_are_a_400_with_the_reason_and_start_nothing(
 def test_an_image_with_an_unreadable_version_tag_is_refused_and_acknowledged(
     functions: dict, events_harness: Harness
 ) -> None:
-    version = f"{DEF}/versions/2026.12.10"
-    events_harness.compute.image_versions[version.lower()] = {
-        "state": "Succeeded",
-        "tags": {"kubernetesVersion": "latest"},
-    }
-    event = func.EventGridEvent(
-        id="img-bad-tag",
-        data={"operationName": "Microsoft.Compute/galleries/images/versions/write", "resourceUri": version},
-        topic="/subscriptions/x/resourceGroups/rg-img",
-        subject=version,
-        event_type="Microsoft.Resources.ResourceWriteSuccess",
-        event_time=datetime(2026, 12, 1, tzinfo=UTC),
-        data_version="2",
-    )
+    event = image_version_written(events_harness, "2026.12.10", kubelet="latest", event_id="img-bad-tag")
     # Returns (the host answers 200): raising would have Event Grid redeliver it for a day.
     assert functions["azure_events"].get_user_function()(event) is None
     record = events_harness.store.get_record("event", "Microsoft.Resources.ResourceWriteSuccess|img-bad-tag")
@@ -94,20 +100,7 @@ def test_the_schedule_timer_looks_again_at_a_refused_image_once_the_control_plan
     functions: dict, events_harness: Harness
 ) -> None:
     h = events_harness
-    version = f"{DEF}/versions/2026.12.11"
-    h.compute.image_versions[version.lower()] = {
-        "state": "Succeeded",
-        "tags": {"kubernetesVersion": "v1.32.2"},
-    }
-    event = func.EventGridEvent(
-        id="img-newer",
-        data={"operationName": "Microsoft.Compute/galleries/images/versions/write", "resourceUri": version},
-        topic="/subscriptions/x/resourceGroups/rg-img",
-        subject=version,
-        event_type="Microsoft.Resources.ResourceWriteSuccess",
-        event_time=datetime(2026, 12, 1, tzinfo=UTC),
-        data_version="2",
-    )
+    event = image_version_written(h, "2026.12.11", kubelet="v1.32.2", event_id="img-newer")
     functions["azure_events"].get_user_function()(event)
     assert h.store.list_runs() == []  # newer than the API server v1.31.4: refused
     for instances in h.compute.scale_sets.values():

@@ -269,19 +269,14 @@ def test_cloudevents_without_a_type_are_recognised_by_their_data() -> None:
 
 
 def test_the_schedule_patches_only_pools_inside_their_window(h: Harness) -> None:
-    cfg = {
-        **events_config(),
-        "windows": [
+    hw = pools_in_windows(
+        [
             {"name": "always", "start": "00:00", "end": "00:00"},
             {"name": "never", "start": "00:00", "end": "00:01", "days": ["mon"], "blackoutDates": []},
         ],
-    }
-    hw = Harness(
-        {"linux": 1, "win": 1},
+        linux="always",
+        win="never",
         nodes_per_pool=2,
-        extra_config=cfg,
-        pool_linux={"window": "always"},
-        pool_win={"window": "never"},
     )
     hw.clock.advance(3 * 86400 + 3600)  # a Thursday afternoon: "never" is closed
     outcomes = Intake(hw.deps).scheduled()
@@ -350,3 +345,14 @@ def test_a_node_on_the_latest_model_is_not_named_as_left() -> None:
     assert outcome.action == "nothing"
     record = h.store.get_record("schedule", "test")
     assert record is not None and record["left"] == {}
+
+
+def pools_in_windows(windows: list[dict[str, Any]], *, linux: str, win: str, nodes_per_pool: int) -> Harness:
+    """A harness whose linux and win pools are each bound to one of `windows`."""
+    return Harness(
+        {"linux": 1, "win": 1},
+        nodes_per_pool=nodes_per_pool,
+        extra_config={**events_config(), "windows": windows},
+        pool_linux={"window": linux},
+        pool_win={"window": win},
+    )

@@ -68,6 +68,21 @@ def stall_harness(**kwargs: Any) -> DisruptionHarness:
     )
 
 
+def run_failing_on_linux_0(*, nodes_per_pool: int) -> tuple[DisruptionHarness, str]:
+    """A harness and the id of a run of linux-0 alone that failed on its drain, which
+    is still blocked."""
+    h = DisruptionHarness(
+        {"linux": 1},
+        nodes_per_pool=nodes_per_pool,
+        pool_linux={"drain": {"timeout": 60, "onTimeout": "fail"}},
+    )
+    fail_on_drain(h, "linux-0")
+    first = h.start(nodes=["linux-0"])
+    h.pump(first)
+    assert h.store.get_run(first).state == RunState.FAILED
+    return h, first
+
+
 def test_a_notready_target_with_a_budget_of_one_is_patched_and_the_run_completes() -> None:
     h = DisruptionHarness({"linux": 1}, nodes_per_pool=3)
     not_ready(h, "linux-1")
@@ -95,13 +110,7 @@ def test_a_notready_target_is_admitted_even_when_others_fill_the_budget() -> Non
 
 
 def test_a_node_an_earlier_failed_run_left_cordoned_is_taken_over_and_patched() -> None:
-    h = DisruptionHarness(
-        {"linux": 1}, nodes_per_pool=3, pool_linux={"drain": {"timeout": 60, "onTimeout": "fail"}}
-    )
-    fail_on_drain(h, "linux-0")
-    first = h.start(nodes=["linux-0"])
-    h.pump(first)
-    assert h.store.get_run(first).state == RunState.FAILED
+    h, first = run_failing_on_linux_0(nodes_per_pool=3)
     assert h.kube.nodes["linux-0"]["metadata"]["annotations"][ANNOTATION_CORDONED] == first
     unblock(h)
 
@@ -165,13 +174,19 @@ def test_a_run_that_cannot_move_for_stall_after_is_marked_stalled_with_what_bloc
     assert len([e for e in h.kube.events if e[1] == "PatchRunStalled"]) == 1
 
 
-def test_release_uncordons_the_failed_node_records_who_asked_and_the_run_moves_on() -> None:
+def stalled_run() -> tuple[DisruptionHarness, str]:
+    """A harness and a run the sweeper has marked stalled behind its failed linux-0."""
     h = stall_harness()
     run_id = blocked_run(h)
     sweep(h.deps)
     h.clock.advance(h.config.workflow.stall_after.total_seconds() + 1)
     sweep(h.deps)
     assert h.store.get_run(run_id).stalled_at
+    return h, run_id
+
+
+def test_release_uncordons_the_failed_node_records_who_asked_and_the_run_moves_on() -> None:
+    h, run_id = stalled_run()
 
     answer = RunService(h.deps).release_node(run_id, "linux-0", OPERATOR)
     assert answer["state"] == "released"
@@ -206,13 +221,7 @@ def test_retry_takes_the_failed_node_up_again_within_its_budget() -> None:
 
 
 def test_retry_of_a_node_whose_run_has_ended_starts_a_run_for_it() -> None:
-    h = DisruptionHarness(
-        {"linux": 1}, nodes_per_pool=2, pool_linux={"drain": {"timeout": 60, "onTimeout": "fail"}}
-    )
-    fail_on_drain(h, "linux-0")
-    first = h.start(nodes=["linux-0"])
-    h.pump(first)
-    assert h.store.get_run(first).state == RunState.FAILED
+    h, first = run_failing_on_linux_0(nodes_per_pool=2)
     unblock(h)
     answer = RunService(h.deps).retry_node(first, "linux-0", OPERATOR)
     second = answer["retriedIn"]
@@ -249,12 +258,7 @@ def test_release_leaves_a_node_someone_cordoned_since_alone() -> None:
 
 
 def test_a_stalled_run_that_is_cancelled_is_no_longer_shown_stalled() -> None:
-    h = stall_harness()
-    run_id = blocked_run(h)
-    sweep(h.deps)
-    h.clock.advance(h.config.workflow.stall_after.total_seconds() + 1)
-    sweep(h.deps)
-    assert h.store.get_run(run_id).stalled_at
+    h, run_id = stalled_run()
     RunService(h.deps).cancel(run_id)
     h.pump(run_id)
     view = RunService(h.deps).get(run_id)

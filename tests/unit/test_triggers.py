@@ -28,6 +28,7 @@ from tests.unit.test_intake import (
     events_config,
     image_event,
     maintenance_data,
+    pools_in_windows,
 )
 
 PAYLOADS = Path(__file__).parent.parent / "payloads"
@@ -104,13 +105,11 @@ def test_not_before_is_respected_and_the_window_still_applies() -> None:
 
 
 def test_windows_that_are_never_open_together_are_a_clear_refusal() -> None:
-    cfg = {**events_config(), "windows": [SATURDAY_NIGHT, {**SATURDAY_NIGHT, "name": "sun", "days": ["sun"]}]}
-    h = Harness(
-        {"linux": 1, "win": 1},
+    h = pools_in_windows(
+        [SATURDAY_NIGHT, {**SATURDAY_NIGHT, "name": "sun", "days": ["sun"]}],
+        linux="sat-night",
+        win="sun",
         nodes_per_pool=1,
-        extra_config=cfg,
-        pool_linux={"window": "sat-night"},
-        pool_win={"window": "sun"},
     )
     # Saturday 22:00-04:00 and Sunday 22:00-04:00 never overlap.
     with pytest.raises(ValidationError, match="never open together"):
