@@ -242,22 +242,21 @@ def cmd_runs(args: argparse.Namespace, out: Any) -> int:
     return EXIT_OK
 
 
-def cmd_show(args: argparse.Namespace, out: Any) -> int:
-    run = _client(args).get_run(args.run)
+def _answer(data: Any, args: argparse.Namespace, out: Any, table: Any) -> int:
+    """The API's answer as asked for: its JSON or YAML, or the verb's table."""
     if args.output != "table":
-        render.dump(run, args.output, out)
+        render.dump(data, args.output, out)
     else:
-        render.show_run(run, out)
+        table(data, out)
     return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, out: Any) -> int:
+    return _answer(_client(args).get_run(args.run), args, out, render.show_run)
 
 
 def cmd_plan(args: argparse.Namespace, out: Any) -> int:
-    plan = _client(args).plan(_target_body(args) | {"reason": "plan"})
-    if args.output != "table":
-        render.dump(plan, args.output, out)
-    else:
-        render.show_plan(plan, out)
-    return EXIT_OK
+    return _answer(_client(args).plan(_target_body(args) | {"reason": "plan"}), args, out, render.show_plan)
 
 
 def cmd_start(args: argparse.Namespace, out: Any) -> int:
