@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from functions import automation_http, azure_events, gitops, node_work, runs_http, schedule, sweeper
+from functions import automation_http, azure_events, gitops, node_work, runs_http, schedule, sweeper, ui_http
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -14,5 +14,6 @@ for blueprint in (
     automation_http.bp,
     schedule.bp,
     gitops.bp,
+    ui_http.bp,
 ):
     app.register_blueprint(blueprint)
