@@ -91,3 +91,17 @@ def test_the_status_page_follows_a_rollout_in_a_real_browser(
     drawn = ET.parse(saved).getroot().findall(f".//{SVG}g[@class='rows']/{SVG}g")
     assert sorted(g.get("data-node") or "" for g in drawn) == sorted(nodes)
     assert all(g.find(f"{SVG}path[@class='outcome success']") is not None for g in drawn)
+
+
+def test_the_status_page_says_plainly_when_a_run_it_is_asked_for_does_not_exist(
+    driver: Driver, browser: Browser
+) -> None:
+    page = browser.new_page()
+    try:
+        page.goto(f"{driver.url}/api/ui?code={KEY}#run=no-such-run")
+        expect(page.locator("#message")).to_be_visible()
+        expect(page.locator("#message")).to_contain_text("404")
+        expect(page.locator("#message")).to_contain_text("run no-such-run not found")
+        expect(page.locator("#run")).to_be_hidden()
+    finally:
+        page.close()
