@@ -71,6 +71,7 @@ def test_the_status_page_follows_a_rollout_in_a_real_browser(
         states = page.locator("#nodes tbody tr td:nth-child(3)")
         expect(states).to_have_text(["succeeded"] * len(nodes), timeout=10_000)
         expect(page.locator(f"#runs tbody tr[data-run-id='{run_id}'] .state")).to_have_text("succeeded")
+        expect(page.locator("#timeline")).to_have_attribute("alt", f"timeline of run {run_id}")
         page.wait_for_function("() => document.getElementById('timeline').naturalWidth > 0")
         expect(page.locator("#message")).to_be_hidden()
         page.screenshot(path=str(tmp_path / "finished.png"))
