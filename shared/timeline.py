@@ -211,6 +211,11 @@ def _header(run: Run, timeline: Timeline, *, width: int) -> list[str]:
             f'<text x="{legend_x + 16}" y="57" fill="#1f2328">{name}</text>'
         )
         legend_x += 16 + len(name) * CHAR_WIDTH + 14
+    out.append(
+        f'<line x1="{legend_x + 2}" y1="47" x2="{legend_x + 2}" y2="59" stroke="#1f2328" stroke-width="1.5"/>'
+        f'<text x="{legend_x + 8}" y="57" fill="#1f2328">admitted</text>'
+    )
+    legend_x += 8 + len("admitted") * CHAR_WIDTH + 14
     for name, mark, colour in (
         ("succeeded", "✓", OUTCOME_COLOURS["succeeded"]),
         ("failed", "✕", OUTCOME_COLOURS["failed"]),
@@ -277,6 +282,13 @@ def _row_svg(
             f'<rect class="phase {escape(phase.name)}" data-phase={quoteattr(phase.name)} x="{left}" '
             f'y="{bar_top}" width="{max(round(right - left, 2), 1.0)}" height="{BAR_HEIGHT}" '
             f'fill="{colour}"><title>{escape(tip)}</title></rect>'
+        )
+    if row.admitted_at is not None:
+        # Waiting covers pending and admitted: the tick shows when its wave took the slot.
+        at = x(row.admitted_at)
+        out.append(
+            f'<line class="admitted" x1="{at}" y1="{bar_top - 2}" x2="{at}" y2="{bar_top + BAR_HEIGHT + 2}" '
+            f'stroke="#1f2328" stroke-width="1.5"><title>admitted (wave {row.wave})</title></line>'
         )
     if row.ended_at is not None:
         out.append(_outcome_mark(row, at=x(row.ended_at), mid=mid))

@@ -134,6 +134,10 @@ def test_waves_are_admission_passes_and_rows_come_in_admission_order() -> None:
         ("late", "2"),
         ("never", ""),
     ]
+    # Each admitted row marks when its wave took the slot.
+    ticks = [r.find(f"{SVG}line[@class='admitted']") for r in got]
+    assert [t is not None for t in ticks] == [True, True, True, False]
+    assert ticks[0].get("x1") == ticks[1].get("x1") != ticks[2].get("x1")
     # The second wave's rows are shaded, so each wave reads as a band.
     assert [r.find(f"{SVG}rect[@class='wave-band']") is not None for r in got] == [False, False, True, False]
 
