@@ -253,7 +253,7 @@ def _row_svg(
     failed = row.state == NodeState.FAILED
     wave = "" if row.wave is None else str(row.wave)
     attrs = (
-        f'class="node {escape(row.state)}" data-node={quoteattr(row.name)} '
+        f"class={quoteattr('node ' + row.state)} data-node={quoteattr(row.name)} "
         f"data-pool={quoteattr(row.pool)} data-state={quoteattr(row.state)} data-wave={quoteattr(wave)}"
     )
     out = [f"<g {attrs}>"]
@@ -279,8 +279,8 @@ def _row_svg(
             f": {phase.reason}" if phase.reason else ""
         )
         out.append(
-            f'<rect class="phase {escape(phase.name)}" data-phase={quoteattr(phase.name)} x="{left}" '
-            f'y="{bar_top}" width="{max(round(right - left, 2), 1.0)}" height="{BAR_HEIGHT}" '
+            f"<rect class={quoteattr('phase ' + phase.name)} data-phase={quoteattr(phase.name)} "
+            f'x="{left}" y="{bar_top}" width="{max(round(right - left, 2), 1.0)}" height="{BAR_HEIGHT}" '
             f'fill="{colour}"><title>{escape(tip)}</title></rect>'
         )
     if row.admitted_at is not None:
@@ -313,7 +313,8 @@ def _outcome_mark(row: NodeRow, *, at: float, mid: float) -> str:
             f'stroke-linecap="round" stroke-linejoin="round"><title>{tip}</title></path>'
         )
     return (
-        f'<circle class="outcome {escape(row.state)}" cx="{at + 5}" cy="{mid}" r="4" '
+        f"<circle class={quoteattr('outcome ' + row.state)} "
+        f'cx="{at + 5}" cy="{mid}" r="4" '
         f'fill="{OTHER_OUTCOME_COLOUR}"><title>{tip}</title></circle>'
     )
 

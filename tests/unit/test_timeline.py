@@ -171,9 +171,10 @@ def test_a_history_cut_to_its_limit_starts_where_the_record_does() -> None:
 
 def test_an_unknown_state_still_gets_a_bar() -> None:
     record = node("n1", [(5, S.ADMITTED)])
-    record.history.append({"at": iso(T0 + 9), "from": "admitted", "to": "quarantined", "reason": "new"})
+    odd = 'quarantined "for now" <x>'
+    record.history.append({"at": iso(T0 + 9), "from": "admitted", "to": odd, "reason": "new"})
     (row,) = rows(render_svg(run(RunState.RUNNING), [record], now=T0 + 20))
-    assert [p for p, _ in phases(row)] == ["waiting", "quarantined"]
+    assert [p for p, _ in phases(row)] == ["waiting", odd]
 
 
 def test_a_run_without_nodes_says_so() -> None:
