@@ -31,13 +31,13 @@ from shared.store.table import TableRunStore
 
 N = 1000
 REPEATS = 50
-POOL = "kubernetes.azure.com/agentpool=big"
+POOL = "agentpool=big"
 
 
 def _node(i: int) -> dict[str, Any]:
     """Shaped like the sandbox's nodes (sandbox/cluster.py); real ones are larger still
     (images, managedFields), which only widens the gap."""
-    name = f"aks-big-{i:06d}"
+    name = f"k8s-big-{i:06d}"
     spec: dict[str, Any] = {
         "providerID": "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/"
         f"virtualMachineScaleSets/big/virtualMachines/{i}"
@@ -54,10 +54,10 @@ def _node(i: int) -> dict[str, Any]:
             "labels": {
                 "kubernetes.io/os": "linux",
                 "kubernetes.io/hostname": name,
-                "kubernetes.azure.com/agentpool": "big",
+                "agentpool": "big",
                 "topology.kubernetes.io/zone": f"westeurope-{i % 3 + 1}",
                 "topology.kubernetes.io/region": "westeurope",
-                "kubernetes.azure.com/node-image-version": "AKSUbuntu-2204gen2-2025.01.01",
+                "vmss-node-patcher.io/image-version": "2025.01.01",
             },
             "annotations": annotations,
         },
@@ -129,7 +129,7 @@ def kube(home: Path) -> None:
             raise RuntimeError("the apiserver did not start")
         pid = proc.pid
         client = KubeClient.from_kubeconfig(str(home / "kubeconfig"))
-        held = {f"aks-big-{i:06d}" for i in range(200)}
+        held = {f"k8s-big-{i:06d}" for i in range(200)}
 
         def old_way() -> int:  # what admission did: every Node object of the pool
             return sum(
@@ -142,7 +142,7 @@ def kube(home: Path) -> None:
             return len(client.unavailable_nodes(POOL, ignore=held))
 
         def one_get() -> int:
-            return len(client.get_node("aks-big-000500").name)
+            return len(client.get_node("k8s-big-000500").name)
 
         nodes = [_node(i) for i in range(N)]
         cordoned = sum(1 for n in nodes if n["spec"].get("unschedulable"))
@@ -180,7 +180,7 @@ def table(home: Path) -> None:
         nodes = [
             NodeWork(
                 run_id="run1",
-                name=f"aks-big-{i:06d}",
+                name=f"k8s-big-{i:06d}",
                 pool="big",
                 scale_set_id="/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/"
                 "virtualMachineScaleSets/big",

@@ -57,7 +57,7 @@ def build_input(nodes: int, pools: int) -> tuple[Any, list[Any]]:
                             "scaleSetId": scale_set_id(name),
                             "os": "windows" if i % 10 == 9 else "linux",
                             "maxUnavailable": BUDGETS[i % len(BUDGETS)],
-                            "nodeSelector": {"kubernetes.azure.com/agentpool": name},
+                            "nodeSelector": {"agentpool": name},
                         }
                         for i, name in enumerate(names)
                     ],
@@ -69,17 +69,17 @@ def build_input(nodes: int, pools: int) -> tuple[Any, list[Any]]:
     for i in range(nodes):
         pool = names[i % pools]
         instance = i // pools
-        name = f"aks-{pool}-12345678-vmss{instance:06x}"
+        name = f"k8s-{pool}-12345678-vmss{instance:06x}"
         views.append(
             Node(
                 {
                     "metadata": {
                         "name": name,
                         "labels": {
-                            "kubernetes.azure.com/agentpool": pool,
+                            "agentpool": pool,
                             "kubernetes.io/os": "linux",
                             "topology.kubernetes.io/zone": f"westeurope-{instance % 3 + 1}",
-                            "kubernetes.azure.com/node-image-version": "2026.11.01",
+                            "vmss-node-patcher.io/image-version": "2026.11.01",
                         },
                         "annotations": {},
                     },

@@ -376,7 +376,7 @@ def runner_stats(lines: Iterable[str], *, start: float, end: float, nodes: int) 
 
 
 def _generalise(text: str) -> str:
-    return re.sub(r"\b[0-9a-f]{16}\b", "RUN", re.sub(r"aks-\S+", "NODE", text))
+    return re.sub(r"\b[0-9a-f]{16}\b", "RUN", re.sub(r"k8s-\S+", "NODE", text))
 
 
 # ---- running one rollout ----------------------------------------------------------------------

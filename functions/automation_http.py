@@ -1,37 +1,29 @@
-"""Azure Automation Update Management pre-script hook: POST the run context, get runs."""
+"""The retired Azure Automation Update Management pre-script hook: answers 410 Gone.
+
+Automation Update Management was retired (August 2024) and shut down (February 2025), and
+its software update configurations with it, so no run context can name machines to patch
+any more. The route stays so that a runbook still calling it is told why, instead of a 404
+that looks like a typo. Its successor, Azure Update Manager, reaches the app as Event Grid
+maintenance events (``azure_events``).
+"""
 
 from __future__ import annotations
 
-import logging
-
 import azure.functions as func
 
-from functions.http_util import error, json_response, read_json
+from functions.http_util import error
 
-logger = logging.getLogger(__name__)
 bp = func.Blueprint()
+
+RETIRED = (
+    "Azure Automation Update Management was retired (shut down February 2025) and its software "
+    "update configurations with it: this hook no longer starts runs. Schedule patching with an "
+    "Azure Update Manager maintenance configuration mapped under events.maintenanceConfigurations; "
+    "its Event Grid events start the runs"
+)
 
 
 @bp.function_name("automation_update_run")
 @bp.route(route="automation/update-run", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def automation_update_run(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.app import automation_client, collaborators
-    from shared.errors import NotFoundError, TemporaryError, ValidationError
-    from shared.events import AutomationRunContext
-    from shared.intake import Intake
-
-    try:
-        context = AutomationRunContext.parse(read_json(req))
-        outcome = Intake(collaborators()).automation_run(context, automation=automation_client())
-    except ValidationError as exc:
-        return error(400, str(exc))
-    except NotFoundError as exc:
-        return error(404, str(exc))
-    except TemporaryError as exc:
-        # The runbook should fail (and so stop the deployment) rather than patch unmanaged.
-        logger.warning("automation run context not handled yet: %s", exc)
-        return error(503, "try again shortly", retryable=True)
-    status = 202 if outcome.action == "started" else (409 if outcome.action == "refused" else 200)
-    return json_response(
-        {"outcome": outcome.action, "detail": outcome.detail, "runs": list(outcome.runs)}, status
-    )
+    return error(410, RETIRED)

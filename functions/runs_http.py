@@ -1,5 +1,5 @@
-"""Operator endpoints: start, list, inspect, pause, resume and cancel runs; release a
-cluster's lock."""
+"""Operator endpoints: start, list, inspect, pause, resume and cancel runs; retry or
+release a failed node; release a cluster's lock."""
 
 from __future__ import annotations
 
@@ -45,8 +45,17 @@ def runs_collection(req: func.HttpRequest) -> func.HttpResponse:
     except ConfigError as exc:
         logger.error("configuration error: %s", exc)
         return error(500, "the app is misconfigured; see its logs")
+    # A deferred run says until when and why (outside its window, notBefore) at once.
+    summary = service.summary(run)
     return json_response(
-        {"id": run.id, "state": str(run.state)}, 202, headers={"Location": f"/api/runs/{run.id}"}
+        {
+            "id": run.id,
+            "state": str(run.state),
+            "notBefore": summary["notBefore"],
+            "stateReason": run.state_reason,
+        },
+        202,
+        headers={"Location": f"/api/runs/{run.id}"},
     )
 
 
@@ -83,6 +92,38 @@ def run_action(req: func.HttpRequest) -> func.HttpResponse:
 # Set by App Service Authentication (Easy Auth) when it fronts the app; without it the
 # caller is known only as holding a function key.
 PRINCIPAL_HEADER = "x-ms-client-principal-name"
+NODE_ACTIONS = ("release", "retry")
+
+
+@bp.function_name("run_node_action")
+@bp.route(route="runs/{id}/nodes/{node}/{action}", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def run_node_action(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.errors import ConcurrencyError, NotFoundError, TemporaryError, ValidationError
+    from shared.runs import NodeActionRefusedError, NodeActionRequest, RunConflictError
+
+    run_id, node, action = req.route_params["id"], req.route_params["node"], req.route_params["action"]
+    if action not in NODE_ACTIONS:
+        return error(404, f"unknown node action {action!r}; use one of {list(NODE_ACTIONS)}")
+    try:
+        body = read_json(req) if (req.get_body() or b"").strip() else None
+        request = NodeActionRequest.from_json(body, principal=req.headers.get(PRINCIPAL_HEADER))
+    except ValidationError as exc:
+        return error(400, str(exc))
+    service = _service()
+    try:
+        if action == "retry":
+            return json_response(service.retry_node(run_id, node, request), 202)
+        return json_response(service.release_node(run_id, node, request))
+    except NotFoundError as exc:
+        return error(404, str(exc))
+    except RunConflictError as exc:
+        return error(409, str(exc), activeRun=exc.active_run)
+    except (NodeActionRefusedError, ConcurrencyError) as exc:
+        return error(409, str(exc))
+    except ValidationError as exc:  # a new run for the node could not be planned
+        return error(400, str(exc))
+    except TemporaryError as exc:  # the API server or the store, for a moment; a retry carries on
+        return error(503, f"try again: {exc}")
 
 
 @bp.function_name("cluster_lock")

@@ -1,4 +1,5 @@
-"""Timer: patch what is due inside each pool's maintenance window."""
+"""Timer: patch what is due inside each pool's maintenance window; look again at images
+refused for their kubelet's skew."""
 
 from __future__ import annotations
 
@@ -16,5 +17,9 @@ def scheduled_patch(timer: func.TimerRequest) -> None:
     from shared.app import collaborators
     from shared.intake import Intake
 
-    for outcome in Intake(collaborators()).scheduled():
+    intake = Intake(collaborators())
+    for outcome in intake.scheduled():
         logger.info("scheduled patch (past due: %s): %s", timer.past_due, outcome.describe())
+    # An image refused for its kubelet's skew is looked at again once the control plane moved.
+    for outcome in intake.recheck_refused_images():
+        logger.info("refused image looked at again: %s", outcome.describe())

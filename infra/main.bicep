@@ -3,9 +3,8 @@
 //   az deployment group create -g <rg> -f infra/main.bicep -p @infra/main.parameters.json
 //
 // The app's own resources go into the target resource group; the role assignments (and
-// Event Grid system topics) for the scale sets, galleries, maintenance configurations and
-// Automation accounts go where those live, in any resource group or subscription of the
-// tenant. Nothing is granted at subscription scope. Steps and choices: infra/README.md.
+// Event Grid system topics) for the scale sets, galleries and maintenance configurations
+// go where those live, in any resource group or subscription of the tenant. Nothing is granted at subscription scope. Steps and choices: infra/README.md.
 targetScope = 'resourceGroup'
 
 @description('Short name the resource names are derived from: lower-case letters and digits only (it is part of the storage account name).')
@@ -37,7 +36,10 @@ param kubeconfigSettings array = []
 @description('GitHub webhook secret settings, as Key Vault references: [{name: "GITHUB_WEBHOOK_SECRET", secretName: "github-webhook-secret"}]; two entries while rotating. The YAML configuration lists them under gitops.secrets.')
 param webhookSecretSettings array = []
 
-@description('The node pools\' scale sets, grouped by resource group: [{id: "/subscriptions/<sub>/resourceGroups/<rg>", scaleSets: ["<scale set name>"]}]; the app may write only these scale sets.')
+@description('Notification webhook URL settings, as Key Vault references: [{name: "TEAMS_PATCHING_WEBHOOK", secretName: "teams-patching-webhook"}]. The YAML configuration names them (notifications[].url.setting); a webhook URL is a credential.')
+param notificationSettings array = []
+
+@description('The node pools\' scale sets, grouped by resource group: [{id: "/subscriptions/<sub>/resourceGroups/<rg>", scaleSets: ["<scale set name>"], flexible: false}]; the app may write only these scale sets. flexible: true when some are Flexible scale sets (their VMs are read and reimaged through the VM API, granted on the group).')
 param scaleSetResourceGroups array = []
 
 @description('Compute Galleries whose new image versions trigger rollouts, grouped by resource group: [{id: "/subscriptions/<sub>/resourceGroups/<rg>", galleries: ["<gallery>"], existingSystemTopicName: ""}].')
@@ -45,9 +47,6 @@ param galleryResourceGroups array = []
 
 @description('Update Manager maintenance configurations the app follows: [{id: "<configuration resource id>", location: "<its region>", existingSystemTopicName: ""}].')
 param maintenanceConfigurations array = []
-
-@description('Automation accounts whose Update Management pre-scripts call the app (legacy), grouped by resource group: [{id: "/subscriptions/<sub>/resourceGroups/<rg>", accounts: ["<account>"]}].')
-param automationAccountGroups array = []
 
 @description('Object ids of operators (users or groups) allowed to write secrets into the vault.')
 param secretsOfficerPrincipalIds array = []
@@ -113,6 +112,7 @@ module functionApp 'app/functionapp.bicep' = {
     armAudience: armAudience
     kubeconfigSettings: kubeconfigSettings
     webhookSecretSettings: webhookSecretSettings
+    notificationSettings: notificationSettings
     maximumInstanceCount: maximumInstanceCount
   }
 }
@@ -135,6 +135,7 @@ module scaleSetRoles 'app/role-scalesets.bicep' = [for (group, i) in scaleSetRes
     principalId: functionApp.outputs.principalId
     appName: functionAppName
     scaleSetNames: group.scaleSets
+    flexibleScaleSets: group.?flexible ?? false
   }
 }]
 
@@ -161,16 +162,6 @@ module maintenance 'app/maintenance.bicep' = [for (mc, i) in maintenanceConfigur
     existingSystemTopicName: contains(mc, 'existingSystemTopicName') ? mc.existingSystemTopicName : ''
     functionAppId: functionApp.outputs.id
     deployEventSubscriptions: deployEventSubscriptions
-  }
-}]
-
-module automation 'app/role-automation.bicep' = [for (group, i) in automationAccountGroups: {
-  name: 'automation-${i}'
-  scope: resourceGroup(split(group.id, '/')[2], split(group.id, '/')[4])
-  params: {
-    principalId: functionApp.outputs.principalId
-    appName: functionAppName
-    accountNames: group.accounts
   }
 }]
 

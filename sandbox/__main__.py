@@ -18,7 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start everything and run until SIGTERM/SIGINT")
     up.add_argument("--state-dir", type=Path, required=True)
-    up.add_argument("--pools", default=DEFAULT_POOLS, help="NAME:OS:COUNT,... (default: %(default)s)")
+    up.add_argument(
+        "--pools",
+        default=DEFAULT_POOLS,
+        help="NAME:OS:COUNT[:flex],... (:flex for a Flexible scale set; default: %(default)s)",
+    )
     up.add_argument(
         "--runners", type=int, default=2, help="Functions runner processes (default: %(default)s)"
     )

@@ -63,6 +63,18 @@ Fidelity choices (sources: Azure REST API reference, azure-docs, recorded respon
   policies are reported but not enforced.
 * Unknown instance ids in batch writes: 400 ``InvalidParameter`` "The provided instanceId
   N is not an active Virtual Machine Scale Set VM instanceId." (target ``instanceIds``).
+* Flexible scale sets (``orchestrationMode: Flexible``; orchestration-modes-api-comparison.md):
+  each instance is a ``Microsoft.Compute/virtualMachines`` resource named ``{scaleSet}_{8 hex}``
+  with ``virtualMachineScaleSet.id`` and no ``latestModelApplied``, served by the VM API (list
+  with ``$filter='virtualMachineScaleSet/id' eq 'ID'``, get, instance view, reimage LRO);
+  ``manualupgrade`` takes VM names. The VMSS-VM routes, batch reimage and the scale set's
+  instance view answer 400 ``BadRequest`` "Operation 'VirtualMachineScaleSets.…' is not
+  allowed on Virtual Machine Scale Set '…'." (the message Compute gives the other way round).
+* ``upgradePolicy`` (virtual-machine-scale-sets-upgrade-policy.md) is stored and validated
+  with the model (mode Automatic/Manual/Rolling; ``maxBatchInstancePercent`` 5-100;
+  ``pauseTimeBetweenBatches`` ISO 8601). After a model write that changes the image, Compute
+  upgrades the instances itself: Automatic all at once, Rolling one batch at a time with the
+  pause between batches, a failed batch stopping the upgrade; nothing is cordoned or drained.
 
 Compute Gallery (REST examples of api-version 2022-01-03 and later; the SDK sends 2026-03-03):
 
@@ -217,6 +229,72 @@ _KNOWN_ERROR_MESSAGES = {
     "AllocationFailed": "Allocation failed. We do not have sufficient capacity for the requested VM size "
     "in this region.",
 }
+
+
+_UPGRADE_MODES = ("Automatic", "Manual", "Rolling")
+# Operations that bring an instance to the scale set's model (the others restore its image).
+_MODEL_UPGRADES = frozenset({"manualupgrade", "automatic_upgrade", "rolling_upgrade"})
+# Compute's defaults for a Rolling policy's fields (RollingUpgradePolicy, REST reference).
+_ROLLING_DEFAULTS: dict[str, Any] = {
+    "maxBatchInstancePercent": 20,
+    "maxUnhealthyInstancePercent": 20,
+    "maxUnhealthyUpgradedInstancePercent": 20,
+    "pauseTimeBetweenBatches": "PT0S",
+}
+_DURATION = re.compile(r"PT(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?", re.IGNORECASE)
+
+
+def _duration_seconds(text: str) -> float:
+    m = _DURATION.fullmatch(text or "")
+    if m is None or text.upper() == "PT":
+        raise ValueError(text)
+    return int(m["h"] or 0) * 3600 + int(m["m"] or 0) * 60 + float(m["s"] or 0)
+
+
+def _upgrade_policy(raw: Any, *, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An ``upgradePolicy`` as Compute stores it (a PATCH merges into ``base``), or the 400
+    Compute answers for a bad one."""
+    if not isinstance(raw, dict):
+        raise _ApiError(
+            400,
+            "InvalidParameter",
+            "The value of parameter upgradePolicy is invalid.",
+            target="upgradePolicy",
+        )
+    policy: dict[str, Any] = deepcopy(base) if base else {"mode": "Manual"}
+    mode = raw.get("mode", policy.get("mode"))
+    if mode not in _UPGRADE_MODES:
+        raise _ApiError(
+            400,
+            "InvalidParameter",
+            f"The value {mode!r} of parameter upgradePolicy.mode is invalid; allowed values are "
+            f"{', '.join(_UPGRADE_MODES)}.",
+            target="upgradePolicy.mode",
+        )
+    policy["mode"] = mode
+    rolling = {**_ROLLING_DEFAULTS, **(policy.get("rollingUpgradePolicy") or {})}
+    rolling.update({k: v for k, v in (raw.get("rollingUpgradePolicy") or {}).items() if v is not None})
+    percent = rolling["maxBatchInstancePercent"]
+    if not isinstance(percent, int) or not 5 <= percent <= 100:
+        raise _ApiError(
+            400,
+            "InvalidParameter",
+            "The value of parameter rollingUpgradePolicy.maxBatchInstancePercent must be between 5 and 100.",
+            target="rollingUpgradePolicy.maxBatchInstancePercent",
+        )
+    try:
+        _duration_seconds(str(rolling["pauseTimeBetweenBatches"]))
+    except ValueError:
+        raise _ApiError(
+            400,
+            "InvalidParameter",
+            "The value of parameter rollingUpgradePolicy.pauseTimeBetweenBatches is not an ISO 8601 "
+            "duration.",
+            target="rollingUpgradePolicy.pauseTimeBetweenBatches",
+        ) from None
+    if mode == "Rolling" or "rollingUpgradePolicy" in policy or raw.get("rollingUpgradePolicy"):
+        policy["rollingUpgradePolicy"] = rolling
+    return policy
 
 
 def _iso(ts: float | None = None) -> str:
@@ -599,9 +677,16 @@ class _Instance:
     # creates a new disk from the image, so the disk's name and id change with it.
     os_disk_guid: str = field(default_factory=lambda: uuid.uuid4().hex)
     os_disks: int = 1  # how many OS disks this instance has had
+    # A Flexible scale set's VM is a Microsoft.Compute/virtualMachines resource of its own,
+    # named ``{scaleSet}_{8 hex}``; its instance id *is* that name. Uniform: empty.
+    vm_name: str = ""
 
     def os_disk_name(self, scale_set: str) -> str:
-        return f"{scale_set}_{self.instance_id}_OsDisk_1_{self.os_disk_guid}"
+        return f"{self.vm_name or f'{scale_set}_{self.instance_id}'}_OsDisk_1_{self.os_disk_guid}"
+
+    def public_id(self) -> str:
+        """The id clients use: the instance id (Uniform) or the VM name (Flexible)."""
+        return self.vm_name or self.instance_id
 
 
 @dataclass
@@ -623,10 +708,16 @@ class _ScaleSet:
     provisioning_state: str = "Succeeded"
     model_ops_in_flight: int = 0
     etag: int = 1
+    orchestration_mode: str = "Uniform"
+    upgrade_policy: dict[str, Any] = field(default_factory=lambda: {"mode": "Manual"})
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.resource_group.lower(), self.name.lower())
+
+    @property
+    def flexible(self) -> bool:
+        return self.orchestration_mode == "Flexible"
 
     def capacity(self) -> int:
         return sum(1 for i in self.instances.values() if i.provisioning_state != "Deleting")
@@ -965,11 +1056,19 @@ class ComputeState:
         computer_name_prefix: str,
         zones: list[str] | None = None,
         tags: dict | None = None,
+        orchestration_mode: str = "Uniform",
+        upgrade_policy: dict[str, Any] | None = None,
     ) -> dict:
         """Create a scale set whose instances already exist and run (no instance_created events)."""
         os_norm = {"linux": "Linux", "windows": "Windows"}.get(os_type.lower())
         if os_norm is None:
             raise ValueError(f"os_type must be Linux or Windows, got {os_type!r}")
+        if orchestration_mode not in ("Uniform", "Flexible"):
+            raise ValueError(f"orchestration_mode must be Uniform or Flexible, got {orchestration_mode!r}")
+        try:
+            policy = _upgrade_policy(upgrade_policy or {"mode": "Manual"})
+        except _ApiError as exc:
+            raise ValueError(str(exc)) from None
         with self._transaction():
             key = (resource_group.lower(), name.lower())
             if key in self._scale_sets:
@@ -995,6 +1094,8 @@ class ComputeState:
                     "HighCostGetVMScaleSet3Min": _TokenBucket(30, 10 / clock.seconds(60.0)),
                     "GetVMScaleSetVM3Min": _TokenBucket(36, 12 / clock.seconds(60.0)),
                 },
+                orchestration_mode=orchestration_mode,
+                upgrade_policy=policy,
             )
             for _ in range(capacity):
                 self._new_instance(ss, state="Succeeded")
@@ -1016,7 +1117,8 @@ class ComputeState:
     def vms(self, resource_group: str, name: str) -> list[dict]:
         with self._lock:
             ss = self._require(resource_group, name)
-            return [self._vm_json(ss, inst, expand=True) for inst in self._sorted(ss)]
+            render = self._flex_vm_json if ss.flexible else self._vm_json
+            return [render(ss, inst, expand=True) for inst in self._sorted(ss)]
 
     def add_listener(self, fn: Callable[[str, dict], None]) -> None:
         with self._lock:
@@ -1067,6 +1169,7 @@ class ComputeState:
         }
         if inst is not None:
             payload.update(instance_id=inst.instance_id, computer_name=inst.computer_name, zone=inst.zone)
+            payload["vm_name"] = inst.vm_name or f"{ss.name}_{inst.instance_id}"
             history.update(instance_id=inst.instance_id, computer_name=inst.computer_name, zone=inst.zone)
         history.update(extra)
         self.world.history.append(kind, **history)
@@ -1098,6 +1201,7 @@ class ComputeState:
             time_created=_iso(),
             provisioning_state=state,
             power_state="running" if state == "Succeeded" else "starting",
+            vm_name=f"{ss.name}_{uuid.uuid4().hex[:8]}" if ss.flexible else "",
         )
         ss.instances[iid] = inst
         return inst
@@ -1136,8 +1240,8 @@ class ComputeState:
             "sku": {"name": _VM_SIZE, "tier": "Standard", "capacity": ss.capacity()},
             "properties": {
                 "singlePlacementGroup": False,
-                "orchestrationMode": "Uniform",
-                "upgradePolicy": {"mode": "Manual"},
+                "orchestrationMode": ss.orchestration_mode,
+                "upgradePolicy": deepcopy(ss.upgrade_policy),
                 "virtualMachineProfile": {
                     "osProfile": {
                         "computerNamePrefix": ss.prefix,
@@ -1292,6 +1396,7 @@ class ComputeState:
 
     def _lookup_vm(self, ctx: _Ctx) -> tuple[_ScaleSet, _Instance]:
         ss = self._lookup(ctx, parent=True)
+        self._uniform_only(ss, "virtualMachines")
         iid = ctx.match["iid"]
         inst = ss.instances.get(iid)
         if inst is None:
@@ -1362,6 +1467,7 @@ class ComputeState:
 
     def _api_scale_set_instance_view(self, ctx: _Ctx) -> _Reply:
         ss = self._lookup(ctx)
+        self._uniform_only(ss, "instanceView.GET")
         counts: dict[str, int] = {}
         for inst in ss.instances.values():
             code = f"ProvisioningState/{inst.provisioning_state.lower()}"
@@ -1385,6 +1491,7 @@ class ComputeState:
 
     def _api_list_vms(self, ctx: _Ctx) -> _Reply:
         ss = self._lookup(ctx, parent=True)
+        self._uniform_only(ss, "virtualMachines")
         expand = ctx.query.get("$expand", "").lower() == "instanceview"
         flt = ctx.query.get("$filter")
         want_latest: bool | None = None
@@ -1469,6 +1576,9 @@ class ComputeState:
         return f"{base}?api-version={v}", f"{base}?monitor=true&api-version={v}"
 
     def _start_op(self, ctx: _Ctx, ss: _ScaleSet, kind: str) -> _Operation:
+        return self._new_operation(ss, kind)
+
+    def _new_operation(self, ss: _ScaleSet, kind: str) -> _Operation:
         op = _Operation(
             op_id=str(uuid.uuid4()),
             kind=kind,
@@ -1511,8 +1621,13 @@ class ComputeState:
                 "The value of parameter instanceIds is invalid.",
                 target="instanceIds",
             )
+        # Flexible: "the instanceIds parameter refers to ... the instance name"
+        # (virtual-machine-scale-sets-perform-manual-upgrades.md), matched as ARM names are.
+        by_name = {i.vm_name.lower(): i.instance_id for i in ss.instances.values() if i.vm_name}
+        resolved = []
         for iid in ids:
-            if iid not in ss.instances:
+            internal = by_name.get(iid.lower()) if ss.flexible else iid
+            if internal is None or internal not in ss.instances:
                 raise _ApiError(
                     400,
                     "InvalidParameter",
@@ -1520,7 +1635,8 @@ class ComputeState:
                     "Virtual Machine Scale Set VM instanceId.",
                     target="instanceIds",
                 )
-        return list(dict.fromkeys(ids))
+            resolved.append(internal)
+        return list(dict.fromkeys(resolved))
 
     def _check_writable(self, ss: _ScaleSet, inst: _Instance, verb: str) -> None:
         if inst.provisioning_state == "Deleting" and verb != "delete":
@@ -1579,35 +1695,39 @@ class ComputeState:
             )
         op = self._start_op(ctx, ss, kind)
         for iid in ids:
-            inst = ss.instances[iid]
-            if kind == "manualupgrade":
-                if inst.model_version == ss.model_version and inst.op_id is None:
-                    continue  # already on the latest model: Compute leaves it alone
-                target, version = deepcopy(ss.image), ss.model_version
-            else:
-                # A plain reimage restores what the instance runs (or was being upgraded to).
-                target = deepcopy(inst.target_image if inst.target_image is not None else inst.image)
-                version = (
-                    inst.target_model_version if inst.target_model_version is not None else inst.model_version
-                )
-            if kind != "manualupgrade" or target != inst.image:
-                # The OS disk is replaced as the operation starts (the node is wiped then
-                # too): a new disk from the image, with a new name and id.
-                inst.os_disk_guid, inst.os_disks = uuid.uuid4().hex, inst.os_disks + 1
-            inst.target_image, inst.target_model_version = target, version
-            inst.provisioning_state, inst.power_state, inst.failure = "Updating", "starting", None
-            inst.state_time = _iso()
-            self._claim(ss, inst, op, kind, self.durations.reimage)
-            self._emit(
-                "reimage_started",
-                ss,
-                inst,
-                target,
-                operation=kind,
-                operation_id=op.op_id,
-                os_disk=inst.os_disk_name(ss.name),
-            )
+            self._begin_instance_task(ss, ss.instances[iid], op, kind)
         return self._accepted(ctx, op, self.durations.reimage, headers)
+
+    def _begin_instance_task(self, ss: _ScaleSet, inst: _Instance, op: _Operation, kind: str) -> None:
+        """Start reimaging ``inst`` (``kind`` reimage / reimage_all), or upgrading it to the
+        model (manualupgrade, or an upgrade the scale set's policy started)."""
+        if kind in _MODEL_UPGRADES:
+            if inst.model_version == ss.model_version and inst.op_id is None:
+                return  # already on the latest model: Compute leaves it alone
+            target, version = deepcopy(ss.image), ss.model_version
+        else:
+            # A plain reimage restores what the instance runs (or was being upgraded to).
+            target = deepcopy(inst.target_image if inst.target_image is not None else inst.image)
+            version = (
+                inst.target_model_version if inst.target_model_version is not None else inst.model_version
+            )
+        if kind not in _MODEL_UPGRADES or target != inst.image:
+            # The OS disk is replaced as the operation starts (the node is wiped then
+            # too): a new disk from the image, with a new name and id.
+            inst.os_disk_guid, inst.os_disks = uuid.uuid4().hex, inst.os_disks + 1
+        inst.target_image, inst.target_model_version = target, version
+        inst.provisioning_state, inst.power_state, inst.failure = "Updating", "starting", None
+        inst.state_time = _iso()
+        self._claim(ss, inst, op, kind, self.durations.reimage)
+        self._emit(
+            "reimage_started",
+            ss,
+            inst,
+            target,
+            operation=kind,
+            operation_id=op.op_id,
+            os_disk=inst.os_disk_name(ss.name),
+        )
 
     def _start_delete(self, ctx: _Ctx, ss: _ScaleSet, ids: list[str], headers: dict[str, str]) -> _Reply:
         op = self._start_op(ctx, ss, "delete")
@@ -1622,12 +1742,14 @@ class ComputeState:
 
     def _api_reimage(self, ctx: _Ctx) -> _Reply:
         ss = self._lookup(ctx)
+        self._uniform_only(ss, "reimage.POST")
         headers = self._charge_write(ss)
         ids = self._instance_ids(ss, ctx.body, required=False)
         return self._start_reimage(ctx, ss, ids, "reimage", headers)
 
     def _api_reimage_all(self, ctx: _Ctx) -> _Reply:
         ss = self._lookup(ctx)
+        self._uniform_only(ss, "reimageall.POST")
         headers = self._charge_write(ss)
         ids = self._instance_ids(ss, ctx.body, required=False)
         return self._start_reimage(ctx, ss, ids, "reimage_all", headers)
@@ -1681,6 +1803,9 @@ class ComputeState:
                 "Changing property 'computerNamePrefix' is not allowed.",
                 target="computerNamePrefix",
             )
+        policy = props.get("upgradePolicy")
+        if policy is not None:
+            policy = _upgrade_policy(policy, base=ss.upgrade_policy if patch else None)
         capacity = (body.get("sku") or {}).get("capacity")
         if capacity is not None and (not isinstance(capacity, int) or capacity < 0):
             raise _ApiError(
@@ -1691,6 +1816,8 @@ class ComputeState:
             )
 
         op = self._start_op(ctx, ss, "update_model")
+        if policy is not None:
+            ss.upgrade_policy = policy
         image_changed = False
         if isinstance(image, dict) and image:
             # Compute returns only the fields it knows; drop client-side nulls before comparing.
@@ -1799,6 +1926,7 @@ class ComputeState:
                 ss.provisioning_state = "Succeeded"
             if image_changed and op.fail_code is None:
                 self._emit("model_updated", ss, None, ss.image, operation_id=op_id)
+                self._upgrade_by_policy(ss)
             self._maybe_finish_op(op)
 
     def _maybe_finish_op(self, op: _Operation) -> None:
@@ -1813,10 +1941,180 @@ class ComputeState:
         self.world.history.append(
             "operation_finished", operation_id=op.op_id, operation=op.kind, status=op.status, error=op.error
         )
+        if op.kind == "rolling_upgrade":
+            self._next_rolling_batch(op)
 
     @staticmethod
     def _error_message(code: str) -> str:
         return _KNOWN_ERROR_MESSAGES.get(code, f"The operation failed with error code '{code}'.")
+
+    # ---------------------------------------------------------------- upgrade policies
+
+    def _upgrade_by_policy(self, ss: _ScaleSet) -> None:
+        """What Compute does itself after a model change, by ``upgradePolicy.mode``
+        (virtual-machine-scale-sets-upgrade-policy.md): Manual nothing; Automatic upgrades
+        every instance at once ("might take down all virtual machines at the same time");
+        Rolling in batches of ``maxBatchInstancePercent`` of the instances, one batch after
+        the other, ``pauseTimeBetweenBatches`` apart. Nobody cordons or drains anything."""
+        mode = ss.upgrade_policy.get("mode")
+        if mode == "Automatic":
+            op = self._new_operation(ss, "automatic_upgrade")
+            stale = self._stale_instances(ss)
+            self.world.history.append(
+                "automatic_upgrade_started",
+                resource_group=ss.resource_group,
+                scale_set=ss.name,
+                instance_ids=[i.public_id() for i in stale],
+                operation_id=op.op_id,
+            )
+            for inst in stale:
+                self._begin_instance_task(ss, inst, op, "automatic_upgrade")
+            self._maybe_finish_op(op)
+        elif mode == "Rolling":
+            self.world.history.append(
+                "rolling_upgrade_started", resource_group=ss.resource_group, scale_set=ss.name
+            )
+            self._rolling_batch(ss.key)
+
+    @staticmethod
+    def _stale_instances(ss: _ScaleSet) -> list[_Instance]:
+        return [
+            i
+            for i in ComputeState._sorted(ss)
+            if i.model_version != ss.model_version and i.provisioning_state not in ("Deleting", "Creating")
+        ]
+
+    def _rolling_batch(self, key: tuple[str, str]) -> None:
+        with self._transaction():
+            ss = self._scale_sets.get(key)
+            if ss is None or ss.upgrade_policy.get("mode") != "Rolling":
+                return
+            stale = self._stale_instances(ss)
+            if not stale:
+                self.world.history.append(
+                    "rolling_upgrade_completed", resource_group=ss.resource_group, scale_set=ss.name
+                )
+                return
+            percent = ss.upgrade_policy["rollingUpgradePolicy"]["maxBatchInstancePercent"]
+            size = max(1, ss.capacity() * percent // 100)
+            op = self._new_operation(ss, "rolling_upgrade")
+            batch = stale[:size]
+            self.world.history.append(
+                "rolling_upgrade_batch",
+                resource_group=ss.resource_group,
+                scale_set=ss.name,
+                instance_ids=[i.public_id() for i in batch],
+                operation_id=op.op_id,
+            )
+            for inst in batch:
+                self._begin_instance_task(ss, inst, op, "rolling_upgrade")
+            self._maybe_finish_op(op)
+
+    def _next_rolling_batch(self, op: _Operation) -> None:
+        """A batch is done: the next one after the pause; a failed batch stops the upgrade."""
+        ss = self._scale_sets.get(op.key)
+        if ss is None or op.status != "Succeeded":
+            return
+        pause = _duration_seconds(ss.upgrade_policy["rollingUpgradePolicy"]["pauseTimeBetweenBatches"])
+        key = op.key
+        self.world.scheduler.call_later(self.world.clock.seconds(pause), lambda: self._rolling_batch(key))
+
+    # ---------------------------------------------------------------- Flexible orchestration
+
+    @staticmethod
+    def _uniform_only(ss: _ScaleSet, operation: str) -> None:
+        """The VMSS-VM and batch instance APIs a Flexible scale set does not serve: its
+        instances are managed through the single-VM APIs (orchestration-modes-api-comparison.md)."""
+        if ss.flexible:
+            raise _ApiError(
+                400,
+                "BadRequest",
+                f"Operation 'VirtualMachineScaleSets.{operation}' is not allowed on "
+                f"Virtual Machine Scale Set '{ss.name}'.",
+            )
+
+    def _flex_vm_id(self, ss: _ScaleSet, inst: _Instance) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{ss.resource_group}"
+            f"/providers/Microsoft.Compute/virtualMachines/{inst.vm_name}"
+        )
+
+    def _flex_vm_json(self, ss: _ScaleSet, inst: _Instance, *, expand: bool) -> dict[str, Any]:
+        """A Flexible instance as the VM API shows it: a virtualMachines resource naming its
+        scale set, with no instance id and no model flag."""
+        body = self._vm_json(ss, inst, expand=expand)
+        props = body["properties"]
+        props.pop("latestModelApplied")
+        props.pop("modelDefinitionApplied")
+        props["virtualMachineScaleSet"] = {"id": self._resource_id(ss)}
+        body.pop("instanceId")
+        body.pop("sku")
+        body.update(
+            name=inst.vm_name, id=self._flex_vm_id(ss, inst), type="Microsoft.Compute/virtualMachines"
+        )
+        return body
+
+    def _flex_scale_sets(self, rg: str) -> list[_ScaleSet]:
+        return [ss for key, ss in sorted(self._scale_sets.items()) if ss.flexible and key[0] == rg.lower()]
+
+    def _lookup_flex_vm(self, ctx: _Ctx) -> tuple[_ScaleSet, _Instance]:
+        self._check_subscription(ctx)
+        rg, name = ctx.match["rg"], ctx.match["vm"]
+        self._require_group(rg)
+        for ss in self._flex_scale_sets(rg):
+            for inst in ss.instances.values():
+                if inst.vm_name.lower() == name.lower():
+                    return ss, inst
+        raise _resource_not_found(f"Microsoft.Compute/virtualMachines/{name}", rg)
+
+    def _api_list_flex_vms(self, ctx: _Ctx) -> _Reply:
+        """``GET .../virtualMachines``, optionally ``$filter='virtualMachineScaleSet/id' eq 'ID'``
+        (the VM List filter the REST reference documents for Flexible members)."""
+        self._check_subscription(ctx)
+        rg = ctx.match["rg"]
+        self._require_group(rg)
+        flt = ctx.query.get("$filter")
+        wanted: str | None = None
+        if flt:
+            m = re.fullmatch(r"\s*'virtualMachineScaleSet/id'\s+eq\s+'(?P<id>[^']+)'\s*", flt, re.IGNORECASE)
+            if not m:
+                raise _ApiError(
+                    400,
+                    "InvalidParameter",
+                    f"The value of parameter $filter is invalid: {flt}",
+                    target="$filter",
+                )
+            wanted = m.group("id").lower()
+        expand = ctx.query.get("$expand", "").lower() == "instanceview"
+        items = [
+            self._flex_vm_json(ss, inst, expand=expand)
+            for ss in self._flex_scale_sets(rg)
+            if wanted is None or self._resource_id(ss).lower() == wanted
+            for inst in self._sorted(ss)
+        ]
+        return _Reply(
+            200,
+            {"value": items},
+            {"x-ms-ratelimit-remaining-resource": "Microsoft.Compute/HighCostGet3Min;159"},
+        )
+
+    def _api_get_flex_vm(self, ctx: _Ctx) -> _Reply:
+        ss, inst = self._lookup_flex_vm(ctx)
+        expand = ctx.query.get("$expand", "").lower() == "instanceview"
+        return _Reply(
+            200, self._flex_vm_json(ss, inst, expand=expand), self._read_headers(ss, "GetVMScaleSetVM3Min")
+        )
+
+    def _api_flex_vm_instance_view(self, ctx: _Ctx) -> _Reply:
+        ss, inst = self._lookup_flex_vm(ctx)
+        return _Reply(200, self._instance_view(ss, inst), self._read_headers(ss, "GetVMScaleSetVM3Min"))
+
+    def _api_flex_vm_reimage(self, ctx: _Ctx) -> _Reply:
+        """``POST .../virtualMachines/NAME/reimage``: an LRO like the VMSS one, restoring the
+        image the VM runs (no ``exactVersion``)."""
+        ss, inst = self._lookup_flex_vm(ctx)
+        headers = self._charge_write(ss)
+        return self._start_reimage(ctx, ss, [inst.instance_id], "reimage", headers)
 
     # ================================================================ Compute Gallery
 
@@ -2958,6 +3256,8 @@ _RG = _SUB + r"/resourcegroups/(?P<rg>[^/]+)"
 _VMSS_COLL = r"/providers/microsoft\.compute/virtualmachinescalesets"
 _VMSS = _RG + _VMSS_COLL + r"/(?P<vmss>[^/]+)"
 _VM = _VMSS + r"/virtualmachines/(?P<iid>[^/]+)"
+_VM_COLL = _RG + r"/providers/microsoft\.compute/virtualmachines"
+_FLEX_VM = _VM_COLL + r"/(?P<vm>[^/]+)"
 _OPS = (
     _SUB
     + r"/providers/microsoft\.compute/locations/(?P<loc>[^/]+)"
@@ -3000,6 +3300,11 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool, str]] = [
         ("POST", _VM + r"/reimage", "reimage", True, "_api_vm_reimage"),
         ("POST", _VM + r"/reimageall", "reimage_all", True, "_api_vm_reimage_all"),
         ("GET", _OPS, "poll", False, "_api_poll"),
+        # Flexible scale sets' instances, through the single-VM API
+        ("GET", _VM_COLL, "list_vms", False, "_api_list_flex_vms"),
+        ("GET", _FLEX_VM, "get_vm", False, "_api_get_flex_vm"),
+        ("GET", _FLEX_VM + r"/instanceview", "get_instance_view", False, "_api_flex_vm_instance_view"),
+        ("POST", _FLEX_VM + r"/reimage", "reimage", True, "_api_flex_vm_reimage"),
         # Compute Gallery
         ("GET", _GALLERY, "get_gallery", False, "_api_get_gallery"),
         ("GET", _GALLERY + r"/images", "list_gallery_images", False, "_api_list_gallery_images"),
@@ -3066,6 +3371,10 @@ class _Issued:
     expires_on: int
 
 
+class IncompleteBodyError(ConnectionError):
+    """The client closed its end before the body its headers announced had arrived."""
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -3107,15 +3416,26 @@ class _Handler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             chunks: list[bytes] = []
             while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                line = self.rfile.readline()
+                if not line:
+                    raise IncompleteBodyError("the client went away inside a chunked body")
+                size = int(line.split(b";")[0].strip() or b"0", 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
+                chunk = self.rfile.read(size)
+                if len(chunk) < size:
+                    raise IncompleteBodyError("the client went away inside a chunked body")
+                chunks.append(chunk)
                 self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        raw = self.rfile.read(length) if length > 0 else b""
+        if len(raw) < length:
+            # A real server never acts on half a request: an empty reimage body would mean
+            # "every instance".
+            raise IncompleteBodyError(f"the client went away after {len(raw)} of {length} body bytes")
+        return raw
 
     def _client_gone(self) -> bool:
         """True once the client closed its end (or the connection broke). The client sends
@@ -3136,7 +3456,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         # The body is always drained first: answering early would leave it in the
         # keep-alive stream and corrupt the next request on this connection.
-        raw = self._read_body()
+        try:
+            raw = self._read_body()
+        except IncompleteBodyError:
+            self.close_connection = True
+            return
         headers = {k.lower(): v for k, v in self.headers.items()}
         reply = self.server.arm._dispatch(
             self.command,

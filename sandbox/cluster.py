@@ -23,13 +23,14 @@ from typing import Any
 
 from sandbox.arm import ComputeState
 from sandbox.kubeapi import KubeError, KubeStore
+from sandbox.kubelet import NodeAgents
 from sandbox.world import World, utcnow_iso
 
 logger = logging.getLogger(__name__)
 
 KUBELET_VERSION = "v1.31.4"
-IMAGE_LABEL = "kubernetes.azure.com/node-image-version"
-POOL_LABEL = "kubernetes.azure.com/agentpool"
+IMAGE_LABEL = "vmss-node-patcher.io/image-version"  # shared.kube.NODE_IMAGE_LABEL
+POOL_LABEL = "agentpool"  # the pool label AKS Engine sets; kubeadm nodes: --node-labels
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 # What the product writes on a node it holds (read, never written, by the sandbox).
 RUN_ANNOTATION = "vmss-node-patcher.io/run"
@@ -40,6 +41,7 @@ class PoolSpec:
     name: str
     os: str  # "linux" | "windows"
     count: int
+    orchestration: str = "Uniform"  # or "Flexible": instances are VMs of their own
 
     @property
     def scale_set(self) -> str:
@@ -48,18 +50,21 @@ class PoolSpec:
     @property
     def computer_name_prefix(self) -> str:
         # Windows computer names are at most 15 characters: prefix <= 9 + 6 base-36 digits.
-        return f"aks{self.name}"[:9] if self.os == "windows" else f"aks-{self.name}-12345678-vmss"
+        return f"k8s{self.name}"[:9] if self.os == "windows" else f"k8s-{self.name}-12345678-vmss"
 
     @classmethod
     def parse_list(cls, text: str) -> list[PoolSpec]:
-        """``NAME:OS:COUNT,...`` as given to ``python -m sandbox up --pools``."""
+        """``NAME:OS:COUNT[:flex],...`` as given to ``python -m sandbox up --pools``."""
         pools = []
         for part in filter(None, (p.strip() for p in text.split(","))):
             try:
-                name, os_name, count = part.split(":")
-                spec = cls(name=name, os=os_name.lower(), count=int(count))
+                name, os_name, count, *mode = part.split(":")
+                if mode not in ([], ["flex"], ["uniform"]):
+                    raise ValueError(part)
+                orchestration = "Flexible" if mode == ["flex"] else "Uniform"
+                spec = cls(name=name, os=os_name.lower(), count=int(count), orchestration=orchestration)
             except ValueError:
-                raise ValueError(f"pool {part!r} is not NAME:OS:COUNT") from None
+                raise ValueError(f"pool {part!r} is not NAME:OS:COUNT or NAME:OS:COUNT:flex") from None
             if spec.os not in ("linux", "windows") or spec.count < 1:
                 raise ValueError(f"pool {part!r}: OS must be linux or windows and COUNT at least 1")
             pools.append(spec)
@@ -120,12 +125,19 @@ class SandboxCluster:
         self._lock = threading.RLock()
         self._node_seen: dict[str, tuple[bool, bool]] = {}
         self._booting: set[str] = set()
+        # Pods the controllers below create unscheduled or unstarted go the way any pod does.
+        self.agents = NodeAgents(
+            world,
+            kube,
+            schedule_cloud_seconds=self.timings.pod_start,
+            start_cloud_seconds=self.timings.pod_start,
+        )
         compute.add_listener(self._on_compute)
         kube.add_listener(self._on_kube)
 
     # ---- building ----------------------------------------------------------------------
     def add_pool(self, spec: PoolSpec, *, image_version: str) -> None:
-        definition = "aks-windows" if spec.os == "windows" else "aks-ubuntu"
+        definition = "k8s-node-windows" if spec.os == "windows" else "k8s-node-ubuntu"
         self.compute.add_scale_set(
             resource_group=self.resource_group,
             name=spec.scale_set,
@@ -136,7 +148,8 @@ class SandboxCluster:
             ),
             computer_name_prefix=spec.computer_name_prefix,
             zones=["1", "2", "3"],
-            tags={"aks-managed-poolName": spec.name},
+            tags={"poolName": spec.name, "orchestrator": f"Kubernetes:{KUBELET_VERSION.lstrip('v')}"},
+            orchestration_mode=spec.orchestration,
         )
         for vm in self.compute.vms(self.resource_group, spec.scale_set):
             self._create_node(spec.name, spec.os, vm)
@@ -150,15 +163,18 @@ class SandboxCluster:
     def _create_node(self, pool: str, os_name: str, vm: Mapping[str, Any]) -> None:
         props = vm["properties"]
         name = str(props["osProfile"]["computerName"]).lower()
-        instance_id = str(vm["instanceId"])
         zone = (vm.get("zones") or ["1"])[0]
         image = _image_version(props["storageProfile"]["imageReference"])
-        # cloud-provider-azure writes the resource group lower-cased into providerIDs.
-        provider_id = (
-            f"azure:///subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group.lower()}"
-            f"/providers/Microsoft.Compute/virtualMachineScaleSets/{vm['name'].rsplit('_', 1)[0]}"
-            f"/virtualMachines/{instance_id}"
-        )
+        # cloud-provider-azure writes the resource group lower-cased into providerIDs; a
+        # Flexible scale set's instance is a plain VM, and its providerID names only that.
+        group = f"azure:///subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group.lower()}"
+        if vm["type"] == "Microsoft.Compute/virtualMachines":
+            provider_id = f"{group}/providers/Microsoft.Compute/virtualMachines/{vm['name']}"
+        else:
+            provider_id = (
+                f"{group}/providers/Microsoft.Compute/virtualMachineScaleSets/{vm['name'].rsplit('_', 1)[0]}"
+                f"/virtualMachines/{vm['instanceId']}"
+            )
         now = utcnow_iso()
         self.kube.create(
             {
@@ -300,7 +316,9 @@ class SandboxCluster:
 
     def add_bare_pod(self, namespace: str, name: str, node: str) -> None:
         self._ensure_namespace(namespace)
-        self.kube.create(_pod(namespace, name, node, {"app": name}, None, ready=True))
+        pod = _pod(namespace, name, node, {"app": name}, None)
+        pod["status"] = self.agents.running_status(pod, node)
+        self.kube.create(pod)
 
     def _add_workload(
         self, workload: Workload, min_available: int | str | None, max_unavailable: int | str | None
@@ -370,57 +388,15 @@ class SandboxCluster:
             node,
             workload.labels,
             owner,
-            ready=ready and node is not None,
             empty_dir=workload.empty_dir,
             grace=workload.grace,
         )
         pod["spec"]["nodeSelector"] = {"kubernetes.io/os": workload.os}
-        try:
-            self.kube.create(pod)
-        except KubeError:
-            return
-        if node is None:
-            self.world.scheduler.call_later(
-                self.world.clock.seconds(self.timings.pod_start),
-                lambda: self._schedule_pending(workload.namespace, name),
-            )
-        elif not ready:
-            self.world.scheduler.call_later(
-                self.world.clock.seconds(self.timings.pod_start),
-                lambda: self._mark_pod_ready(workload.namespace, name),
-            )
-
-    def _schedule_pending(self, namespace: str, name: str) -> None:
-        pod = self.kube.get("pods", namespace, name)
-        if pod is None or pod["spec"].get("nodeName"):
-            return
-        os_name = pod["spec"].get("nodeSelector", {}).get("kubernetes.io/os", "linux")
-        node = self._pick_node(os_name)
-        if node is None:
-            self.world.scheduler.call_later(
-                self.world.clock.seconds(self.timings.pod_start),
-                lambda: self._schedule_pending(namespace, name),
-            )
-            return
-
-        def bind(obj: dict[str, Any]) -> None:
-            obj["spec"]["nodeName"] = node
-            obj["status"]["phase"] = "Running"
-
-        self.kube.mutate("pods", namespace, name, bind)
-        self.world.scheduler.call_later(
-            self.world.clock.seconds(self.timings.pod_start), lambda: self._mark_pod_ready(namespace, name)
-        )
-
-    def _mark_pod_ready(self, namespace: str, name: str) -> None:
-        def ready(obj: dict[str, Any]) -> None:
-            obj["status"]["phase"] = "Running"
-            obj["status"]["conditions"] = [
-                {"type": "Ready", "status": "True", "lastTransitionTime": utcnow_iso()}
-            ]
-
+        if ready and node is not None:
+            pod["status"] = self.agents.running_status(pod, node)
+        # Otherwise the scheduler binds it (when it has no node) and the kubelet starts it.
         with contextlib.suppress(KubeError):
-            self.kube.mutate("pods", namespace, name, ready)
+            self.kube.create(pod)
 
     def _on_kube(self, event_type: str, resource: str, obj: dict[str, Any]) -> None:
         if resource == "nodes" and event_type == "MODIFIED":
@@ -466,7 +442,7 @@ class SandboxCluster:
             vm = next(
                 v
                 for v in self.compute.vms(payload["resource_group"], payload["scale_set"])
-                if str(v["instanceId"]) == str(payload["instance_id"])
+                if v["name"] == payload["vm_name"]
             )
             pool = next(
                 (
@@ -602,7 +578,6 @@ def _pod(
     labels: Mapping[str, str],
     owner: Mapping[str, Any] | None,
     *,
-    ready: bool,
     empty_dir: bool = False,
     grace: int = 30,
 ) -> dict[str, Any]:
@@ -614,9 +589,7 @@ def _pod(
         spec["nodeName"] = node
     if empty_dir:
         spec["volumes"] = [{"name": "scratch", "emptyDir": {}}]
-    status: dict[str, Any] = {"phase": "Running" if node else "Pending"}
-    if node:
-        status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+    status: dict[str, Any] = {"phase": "Pending"}
     metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
     if owner:
         metadata["ownerReferences"] = [copy.deepcopy(dict(owner))]

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from sandbox.cluster import PoolSpec
+from sandbox.cluster import POOL_LABEL, PoolSpec
 from sandbox.invariants import check_final_nodes, check_history
 from sandbox.stack import DEFAULT_POOLS, Sandbox, SandboxOptions
 
@@ -77,10 +77,7 @@ def publish_image(sandbox: Sandbox, version: str, *, pools: list[str] | None = N
 
 def node_pools(sandbox: Sandbox) -> dict[str, str]:
     assert sandbox.kube
-    return {
-        n["metadata"]["name"]: n["metadata"]["labels"]["kubernetes.azure.com/agentpool"]
-        for n in sandbox.kube.list("nodes")
-    }
+    return {n["metadata"]["name"]: n["metadata"]["labels"][POOL_LABEL] for n in sandbox.kube.list("nodes")}
 
 
 def publish_gallery_version(sandbox: Sandbox, version: str) -> list[str]:
@@ -91,7 +88,7 @@ def publish_gallery_version(sandbox: Sandbox, version: str) -> list[str]:
 
     assert sandbox.compute and sandbox.cluster
     definitions = sorted(
-        {"aks-windows" if p.os == "windows" else "aks-ubuntu" for p in sandbox.options.pools}
+        {"k8s-node-windows" if p.os == "windows" else "k8s-node-ubuntu" for p in sandbox.options.pools}
     )
     return [
         sandbox.compute.publish_image_version(

@@ -122,7 +122,7 @@ def check_final_nodes(nodes: Iterable[Mapping[str, Any]], *, targets: set[str], 
             problems.append(f"{name} is not Ready")
         if node.get("spec", {}).get("unschedulable"):
             problems.append(f"{name} is still cordoned")
-        label = node["metadata"].get("labels", {}).get("kubernetes.azure.com/node-image-version")
+        label = node["metadata"].get("labels", {}).get("vmss-node-patcher.io/image-version")
         if label != image:
             problems.append(f"{name} runs image {label}, expected {image}")
     return problems

@@ -216,6 +216,12 @@ _PODS = _BY_KEY["pods"]
 _NODES = _BY_KEY["nodes"]
 _NAMESPACES = _BY_KEY["namespaces"]
 _PDBS = _BY_KEY["poddisruptionbudgets.policy"]
+# The controllers whose scale the disruption controller's finders read, by kind.
+_SCALED_CONTROLLERS = {
+    "ReplicaSet": "replicasets.apps",
+    "Deployment": "deployments.apps",
+    "StatefulSet": "statefulsets.apps",
+}
 ADMIN = User("kubernetes-admin", ("system:masters", "system:authenticated"))
 _STANDARD_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
@@ -274,6 +280,10 @@ class KubeError(Exception):
             body["details"] = details
         body["code"] = self.code
         return body
+
+
+class _ScaleUnknownError(Exception):
+    """The disruption controller could not compute a budget's expected pods."""
 
 
 def _not_found(rt: ResourceType, name: str) -> KubeError:
@@ -902,7 +912,8 @@ class KubeStore:
         self._dispatch_lock = threading.Lock()
         self._deletion_via: dict[str, str] = {}
         self._orphan_on_delete: set[str] = set()
-        self._pdb_transitions: dict[str, tuple[bool, str]] = {}
+        # The disruption controller's work queue: budgets whose status may be out of date.
+        self._budgets_to_sync: set[tuple[str, str]] = set()
         with self._txn():
             for ns in _DEFAULT_NAMESPACES:
                 self._create_locked(
@@ -993,6 +1004,12 @@ class KubeStore:
         with self._txn():
             return self._evict_locked(namespace, name, grace_period_seconds, dry_run, preconditions)
 
+    def pod_counts_by_node(self) -> dict[str, int]:
+        """How many pods each node has bound (what the scheduler's cache knows), without
+        copying every pod."""
+        with self._lock:
+            return {node: len(pods) for node, pods in self._pods_by_node.items()}
+
     def add_listener(self, fn: Callable[[str, str, Obj], None]) -> None:
         with self._lock:
             self._listeners.append(fn)
@@ -1011,6 +1028,8 @@ class KubeStore:
             try:
                 yield
             finally:
+                if self._depth == 1 and self._budgets_to_sync:
+                    self._sync_disruption_budgets()
                 self._depth -= 1
                 outermost = self._depth == 0
         if outermost:
@@ -1050,6 +1069,8 @@ class KubeStore:
         if self._listeners:
             self._outbox.append((event_type, rt.key, obj))
         self._cond.notify_all()
+        if self._objects[_PDBS.key].get(ns):
+            self._note_budget_input(rt, event_type, obj, old)
 
     def _next_rv(self) -> str:
         self._rv += 1
@@ -1126,10 +1147,7 @@ class KubeStore:
         return result
 
     def _present(self, rt: ResourceType, obj: Obj) -> Obj:
-        """The object as a reader sees it (PDB status is what the disruption controller would write)."""
-        if rt is _PDBS:
-            obj = dict(obj)
-            obj["status"] = self._pdb_status(obj)
+        """The object as a reader sees it."""
         return obj
 
     # ---- create / update
@@ -1506,43 +1524,81 @@ class KubeStore:
         ns = pdb["metadata"]["namespace"]
         return [p for p in self._objects[_PODS.key].get(ns, {}).values() if labels_match(selector, p)]
 
+    def _note_budget_input(self, rt: ResourceType, event_type: str, obj: Obj, old: Obj | None) -> None:
+        """Queue the budgets a change may move, as the disruption controller's informers do."""
+        meta = obj["metadata"]
+        ns = meta.get("namespace", "")
+        budgets = self._objects[_PDBS.key].get(ns, {})
+        if rt is _PDBS:
+            # Its own status writes change nothing it reads; a spec change (or a new budget) does.
+            if event_type != "DELETED" and (old is None or not _json_equal(old.get("spec"), obj.get("spec"))):
+                self._budgets_to_sync.add((ns, meta["name"]))
+        elif rt is _PODS:
+            for pdb in budgets.values():
+                selector = self._pdb_selector(pdb, for_eviction=False)
+                if selector is not None and (
+                    labels_match(selector, obj) or (old is not None and labels_match(selector, old))
+                ):
+                    self._budgets_to_sync.add((ns, pdb["metadata"]["name"]))
+        elif rt.key in _SCALED_CONTROLLERS.values():
+            # A controller's scale is the denominator of every percentage and maxUnavailable.
+            self._budgets_to_sync.update((ns, name) for name in budgets)
+
+    def _sync_disruption_budgets(self) -> None:
+        """The disruption controller's sync of every queued budget, written through /status."""
+        while self._budgets_to_sync:
+            ns, name = self._budgets_to_sync.pop()
+            pdb = self._lookup(_PDBS, ns, name)
+            if pdb is None or pdb["metadata"].get("deletionTimestamp"):
+                continue
+            status = self._pdb_status(pdb)
+            if _json_equal(status, pdb.get("status")):
+                continue
+            new = _clone(pdb)
+            new["status"] = status
+            self._commit(_PDBS, pdb, new)
+
     def _expected_scale(self, pods: builtins.list[Obj]) -> int:
-        """disruption controller getExpectedScale: the replicas of the pods' controllers, each once."""
+        """disruption controller getExpectedScale: the replicas of the pods' controllers, each once.
+
+        Pods without a controller are left out (the controller warns of them with an
+        UnmanagedPods Event); a controller it cannot find is an error (``_ScaleUnknownError``).
+        """
         scales: dict[str, int] = {}
         for pod in pods:
-            found = self._controller_scale(pod)
+            ref = next((r for r in pod["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
+            if ref is None or str(ref.get("uid")) in scales:
+                continue
+            found = self._controller_scale(pod["metadata"]["namespace"], ref)
             if found is None:
-                # The real controller fails safe here (no disruptions allowed); counting the pods
-                # keeps bare pods in fixtures usable with maxUnavailable budgets.
-                return len(pods)
+                raise _ScaleUnknownError(f'found no controllers for pod "{pod["metadata"]["name"]}"')
             scales[found[0]] = found[1]
         return sum(scales.values())
 
-    def _controller_scale(self, pod: Obj) -> tuple[str, int] | None:
-        refs = pod["metadata"].get("ownerReferences") or []
-        ref = next((r for r in refs if r.get("controller")), None) or next(
-            (r for r in refs if r.get("kind") in ("ReplicaSet", "StatefulSet", "ReplicationController")), None
-        )
-        if ref is None:
+    def _owner_named(self, namespace: str, kind: str, ref: Obj) -> Obj | None:
+        if ref.get("kind") != kind:
             return None
-        ns = pod["metadata"]["namespace"]
-        if ref.get("kind") == "ReplicaSet":
-            rs = self._lookup(_BY_KEY["replicasets.apps"], ns, str(ref.get("name")))
-            if rs is None:
-                return None
-            rs_refs = rs["metadata"].get("ownerReferences") or []
-            dep_ref = next((r for r in rs_refs if r.get("kind") == "Deployment"), None)
-            if dep_ref is not None:
-                dep = self._lookup(_BY_KEY["deployments.apps"], ns, str(dep_ref.get("name")))
-                if dep is not None:
-                    return dep["metadata"]["uid"], int((dep.get("spec") or {}).get("replicas", 1))
-            return rs["metadata"]["uid"], int((rs.get("spec") or {}).get("replicas", 1))
-        if ref.get("kind") == "StatefulSet":
-            sts = self._lookup(_BY_KEY["statefulsets.apps"], ns, str(ref.get("name")))
-            if sts is None:
-                return None
-            return sts["metadata"]["uid"], int((sts.get("spec") or {}).get("replicas", 1))
-        return None
+        owner = self._lookup(_BY_KEY[_SCALED_CONTROLLERS[kind]], namespace, str(ref.get("name")))
+        # The finders check the UID: a controller deleted and created again is another one.
+        if owner is None or owner["metadata"]["uid"] != ref.get("uid"):
+            return None
+        return owner
+
+    def _controller_scale(self, namespace: str, ref: Obj) -> tuple[str, int] | None:
+        """The finders: the Deployment behind a ReplicaSet, else the ReplicaSet or StatefulSet."""
+        controller = self._owner_named(namespace, "ReplicaSet", ref) or self._owner_named(
+            namespace, "StatefulSet", ref
+        )
+        if controller is None:
+            return None
+        if controller["kind"] == "ReplicaSet":
+            rs_ref = next(
+                (r for r in controller["metadata"].get("ownerReferences") or [] if r.get("controller")), None
+            )
+            deployment = self._owner_named(namespace, "Deployment", rs_ref) if rs_ref else None
+            if deployment is not None:
+                controller = deployment
+        return controller["metadata"]["uid"], int((controller.get("spec") or {}).get("replicas", 1))
 
     @staticmethod
     def _scaled(value: Any, total: int) -> int | None:
@@ -1556,49 +1612,67 @@ class KubeStore:
         return None
 
     def _pdb_status(self, pdb: Obj) -> Obj:
-        """What the disruption controller's updatePdbStatus would have written by now."""
+        """What the disruption controller's trySync (or, when that fails, failSafe) writes."""
         spec = pdb.get("spec") or {}
+        previous = pdb.get("status") or {}
         pods = self._pdb_pods(pdb)
         healthy = len([p for p in pods if not p["metadata"].get("deletionTimestamp") and _pod_ready(p)])
-        expected, desired, failed = 0, 0, False
-        if spec.get("maxUnavailable") is not None:
-            expected = self._expected_scale(pods)
-            max_unavailable = self._scaled(spec["maxUnavailable"], expected)
-            failed = max_unavailable is None
-            desired = max(0, expected - (max_unavailable or 0))
-        elif spec.get("minAvailable") is not None:
-            min_available = spec["minAvailable"]
-            if isinstance(min_available, int) and not isinstance(min_available, bool):
-                desired, expected = min_available, len(pods)
-            else:
+        expected, desired = 0, 0
+        try:
+            if spec.get("maxUnavailable") is not None:
                 expected = self._expected_scale(pods)
-                scaled = self._scaled(min_available, expected)
-                failed = scaled is None
-                desired = scaled or 0
+                max_unavailable = self._scaled(spec["maxUnavailable"], expected)
+                if max_unavailable is None:
+                    raise _ScaleUnknownError(f"invalid value for IntOrString: {spec['maxUnavailable']!r}")
+                desired = max(0, expected - max_unavailable)
+            elif spec.get("minAvailable") is not None:
+                min_available = spec["minAvailable"]
+                if isinstance(min_available, int) and not isinstance(min_available, bool):
+                    desired, expected = min_available, len(pods)
+                else:
+                    expected = self._expected_scale(pods)
+                    scaled = self._scaled(min_available, expected)
+                    if scaled is None:
+                        raise _ScaleUnknownError(f"invalid value for IntOrString: {min_available!r}")
+                    desired = scaled
+        except _ScaleUnknownError as exc:
+            # failSafe: no disruption allowed, the rest of the status as last written.
+            status = _clone(previous)
+            status["disruptionsAllowed"] = 0
+            for fld in ("currentHealthy", "desiredHealthy", "expectedPods", "observedGeneration"):
+                status.setdefault(fld, 0)
+            return self._with_condition(status, previous, "SyncFailed", str(exc))
         allowed = healthy - desired
-        if failed or expected <= 0 or allowed <= 0:
+        if expected <= 0 or allowed <= 0:
             allowed = 0
-        status: Obj = {
+        status = {
             "observedGeneration": pdb["metadata"].get("generation", 1),
             "currentHealthy": healthy,
             "desiredHealthy": desired,
             "expectedPods": expected,
             "disruptionsAllowed": allowed,
         }
-        ok = allowed > 0
-        uid = pdb["metadata"]["uid"]
-        previous = self._pdb_transitions.get(uid)
-        if previous is None or previous[0] != ok:
-            previous = (ok, _iso(_now()))
-            self._pdb_transitions[uid] = previous
+        return self._with_condition(
+            status, previous, "SufficientPods" if allowed > 0 else "InsufficientPods", ""
+        )
+
+    @staticmethod
+    def _with_condition(status: Obj, previous: Obj, reason: str, message: str) -> Obj:
+        """apimeta.SetStatusCondition for DisruptionAllowed: the transition time moves only
+        when the status does."""
+        allowed = "True" if reason == "SufficientPods" else "False"
+        before = next(
+            (c for c in previous.get("conditions") or [] if c.get("type") == "DisruptionAllowed"), None
+        )
+        since = before["lastTransitionTime"] if before and before.get("status") == allowed else _iso(_now())
         status["conditions"] = [
             {
                 "type": "DisruptionAllowed",
-                "status": "True" if ok else "False",
-                "reason": "SufficientPods" if ok else "InsufficientPods",
-                "message": "",
+                "status": allowed,
+                "reason": reason,
+                "message": message,
                 "observedGeneration": status["observedGeneration"],
-                "lastTransitionTime": previous[1],
+                "lastTransitionTime": since,
             }
         ]
         return status
@@ -1645,13 +1719,34 @@ class KubeStore:
                 )
             if pdbs:
                 pdb = pdbs[0]
-                status = self._pdb_status(pdb)
+                status = pdb.get("status") or {}
+                if int(status.get("observedGeneration") or 0) < int(pdb["metadata"].get("generation", 1)):
+                    # checkAndDecrement: a budget the controller has not processed yet
+                    # allows nothing.
+                    if not dry_run:
+                        self.world.history.append(
+                            "eviction", **record, result=429, pdb=pdb["metadata"]["name"]
+                        )
+                    raise KubeError(
+                        429,
+                        "TooManyRequests",
+                        "Cannot evict pod as it would violate the pod's disruption budget.",
+                        causes=[
+                            {
+                                "reason": "DisruptionBudget",
+                                "message": f"The disruption budget {pdb['metadata']['name']} "
+                                "is still being processed by the server.",
+                            }
+                        ],
+                        retry_after_seconds=10,
+                    )
                 policy = (pdb.get("spec") or {}).get("unhealthyPodEvictionPolicy")
-                unhealthy_may_go = not _pod_ready(pod) and (
-                    policy == "AlwaysAllow"
-                    or (status["currentHealthy"] >= status["desiredHealthy"] and status["desiredHealthy"] > 0)
+                healthy, desired = (
+                    int(status.get("currentHealthy") or 0),
+                    int(status.get("desiredHealthy") or 0),
                 )
-                if not unhealthy_may_go and status["disruptionsAllowed"] <= 0:
+                unhealthy_may_go = not _pod_ready(pod) and (policy == "AlwaysAllow" or healthy >= desired > 0)
+                if not unhealthy_may_go and int(status.get("disruptionsAllowed") or 0) <= 0:
                     if not dry_run:
                         self.world.history.append(
                             "eviction", **record, result=429, pdb=pdb["metadata"]["name"]
@@ -1664,8 +1759,7 @@ class KubeStore:
                             {
                                 "reason": "DisruptionBudget",
                                 "message": f"The disruption budget {pdb['metadata']['name']} needs "
-                                f"{status['desiredHealthy']} healthy pods "
-                                f"and has {status['currentHealthy']} currently",
+                                f"{desired} healthy pods and has {healthy} currently",
                             }
                         ],
                     )
@@ -2607,11 +2701,18 @@ class _Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     break
-                chunks.append(self.rfile.read(size))
+                chunk = self.rfile.read(size)
+                if len(chunk) < size:
+                    raise ConnectionError("the client went away inside a chunked body")
+                chunks.append(chunk)
                 self.rfile.readline()
             return b"".join(chunks)
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        raw = self.rfile.read(length) if length > 0 else b""
+        if len(raw) < length:
+            # Half a request is never acted on (an apiserver waits for the rest, then drops it).
+            raise ConnectionError(f"the client went away after {len(raw)} of {length} body bytes")
+        return raw
 
     def _send_json(self, code: int, body: Any, *, headers: dict[str, str] | None = None) -> None:
         payload = json.dumps(body, separators=(",", ":")).encode()

@@ -26,7 +26,7 @@ import yaml
 
 from sandbox.arm import ArmServer, ComputeDurations, ComputeState
 from sandbox.azurite import ACCOUNT_NAME, Azurite
-from sandbox.cluster import ClusterTimings, PoolSpec, SandboxCluster
+from sandbox.cluster import POOL_LABEL, ClusterTimings, PoolSpec, SandboxCluster
 from sandbox.events import EventGridPublisher, image_version_write_event
 from sandbox.flux import add_flux_objects, start_flux_controller
 from sandbox.kubeapi import KubeAPIServer, KubeStore
@@ -183,7 +183,7 @@ class Sandbox:
             self.world, self.kube, self.compute, subscription_id=SUBSCRIPTION, timings=opts.cluster_timings
         )
         rg = self.cluster.resource_group
-        for definition, os_type in (("aks-ubuntu", "Linux"), ("aks-windows", "Windows")):
+        for definition, os_type in (("k8s-node-ubuntu", "Linux"), ("k8s-node-windows", "Windows")):
             self.gallery_image_ids[os_type.lower()] = self.compute.add_gallery_image(
                 rg, GALLERY, definition, os_type=os_type
             )
@@ -278,7 +278,7 @@ class Sandbox:
                 "scaleSetId": self.cluster.scale_set_id(spec),
                 "os": spec.os,
                 "maxUnavailable": opts.max_unavailable,
-                "nodeSelector": {"kubernetes.azure.com/agentpool": spec.name},
+                "nodeSelector": {POOL_LABEL: spec.name},
                 "drain": {"timeout": round(900 * scale, 2), "deleteEmptyDirData": True, "onTimeout": "fail"},
                 "reimageTimeout": round(3600 * scale, 2),
                 "bootTimeout": round((1800 if spec.os == "windows" else 900) * scale, 2),

@@ -2,7 +2,8 @@
 
 A node holds a budget slot from ``admitted`` until it ends. Admission counts the slots
 held (from the run's node records), adds the pool's nodes that are unavailable for other
-reasons (NotReady, or cordoned by someone else), picks the pending nodes that fit, and
+reasons (NotReady, or cordoned), picks the pending nodes that fit (a target unavailable
+already fits without a slot of its own: it is counted once, as unavailable), and
 commits them together with the run record, conditional on its ETag: two workers admitting
 at once cannot both win, so budgets hold across any number of workers.
 
@@ -22,9 +23,10 @@ from shared.clock import iso
 from shared.compute import parse_provider_id
 from shared.config import ClusterConfig, PoolConfig
 from shared.errors import ConcurrencyError, NotFoundError
-from shared.kube import KubeClient, Node
+from shared.kube import KubeClient, Node, record_events
 from shared.model import NodeState, NodeWork, Run, RunState
-from shared.store.base import NodeSummary
+from shared.notify import Notice, NoticeKind
+from shared.store.base import NodeSummary, RunStore
 from shared.workqueue import WorkItem
 
 if TYPE_CHECKING:
@@ -111,6 +113,8 @@ class Admission:
                 at=at,
             )
             store.commit(run)
+            self._tell(run, NoticeKind.CIRCUIT_BREAKER_OPENED)
+            self._tell(run, NoticeKind.RUN_FAILED)
             self._finish(run, in_flight=bool(holding), pending=bool(pending))
             return "circuit breaker opened"
         cluster = self.deps.config.cluster(run.cluster)
@@ -151,6 +155,8 @@ class Admission:
             return "no slot free"
         if run.state == RunState.PLANNED:
             run.move_to(RunState.RUNNING, reason="first nodes admitted", at=at)
+        if admitted:  # moving again: no longer idle, nor stalled
+            run.idle_since, run.stalled_at, run.stalled_reason = 0.0, "", ""
         run.fence += 1
         run.updated_at = at
         # One transaction: the run's ETag serialises admissions across all workers.
@@ -158,8 +164,11 @@ class Admission:
             store.commit(run, *changed[i : i + 98])
         for n in admitted:
             self.deps.queue.send(WorkItem("step", run.id, n.name, n.seq))
-        for name, why in skip.items():
-            kube.record_event(name, reason="PatchSkipped", message=f"run {run.id}: {why}", now=now)
+        # After the sends: the steps need not wait for the Events.
+        admitted_why = {n.name: f"run {run.id}: {n.reason}" for n in admitted}
+        record_events(kube, admitted_why, reason="PatchAdmitted", now=now)
+        skipped_why = {name: f"run {run.id}: {why}" for name, why in skip.items()}
+        record_events(kube, skipped_why, reason="PatchSkipped", now=now)
         return f"admitted {len(admitted)}"
 
     def _read_pending(self, run: Run, pending: list[NodeSummary], names: list[str]) -> dict[str, NodeWork]:
@@ -201,6 +210,12 @@ class Admission:
             n.seq += 1
         for i in range(0, len(records), 99):
             store.commit(*records[i : i + 99])
+        record_events(
+            self.deps.kube(run.cluster),
+            {n.name: f"run {run.id}: {n.reason}" for n in records},
+            reason="PatchDeferred",
+            now=now,
+        )
         return [n for n in pending if n.name not in late]
 
     def _observe(
@@ -233,7 +248,11 @@ class Admission:
             for node in unavailable:
                 if node.name in pending_names and node.unschedulable:
                     whole = node if not pool.node_selector else _read(kube, node.name)
-                    if whole is not None and whole.unschedulable and whole.cordoned_by != run.id:
+                    if (
+                        whole is not None
+                        and whole.unschedulable
+                        and not cordoned_by_us(self.deps.store, run, whole)
+                    ):
                         skip[node.name] = SKIP_REASON
         return observed, skip
 
@@ -274,7 +293,30 @@ class Admission:
                     RunState.SUCCEEDED, reason=", ".join(f"{v} {k}" for k, v in sorted(counts.items())), at=at
                 )
             store.commit(run)
+            self._tell(
+                run, NoticeKind.RUN_FAILED if run.state == RunState.FAILED else NoticeKind.RUN_SUCCEEDED
+            )
         store.release_cluster(run.cluster, run.id)
+
+    def _tell(self, run: Run, kind: NoticeKind) -> None:
+        self.deps.notify(Notice(kind, run.state_reason, cluster=run.cluster, run_id=run.id))
+
+
+def cordoned_by_us(store: RunStore, run: Run, node: Node) -> bool:
+    """Whether the node's cordon is ours to carry on from: this run's, or one an earlier run
+    of this cluster left when the node failed there (its annotation names the run, and that
+    run's record of the node says it ended cordoned by us). A run id we do not know, or a
+    node that run still has in flight, is not ours to take over."""
+    by = node.cordoned_by
+    if not by or by == run.id:
+        return bool(by)
+    try:
+        earlier = store.get_node(by, node.name)
+        if not (earlier.state.terminal and earlier.cordoned_by_us):
+            return False
+        return store.get_run(by).cluster == run.cluster
+    except NotFoundError:
+        return False
 
 
 def _counted(run: Run, ended_at: float) -> bool:

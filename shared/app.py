@@ -133,6 +133,7 @@ def collaborators() -> Collaborators:
 
 @lru_cache(maxsize=1)
 def _real_collaborators() -> Collaborators:
+    from shared.notify import ConfiguredNotifier
     from shared.store.table import TableRunStore
     from shared.workqueue import StorageWorkQueue
 
@@ -144,6 +145,7 @@ def _real_collaborators() -> Collaborators:
         config=cache.config,
         kube=cache.kube,
         compute=cache.compute,
+        notify=ConfiguredNotifier.from_config(cache.config),
     )
 
 
@@ -178,17 +180,3 @@ def warm_clients() -> None:
     webhooks never needs the Compute SDK."""
     if _override is None:
         threading.Thread(target=_client_cache().warm, name="warm-clients", daemon=True).start()
-
-
-@lru_cache(maxsize=1)
-def automation_client() -> Any:
-    from shared.automation import AutomationClient
-
-    app_settings = settings()
-    return AutomationClient(
-        endpoint=app_settings.arm_endpoint,
-        audience=app_settings.arm_audience,
-        credential=azure_credential(),
-        connection_timeout=app_settings.connect_timeout,
-        read_timeout=app_settings.read_timeout,
-    )

@@ -24,6 +24,10 @@ def resolve_max_unavailable(spec: int | str, pool_size: int) -> int:
     return max(1, math.floor(pool_size * int(match.group(1)) / 100))
 
 
+# Unavailable nodes named in a pool's waiting reason, so that an operator sees what blocks it.
+NAMED = 5
+
+
 @dataclass(frozen=True)
 class PoolObservation:
     """Nodes of the pool that are unavailable for reasons other than this run's work."""
@@ -60,16 +64,24 @@ def choose_admissions(
         if free_cluster <= 0:
             waiting.setdefault(pool, f"cluster limit of {max_concurrent_nodes} nodes at once reached")
             continue
-        if free.get(pool, 0) <= 0:
-            elsewhere = len(observed[pool].disrupted_elsewhere) if pool in observed else 0
+        # A target that is unavailable already (NotReady, or left cordoned by an earlier run
+        # of ours) is counted among the unavailable: patching it disrupts nothing more, as
+        # kured and AKS treat it. Asking it for a slot as well would count it twice, and with
+        # a budget of 1 the slot would never come.
+        already_unavailable = pool in observed and node in observed[pool].disrupted_elsewhere
+        if not already_unavailable and free.get(pool, 0) <= 0:
+            elsewhere = sorted(observed[pool].disrupted_elsewhere) if pool in observed else []
+            names = f": {', '.join(elsewhere[:NAMED])}{', …' if len(elsewhere) > NAMED else ''}"
             waiting.setdefault(
                 pool,
                 f"pool budget of {max_unavailable.get(pool)} unavailable reached "
-                f"({len(held.get(pool, set()))} ours, {elsewhere} unavailable otherwise)",
+                f"({len(held.get(pool, set()))} ours, {len(elsewhere)} unavailable otherwise"
+                f"{names if elsewhere else ''})",
             )
             continue
         admit.append(node)
-        free[pool] -= 1
+        if not already_unavailable:
+            free[pool] -= 1
         free_cluster -= 1
     return Admission(admit=admit, waiting=waiting)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.errors import (
@@ -31,14 +31,28 @@ PROVIDER_ID_RE = re.compile(
     r"/virtualMachines/(?P<instance_id>[^/]+)$",
     re.IGNORECASE,
 )
+# A Flexible scale set's instance is a plain VM: its providerID names the VM, not the set.
+VM_PROVIDER_ID_RE = re.compile(
+    r".*/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<resource_group>[^/]+)"
+    r"/providers/Microsoft\.Compute/virtualMachines/(?P<instance_id>[^/]+)$",
+    re.IGNORECASE,
+)
+# Upgrade policies under which a model write makes Compute itself replace instances, with
+# no cordon and no drain (virtual-machine-scale-sets-upgrade-policy.md).
+SELF_UPGRADING_POLICIES = frozenset({"automatic", "rolling"})
 
 
 @dataclass(frozen=True)
 class InstanceRef:
+    """An instance of a scale set. Uniform: ``instance_id`` is the instance id. Flexible
+    (``flexible``): the VM's name, which is its instance id there; a ref parsed from a
+    Flexible node's providerID has no ``scale_set`` (the providerID does not say)."""
+
     subscription: str
     resource_group: str
     scale_set: str
     instance_id: str
+    flexible: bool = False
 
     @property
     def scale_set_id(self) -> str:
@@ -47,9 +61,40 @@ class InstanceRef:
             f"/providers/Microsoft.Compute/virtualMachineScaleSets/{self.scale_set}"
         )
 
+    @property
+    def vm_id(self) -> str:
+        """The VM's ARM id, lower-cased (what Automation and Update Manager list)."""
+        if self.flexible:
+            return (
+                f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
+                f"/providers/Microsoft.Compute/virtualMachines/{self.instance_id}"
+            ).lower()
+        return f"{self.scale_set_id}/virtualMachines/{self.instance_id}".lower()
+
     def same_scale_set(self, scale_set_id: str) -> bool:
         # cloud-provider-azure lower-cases the resource group in providerIDs; ARM may not.
-        return self.scale_set_id.lower() == scale_set_id.lower()
+        if not self.flexible or self.scale_set:
+            return self.scale_set_id.lower() == scale_set_id.lower()
+        # A Flexible scale set names the VMs it creates {scaleSet}_{8 hex}: the pool whose
+        # set that is, in the same group. The workflow confirms it from the VM's own
+        # virtualMachineScaleSet.id before it writes (``ComputeClient.get_instance``).
+        pool = _scale_set_ref(scale_set_id)
+        return (self.subscription.lower(), self.resource_group.lower()) == (
+            pool.subscription.lower(),
+            pool.resource_group.lower(),
+        ) and self.instance_id.lower().startswith(f"{pool.scale_set.lower()}_")
+
+    def in_scale_set(self, scale_set_id: str) -> InstanceRef:
+        """This instance, named as an instance of that scale set (a Flexible ref from a providerID)."""
+        pool = _scale_set_ref(scale_set_id)
+        return InstanceRef(
+            pool.subscription, pool.resource_group, pool.scale_set, self.instance_id, self.flexible
+        )
+
+
+class UnguardedUpgradeError(PermanentError):
+    """The scale set's upgrade policy would turn a model write into instance replacements
+    that nobody cordons or drains: refused before anything is written."""
 
 
 def _scale_set_ref(scale_set_id: str) -> InstanceRef:
@@ -61,11 +106,31 @@ def _scale_set_ref(scale_set_id: str) -> InstanceRef:
 
 def parse_provider_id(provider_id: str) -> InstanceRef | None:
     """``azure:///subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/
-    virtualMachineScaleSets/VMSS/virtualMachines/ID`` -> its parts; None if not a VMSS VM."""
+    virtualMachineScaleSets/VMSS/virtualMachines/ID`` -> its parts; a Flexible instance's
+    ``.../providers/Microsoft.Compute/virtualMachines/NAME`` -> a flexible ref without its
+    scale set; None if neither."""
     match = PROVIDER_ID_RE.match(provider_id or "")
-    if not match:
+    if match:
+        return InstanceRef(
+            match["subscription"], match["resource_group"], match["scale_set"], match["instance_id"]
+        )
+    match = VM_PROVIDER_ID_RE.match(provider_id or "")
+    if match:
+        return InstanceRef(
+            match["subscription"], match["resource_group"], "", match["instance_id"], flexible=True
+        )
+    return None
+
+
+def unguarded_upgrade(scale_set: str, mode: str) -> str | None:
+    """Why the model of a scale set with this upgrade policy must not be written, or None."""
+    if mode.lower() not in SELF_UPGRADING_POLICIES:
         return None
-    return InstanceRef(**match.groupdict())
+    return (
+        f"scale set {scale_set} has upgradePolicy {mode}: writing its model would make Azure "
+        "replace the instances itself, without cordon or drain; set its upgradePolicy.mode to "
+        "Manual, or pinVersions: false for this image"
+    )
 
 
 @dataclass(frozen=True)
@@ -80,6 +145,8 @@ class Instance:
     # (a new name), and the instance view's provisioning status gets a new time.
     os_disk: str = ""
     provisioning_time: float = 0.0  # epoch seconds of the last provisioning status; 0 unknown
+    # Flexible: the scale set the VM says it belongs to (virtualMachineScaleSet.id); "" Uniform.
+    scale_set_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -188,40 +255,55 @@ class ComputeClient:
         )
 
     def get_instance(self, ref: InstanceRef) -> Instance:
+        if ref.flexible:
+            return self._get_flexible_instance(ref)
         try:
             vm = self._client.virtual_machine_scale_set_vms.get(
                 ref.resource_group, ref.scale_set, ref.instance_id, expand="instanceView"
             )
         except Exception as exc:
             raise translate_azure_error(exc, f"get instance {ref.scale_set}/{ref.instance_id}") from exc
-        view = (vm.instance_view.statuses if vm.instance_view else None) or []
-        statuses = [s.code or "" for s in view]
-        power = next((s.split("/", 1)[1] for s in statuses if s.startswith("PowerState/")), "")
-        provisioned = next((s.time for s in view if (s.code or "").startswith("ProvisioningState/")), None)
-        return Instance(
-            instance_id=str(vm.instance_id),
-            provisioning_state=_text(vm.provisioning_state),
-            latest_model_applied=bool(vm.latest_model_applied),
-            image=image_label(vm.storage_profile.image_reference if vm.storage_profile else None),
-            power_state=power,
-            computer_name=str(vm.os_profile.computer_name if vm.os_profile else ""),
-            os_disk=_os_disk(vm),
-            provisioning_time=provisioned.timestamp() if provisioned is not None else 0.0,
-        )
+        return _instance_of(vm, str(vm.instance_id), latest=bool(vm.latest_model_applied))
 
-    def get_model_image(self, ref: InstanceRef) -> str:
+    def _get_flexible_instance(self, ref: InstanceRef) -> Instance:
+        """A Flexible instance through the VM API, which has no model flag: it is on the
+        latest model when it runs the model's image. A VM that is not (or no longer) a
+        member of the pool's scale set is refused: never reimage a stranger."""
         try:
-            vmss = self._client.virtual_machine_scale_sets.get(ref.resource_group, ref.scale_set)
+            vm = self._client.virtual_machines.get(ref.resource_group, ref.instance_id, expand="instanceView")
+        except Exception as exc:
+            raise translate_azure_error(exc, f"get VM {ref.instance_id}") from exc
+        member = str(vm.virtual_machine_scale_set.id if vm.virtual_machine_scale_set else "")
+        if member.lower() != ref.scale_set_id.lower():
+            raise PermanentError(
+                f"VM {ref.instance_id} is not an instance of scale set {ref.scale_set} "
+                f"(its virtualMachineScaleSet is {member or 'none'})"
+            )
+        image = image_label(vm.storage_profile.image_reference if vm.storage_profile else None)
+        instance = _instance_of(vm, ref.instance_id, latest=image == self.get_model_image(ref))
+        return replace(instance, scale_set_id=member)
+
+    def _get_scale_set(self, ref: InstanceRef) -> Any:
+        try:
+            return self._client.virtual_machine_scale_sets.get(ref.resource_group, ref.scale_set)
         except Exception as exc:
             raise translate_azure_error(exc, f"get scale set {ref.scale_set}") from exc
-        profile = vmss.virtual_machine_profile
-        return image_label(
-            profile.storage_profile.image_reference if profile and profile.storage_profile else None
-        )
+
+    def get_model_image(self, ref: InstanceRef) -> str:
+        return _model_image(self._get_scale_set(ref))
+
+    def get_upgrade_policy(self, scale_set_id: str) -> str:
+        """The scale set's ``upgradePolicy.mode``: Manual, Automatic or Rolling."""
+        vmss = self._get_scale_set(_scale_set_ref(scale_set_id))
+        return _text(vmss.upgrade_policy.mode if vmss.upgrade_policy else None) or "Manual"
 
     def list_instances(self, scale_set_id: str) -> list[Instance]:
-        """Every instance of a scale set (one paged list; the model flag comes without expand)."""
+        """Every instance of a scale set (one paged list; the model flag comes without
+        expand). A Flexible set's are the VMs naming it, through the VM API."""
         ref = _scale_set_ref(scale_set_id)
+        vmss = self._get_scale_set(ref)
+        if _text(vmss.orchestration_mode).lower() == "flexible":
+            return self._list_flexible_instances(ref, _model_image(vmss))
         try:
             vms = list(self._client.virtual_machine_scale_set_vms.list(ref.resource_group, ref.scale_set))
         except Exception as exc:
@@ -238,6 +320,20 @@ class ComputeClient:
             )
             for vm in vms
         ]
+
+    def _list_flexible_instances(self, ref: InstanceRef, model_image: str) -> list[Instance]:
+        # The VM List filter the REST reference documents for a Flexible set's members.
+        member_filter = f"'virtualMachineScaleSet/id' eq '{ref.scale_set_id}'"
+        try:
+            vms = list(self._client.virtual_machines.list(ref.resource_group, filter=member_filter))
+        except Exception as exc:
+            raise translate_azure_error(exc, f"list VMs of {ref.scale_set}") from exc
+        out = []
+        for vm in vms:
+            image = image_label(vm.storage_profile.image_reference if vm.storage_profile else None)
+            instance = _instance_of(vm, str(vm.name), latest=image == model_image)
+            out.append(replace(instance, scale_set_id=ref.scale_set_id))
+        return out
 
     def get_image_version(self, version_id: str) -> ImageVersion:
         match = GALLERY_VERSION_RE.match(version_id)
@@ -263,6 +359,7 @@ class ComputeClient:
 
     def set_model_image(self, scale_set_id: str, image_id: str) -> None:
         """Point the scale-set model at an image (instances follow on manualupgrade)."""
+        from azure.core import MatchConditions
         from azure.mgmt.compute.models import (
             ImageReference,
             VirtualMachineScaleSetUpdate,
@@ -272,6 +369,11 @@ class ComputeClient:
         )
 
         ref = _scale_set_ref(scale_set_id)
+        vmss = self._get_scale_set(ref)
+        mode = _text(vmss.upgrade_policy.mode if vmss.upgrade_policy else None) or "Manual"
+        problem = unguarded_upgrade(ref.scale_set, mode)
+        if problem:
+            raise UnguardedUpgradeError(problem)
         update = VirtualMachineScaleSetUpdate(
             properties=VirtualMachineScaleSetUpdateProperties(
                 virtual_machine_profile=VirtualMachineScaleSetUpdateVMProfile(
@@ -287,6 +389,10 @@ class ComputeClient:
             ref.resource_group,
             ref.scale_set,
             update,
+            # Conditional on the scale set as read: a policy changed in between fails the
+            # write (412) instead of slipping an unguarded upgrade through.
+            etag=vmss.etag,
+            match_condition=MatchConditions.IfNotModified if vmss.etag else None,
         )
 
     def arm_request(self, method: str, path: str, *, api_version: str, body: Any = None) -> Any:
@@ -311,6 +417,18 @@ class ComputeClient:
     def begin_reimage(self, ref: InstanceRef, instance_ids: list[str]) -> str:
         from azure.mgmt.compute.models import VirtualMachineScaleSetReimageParameters
 
+        if ref.flexible:
+            # Flexible sets have no batch reimage: "Invoke Single VM API - Reimage".
+            if len(instance_ids) != 1:
+                raise PermanentError(
+                    f"a Flexible instance is reimaged alone, not {len(instance_ids)} at once"
+                )
+            return self._begin(
+                f"reimage VM {instance_ids[0]}",
+                self._client.virtual_machines.begin_reimage,
+                ref.resource_group,
+                instance_ids[0],
+            )
         return self._begin(
             f"reimage {ref.scale_set} {instance_ids}",
             self._client.virtual_machine_scale_sets.begin_reimage,
@@ -387,6 +505,31 @@ GALLERY_VERSION_RE = re.compile(
     r"/versions/(?P<version>[^/]+)$",
     re.IGNORECASE,
 )
+
+
+def _instance_of(vm: Any, instance_id: str, *, latest: bool) -> Instance:
+    """A VMSS VM or a VM (both have the same profiles and instance view) as an Instance."""
+    view = (vm.instance_view.statuses if vm.instance_view else None) or []
+    statuses = [s.code or "" for s in view]
+    power = next((s.split("/", 1)[1] for s in statuses if s.startswith("PowerState/")), "")
+    provisioned = next((s.time for s in view if (s.code or "").startswith("ProvisioningState/")), None)
+    return Instance(
+        instance_id=instance_id,
+        provisioning_state=_text(vm.provisioning_state),
+        latest_model_applied=latest,
+        image=image_label(vm.storage_profile.image_reference if vm.storage_profile else None),
+        power_state=power,
+        computer_name=str(vm.os_profile.computer_name if vm.os_profile else ""),
+        os_disk=_os_disk(vm),
+        provisioning_time=provisioned.timestamp() if provisioned is not None else 0.0,
+    )
+
+
+def _model_image(vmss: Any) -> str:
+    profile = vmss.virtual_machine_profile
+    return image_label(
+        profile.storage_profile.image_reference if profile and profile.storage_profile else None
+    )
 
 
 def _os_disk(vm: Any) -> str:

@@ -7,6 +7,7 @@ the same code with short ones. Errors name the offending field and value.
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import timedelta
 from functools import cached_property
@@ -34,6 +35,7 @@ SCALE_SET_ID_RE = re.compile(
     r"/providers/Microsoft\.Compute/virtualMachineScaleSets/(?P<name>[^/]+)$",
     re.IGNORECASE,
 )
+logger = logging.getLogger(__name__)
 PERCENT_RE = re.compile(r"^(\d{1,3})%$")
 
 
@@ -384,11 +386,22 @@ class EventMappings(_Model):
         default_factory=list, alias="maintenanceConfigurations"
     )
     gallery_images: list[GalleryImageMapping] = Field(default_factory=list, alias="galleryImages")
+    # Azure Automation Update Management is retired and shut down: the field is still read,
+    # so that a configuration written for an older release still loads, and ignored.
     automation_accounts: list[str] = Field(
         default_factory=list,
         alias="automationAccounts",
-        description="Automation account ids whose software update configurations the hook may read",
+        description="retired with Azure Automation Update Management: ignored",
     )
+
+    @model_validator(mode="after")
+    def _automation_retired(self) -> EventMappings:
+        if self.automation_accounts:
+            logger.warning(
+                "events.automationAccounts is ignored: Azure Automation Update Management was retired; "
+                "map Update Manager maintenance configurations under events.maintenanceConfigurations"
+            )
+        return self
 
 
 class GitRepositoryConfig(_Model):
@@ -406,12 +419,38 @@ class GitOpsConfig(_Model):
     repositories: list[GitRepositoryConfig] = Field(default_factory=list)
 
 
+NOTICE_KINDS = (
+    "run-started",
+    "run-succeeded",
+    "run-failed",
+    "circuit-breaker-opened",
+    "node-left-cordoned",
+    "run-stalled",
+    "maintenance-run-cancelled",
+    "image-refused",
+    "gitops-sync-failed",
+)
+
+
+class NotificationTarget(_Model):
+    """Where notices go: a Teams or Slack incoming webhook, or any webhook taking JSON."""
+
+    kind: Literal["teams", "slack", "webhook"]
+    url: SettingRef = Field(
+        description="app setting holding the webhook URL (a credential: never in this file)"
+    )
+    events: list[Literal[NOTICE_KINDS]] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="the notices this target wants; none listed = all"
+    )
+
+
 class PatcherConfig(_Model):
     clusters: list[ClusterConfig] = Field(min_length=1)
     workflow: WorkflowTiming = WorkflowTiming()
     windows: list[WindowConfig] = Field(default_factory=list)
     events: EventMappings = EventMappings()
     gitops: GitOpsConfig = GitOpsConfig()
+    notifications: list[NotificationTarget] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> PatcherConfig:

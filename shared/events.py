@@ -154,39 +154,3 @@ class ResourceWriteEvent:
     @property
     def is_image_version_write(self) -> bool:
         return self.operation_name.lower() == IMAGE_VERSION_WRITE
-
-
-@dataclass(frozen=True)
-class AutomationRunContext:
-    """Azure Automation Update Management's SoftwareUpdateConfigurationRunContext."""
-
-    configuration_name: str
-    run_id: str
-    vm_ids: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, body: Any) -> AutomationRunContext:
-        import json
-
-        if isinstance(body, str):  # the runbook parameter is a JSON string
-            try:
-                body = json.loads(body)
-            except ValueError as exc:
-                raise ValidationError(f"run context is not JSON: {exc}") from None
-        if isinstance(body, Mapping) and "softwareupdateconfigurationruncontext" in {k.lower() for k in body}:
-            # The runbook parameter, forwarded as {"SoftwareUpdateConfigurationRunContext": ...}.
-            inner = CaseInsensitive(body)["SoftwareUpdateConfigurationRunContext"]
-            return cls.parse(dict(inner) if isinstance(inner, Mapping) else inner)
-        if not isinstance(body, Mapping):
-            raise ValidationError("run context must be a JSON object")
-        data = CaseInsensitive(body)
-        name = data.get("SoftwareUpdateConfigurationName")
-        run_id = data.get("SoftwareUpdateConfigurationRunId")
-        if not isinstance(name, str) or not name:
-            raise ValidationError("run context has no SoftwareUpdateConfigurationName")
-        if not isinstance(run_id, str) or not run_id:
-            raise ValidationError("run context has no SoftwareUpdateConfigurationRunId")
-        settings = data.get("SoftwareUpdateConfigurationSettings") or {}
-        vms = settings.get("AzureVirtualMachines") if isinstance(settings, Mapping) else None
-        vm_ids = tuple(dict.fromkeys(str(v).lower() for v in (vms or []) if isinstance(v, str)))
-        return cls(configuration_name=name, run_id=run_id, vm_ids=vm_ids)

@@ -57,6 +57,7 @@ from shared.gitops import (
     repository_key,
     requested_at_token,
 )
+from shared.notify import Notice, NoticeKind
 from shared.workflow import Collaborators
 
 logger = logging.getLogger(__name__)
@@ -412,11 +413,13 @@ class GitOpsService:
                     }
                 record.update(state="failed", results=results, finishedAt=iso(self._deps.clock.now()))
                 store.put_record(SYNC_KIND, delivery, record)
+                self._tell_failures(delivery, record, results)
                 return Answer(
                     503, {"status": "failed", "reason": "could not queue the remaining work", **base}
                 )
         record.update(state=_overall(results), results=results, finishedAt=iso(self._deps.clock.now()))
         store.put_record(SYNC_KIND, delivery, record)
+        self._tell_failures(delivery, record, results)
         body = {
             "status": record["state"],
             **base,
@@ -499,7 +502,26 @@ class GitOpsService:
         except (PermanentError, ConfigError, KeyError) as exc:
             result = {"state": "failed", "error": str(exc)}
         store.put_record(CLUSTER_KIND, key, {**result, "finishedAt": iso(self._deps.clock.now())})
+        self._tell_failures(message.delivery, rec, {message.cluster: result})
         return str(result["state"])
+
+    def _tell_failures(
+        self, delivery: str, record: dict[str, Any], results: dict[str, dict[str, Any]]
+    ) -> None:
+        for cluster, result in results.items():
+            if result.get("state") == "failed":
+                self._deps.notify(
+                    Notice(
+                        NoticeKind.GITOPS_SYNC_FAILED,
+                        str(result.get("error") or "failed"),
+                        cluster=cluster,
+                        details={
+                            "delivery": delivery,
+                            "repository": record.get("repository"),
+                            "ref": record.get("ref"),
+                        },
+                    )
+                )
 
     # ---- the status endpoint
     def list_syncs(self, *, limit: int = 50) -> list[dict[str, Any]]:

@@ -7,9 +7,12 @@ recorded (``store.put_record("event", ...)``) with a reason, so "why did nothing
 happen?" has an answer. Rules shared by all of them:
 
 * targets are resolved through ``spec.providerID``, never by name alone;
-* a redelivered signal (same id) is a no-op, and a signal for a cluster that already
-  has an active run does not start a second one;
-* an image whose kubelet would break the version-skew policy is refused, and said so.
+* a redelivered signal (same id) is a no-op, even when it arrives while its twin is being
+  handled (``shared.idempotency``: the id is claimed first), and a signal for a cluster
+  that already has an active run does not start a second one;
+* every run keeps its pools' windows and blackout dates (``RunService.start``);
+* an image whose kubelet would break the version-skew policy is refused, and said so;
+  the refusal is looked at again when the control plane moves, never taken as rolled.
 """
 
 from __future__ import annotations
@@ -18,24 +21,27 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
+from shared import idempotency
 from shared.budget import resolve_max_unavailable
 from shared.clock import iso
-from shared.compute import ComputeClient, Instance, parse_provider_id
+from shared.compute import ComputeClient, Instance, parse_provider_id, unguarded_upgrade
 from shared.config import ClusterConfig, PoolConfig
-from shared.errors import NotFoundError, PermanentError, TemporaryError, ValidationError
+from shared.errors import ConfigError, NotFoundError, PermanentError, TemporaryError, ValidationError
 from shared.events import (
     POST_MAINTENANCE,
     PRE_MAINTENANCE,
     RESOURCE_WRITE_SUCCESS,
-    AutomationRunContext,
     EventEnvelope,
     MaintenanceEvent,
     ResourceWriteEvent,
 )
 from shared.kube import ANNOTATION_PATCHED_AT, Node
+from shared.notify import Notice, NoticeKind
 from shared.planner import left_alone
+from shared.retry import retry_on_conflict
 from shared.runs import RunConflictError, RunService, StartRequest
 from shared.skew import skew_problem
 from shared.windows import MaintenanceWindow
@@ -45,12 +51,16 @@ from shared.workqueue import WorkItem
 logger = logging.getLogger(__name__)
 
 MAINTENANCE_API_VERSION = "2023-09-01-preview"
+# Image versions settled (rolled, or nothing to roll): the whole version, and per cluster.
+IMAGE_ROLLED = "image-rolled"
+# Image versions refused for their kubelet's skew, per cluster, with the API server's version.
+IMAGE_REFUSED = "image-refused"
 MAX_IMAGE_CHECKS = 240  # with the default interval: four hours of replication or a busy cluster
 
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str  # started | duplicate | ignored | cancelled | closed | waiting | refused | nothing
+    action: str  # started | duplicate | ignored | cancelled | noted | waiting | refused | rejected | nothing
     detail: str
     runs: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
@@ -71,38 +81,49 @@ class Intake:
         # Update Manager gives the pre- and the post-event of one run the same id (the
         # run's), so an event is identified by its type and id together.
         key = f"{kind}|{envelope.id}"
-        seen = self.deps.store.get_record("event", key)
-        if seen is not None:
+        held = idempotency.claim(self.deps.store, "event", key, now=self.deps.clock.now())
+        if not isinstance(held, idempotency.Claim):
             return Outcome(
-                "duplicate", f"event {envelope.id} was handled at {seen.get('at')}: {seen.get('outcome')}"
+                "duplicate", f"event {envelope.id} was handled at {held.get('at')}: {held.get('outcome')}"
             )
-        if kind == PRE_MAINTENANCE:
-            outcome = self.pre_maintenance(MaintenanceEvent.from_envelope(envelope))
-        elif kind == POST_MAINTENANCE:
-            outcome = self.post_maintenance(MaintenanceEvent.from_envelope(envelope))
-        elif kind == RESOURCE_WRITE_SUCCESS:
-            write = ResourceWriteEvent.from_envelope(envelope)
-            if not write.is_image_version_write:
-                outcome = Outcome("ignored", f"resource write {write.operation_name} is not an image version")
-            else:
-                outcome = self.image_version(write.resource_uri)
-        else:
-            outcome = Outcome("ignored", f"event type {envelope.type or '(none)'} is not handled")
-        self._record("event", key, outcome, type=kind or "", id=envelope.id)
+        try:
+            outcome = self._dispatch(kind, envelope)
+        except (ValidationError, PermanentError) as exc:
+            # Acknowledged, never redelivered: recorded as such, so a copy is a duplicate.
+            self._finish(held, Outcome("rejected", str(exc)), type=kind or "", id=envelope.id)
+            raise
+        except BaseException:
+            idempotency.give_back(self.deps.store, held)
+            raise
+        self._finish(held, outcome, type=kind or "", id=envelope.id)
         return outcome
 
+    def _dispatch(self, kind: str | None, envelope: EventEnvelope) -> Outcome:
+        if kind == PRE_MAINTENANCE:
+            return self.pre_maintenance(MaintenanceEvent.from_envelope(envelope))
+        if kind == POST_MAINTENANCE:
+            return self.post_maintenance(MaintenanceEvent.from_envelope(envelope))
+        if kind == RESOURCE_WRITE_SUCCESS:
+            write = ResourceWriteEvent.from_envelope(envelope)
+            if not write.is_image_version_write:
+                return Outcome("ignored", f"resource write {write.operation_name} is not an image version")
+            return self.image_version(write.resource_uri)
+        return Outcome("ignored", f"event type {envelope.type or '(none)'} is not handled")
+
+    def _finish(self, held: idempotency.Claim, outcome: Outcome, **extra: Any) -> None:
+        idempotency.finish(self.deps.store, held, self._record_data(outcome, **extra))
+
     def _record(self, kind: str, key: str, outcome: Outcome, **extra: Any) -> None:
-        self.deps.store.put_record(
-            kind,
-            key,
-            {
-                "at": iso(self.deps.clock.now()),
-                "outcome": outcome.action,
-                "detail": outcome.detail,
-                "runs": list(outcome.runs),
-                **extra,
-            },
-        )
+        self.deps.store.put_record(kind, key, self._record_data(outcome, **extra))
+
+    def _record_data(self, outcome: Outcome, **extra: Any) -> dict[str, Any]:
+        return {
+            "at": iso(self.deps.clock.now()),
+            "outcome": outcome.action,
+            "detail": outcome.detail,
+            "runs": list(outcome.runs),
+            **extra,
+        }
 
     # ---- Update Manager ----------------------------------------------------------------------
     def _maintenance_pools(self, configuration_id: str) -> dict[str, list[str]]:
@@ -202,23 +223,46 @@ class Intake:
             body={"properties": {"status": "Cancel"}},
         )
         logger.warning("maintenance run %s cancelled: %s", event.correlation_id, why)
+        self.deps.notify(
+            Notice(
+                NoticeKind.MAINTENANCE_RUN_CANCELLED,
+                why,
+                details={"maintenanceRun": event.correlation_id, "configuration": event.configuration_id},
+            )
+        )
         return Outcome("cancelled", f"maintenance run cancelled through the cancellation API: {why}")
 
     def post_maintenance(self, event: MaintenanceEvent) -> Outcome:
-        """Close the window: nodes in flight finish, nodes not reached are deferred to the
-        next window."""
-        closed = []
+        """Update Manager raises the post-event when the maintenance job has completed,
+        that is when the updates are installed: it does not end the window, which lasts
+        until the event's ``endDateTime``. So nodes keep starting until then (an open
+        run's deadline becomes that end if it had none later), and the event is noted."""
+        end = event.end.timestamp()
+        noted = []
         for cluster_name in self._maintenance_pools(event.configuration_id):
             for run in self.deps.store.list_runs(cluster=cluster_name):
                 if run.source != event.correlation_id or run.state.terminal:
                     continue
-                run.deadline = min(run.deadline or self.deps.clock.now(), self.deps.clock.now())
-                self.deps.store.commit(run)
-                self.deps.queue.send(WorkItem("admit", run.id))
-                closed.append(run.id)
-        if not closed:
+                noted.append(run.id)
+                if retry_on_conflict(partial(self._end_window_at, run.id, end), sleep=self.deps.clock.sleep):
+                    self.deps.queue.send(WorkItem("admit", run.id))
+        if not noted:
             return Outcome("ignored", f"no open run for maintenance {event.correlation_id}")
-        return Outcome("closed", f"maintenance window closed ({event.status or 'no status'})", tuple(closed))
+        return Outcome(
+            "noted",
+            f"maintenance {event.correlation_id} installed its updates ({event.status or 'no status'}); "
+            f"the window stays open until {iso(end)}",
+            tuple(noted),
+        )
+
+    def _end_window_at(self, run_id: str, end: float) -> bool:
+        """Give a run without a deadline as early as ``end`` that deadline; whether it changed."""
+        run = self.deps.store.get_run(run_id)
+        if run.state.terminal or (run.deadline and run.deadline <= end):
+            return False
+        run.deadline = end
+        self.deps.store.commit(run)
+        return True
 
     # ---- Compute Gallery ----------------------------------------------------------------------
     def image_version(self, version_id: str, *, attempt: int = 0) -> Outcome:
@@ -230,7 +274,7 @@ class Intake:
         ]
         if not mappings:
             return Outcome("ignored", f"no pools are mapped to image definition {definition}")
-        done = self.deps.store.get_record("image-rolled", version_id.lower())
+        done = self.deps.store.get_record(IMAGE_ROLLED, version_id.lower())
         if done is not None:
             return Outcome("duplicate", f"image version {version_id} was rolled out at {done.get('at')}")
         subscription = version_id.split("/")[2]
@@ -247,15 +291,24 @@ class Intake:
             return self._look_again(version_id, attempt, f"image version is {version.provisioning_state}")
         started: list[str] = []
         notes: list[str] = []
-        waiting = False
+        waiting = refused = False
+        version_key = version_id.lower()
         for mapping in mappings:
             by_cluster: dict[str, list[str]] = defaultdict(list)
             for pool_ref in mapping.pools:
                 cluster_part, pool_part = pool_ref.split("/", 1)
                 by_cluster[cluster_part].append(pool_part)
             for cluster_name, pool_names in by_cluster.items():
+                # Settled per cluster: a look again (another run was active, a refusal
+                # re-evaluated) never rolls a cluster twice.
+                cluster_key = f"{version_key}|{cluster_name}"
+                rolled = self.deps.store.get_record(IMAGE_ROLLED, cluster_key)
+                if rolled is not None:
+                    notes.append(f"{cluster_name}: rolled out at {rolled.get('at')}")
+                    continue
                 cluster = self.deps.config.cluster(cluster_name)
-                kubelet = version.tags.get(mapping.kubernetes_version_tag) or next(
+                tagged = version.tags.get(mapping.kubernetes_version_tag)
+                kubelet = tagged or next(
                     (
                         cluster.pool(p).kubernetes_version
                         for p in pool_names
@@ -263,10 +316,11 @@ class Intake:
                     ),
                     None,
                 )
+                nodes = self.deps.kube(cluster_name).list_nodes()
                 if kubelet:
-                    apiserver = self.deps.kube(cluster_name).server_version()
-                    problem = skew_problem(kubelet=kubelet, apiserver=apiserver)
+                    problem = self._skew_refusal(cluster, pool_names, nodes, version_id, kubelet)
                     if problem:
+                        refused = True
                         notes.append(f"{cluster_name}: refused, {problem}")
                         continue
                 active = self.deps.store.active_run(cluster_name)
@@ -274,42 +328,125 @@ class Intake:
                     waiting = True
                     notes.append(f"{cluster_name}: run {active} is active; will roll after it")
                     continue
+                refusals: dict[str, str] = {}
+                if mapping.pin_versions:
+                    refusals = self._self_upgrading(cluster, pool_names, compute)
+                    notes += [f"{cluster_name}/{pool}: refused, {why}" for pool, why in refusals.items()]
+                    if len(refusals) == len(pool_names):
+                        refused = True
+                        continue
+                writable = [p for p in pool_names if p not in refusals]
                 targets = self._off_model(
-                    cluster, pool_names, compute, pin=version.id if mapping.pin_versions else None
+                    cluster,
+                    writable,
+                    compute,
+                    pin=version.id if mapping.pin_versions else None,
+                    nodes=nodes,
                 )
                 if not targets:
                     notes.append(f"{cluster_name}: every node is already on the latest model")
+                    self._rolled(cluster_key, [])
                     continue
                 try:
                     run = self.runs.start(
                         StartRequest(
                             cluster=cluster_name,
-                            pools=pool_names,
+                            pools=writable,
                             nodes=targets,
-                            reason=f"new node image {version.version}",
+                            # A pool left out says why on the run, not only in the event record.
+                            reason=f"new node image {version.version}"
+                            + "".join(f"; pool {p} refused: {why}" for p, why in refusals.items()),
                             trigger="image",
-                            source=version_id.lower(),
+                            source=version_key,
+                            kubelet_version=tagged or "",
                         )
                     )
-                    started.append(run.id)
                 except RunConflictError as exc:
                     waiting = True
                     notes.append(f"{cluster_name}: {exc}")
-        if waiting and not started:
-            return self._look_again(version_id, attempt, "; ".join(notes))
-        refused = [n for n in notes if "refused" in n]
-        if started or not waiting:
-            self.deps.store.put_record(
-                "image-rolled",
-                version_id.lower(),
-                {"at": iso(self.deps.clock.now()), "runs": started, "notes": notes},
-            )
+                    continue
+                except ValidationError as exc:
+                    # Its pools' windows are never open together, say: not rolled, and why.
+                    refused = True
+                    notes.append(f"{cluster_name}: refused, {exc}")
+                    continue
+                started.append(run.id)
+                self._rolled(cluster_key, [run.id])
+                if run.not_before > self.deps.clock.now():
+                    notes.append(f"{cluster_name}: {run.state_reason}")
+        if waiting:
+            later = self._look_again(version_id, attempt, "; ".join(notes))
+            if not started:
+                return later
+        elif not refused:
+            self._rolled(version_key, started, notes=notes)
         if refused and not started:
             return Outcome("refused", "; ".join(notes))
         action = "started" if started else ("waiting" if waiting else "nothing")
         return Outcome(
             action, f"image {version.version}: " + ("; ".join(notes) or "rolling out"), tuple(started)
         )
+
+    def _rolled(self, key: str, runs: list[str], **extra: Any) -> None:
+        self.deps.store.put_record(
+            IMAGE_ROLLED, key, {"at": iso(self.deps.clock.now()), "runs": runs, **extra}
+        )
+
+    def _skew_refusal(
+        self, cluster: ClusterConfig, pool_names: list[str], nodes: list[Node], version_id: str, kubelet: str
+    ) -> str | None:
+        """Why the image's kubelet may not join this cluster now, recorded as an
+        ``image-refused`` record with the API server's version: when the control plane
+        moves, ``recheck_refused_images`` looks at the image again."""
+        apiserver = self.deps.kube(cluster.name).server_version()
+        pools = [cluster.pool(p) for p in pool_names]
+        current = {n.name: n.kubelet_version for n in nodes if any(_in_pool(n, p) for p in pools)}
+        problem = skew_problem(kubelet=kubelet, apiserver=apiserver, nodes=current)
+        if problem:
+            key = f"{version_id.lower()}|{cluster.name}"
+            before = self.deps.store.get_record(IMAGE_REFUSED, key)
+            if before is None or before.get("reason") != problem:
+                # Told once per refusal: a redelivery or a recheck with the same answer is news to nobody.
+                self.deps.notify(
+                    Notice(
+                        NoticeKind.IMAGE_REFUSED,
+                        problem,
+                        cluster=cluster.name,
+                        details={"versionId": version_id},
+                    )
+                )
+            self.deps.store.put_record(
+                IMAGE_REFUSED,
+                key,
+                {
+                    "at": iso(self.deps.clock.now()),
+                    "versionId": version_id,
+                    "cluster": cluster.name,
+                    "apiserver": apiserver,
+                    "reason": problem,
+                },
+            )
+        return problem
+
+    def recheck_refused_images(self) -> list[Outcome]:
+        """Look again at each image refused for its skew whose cluster's API server now
+        reports another version (the control plane was upgraded, or rolled back)."""
+        store = self.deps.store
+        again: set[str] = set()
+        for record in store.list_records(IMAGE_REFUSED):
+            version_id, cluster = str(record.get("versionId", "")), str(record.get("cluster", ""))
+            if store.get_record(IMAGE_ROLLED, f"{version_id.lower()}|{cluster}") is not None:
+                continue
+            try:
+                apiserver = self.deps.kube(cluster).server_version()
+            except (KeyError, ConfigError, TemporaryError, PermanentError) as exc:
+                logger.warning(
+                    "refused image %s: cannot ask cluster %s for its version: %s", version_id, cluster, exc
+                )
+                continue
+            if apiserver != record.get("apiserver"):
+                again.add(version_id)
+        return [self.image_version(v) for v in sorted(again)]
 
     def _look_again(self, version_id: str, attempt: int, why: str) -> Outcome:
         if attempt >= MAX_IMAGE_CHECKS:
@@ -322,12 +459,32 @@ class Intake:
         self.deps.queue.send(WorkItem("image", "", ref=version_id, seq=attempt + 1), delay=delay)
         return Outcome("waiting", f"{why}; looking again in {delay:.0f}s")
 
+    @staticmethod
+    def _self_upgrading(
+        cluster: ClusterConfig, pool_names: list[str], compute: ComputeClient
+    ) -> dict[str, str]:
+        """The pools whose scale set would upgrade itself, unguarded, if its model were
+        written (upgradePolicy Automatic or Rolling), with why: read for every pool before
+        any model is written, so a refusal leaves every model as it was."""
+        refusals = {}
+        for pool_name in pool_names:
+            pool = cluster.pool(pool_name)
+            problem = unguarded_upgrade(pool.scale_set["name"], compute.get_upgrade_policy(pool.scale_set_id))
+            if problem:
+                refusals[pool_name] = problem
+        return refusals
+
     def _off_model(
-        self, cluster: ClusterConfig, pool_names: list[str], compute: ComputeClient, *, pin: str | None
+        self,
+        cluster: ClusterConfig,
+        pool_names: list[str],
+        compute: ComputeClient,
+        *,
+        pin: str | None,
+        nodes: list[Node],
     ) -> list[str]:
         """Point the pools' models at the new version (if pinned), then the nodes whose
         instance is not on the latest model."""
-        nodes = self.deps.kube(cluster.name).list_nodes()
         targets: list[str] = []
         for pool_name in pool_names:
             pool = cluster.pool(pool_name)
@@ -344,62 +501,6 @@ class Intake:
                 if instance is not None and not instance.latest_model_applied:
                     targets.append(node.name)
         return targets
-
-    # ---- Azure Automation ------------------------------------------------------------------------
-    def automation_run(self, context: AutomationRunContext, *, automation: object) -> Outcome:
-        seen = self.deps.store.get_record("automation", context.run_id)
-        if seen is not None:
-            return Outcome(
-                "duplicate",
-                f"automation run {context.run_id} was handled at {seen.get('at')}",
-                tuple(seen.get("runs", [])),
-            )
-        vm_ids: list[str] | None = None
-        for account in self.deps.config.events.automation_accounts:
-            try:
-                vm_ids = automation.configuration_vms(account, context.configuration_name)  # type: ignore[attr-defined]
-                break
-            except NotFoundError:
-                continue
-        if vm_ids is None:
-            raise NotFoundError(
-                f"software update configuration {context.configuration_name} was not found in the configured "
-                "automation accounts"
-            )
-        wanted = {v.lower() for v in vm_ids}
-        started, notes = [], []
-        for cluster in self.deps.config.clusters:
-            names = []
-            for node in self.deps.kube(cluster.name).list_nodes():
-                vm_id = _vm_id(node)
-                if vm_id and vm_id in wanted and any(_in_pool(node, p) for p in cluster.pools):
-                    names.append(node.name)
-            if not names:
-                continue
-            try:
-                run = self.runs.start(
-                    StartRequest(
-                        cluster=cluster.name,
-                        nodes=names,
-                        reason=f"Automation update deployment {context.configuration_name}",
-                        trigger="automation",
-                        source=context.run_id,
-                    )
-                )
-                started.append(run.id)
-            except RunConflictError as exc:
-                notes.append(f"{cluster.name}: {exc}")
-        if not started and not notes:
-            outcome = Outcome("nothing", f"none of the {len(wanted)} machines is a node of a configured pool")
-        elif not started:
-            outcome = Outcome("refused", "; ".join(notes))
-        else:
-            outcome = Outcome(
-                "started", f"{context.configuration_name}: " + ("; ".join(notes) or "planned"), tuple(started)
-            )
-        if started or not notes:
-            self._record("automation", context.run_id, outcome)
-        return outcome
 
     # ---- schedules ----------------------------------------------------------------------------
     def scheduled(self) -> list[Outcome]:
@@ -497,9 +598,7 @@ def _in_pool(node: Node, pool: PoolConfig) -> bool:
 
 def _vm_id(node: Node) -> str | None:
     ref = parse_provider_id(node.provider_id)
-    if ref is None:
-        return None
-    return f"{ref.scale_set_id}/virtualMachines/{ref.instance_id}".lower()
+    return ref.vm_id if ref is not None else None
 
 
 def _age(node: Node, now: float) -> float:

@@ -49,7 +49,10 @@ ANNOTATION_PATCHED_AT = f"{PRODUCT_PREFIX}/patched-at"
 # On the Nodes a run holds cordoned (value: the run id), so that one label-selected watch
 # follows a whole batch of them and `kubectl get nodes -l` shows what is being patched.
 LABEL_PATCHING = f"{PRODUCT_PREFIX}/patching"
-NODE_IMAGE_LABEL = "kubernetes.azure.com/node-image-version"
+# The gallery image version a node image says it is, as a label its kubelet sets
+# (--node-labels baked into the image). When a Node has it, the boot check compares it
+# with the version the instance was reimaged to.
+NODE_IMAGE_LABEL = f"{PRODUCT_PREFIX}/image-version"
 # Server-side printing, the form kubectl get asks for (meta.k8s.io/v1 Table).
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io"
 # Beyond this many nodes to read whole, one list costs less than a GET each (a GET is a
@@ -704,8 +707,9 @@ class KubeClient:
     # ---- events -----------------------------------------------------------------------
     def record_event(
         self, node: str, *, reason: str, message: str, warning: bool = False, now: float
-    ) -> None:
-        """A core/v1 Event on the Node, so ``kubectl describe node`` tells the story."""
+    ) -> bool:
+        """A core/v1 Event on the Node, so ``kubectl describe node`` tells the story.
+        Returns whether the API server took it."""
         stamp = iso(now)
         body = {
             "apiVersion": "v1",
@@ -727,3 +731,18 @@ class KubeClient:
         except (TemporaryError, PermanentError) as exc:
             # Events are for people; losing one must not stop a node's maintenance.
             logger.warning("could not record event %s on node %s: %s", reason, node, exc)
+            return False
+        return True
+
+
+def record_events(
+    kube: KubeClient, messages: Mapping[str, str], *, reason: str, warning: bool = False, now: float
+) -> None:
+    """One Event per node (node -> message), for a transition many nodes make at once.
+    The first the API server does not take ends it: each of the rest would wait as long,
+    in the request of whoever is recording them, for the same answer."""
+    for i, (node, message) in enumerate(messages.items()):
+        if not kube.record_event(node, reason=reason, message=message, warning=warning, now=now):
+            if len(messages) > i + 1:
+                logger.warning("event %s not recorded on %d more nodes", reason, len(messages) - i - 1)
+            return

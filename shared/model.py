@@ -15,7 +15,10 @@ Node lifecycle (one message moves one node forward by one step)::
     reimaging --LRO failed, attempts left--> reimaging
     reimaging --a pod landed on it before the write--> draining
     reimaging --uncordoned by someone else before the write, policy "skip"--> deferred
+    booting --Ready, but its kubelet is not the release the image's tag names--> failed (left cordoned)
     any step --permanent error, retries exhausted, timeout--> failed (reason kept)
+    failed --an operator retries it, run still active--> pending
+    failed --an operator releases it: uncordoned--> released
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class NodeState(enum.StrEnum):
     SKIPPED = "skipped"
     DEFERRED = "deferred"
     CANCELLED = "cancelled"
+    RELEASED = "released"
 
     @property
     def terminal(self) -> bool:
@@ -52,7 +56,14 @@ class NodeState(enum.StrEnum):
 
 
 TERMINAL_NODE_STATES = frozenset(
-    {NodeState.SUCCEEDED, NodeState.FAILED, NodeState.SKIPPED, NodeState.DEFERRED, NodeState.CANCELLED}
+    {
+        NodeState.SUCCEEDED,
+        NodeState.FAILED,
+        NodeState.SKIPPED,
+        NodeState.DEFERRED,
+        NodeState.CANCELLED,
+        NodeState.RELEASED,
+    }
 )
 
 NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
@@ -74,10 +85,13 @@ NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     ),
     NodeState.BOOTING: frozenset({NodeState.SUCCEEDED, NodeState.FAILED}),
     NodeState.SUCCEEDED: frozenset(),
-    NodeState.FAILED: frozenset(),
+    # Failed is final unless an operator says otherwise: retried (the run takes it up again
+    # from the start, through admission) or released (uncordoned, given back as it is).
+    NodeState.FAILED: frozenset({NodeState.PENDING, NodeState.RELEASED}),
     NodeState.SKIPPED: frozenset(),
     NodeState.DEFERRED: frozenset(),
     NodeState.CANCELLED: frozenset(),
+    NodeState.RELEASED: frozenset(),
 }
 
 
@@ -156,6 +170,15 @@ class Run:
     # Nodes of its pools it will not touch, and why (control-plane nodes of a pool that
     # did not opt in).
     left_out: dict[str, str] = field(default_factory=dict)
+    # The kubelet version its nodes must report after the reimage (a node image's tag);
+    # "" when nothing says.
+    kubelet_version: str = ""
+    # Since when the sweeper has seen it with nodes pending, none in flight and none it
+    # could start (epoch seconds; 0 while it moves); after ``stallAfter`` of that it is
+    # marked stalled, with what blocks it, until a node starts again.
+    idle_since: float = 0.0
+    stalled_at: str = ""
+    stalled_reason: str = ""
     etag: str | None = None
 
     @staticmethod
@@ -170,6 +193,8 @@ class Run:
         self.state = state
         self.state_reason = reason
         self.updated_at = at
+        # Paused, resumed or ended: whatever it was waiting for, the waiting starts over.
+        self.idle_since, self.stalled_at, self.stalled_reason = 0.0, "", ""
         if state.terminal:
             self.ended_at = at
 
@@ -182,8 +207,9 @@ class NodeWork:
     name: str
     pool: str
     scale_set_id: str
-    instance_id: str
+    instance_id: str  # Flexible: the VM's name
     order: int
+    flexible: bool = False  # the scale set's orchestration mode is Flexible
     state: NodeState = NodeState.PENDING
     # Bumped on every persisted step; a message whose seq differs is stale.
     seq: int = 0
@@ -222,10 +248,14 @@ class NodeWork:
     history: list[dict[str, Any]] = field(default_factory=list)
     etag: str | None = None
 
-    def move_to(self, state: NodeState, *, reason: str, at: str) -> None:
+    def move_to(self, state: NodeState, *, reason: str, at: str, by: str = "") -> None:
+        """``by``: who asked, for a transition an operator made."""
         if state not in NODE_TRANSITIONS[self.state]:
             raise InvalidTransitionError(f"node {self.name}: {self.state} -> {state} is not allowed")
-        self.history.append({"at": at, "from": str(self.state), "to": str(state), "reason": reason})
+        entry = {"at": at, "from": str(self.state), "to": str(state), "reason": reason}
+        if by:
+            entry["by"] = by
+        self.history.append(entry)
         del self.history[:-HISTORY_LIMIT]
         self.state = state
         self.reason = reason
@@ -233,6 +263,17 @@ class NodeWork:
         self.attempts = 0
         self.transient_errors = 0
         self.last_error = ""
+
+    def start_over(self) -> None:
+        """Forget the failed attempt's progress, so that the next one begins at the cordon
+        and decides its reimage afresh. Whether we hold the node cordoned is kept: the
+        cordon is still ours to lift."""
+        self.lease_owner, self.lease_until, self.next_due = "", 0.0, 0.0
+        self.drain_started, self.evicted, self.blockers = 0.0, {}, []
+        self.boot_id_before, self.expected_image, self.os_disk_before = "", "", ""
+        self.reimage_op, self.reimage_token, self.reimage_attempts, self.reimage_started = "", "", 0, 0.0
+        self.reimage_batch, self.reimage_leader, self.leads_batch = "", "", False
+        self.booting_since = 0.0
 
     def public(self) -> dict[str, Any]:
         return {

@@ -44,6 +44,7 @@ class PlannedNode:
     zone: str
     healthy: bool
     control_plane: bool = False
+    flexible: bool = False  # an instance of a Flexible scale set: a VM of its own
 
 
 def map_nodes_to_pools(cluster: ClusterConfig, nodes: Iterable[Node]) -> dict[str, list[PlannedNode]]:
@@ -63,6 +64,7 @@ def map_nodes_to_pools(cluster: ClusterConfig, nodes: Iterable[Node]) -> dict[st
                         zone=node.labels.get(ZONE_LABEL, ""),
                         healthy=node.ready and not node.unschedulable,
                         control_plane=is_control_plane(node),
+                        flexible=ref.flexible,
                     )
                 )
                 break
@@ -174,6 +176,7 @@ def plan_run(
             pool=t.pool,
             scale_set_id=t.scale_set_id,
             instance_id=t.instance_id,
+            flexible=t.flexible,
             order=i,
             updated_at=at,
             state_since=at,

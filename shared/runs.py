@@ -1,5 +1,5 @@
-"""Run lifecycle for operators: start, inspect, pause, resume, cancel; release a
-cluster's lock.
+"""Run lifecycle for operators: start, inspect, pause, resume, cancel; retry or release a
+failed node; release a cluster's lock.
 
 These are the operations behind the HTTP endpoints and the event triggers; they never
 touch a node directly. Starting admits the first nodes (or enqueues an "admit" work item for
@@ -11,14 +11,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.clock import iso
 from shared.config import ClusterConfig
-from shared.errors import ConcurrencyError, NotFoundError, TemporaryError, ValidationError
+from shared.errors import (
+    ConcurrencyError,
+    NotFoundError,
+    PatcherError,
+    PermanentError,
+    TemporaryError,
+    ValidationError,
+)
+from shared.kube import record_events
 from shared.model import NodeState, NodeWork, Run, RunState
+from shared.notify import Notice, NoticeKind
 from shared.planner import left_alone, plan_run
 from shared.retry import retry_on_conflict
+from shared.windows import MaintenanceWindow, common_opening
 from shared.workflow import Collaborators
 from shared.workqueue import WorkItem
 
@@ -36,6 +47,46 @@ class RunConflictError(ValidationError):
         self.active_run = active_run
 
 
+class NodeActionRefusedError(PatcherError):
+    """An operator's retry or release that the node's state does not allow (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class NodeActionRequest:
+    """An operator's retry or release of one node: who asked, and why.
+
+    ``by`` is the authenticated caller when the host knows one; else the caller holds a
+    function key, and the name it gives (``requestedBy``, optional) is recorded as its
+    own say-so, never as an identity."""
+
+    by: str
+    reason: str = ""
+
+    @classmethod
+    def from_json(cls, body: Any, *, principal: str | None) -> NodeActionRequest:
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise ValidationError("body must be a JSON object (or empty)")
+        unknown = sorted(set(body) - {"reason", "requestedBy"})
+        if unknown:
+            raise ValidationError(f"unknown fields {unknown}; allowed: ['reason', 'requestedBy']")
+        reason, requested_by = body.get("reason", ""), body.get("requestedBy", "")
+        for name, value in (("reason", reason), ("requestedBy", requested_by)):
+            if not isinstance(value, str):
+                raise ValidationError(f"field '{name}' must be a string")
+        if principal:
+            by = principal
+        elif requested_by.strip():
+            by = f"{requested_by.strip()[:200]} (function key)"
+        else:
+            by = "function key"
+        return cls(by=by, reason=reason.strip()[:500])
+
+    def says(self, what: str) -> str:
+        return f"{what} by {self.by}" + (f": {self.reason}" if self.reason else "")
+
+
 @dataclass(frozen=True)
 class StartRequest:
     cluster: str
@@ -46,6 +97,10 @@ class StartRequest:
     not_before: float = 0.0
     deadline: float = 0.0
     source: str = ""
+    # Start now, whatever the pools' maintenance windows and blackout dates say.
+    immediate: bool = False
+    # The kubelet the nodes must report after their reimage (the image's tag), if known.
+    kubelet_version: str = ""
     # Plan and answer what the run would do; nothing is claimed, stored or touched.
     dry_run: bool = False
 
@@ -53,9 +108,17 @@ class StartRequest:
     def from_json(cls, body: Any) -> StartRequest:
         if not isinstance(body, dict):
             raise ValidationError("body must be a JSON object")
-        unknown = sorted(set(body) - {"cluster", "pools", "nodes", "reason", "dryRun"})
+        unknown = sorted(
+            set(body) - {"cluster", "pools", "nodes", "reason", "immediate", "notBefore", "dryRun"}
+        )
         if unknown:
             raise ValidationError(f"unknown fields {unknown}")
+        immediate = body.get("immediate", False)
+        if not isinstance(immediate, bool):
+            raise ValidationError("field 'immediate' must be true or false")
+        not_before = (
+            _utc_instant(body["notBefore"], "notBefore") if body.get("notBefore") is not None else 0.0
+        )
         cluster, reason = body.get("cluster"), body.get("reason", "")
         if not isinstance(cluster, str) or not cluster:
             raise ValidationError("field 'cluster' (string) is required")
@@ -75,8 +138,25 @@ class StartRequest:
             reason=reason or "manual run",
             pools=pools or None,
             nodes=nodes or None,
+            immediate=immediate,
+            not_before=not_before,
             dry_run=dry_run,
         )
+
+
+def _utc_instant(value: Any, name: str) -> float:
+    """An ISO 8601 instant in UTC (``Z`` or ``+00:00``) as epoch seconds. A local time, or
+    one with another offset, is refused: which moment it means is then a guess."""
+    example = "like 2026-12-05T22:00:00Z"
+    if not isinstance(value, str):
+        raise ValidationError(f"field '{name}' must be an ISO 8601 UTC time, {example}")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationError(f"field '{name}' is not an ISO 8601 time: {value!r}; {example}") from None
+    if moment.tzinfo is None or moment.utcoffset() != timedelta(0):
+        raise ValidationError(f"field '{name}' must be in UTC (end it with Z): {value!r}; {example}")
+    return moment.timestamp()
 
 
 class RunService:
@@ -121,11 +201,18 @@ class RunService:
                 view |= {"action": "patch", "wave": 1 + position // run.pools[work.pool].max_unavailable}
             nodes.append(view)
         active = self.deps.store.active_run(cluster.name)
+        # When it would start and end, from the same windows, blackouts and notBefore.
+        run.not_before, run.deadline = request.not_before, request.deadline
+        if not request.immediate:
+            self._fit_to_windows(run, cluster)
         return {
             "dryRun": True,
             "cluster": cluster.name,
             "wouldStart": active is None,
             "activeRun": active,
+            "notBefore": iso(run.not_before) if run.not_before else None,
+            "deadline": iso(run.deadline) if run.deadline else None,
+            "stateReason": run.state_reason,
             "pools": {name: b.to_json() for name, b in run.pools.items()},
             "maxConcurrentNodes": run.max_concurrent_nodes,
             "leftOut": run.left_out,
@@ -145,6 +232,9 @@ class RunService:
             only_nodes=request.nodes,
         )
         run.not_before, run.deadline, run.source = request.not_before, request.deadline, request.source
+        run.kubelet_version = request.kubelet_version
+        if not request.immediate:
+            self._fit_to_windows(run, cluster)
         active = self._claim(cluster.name, run.id)
         if active is not None:
             raise RunConflictError(
@@ -161,7 +251,46 @@ class RunService:
         else:
             self._admit_now(run.id)
         logger.info("run %s planned for %s: %d nodes (%s)", run.id, cluster.name, len(nodes), request.reason)
+        self.deps.notify(
+            Notice(
+                NoticeKind.RUN_STARTED,
+                f"{len(nodes)} nodes ({request.trigger}): {request.reason}",
+                cluster=cluster.name,
+                run_id=run.id,
+            )
+        )
         return run
+
+    def _fit_to_windows(self, run: Run, cluster: ClusterConfig) -> None:
+        """Every trigger's run keeps its pools' maintenance windows and blackout dates: it
+        starts when all of them are open (and not before its own ``not_before``) and starts
+        no node that could not finish before the first closes. A run that has to wait is
+        planned all the same, with the reason, and its first admission is queued for the
+        opening (the way a maintenance run waits for its window)."""
+        names = sorted({p.window for name in run.pools if (p := cluster.pool(name)).window})
+        now = self.deps.clock.now()
+        earliest = max(now, run.not_before)
+        why = "notBefore" if run.not_before > now else ""
+        if names:
+            windows = [MaintenanceWindow(self.deps.config.window(n)) for n in names]
+            opening = common_opening(windows, datetime.fromtimestamp(earliest, UTC))
+            if opening is None:
+                raise ValidationError(
+                    f"the windows {names} of pools {sorted(run.pools)} are never open together in the "
+                    "next 400 days (days, blackout dates); start one run per pool, or say immediate"
+                )
+            start, end = opening.start.timestamp(), opening.end.timestamp()
+            if run.deadline and start >= run.deadline:
+                raise ValidationError(
+                    f"the run's window ({iso(earliest)} - {iso(run.deadline)}) does not overlap the "
+                    f"pools' windows {names}, next open {iso(start)} - {iso(end)}"
+                )
+            if start > earliest:
+                why = f"outside the maintenance window {', '.join(names)}, which opens then"
+            run.not_before = max(run.not_before, start)
+            run.deadline = min(run.deadline or end, end)
+        if why:
+            run.state_reason = f"deferred until {iso(run.not_before)}: {why}"
 
     def _claim(self, cluster: str, run_id: str) -> str | None:
         """Claim the cluster for a new run. A claim that failed without an answer may have
@@ -231,6 +360,100 @@ class RunService:
         )
         return record
 
+    def retry_node(self, run_id: str, name: str, request: NodeActionRequest) -> dict[str, Any]:
+        """A failed node is patched again. While its run is active the node goes back to
+        pending in it and waits for admission like any other (its budget holds; a node
+        still cordoned by the run is counted once, as unavailable). A run that has ended
+        cannot take nodes up again, so a new run is started for the node: it carries on
+        from the cordon the ended run left."""
+        store, at = self.deps.store, iso(self.deps.clock.now())
+        run = store.get_run(run_id)
+        node = store.get_node(run_id, name)
+        _refuse_unless_failed(node, "retried")
+        if run.state.terminal:
+            why = request.says(f"retry of {name} from run {run_id}")
+            new_run = self.start(StartRequest(cluster=run.cluster, reason=why, nodes=[name]))
+            logger.warning("run %s node %s: %s; in run %s", run_id, name, request.says("retried"), new_run.id)
+            return {"id": run_id, "node": name, "state": str(node.state), "retriedIn": new_run.id}
+
+        def back_to_pending() -> NodeWork:
+            run, node = store.get_run(run_id), store.get_node(run_id, name)
+            _refuse_unless_failed(node, "retried")
+            if run.state.terminal:
+                raise NodeActionRefusedError(f"run {run_id} ended ({run.state}) meanwhile; retry again")
+            node.move_to(NodeState.PENDING, reason=request.says("retried"), at=at, by=request.by)
+            node.start_over()
+            node.seq += 1
+            node.updated_at = at
+            run.updated_at = at
+            # With the run record: an admission closing the run at this moment conflicts,
+            # and looks again, rather than ending the run with this node pending.
+            store.commit(run, node)
+            return node
+
+        node = retry_on_conflict(back_to_pending, sleep=self.deps.clock.sleep)
+        self.deps.queue.send(WorkItem("admit", run_id))
+        self._tell_node(run, name, "PatchRetried", request.says("retried"))
+        logger.warning("run %s node %s: %s", run_id, name, request.says("retried"))
+        return {"id": run_id, "node": name, "state": str(node.state)}
+
+    def release_node(self, run_id: str, name: str, request: NodeActionRequest) -> dict[str, Any]:
+        """A failed node that the run left cordoned is uncordoned, unpatched, and marked
+        released: its capacity is given back. Only a cordon our annotations say is this
+        run's is lifted; a node someone (or another run) has cordoned since is refused."""
+        store = self.deps.store
+        run = store.get_run(run_id)
+        node = store.get_node(run_id, name)
+        _refuse_unless_failed(node, "released")
+        kube = self.deps.kube(run.cluster)
+        try:
+            observed = kube.get_node(name)
+        except NotFoundError:
+            observed = None
+        if observed is not None and observed.unschedulable:
+            if observed.cordoned_by != run_id:
+                by = f"run {observed.cordoned_by}" if observed.cordoned_by else "someone else"
+                raise NodeActionRefusedError(
+                    f"node {name} is cordoned by {by}, not by run {run_id}; it is not ours to uncordon"
+                )
+            kube.uncordon(name, state=str(NodeState.RELEASED))
+            what = "uncordoned, not patched"
+        elif observed is None:
+            what = "the Node no longer exists; nothing to uncordon"
+        else:
+            what = "it was uncordoned already; not patched"
+        at, why = iso(self.deps.clock.now()), f"{request.says('released')}; {what}"
+
+        def mark() -> NodeWork:
+            node = store.get_node(run_id, name)
+            _refuse_unless_failed(node, "released")
+            node.move_to(NodeState.RELEASED, reason=why, at=at, by=request.by)
+            node.seq += 1
+            node.updated_at = at
+            store.commit(node)
+            return node
+
+        node = retry_on_conflict(mark, sleep=self.deps.clock.sleep)
+        if observed is not None:
+            self._tell_node(run, name, "PatchReleased", why)
+        logger.warning("run %s node %s: %s", run_id, name, why)
+        # A slot may have come free for whichever run holds the cluster now (this one, or a
+        # later one that this node's cordon was holding up).
+        lock = store.cluster_lock(run.cluster)
+        if lock is not None:
+            self.deps.queue.send(WorkItem("admit", lock.run_id))
+        return {"id": run_id, "node": name, "state": str(node.state)}
+
+    def _tell_node(self, run: Run, name: str, reason: str, message: str) -> None:
+        """An Event on the Node, so ``kubectl describe node`` shows what the operator did;
+        best effort: the record in the run is what counts."""
+        try:
+            self.deps.kube(run.cluster).record_event(
+                name, reason=reason, message=f"run {run.id}: {message}", now=self.deps.clock.now()
+            )
+        except (TemporaryError, PermanentError) as exc:
+            logger.warning("could not record %s on node %s: %s", reason, name, exc)
+
     def _admit_now(self, run_id: str) -> None:
         """The first admission right away, rather than after a trip round the queue."""
         from shared.admission import Admission
@@ -270,6 +493,8 @@ class RunService:
             "notBefore": iso(run.not_before) if run.not_before else None,
             "deadline": iso(run.deadline) if run.deadline else None,
             "source": run.source,
+            "kubeletVersion": run.kubelet_version or None,
+            "stalled": {"since": run.stalled_at, "reason": run.stalled_reason} if run.stalled_at else None,
             "createdAt": run.created_at,
             "updatedAt": run.updated_at,
             "endedAt": run.ended_at,
@@ -293,19 +518,35 @@ class RunService:
         run = self._set_state(run_id, RunState.CANCELLED, "cancelled by operator")
         at = iso(self.deps.clock.now())
 
-        def cancel_pending() -> None:
+        def cancel_pending() -> Sequence[NodeWork]:
             pending = [n for n in self.deps.store.list_nodes(run_id) if n.state == NodeState.PENDING]
             for n in pending:
                 n.move_to(NodeState.CANCELLED, reason="run cancelled before the node started", at=at)
                 n.seq += 1
             for i in range(0, len(pending), 99):
                 self.deps.store.commit(*pending[i : i + 99])
+            return pending
 
         # Exhausted conflicts raise: the operator is told, and the run (already cancelled)
         # stops admitting; a repeated cancel finishes the pending nodes.
-        retry_on_conflict(cancel_pending, sleep=self.deps.clock.sleep)
+        cancelled = retry_on_conflict(cancel_pending, sleep=self.deps.clock.sleep)
         self.deps.queue.send(WorkItem("admit", run.id))  # releases the cluster when nothing is in flight
+        self._tell_the_cluster(run, cancelled)
         return run
+
+    def _tell_the_cluster(self, run: Run, cancelled: Sequence[NodeWork]) -> None:
+        """The Events of the nodes cancelled before they started (nodes in flight record
+        theirs at their next step). Best effort: the run is cancelled whatever the cluster
+        answers."""
+        if not cancelled:
+            return
+        try:
+            kube = self.deps.kube(run.cluster)
+        except (TemporaryError, PermanentError) as exc:
+            logger.warning("run %s: not recording the cancellation on its nodes: %s", run.id, exc)
+            return
+        messages = {n.name: f"run {run.id}: {n.reason}" for n in cancelled}
+        record_events(kube, messages, reason="PatchCancelled", now=self.deps.clock.now())
 
     def _set_state(self, run_id: str, state: RunState, reason: str) -> Run:
         def change() -> Run:
@@ -324,6 +565,13 @@ class RunService:
             raise ConcurrencyError(f"run {run_id} kept changing; try again") from None
 
 
+def _refuse_unless_failed(node: NodeWork, what: str) -> None:
+    if node.state != NodeState.FAILED:
+        raise NodeActionRefusedError(
+            f"node {node.name} of run {node.run_id} is {node.state}; only a failed node can be {what}"
+        )
+
+
 def _node_view(node: NodeWork, run: Run) -> dict[str, Any]:
     view = node.public()
     if node.state == NodeState.PENDING and node.pool in run.waiting:
@@ -337,4 +585,11 @@ def _allowed(state: RunState) -> frozenset[RunState]:
     return RUN_TRANSITIONS[state]
 
 
-__all__ = ["NotFoundError", "RunConflictError", "RunService", "StartRequest"]
+__all__ = [
+    "NodeActionRefusedError",
+    "NodeActionRequest",
+    "NotFoundError",
+    "RunConflictError",
+    "RunService",
+    "StartRequest",
+]

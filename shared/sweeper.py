@@ -4,7 +4,8 @@ Messages can be lost (a send that failed after its state was written, a message 
 by hand) and workers can die holding a lease. Every node in flight records when it was
 last stepped; one that has not been stepped for ``stallAfter`` gets a fresh work item
 with a new ``seq`` (which makes any late copy of the old one stale). Runs with pending
-nodes and a free slot get an admission pass.
+nodes and a free slot get an admission pass. A run with nodes pending and none in flight
+for ``stallAfter`` is marked stalled, with what blocks it, on the run and in an Event.
 
 A run always ends and never holds its cluster by mistake, even when a write failed at
 the wrong moment: a run whose nodes have all ended is closed here (its closing
@@ -16,14 +17,16 @@ claiming the cluster and writing the run, or the claim was written but its answe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
 from shared.admission import HOLDING_STATES, Admission
 from shared.clock import iso, parse_iso
-from shared.errors import ConcurrencyError, NotFoundError, TemporaryError
+from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
 from shared.model import NodeState, NodeWork, Run, RunState
+from shared.notify import Notice, NoticeKind
 from shared.workflow import Collaborators
 from shared.workqueue import WorkItem
 
@@ -37,6 +40,7 @@ class SweepReport:
     admitted: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)  # runs whose nodes had all ended
     released: list[str] = field(default_factory=list)  # "cluster: why" for each lock freed
+    stalled: list[str] = field(default_factory=list)  # runs marked stalled by this sweep
 
 
 def sweep(deps: Collaborators) -> SweepReport:
@@ -68,16 +72,78 @@ def sweep(deps: Collaborators) -> SweepReport:
             report.resumed.append(f"{run.id}/{node.name}")
             logger.warning("run %s node %s stalled in %s; resumed", run.id, node.name, node.state)
         if run.state not in (RunState.PLANNED, RunState.RUNNING):
+            _moving(deps, run)  # paused on purpose: the idle clock starts again on resume
             continue
+        if run.not_before > now:
+            continue  # deferred to its window: its admission is queued for the opening
         if in_flight and not _may_have_free_slots(run, in_flight):
+            _moving(deps, run)
             continue
         if deps.store.has_nodes(run.id, states=(NodeState.PENDING,)):
             deps.queue.send(WorkItem("admit", run.id))
             report.admitted.append(run.id)
+            if in_flight or now < run.not_before:
+                _moving(deps, run)
+            else:
+                _watch_idle(deps, run, report, now=now, stall=stall)
         elif not in_flight and _close(deps, run, report):
             over.add(run.id)
     _release_stale_locks(deps, {r.id: r for r in runs}, over, report, now=now, grace=stall)
     return report
+
+
+def _moving(deps: Collaborators, run: Run) -> None:
+    """The run has work in flight (or is paused, or waits for its window): not idle, and
+    not stalled any more."""
+    if not run.idle_since and not run.stalled_at:
+        return
+    run.idle_since, run.stalled_at, run.stalled_reason = 0.0, "", ""
+    with contextlib.suppress(ConcurrencyError):  # it changed meanwhile: the next sweep looks
+        deps.store.commit(run)
+
+
+def _watch_idle(deps: Collaborators, run: Run, report: SweepReport, *, now: float, stall: float) -> None:
+    """Nodes pending, none in flight: it waits for something outside the run (a budget
+    filled by nodes that are NotReady, cordoned by someone else, or left cordoned by a
+    failed run). Seen so for ``stallAfter``, it is marked stalled with what blocks it and an
+    Event on the node each blocked pool would start next, so that it never waits silently."""
+    if not run.idle_since:
+        run.idle_since = now
+        with contextlib.suppress(ConcurrencyError):
+            deps.store.commit(run)
+        return
+    if run.stalled_at or now - run.idle_since < stall:
+        return
+    blocked = "; ".join(f"{pool}: {why}" for pool, why in sorted(run.waiting.items()))
+    run.stalled_at = iso(now)
+    run.stalled_reason = (
+        f"no node started or in flight for {now - run.idle_since:.0f}s (stallAfter {stall:.0f}s): "
+        f"{blocked or 'no pending node could start'}; a node a failed run left cordoned can be released "
+        "(POST /api/runs/RUN/nodes/NODE/release) or retried (.../retry)"
+    )
+    try:
+        deps.store.commit(run)
+    except ConcurrencyError:
+        return  # it changed meanwhile: the next sweep looks again
+    report.stalled.append(run.id)
+    logger.warning("run %s stalled: %s", run.id, run.stalled_reason)
+    deps.notify(Notice(NoticeKind.RUN_STALLED, run.stalled_reason, cluster=run.cluster, run_id=run.id))
+    first_pending: dict[str, str] = {}
+    for node in deps.store.pending_nodes(run.id):
+        first_pending.setdefault(node.pool, node.name)
+    kube = deps.kube(run.cluster)
+    for pool, name in sorted(first_pending.items()):
+        why = run.waiting.get(pool, "no slot free")
+        try:
+            kube.record_event(
+                name,
+                reason="PatchRunStalled",
+                message=f"run {run.id} waits for this node's pool: {why}",
+                warning=True,
+                now=now,
+            )
+        except (TemporaryError, PermanentError) as exc:
+            logger.warning("run %s: could not record its stall on node %s: %s", run.id, name, exc)
 
 
 def _close(deps: Collaborators, run: Run, report: SweepReport) -> bool:

@@ -5,6 +5,8 @@ Phases come from the transitions each node recorded (``NodeWork.history``), so t
 shows what happened rather than what was planned; a node still in flight has its last
 phase end at ``now``. A wave is one admission pass: ``Admission`` stamps every node it
 admits in one transaction with the same time, so nodes admitted together share a wave.
+A failed node that an operator retries carries on in the same row, and every end it
+reached is marked there (a release after a failure keeps the failure's mark).
 
 Every text that comes from a record (node names, reasons) is escaped with
 ``xml.sax.saxutils``: a reason quoting a pod's error message must not break the document.
@@ -55,15 +57,25 @@ class Phase:
 
 
 @dataclass(frozen=True)
+class End:
+    state: str
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True)
 class NodeRow:
     name: str
     pool: str
     state: str
     reason: str
-    wave: int | None  # 1-based; None for a node never admitted
-    admitted_at: float | None
+    wave: int | None  # 1-based, of its first admission; None for a node never admitted
+    admitted_at: float | None  # its first admission
     phases: tuple[Phase, ...]
-    ended_at: float | None  # when it reached a terminal state
+    # Every end it reached: an operator can retry a failed node (failed -> pending) or
+    # release it (failed -> released), so a row may fail more than once.
+    ends: tuple[End, ...] = ()
+    admissions: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,40 +124,52 @@ def _row(node: NodeWork, *, start: float, end: float, wave_of: dict[str, int]) -
     history = node.history
     # History keeps its latest entries only (HISTORY_LIMIT): when the first one kept is
     # not the node's first step, what came before it is unknown and left blank.
+    # ``current`` is None while the node is at an end (no bar until it is retried).
+    current: str | None
     if history and history[0]["from"] == NodeState.PENDING:
         begin, current, reason = start, WAITING, ""
     elif history:
-        begin, current, reason = parse_iso(history[0]["at"]), phase_of(history[0]["from"]), ""
+        first = history[0]["from"]
+        begin, current, reason = (
+            parse_iso(history[0]["at"]),
+            None if _terminal(first) else phase_of(first),
+            "",
+        )
     else:
         begin, current, reason = start, phase_of(node.state), node.reason
-    ended_at: float | None = None
-    admitted_at: float | None = None
+    ends: list[End] = []
+    admissions: list[float] = []
     wave: int | None = None
     for entry in history:
         at = parse_iso(entry["at"])
-        if entry["from"] == NodeState.PENDING and entry["to"] == NodeState.ADMITTED and admitted_at is None:
-            admitted_at, wave = at, wave_of.get(entry["at"])
+        if entry["from"] == NodeState.PENDING and entry["to"] == NodeState.ADMITTED:
+            if not admissions:
+                wave = wave_of.get(entry["at"])
+            admissions.append(at)
         if _terminal(entry["to"]):
-            _close(phases, current, begin, at, reason)
-            ended_at = at
-            break
+            if current is not None:
+                _close(phases, current, begin, at, reason)
+            ends.append(End(state=entry["to"], at=at, reason=entry["reason"]))
+            current = None
+            continue
         following = phase_of(entry["to"])
         if following != current:
-            _close(phases, current, begin, at, reason)
+            if current is not None:
+                _close(phases, current, begin, at, reason)
             begin, current = at, following
         reason = entry["reason"]
-    else:
-        if not _terminal(node.state):
-            _close(phases, current, begin, end, reason or node.reason)
+    if current is not None:
+        _close(phases, current, begin, end, reason or node.reason)
     return NodeRow(
         name=node.name,
         pool=node.pool,
         state=str(node.state),
         reason=node.reason,
         wave=wave,
-        admitted_at=admitted_at,
+        admitted_at=admissions[0] if admissions else None,
         phases=tuple(phases),
-        ended_at=ended_at,
+        ends=tuple(ends),
+        admissions=tuple(admissions),
     )
 
 
@@ -283,29 +307,29 @@ def _row_svg(
             f'x="{left}" y="{bar_top}" width="{max(round(right - left, 2), 1.0)}" height="{BAR_HEIGHT}" '
             f'fill="{colour}"><title>{escape(tip)}</title></rect>'
         )
-    if row.admitted_at is not None:
+    for admitted in row.admissions:
         # Waiting covers pending and admitted: the tick shows when its wave took the slot.
-        at = x(row.admitted_at)
+        at = x(admitted)
         out.append(
             f'<line class="admitted" x1="{at}" y1="{bar_top - 2}" x2="{at}" y2="{bar_top + BAR_HEIGHT + 2}" '
-            f'stroke="#1f2328" stroke-width="1.5"><title>admitted (wave {row.wave})</title></line>'
+            f'stroke="#1f2328" stroke-width="1.5"><title>admitted at {escape(iso(admitted))}</title></line>'
         )
-    if row.ended_at is not None:
-        out.append(_outcome_mark(row, at=x(row.ended_at), mid=mid))
+    for ending in row.ends:
+        out.append(_outcome_mark(ending, at=x(ending.at), mid=mid))
     out.append("</g>")
     return out
 
 
-def _outcome_mark(row: NodeRow, *, at: float, mid: float) -> str:
-    tip = escape(f"{row.state}: {row.reason}" if row.reason else row.state)
-    if row.state == NodeState.FAILED:
+def _outcome_mark(ending: End, *, at: float, mid: float) -> str:
+    tip = escape(f"{ending.state}: {ending.reason}" if ending.reason else ending.state)
+    if ending.state == NodeState.FAILED:
         colour = OUTCOME_COLOURS["failed"]
         d = f"M{at - 5},{mid - 5} L{at + 5},{mid + 5} M{at - 5},{mid + 5} L{at + 5},{mid - 5}"
         return (
             f'<path class="outcome failure" d="{d}" stroke="{colour}" stroke-width="2.5" '
             f'stroke-linecap="round"><title>{tip}</title></path>'
         )
-    if row.state == NodeState.SUCCEEDED:
+    if ending.state == NodeState.SUCCEEDED:
         colour = OUTCOME_COLOURS["succeeded"]
         d = f"M{at + 2},{mid} L{at + 5},{mid + 4} L{at + 11},{mid - 5}"
         return (
@@ -313,7 +337,7 @@ def _outcome_mark(row: NodeRow, *, at: float, mid: float) -> str:
             f'stroke-linecap="round" stroke-linejoin="round"><title>{tip}</title></path>'
         )
     return (
-        f"<circle class={quoteattr('outcome ' + row.state)} "
+        f"<circle class={quoteattr('outcome ' + ending.state)} "
         f'cx="{at + 5}" cy="{mid}" r="4" '
         f'fill="{OTHER_OUTCOME_COLOUR}"><title>{tip}</title></circle>'
     )
@@ -330,4 +354,4 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
 
 
-__all__ = ["NodeRow", "Phase", "Timeline", "build_timeline", "phase_of", "render_svg"]
+__all__ = ["End", "NodeRow", "Phase", "Timeline", "build_timeline", "phase_of", "render_svg"]

@@ -9,6 +9,7 @@ gap) resolve the way ``zoneinfo`` resolves them: forward by the gap.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -63,3 +64,25 @@ class MaintenanceWindow:
             if occ and occ.end > moment:
                 return occ
         return None
+
+
+def common_opening(
+    windows: Sequence[MaintenanceWindow], moment: datetime, *, horizon_days: int = 400
+) -> Occurrence | None:
+    """The first time from ``moment`` (UTC) on when every window is open, until the first
+    of them closes; None if that never happens within the horizon (windows on different
+    days, or blacked out throughout). With no windows, open from ``moment`` for ever
+    (``end`` is ``datetime.max``)."""
+    limit = moment + timedelta(days=horizon_days)
+    at = moment
+    while at < limit:
+        found = [w.next_occurrence(at, horizon_days=horizon_days) for w in windows]
+        if any(o is None for o in found):
+            return None
+        occurrences = [o for o in found if o is not None]
+        start = max([at, *(o.start for o in occurrences)])
+        end = min((o.end for o in occurrences), default=datetime.max.replace(tzinfo=UTC))
+        if start < end:
+            return Occurrence(start, end)
+        at = end  # one closes before another opens: look from there
+    return None

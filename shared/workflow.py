@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from shared.admission import Admission
+from shared.admission import Admission, cordoned_by_us
 from shared.budget import WritePacer
 from shared.clock import Clock, iso
 from shared.compute import ComputeClient, InstanceRef, LroStatus, image_version, parse_provider_id
@@ -46,7 +46,9 @@ from shared.errors import (
 )
 from shared.kube import ANNOTATION_STATE, LABEL_PATCHING, KubeClient, Node
 from shared.model import NodeState, NodeWork, PacerRecord, Run, RunState
+from shared.notify import Notice, NoticeKind, Notifier, no_notifications
 from shared.retry import backoff, retry_on_conflict
+from shared.skew import same_release
 from shared.store.base import RunStore
 from shared.workqueue import WorkItem, WorkQueue
 
@@ -68,6 +70,7 @@ class Collaborators:
     config: PatcherConfig
     kube: Callable[[str], KubeClient]  # cluster name -> client
     compute: Callable[[str], ComputeClient]  # subscription id -> client
+    notify: Notifier = no_notifications
 
 
 @dataclass
@@ -80,6 +83,21 @@ class StepResult:
     event: str = ""
     warning: bool = False
     annotate: bool = True
+
+
+def tell_left_cordoned(deps: Collaborators, cluster: str, node: NodeWork) -> None:
+    """A node failed with our cordon on it: somebody has to look at it (after the failure
+    is stored, by the worker that stored it)."""
+    if node.cordoned_by_us:
+        deps.notify(
+            Notice(
+                NoticeKind.NODE_LEFT_CORDONED,
+                node.reason,
+                cluster=cluster,
+                run_id=node.run_id,
+                node=node.name,
+            )
+        )
 
 
 def wait(reason: str, delay: float) -> StepResult:
@@ -110,7 +128,7 @@ class StepContext:
         ref = parse_provider_id(f"azure://{self.node.scale_set_id}/virtualMachines/{self.node.instance_id}")
         if ref is None:
             raise PermanentError(f"node {self.node.name}: bad scale set id {self.node.scale_set_id}")
-        self.ref = ref
+        self.ref = replace(ref, flexible=self.node.flexible)
 
     @property
     def compute(self) -> ComputeClient:
@@ -163,14 +181,19 @@ def step_admitted(ctx: StepContext) -> StepResult:
             event="PatchSkipped",
             annotate=False,
         )
+    taken_over = ""
     if observed.unschedulable and not ours:
-        return StepResult(
-            NodeState.SKIPPED,
-            "cordoned by someone else before this run; left cordoned and untouched",
-            event="PatchSkipped",
-            annotate=False,
-        )
-    if not observed.unschedulable:
+        if not cordoned_by_us(ctx.deps.store, run, observed):
+            return StepResult(
+                NodeState.SKIPPED,
+                "cordoned by someone else before this run; left cordoned and untouched",
+                event="PatchSkipped",
+                annotate=False,
+            )
+        # Left cordoned by an earlier run of ours that failed on it: this run carries on from
+        # there, and its own annotations say so from now on.
+        taken_over = observed.cordoned_by
+    if not observed.unschedulable or taken_over:
         ctx.kube.cordon(node.name, run_id=run.id, state=str(NodeState.DRAINING))
     node.cordoned_by_us = True
     node.boot_id_before = observed.boot_id
@@ -183,7 +206,8 @@ def step_admitted(ctx: StepContext) -> StepResult:
     pdbs = [pdb for ns in namespaces for pdb in ctx.kube.list_pdbs(ns)]
     blockers += blocking_budgets(plan.evict, pdbs)
     node.blockers = blockers
-    message = f"cordoned by run {run.id}; {len(plan.evict)} pods to evict"
+    cordon = f"left cordoned by run {taken_over}, taken over by run" if taken_over else "cordoned by run"
+    message = f"{cordon} {run.id}; {len(plan.evict)} pods to evict"
     if blockers:
         message += "; may block: " + " | ".join(blockers)
     return StepResult(NodeState.DRAINING, message, event="PatchCordoned", annotate=False)
@@ -474,6 +498,8 @@ def _leave_batch(ctx: StepContext, peer: NodeWork, result: StepResult) -> None:
 
     left = retry_on_conflict(leave, sleep=ctx.deps.clock.sleep)
     logger.info("run %s node %s left batch %s: %s", ctx.run.id, peer.name, peer.reimage_batch, result.reason)
+    if left.state == NodeState.FAILED and left.reason == result.reason:
+        tell_left_cordoned(ctx.deps, ctx.run.cluster, left)
     ctx.kube.record_event(
         peer.name,
         reason=result.event or "PatchDraining",
@@ -584,7 +610,7 @@ def _gather(ctx: StepContext) -> StepResult | None:
     share is drained or nothing more is draining, at most ``inlineWait``; the others that
     get ready meanwhile step aside until it has claimed them. Returns a wait for those."""
     node, store, linger = ctx.node, ctx.deps.store, ctx.timing.batch_linger.total_seconds()
-    if linger <= 0:
+    if linger <= 0 or _written_alone(ctx):
         return None
     clock, longest = ctx.deps.clock, ctx.timing.inline_wait.total_seconds()
     for _ in range(3):
@@ -658,6 +684,12 @@ def _gather(ctx: StepContext) -> StepResult | None:
     return None
 
 
+def _written_alone(ctx: StepContext) -> bool:
+    """A Flexible instance is reimaged through its own VM's API (the scale set has no
+    batch reimage): a write of its own, with no batch to gather or join."""
+    return ctx.ref.flexible and ctx.node.reimage_op == "reimage"
+
+
 def _slots_freeing_soon(ctx: StepContext) -> int:
     """How many of the pool's pending nodes its booting nodes will let start: they end
     within a boot, and the pending nodes then drain and want writes in the same few
@@ -711,7 +743,7 @@ def _claim_batch(ctx: StepContext) -> tuple[list[NodeWork], str, float, float] |
         and n.reimage_op == node.reimage_op
         and n.scale_set_id.lower() == pacer.scale_set
         and n.lease_until <= now
-    ][: MAX_BATCH - 1]
+    ][: 0 if _written_alone(ctx) else MAX_BATCH - 1]
     batch = uuid.uuid4().hex[:8]
     at = iso(now)
     for n in (node, *peers):
@@ -864,6 +896,20 @@ def step_booting(ctx: StepContext) -> StepResult:
             problems.append("instance is not on the latest model")
         if node.expected_image and instance.image != node.expected_image:
             problems.append(f"instance runs {instance.image}, expected {node.expected_image}")
+    if (
+        not problems
+        and ctx.run.kubelet_version
+        and not same_release(observed.kubelet_version, ctx.run.kubelet_version)
+    ):
+        # Ready on its new boot, so this is the kubelet the image brought: waiting cannot
+        # change it, and a node on a release the skew guard never approved stays out.
+        return StepResult(
+            NodeState.FAILED,
+            f"kubelet reports {observed.kubelet_version or '(nothing)'} after the reimage, but the "
+            f"image's tag says {ctx.run.kubelet_version}; left cordoned",
+            event="PatchFailed",
+            warning=True,
+        )
     if not problems:
         _observe(ctx, "boot", ctx.now - node.booting_since)
         if node.cordoned_by_us and observed.cordoned_by in (ctx.run.id, ""):
@@ -1089,6 +1135,8 @@ class Workflow:
         node.lease_owner, node.lease_until = "", 0.0
         node.next_due = self.deps.clock.now() + result.delay
         self.deps.store.commit(node)
+        if node.state == NodeState.FAILED:
+            tell_left_cordoned(self.deps, run.cluster, node)
         if ended:
             outcome += f"; {ended} woken nodes ended"
         if node.state.terminal and not self.admits:
@@ -1219,6 +1267,7 @@ class Workflow:
             self.deps.store.commit(fresh)
             if fresh.state == NodeState.FAILED and final_attempt:
                 self._tell_the_cluster(fresh)
+                tell_left_cordoned(self.deps, self.deps.store.get_run(fresh.run_id).cluster, fresh)
             if fresh.state.terminal:
                 self.admit(node.run_id)
         except Exception:

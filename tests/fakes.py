@@ -14,10 +14,26 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.compute import ImageVersion, Instance, InstanceRef, LroStatus
+from shared.compute import (
+    ImageVersion,
+    Instance,
+    InstanceRef,
+    LroStatus,
+    UnguardedUpgradeError,
+    unguarded_upgrade,
+)
 from shared.drain import Pod
 from shared.errors import ConcurrencyError, NotFoundError, TemporaryError
-from shared.kube import ANNOTATION_CORDONED, LABEL_PATCHING, EvictionResult, Node, node_status_view
+from shared.kube import (
+    ANNOTATION_CORDONED,
+    ANNOTATION_PATCHED_AT,
+    ANNOTATION_RUN,
+    ANNOTATION_STATE,
+    LABEL_PATCHING,
+    EvictionResult,
+    Node,
+    node_status_view,
+)
 from shared.model import RunState
 from shared.store.base import RUN_ROW
 from shared.store.memory import MemoryRunStore
@@ -89,6 +105,7 @@ class FakeKube:
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # "ns/name" -> pod
     blocked: set[str] = field(default_factory=set)  # pods whose eviction gets 429
     events: list[tuple[str, str, str]] = field(default_factory=list)
+    event_types: list[str] = field(default_factory=list)  # "Normal" | "Warning", one per event
     calls: list[str] = field(default_factory=list)
     fail_next: list[Exception] = field(default_factory=list)
     daemonsets: set[str] = field(default_factory=set)
@@ -158,17 +175,25 @@ class FakeKube:
             {
                 "metadata": {
                     "labels": {LABEL_PATCHING: run_id},
-                    "annotations": {ANNOTATION_CORDONED: run_id},
+                    # The annotations KubeClient.cordon writes with the cordon.
+                    "annotations": {
+                        ANNOTATION_CORDONED: run_id,
+                        ANNOTATION_RUN: run_id,
+                        ANNOTATION_STATE: state,
+                    },
                 },
                 "spec": {"unschedulable": True},
             },
         )
 
     def uncordon(self, name: str, *, state: str, patched_at: str | None = None) -> Node:
+        annotations: dict[str, str | None] = {ANNOTATION_CORDONED: None, ANNOTATION_STATE: state}
+        if patched_at:
+            annotations[ANNOTATION_PATCHED_AT] = patched_at
         return self.patch_node(
             name,
             {
-                "metadata": {"labels": {LABEL_PATCHING: None}, "annotations": {ANNOTATION_CORDONED: None}},
+                "metadata": {"labels": {LABEL_PATCHING: None}, "annotations": annotations},
                 "spec": {"unschedulable": None},
             },
         )
@@ -239,15 +264,17 @@ class FakeKube:
 
     def record_event(
         self, node: str, *, reason: str, message: str, warning: bool = False, now: float
-    ) -> None:
+    ) -> bool:
         self.events.append((node, reason, message))
+        self.event_types.append("Warning" if warning else "Normal")
+        return True
 
     def reboot(self, name: str, *, image: str | None = None) -> None:
         node = self.nodes[name]
         node["status"]["nodeInfo"]["bootID"] = str(uuid.uuid4())
         node["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
         if image:
-            node["metadata"]["labels"]["kubernetes.azure.com/node-image-version"] = image
+            node["metadata"]["labels"]["vmss-node-patcher.io/image-version"] = image
 
 
 @dataclass
@@ -306,6 +333,12 @@ class FakeCompute:
     scale_sets: dict[str, list[str]] = field(default_factory=dict)  # scale set id (lower) -> instance ids
     image_versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # id (lower) -> state, tags
     arm_calls: list[tuple[str, str, Any]] = field(default_factory=list)
+    upgrade_policies: dict[str, str] = field(default_factory=dict)  # scale set id (lower) -> mode
+    model_writes: list[str] = field(default_factory=list)
+
+    def get_upgrade_policy(self, scale_set_id: str) -> str:
+        self._maybe_fail(f"get_upgrade_policy {scale_set_id}")
+        return self.upgrade_policies.get(scale_set_id.lower(), "Manual")
 
     def list_instances(self, scale_set_id: str) -> list[Instance]:
         self._maybe_fail(f"list_instances {scale_set_id}")
@@ -328,6 +361,10 @@ class FakeCompute:
 
     def set_model_image(self, scale_set_id: str, image_id: str) -> None:
         self._maybe_fail(f"set_model_image {scale_set_id}")
+        problem = unguarded_upgrade(scale_set_id.rsplit("/", 1)[-1], self.get_upgrade_policy(scale_set_id))
+        if problem:
+            raise UnguardedUpgradeError(problem)
+        self.model_writes.append(scale_set_id.lower())
         self.model_image = image_id.lower()
         for iid in self.scale_sets.get(scale_set_id.lower(), []):
             inst = self.instance(iid)

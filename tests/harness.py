@@ -15,6 +15,7 @@ from shared.clock import FakeClock
 from shared.config import parse_config
 from shared.model import NodeState
 from shared.runs import RunService, StartRequest
+from shared.store.base import RunStore
 from shared.store.memory import MemoryRunStore
 from shared.sweeper import sweep
 from shared.workflow import Collaborators, Workflow
@@ -63,7 +64,7 @@ class Harness:
         reimage_seconds: float = 60.0,
         boot_seconds: float = 0.0,
         extra_config: dict[str, Any] | None = None,
-        store: MemoryRunStore | None = None,
+        store: RunStore | None = None,
         **cluster: Any,
     ) -> None:
         self.clock = FakeClock()

@@ -153,3 +153,23 @@ class StoreContract:
         assert store.get_pacer("run1", SCALE_SET).tokens == 1.0
         assert store.get_pacer("run1", SCALE_SET + "-other").tokens == 2.0
         assert store.get_pacer("run2", SCALE_SET).etag is None
+
+    # ---- keyed records: create-if-absent, and writes conditional on what was read ----
+    def test_a_record_is_created_once_and_its_twin_is_told(self, store: RunStore) -> None:
+        assert store.create_record("event", "e|1", {"outcome": "in-progress"}) is True
+        assert store.create_record("event", "e|1", {"outcome": "other"}) is False
+        data, etag = store.get_record_entry("event", "e|1") or ({}, "")
+        assert data == {"key": "e|1", "outcome": "in-progress"} and etag
+        assert store.get_record_entry("event", "e|2") is None
+
+    def test_a_record_is_replaced_or_deleted_only_as_it_was_read(self, store: RunStore) -> None:
+        store.create_record("event", "k", {"n": 1})
+        _, etag = store.get_record_entry("event", "k") or ({}, "")
+        new_etag = store.replace_record("event", "k", {"n": 2}, etag=etag)
+        assert new_etag and new_etag != etag
+        assert store.replace_record("event", "k", {"n": 3}, etag=etag) is None  # changed since
+        assert store.delete_record("event", "k", etag=etag) is False
+        assert store.get_record("event", "k") == {"key": "k", "n": 2}
+        assert store.delete_record("event", "k", etag=new_etag) is True
+        assert store.get_record("event", "k") is None
+        assert store.replace_record("event", "k", {"n": 4}, etag=new_etag) is None  # gone

@@ -43,6 +43,9 @@ param kubeconfigSettings array = []
 @description('GitHub webhook secret settings: [{name: APP_SETTING, secretName: KEY_VAULT_SECRET}], two while rotating. The YAML configuration names them (gitops.secrets[].setting).')
 param webhookSecretSettings array = []
 
+@description('Notification webhook URL settings: [{name: APP_SETTING, secretName: KEY_VAULT_SECRET}]. The YAML configuration names them (notifications[].url.setting).')
+param notificationSettings array = []
+
 @description('Upper bound on instances. The app\'s own budgets bound concurrent node work; this bounds cost and API-server / ARM load if a queue backs up.')
 @minValue(1)
 @maxValue(1000)
@@ -84,6 +87,11 @@ var kubeconfigAppSettings = [for s in kubeconfigSettings: {
 }]
 
 var webhookSecretAppSettings = [for s in webhookSecretSettings: {
+  name: s.name
+  value: '@Microsoft.KeyVault(SecretUri=${vaultUri}secrets/${s.secretName}/)'
+}]
+
+var notificationAppSettings = [for s in notificationSettings: {
   name: s.name
   value: '@Microsoft.KeyVault(SecretUri=${vaultUri}secrets/${s.secretName}/)'
 }]
@@ -180,7 +188,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       scmMinTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
-      appSettings: concat(baseAppSettings, armAppSettings, kubeconfigAppSettings, webhookSecretAppSettings)
+      appSettings: concat(baseAppSettings, armAppSettings, kubeconfigAppSettings, webhookSecretAppSettings, notificationAppSettings)
     }
     functionAppConfig: {
       deployment: {

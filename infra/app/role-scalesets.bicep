@@ -96,3 +96,45 @@ resource operationsAssignment 'Microsoft.Authorization/roleAssignments@2022-04-0
     description: 'vmss-node-patcher: poll the reimage and model-update operations it starts here'
   }
 }
+
+// Flexible scale sets: their instances are VMs of their own (Microsoft.Compute/virtualMachines
+// in this group, named {scaleSet}_{8 hex}), read and reimaged through the VM API, and a
+// role assigned on the scale set does not reach them. The VMs come and go with the scale
+// set, so the two VM actions are granted on the group; before any reimage the app checks
+// that the VM names the pool's scale set in virtualMachineScaleSet.id. Deployed only for
+// groups that hold Flexible pools.
+@description('Whether scaleSetNames include Flexible scale sets (their VMs need the VM actions below).')
+param flexibleScaleSets bool = false
+
+resource flexibleVmRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = if (flexibleScaleSets) {
+  name: guid(resourceGroup().id, appName, 'vmss-node-patcher-flexible-vms')
+  properties: {
+    roleName: 'VMSS node patcher Flexible VMs (${appName}, ${resourceGroup().name})'
+    description: 'Read and reimage the VMs of Flexible scale sets; used by the vmss-node-patcher function app.'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: [
+          // virtual_machines.get / list: a Flexible instance's image, OS disk, instance view, scale set.
+          'Microsoft.Compute/virtualMachines/read'
+          // virtual_machines.begin_reimage: reimage one drained Flexible instance.
+          'Microsoft.Compute/virtualMachines/reimage/action'
+        ]
+        notActions: []
+      }
+    ]
+    assignableScopes: [
+      resourceGroup().id
+    ]
+  }
+}
+
+resource flexibleVmAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (flexibleScaleSets) {
+  name: guid(resourceGroup().id, principalId, 'vmss-node-patcher-flexible-vms')
+  properties: {
+    roleDefinitionId: flexibleVmRole.id
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'vmss-node-patcher: read and reimage the drained VMs of the Flexible scale sets here'
+  }
+}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -184,6 +185,9 @@ class RunStore(abc.ABC):
             return [found[row][1] for row, _ in rows]
 
     def get_run(self, run_id: str) -> Run:
+        if not_a_key(run_id):
+            # What no run can be called (Table storage refuses such keys): not found, not a 5xx.
+            raise NotFoundError(f"run {run_id!r} not found: {not_a_key(run_id)}")
         found = self._get(run_id, RUN_ROW)
         if found is None:
             raise NotFoundError(f"run {run_id} not found")
@@ -196,6 +200,9 @@ class RunStore(abc.ABC):
         return sorted(runs, key=lambda r: r.created_at, reverse=True)
 
     def get_node(self, run_id: str, name: str) -> NodeWork:
+        problem = not_a_key(run_id) or not_a_key(name)
+        if problem:
+            raise NotFoundError(f"node {name!r} is not part of run {run_id!r}: {problem}")
         found = self._get(run_id, NODE_PREFIX + name)
         if found is None:
             raise NotFoundError(f"node {name} is not part of run {run_id}")
@@ -293,6 +300,31 @@ class RunStore(abc.ABC):
         except ConcurrencyError:
             return False
 
+    def get_record_entry(self, kind: str, key: str) -> tuple[dict[str, Any], str] | None:
+        """A record with its ETag, for a write conditional on it."""
+        return self._get(f"{kind}~", record_row(key))
+
+    def replace_record(self, kind: str, key: str, data: dict[str, Any], *, etag: str) -> str | None:
+        """Replace a record if it is still as read (``etag``); its new ETag, or None when it
+        changed or went meanwhile."""
+        try:
+            (new_etag,) = self._transact(
+                f"{kind}~", [("update", record_row(key), {"key": key, **data}, etag)]
+            )
+        except ConcurrencyError:
+            return None
+        return new_etag
+
+    def delete_record(self, kind: str, key: str, *, etag: str) -> bool:
+        """Delete a record if it is still as read (``etag``); False when it changed since.
+        (A record already gone may answer either way: the Table SDK takes a 404 on delete
+        for done.)"""
+        try:
+            self._transact(f"{kind}~", [("delete", record_row(key), {}, etag)])
+        except ConcurrencyError:
+            return False
+        return True
+
     def put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
         self._transact(f"{kind}~", [("upsert", record_row(key), {"key": key, **data}, None)])
 
@@ -345,6 +377,23 @@ class RunStore(abc.ABC):
         except ConcurrencyError:
             return False
         return True
+
+
+# Table storage's key rules: at most 1 KiB, none of / \\ # ? and no control characters.
+_KEY_FORBIDDEN = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+MAX_KEY_BYTES = 1024
+
+
+def not_a_key(value: str) -> str:
+    """Why ``value`` cannot be a Table key ("" if it can): the store's own ids and names
+    always can, so a value that cannot names nothing stored."""
+    if not value:
+        return "empty"
+    if len(value.encode("utf-8")) > MAX_KEY_BYTES:
+        return f"longer than {MAX_KEY_BYTES} bytes"
+    if _KEY_FORBIDDEN.search(value):
+        return "contains / \\ # ? or a control character"
+    return ""
 
 
 def record_row(key: str) -> str:

@@ -188,3 +188,23 @@ def test_a_dry_run_on_a_busy_cluster_says_it_would_not_start(functions: dict, ha
 def test_a_dry_run_flag_that_is_not_a_boolean_is_refused(functions: dict, harness: Harness) -> None:
     resp = call(functions, "runs_collection", "POST", "/", {"cluster": "test", "dryRun": "yes"})
     assert resp.status_code == 400 and "dryRun" in json.loads(resp.get_body())["error"]
+
+
+def test_a_body_nested_thousands_deep_is_refused_with_400_before_parsing(
+    functions: dict, harness: Harness
+) -> None:
+    resp = call(functions, "runs_collection", "POST", "/api/runs", b"[" * 5000 + b"]" * 5000)
+    assert resp.status_code == 400
+    assert "nests deeper than 32 levels" in json.loads(resp.get_body())["error"]
+    # Brackets inside strings are text, not nesting.
+    resp = call(functions, "runs_collection", "POST", "/", {"cluster": "test", "reason": "[" * 100})
+    assert resp.status_code == 202
+
+
+def test_a_run_id_no_table_key_can_be_is_404_not_500(functions: dict, harness: Harness) -> None:
+    for run_id in ("../../x", "a#b", "q?x=1", "bell\x07", "x" * 2000):
+        got = call(functions, "run_item", "GET", "/", route_params={"id": run_id})
+        assert got.status_code == 404, run_id
+        assert "not found" in json.loads(got.get_body())["error"]
+        acted = call(functions, "run_action", "POST", "/", route_params={"id": run_id, "action": "cancel"})
+        assert acted.status_code == 404, run_id

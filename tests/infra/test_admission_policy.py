@@ -182,8 +182,8 @@ def a_node() -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
-            "name": "aks-linux-vmss000000",
-            "labels": {"kubernetes.azure.com/agentpool": "linux", "kubernetes.io/os": "linux"},
+            "name": "k8s-linux-12345678-vmss000000",
+            "labels": {"agentpool": "linux", "kubernetes.io/os": "linux"},
             "annotations": {
                 "node.alpha.kubernetes.io/ttl": "0",
                 "volumes.kubernetes.io/controller-managed-attach-detach": "true",
@@ -232,7 +232,7 @@ NODE_REFUSED: dict[str, Callable[[dict[str, Any]], None]] = {
     "add a taint": lambda n: n["spec"]["taints"].append({"key": "x", "effect": "NoExecute"}),
     "remove the taints": lambda n: n["spec"].pop("taints"),
     "change the providerID": lambda n: n["spec"].update(providerID="azure:///elsewhere"),
-    "change another label": lambda n: n["metadata"]["labels"].update({"kubernetes.azure.com/agentpool": "x"}),
+    "change another label": lambda n: n["metadata"]["labels"].update({"agentpool": "x"}),
     "add another label": lambda n: n["metadata"]["labels"].update(
         {"node-role.kubernetes.io/control-plane": ""}
     ),

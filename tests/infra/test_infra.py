@@ -31,18 +31,17 @@ from tests.infra.derive import INFRA, ROOT
 # ---- tables -----------------------------------------------------------------------------------
 
 VMSS = "Microsoft.Compute/virtualMachineScaleSets"
+VM = "Microsoft.Compute/virtualMachines"
 GALLERY = "Microsoft.Compute/galleries"
-AUTOMATION = "Microsoft.Automation/automationAccounts"
 MAINTENANCE = "Microsoft.Maintenance/maintenanceConfigurations"
 STORAGE = "Microsoft.Storage/storageAccounts"
 VAULT = "Microsoft.KeyVault/vaults"
 APP_INSIGHTS = "Microsoft.Insights/components"
 
 # azure-mgmt operation (group, method) -> (resource type it acts on, ARM action it needs).
-# Actions: https://learn.microsoft.com/azure/role-based-access-control/permissions/compute and
-# .../permissions/management-and-governance (Microsoft.Automation); the REST operation each
-# method sends is in the SDK's operations module (e.g. begin_update_instances -> POST
-# .../virtualMachineScaleSets/{vmss}/manualupgrade).
+# Actions: https://learn.microsoft.com/azure/role-based-access-control/permissions/compute;
+# the REST operation each method sends is in the SDK's operations module (e.g.
+# begin_update_instances -> POST .../virtualMachineScaleSets/{vmss}/manualupgrade).
 SDK_ACTIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("virtual_machine_scale_sets", "get"): (VMSS, f"{VMSS}/read"),
     ("virtual_machine_scale_sets", "begin_update"): (VMSS, f"{VMSS}/write"),
@@ -56,12 +55,12 @@ SDK_ACTIONS: dict[tuple[str, str], tuple[str, str]] = {
         VMSS,
         f"{VMSS}/virtualMachines/instanceView/read",
     ),
+    # Flexible scale sets' instances: VMs of their own.
+    ("virtual_machines", "get"): (VM, f"{VM}/read"),
+    ("virtual_machines", "list"): (VM, f"{VM}/read"),
+    ("virtual_machines", "begin_reimage"): (VM, f"{VM}/reimage/action"),
     ("gallery_image_versions", "get"): (GALLERY, f"{GALLERY}/images/versions/read"),
     ("gallery_image_versions", "list_by_gallery_image"): (GALLERY, f"{GALLERY}/images/versions/read"),
-    ("software_update_configurations", "get_by_name"): (
-        AUTOMATION,
-        f"{AUTOMATION}/softwareUpdateConfigurations/read",
-    ),
 }
 
 # A long-running operation is polled at its provider's operation-status URL
@@ -200,6 +199,7 @@ OPTIONAL_SETTINGS = {
 DYNAMIC_SETTINGS = {
     ("shared/app.py", "_ClientCache.kube"): "kubeconfigSettings",  # clusters[].kubeconfig.setting
     ("shared/github.py", "resolve_secrets"): "webhookSecretSettings",  # gitops.secrets[].setting
+    ("shared/notify.py", "ConfiguredNotifier.from_config"): "notificationSettings",  # notifications[].url
 }
 
 # Settings the Bicep sets that no Python line reads: the host and the platform read them.
@@ -801,7 +801,7 @@ def _run_make_kubeconfig(
         "STUB_TOKEN": token,
         "STUB_TOKEN_B64": base64.b64encode(token.encode()).decode(),
         "STUB_CA_B64": ca,
-        "STUB_SERVER": "https://prod-weu-dns.hcp.westeurope.azmk8s.io:443",
+        "STUB_SERVER": "https://k8s-prod-weu.contoso.example:6443",
         "STUB_ANSWER": answer,
     }
     result = subprocess.run(

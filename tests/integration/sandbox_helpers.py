@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from sandbox.cluster import POOL_LABEL
 from sandbox.demo import http_json, node_pools, publish_image
 from sandbox.invariants import Report, check_final_nodes, check_history
 from sandbox.stack import CLUSTER, Sandbox
@@ -83,7 +84,7 @@ class Driver:
         assert self.sandbox.kube
         return sorted(
             n["metadata"]["name"]
-            for n in self.sandbox.kube.list("nodes", label_selector=f"kubernetes.azure.com/agentpool={pool}")
+            for n in self.sandbox.kube.list("nodes", label_selector=f"{POOL_LABEL}={pool}")
         )
 
     def reset(self, *names: str) -> None:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -305,3 +306,28 @@ def test_ambiguous_write_faults_only_target_writes_that_start_operations(sandbox
         sandbox.state.faults.accept_then_fail("get_vm")
     with pytest.raises(ValueError):
         sandbox.state.faults.hold_next("poll")
+
+
+def test_half_a_reimage_body_is_never_acted_on(sandbox: Sandbox, client: ComputeManagementClient) -> None:
+    import socket
+    import ssl
+
+    name = sandbox.new_scale_set(capacity=3)
+    before = disks(client, name)
+    host, port = sandbox.server.url.removeprefix("https://").split(":")
+    body = json.dumps({"instanceIds": ["0"]}).encode()
+    request = (
+        f"POST {vmss_path(name)}/reimage?api-version=2024-07-01 HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\nAuthorization: Bearer {sandbox.server.issue_token()}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    context = ssl.create_default_context(cafile=str(sandbox.tls.ca_path))
+    with (
+        socket.create_connection((host, int(port))) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        # The client dies after the headers, before its body: read as the whole body, what
+        # arrived is empty, and an empty reimage body means "every instance".
+        tls.sendall(request)
+    time.sleep(0.5)  # a handler acting on it would have started the operation by now
+    assert started(sandbox, name) == [] and disks(client, name) == before

@@ -43,9 +43,9 @@ from tests.integration.arm_helpers import serving_arm
 pytestmark = pytest.mark.integration
 
 SUB = "3f2a9c1e-7b4d-4e21-9a55-0c8d2e6f1b70"
-RG = "MC_aks-rg_aks_westeurope"
-LINUX = "aks-linux-12345678-vmss"
-WINDOWS = "akswin"
+RG = "rg-k8s-prod-weu"
+LINUX = "k8s-linux-12345678-vmss"
+WINDOWS = "k8swin"
 SCOPE = "https://management.azure.com/.default"
 POLL = 0.05  # seconds; Compute's status polls carry no Retry-After, so this drives polling
 GALLERY = (
@@ -163,7 +163,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         image_reference=LINUX_V1,
         computer_name_prefix=LINUX,
         zones=["1", "2", "3"],
-        tags={"aks-managed-poolName": "linux"},
+        tags={"poolName": "linux"},
     )
     state.add_scale_set(
         resource_group=RG,
@@ -327,7 +327,7 @@ def test_vm_and_instance_view_report_base36_computer_names_and_power_state(
     assert view.computer_name == f"{LINUX}00000a" and view.os_name
     assert [s.code for s in view.statuses or []] == ["ProvisioningState/succeeded", "PowerState/running"]
     windows = [computer_name_of(v) for v in client.virtual_machine_scale_set_vms.list(RG, WINDOWS)]
-    assert windows == ["akswin000000", "akswin000001"]
+    assert windows == ["k8swin000000", "k8swin000001"]
 
 
 def test_responses_carry_request_ids_and_compute_rate_limit_headers(sandbox: Sandbox) -> None:

@@ -195,27 +195,6 @@ def test_an_arm_read_that_gets_no_answer_ends_at_the_read_timeout_as_a_temporary
     assert silent.connections == 1  # ARM calls are never retried by the SDK
 
 
-def test_an_automation_read_that_gets_no_answer_ends_at_the_read_timeout_as_a_temporary_error(
-    silent: SilentServer, trust: None
-) -> None:
-    from shared.automation import AutomationClient
-
-    s = settings()
-    client = AutomationClient(
-        endpoint=silent.url,
-        audience="https://management.azure.com",
-        credential=StaticCredential(),
-        connection_timeout=s.connect_timeout,
-        read_timeout=s.read_timeout,
-    )
-    account = (
-        f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Automation/automationAccounts/ops"
-    )
-    error, took = timed(lambda: client.configuration_vms(account, "weekly"))
-    assert isinstance(error, TemporaryError), error
-    assert READ <= took < BOUND
-
-
 def test_an_arm_call_that_cannot_connect_ends_at_the_connect_timeout_as_a_temporary_error(
     trust: None,
 ) -> None:

@@ -728,7 +728,13 @@ def test_budget_counts_the_deployment_scale_behind_a_replicaset(cluster: Cluster
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "api"}}},
         }
     )
-    owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-5d9c", "uid": rs["metadata"]["uid"]}
+    owner = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "name": "api-5d9c",
+        "uid": rs["metadata"]["uid"],
+        "controller": True,
+    }
     for i in range(3):
         add_pod(cluster.store, ns, f"api-{i}", node=unique("node"), labels={"app": "api"}, owner=owner)
     add_pdb(cluster.store, ns, "api", "api", maxUnavailable=1)

@@ -102,3 +102,14 @@ def test_rows_written_before_the_columns_existed_are_given_them(table: TableClie
     entity = table.get_entity("run1", f"{NODE_PREFIX}node-001")
     assert entity["state"] == "pending"
     assert json.loads(entity["data0"])["name"] == "node-001"
+
+
+@pytest.mark.parametrize("run_id", ["../../x", "a\\b", "a#b", "q?x=1", "bell\x07", "x" * 2000])
+def test_a_run_id_table_storage_cannot_hold_is_simply_not_found(table: TableClient, run_id: str) -> None:
+    from shared.errors import NotFoundError
+
+    store = TableRunStore(table)
+    with pytest.raises(NotFoundError, match="not found"):
+        store.get_run(run_id)
+    with pytest.raises(NotFoundError, match="not part of run"):
+        store.get_node("0123456789abcdef", run_id)

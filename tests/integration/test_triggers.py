@@ -1,5 +1,5 @@
 """Signals through the local runner's real paths: the Event Grid webhook (both schemas),
-the Automation hook and the timer, against the sandbox's ARM and Kubernetes API."""
+the retired Automation hook and the timer, against the sandbox's ARM and Kubernetes API."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_a_new_gallery_image_version_is_rolled_out_by_its_event(sandbox: Sandbox
     version_id = sandbox.compute.publish_image_version(
         sandbox.cluster.resource_group,
         GALLERY,
-        "aks-windows",
+        "k8s-node-windows",
         version,
         tags={"kubernetesVersion": KUBERNETES_VERSION},
         replicate_seconds=100,
@@ -70,7 +70,7 @@ def test_an_image_whose_kubelet_is_newer_than_the_api_server_is_refused(
     sandbox.compute.publish_image_version(
         sandbox.cluster.resource_group,
         GALLERY,
-        "aks-windows",
+        "k8s-node-windows",
         "2027.01.02",
         tags={"kubernetesVersion": "1.32.0"},
         replicate_seconds=0,
@@ -105,7 +105,11 @@ def test_a_pre_maintenance_cloudevent_plans_a_run_that_waits_for_the_window(
     assert len(runs_by(driver, correlation)) == 1
 
 
-def test_a_post_maintenance_event_closes_the_window(sandbox: Sandbox, driver: Driver) -> None:
+def test_a_post_maintenance_event_leaves_the_window_open_until_its_end(
+    sandbox: Sandbox, driver: Driver
+) -> None:
+    # Update Manager raises the post-event when the updates are installed: the nodes not
+    # reached yet still start, up to the window's endDateTime.
     correlation, start, end = schedule(sandbox, start_in=0, length=3600)
     assert (
         deliver(
@@ -127,8 +131,10 @@ def test_a_post_maintenance_event_closes_the_window(sandbox: Sandbox, driver: Dr
         == 202
     )
     run = driver.wait(summary["id"])
-    states = [n["state"] for n in run["nodes"]]
-    assert "deferred" in states and set(states) <= {"succeeded", "deferred"}, driver.explain(run)
+    assert run["state"] == "succeeded", driver.explain(run)
+    assert {n["state"] for n in run["nodes"]} == {"succeeded"}, driver.explain(run)
+    # The window ends at the event's endDateTime (which it gives to the second).
+    assert abs(datetime.fromisoformat(run["deadline"]).timestamp() - end.timestamp()) < 1
     for name in (n["name"] for n in run["nodes"]):
         assert not sandbox.kube.get("nodes", None, name)["spec"].get("unschedulable")
 
@@ -188,38 +194,18 @@ def test_unknown_malformed_and_unvalidated_deliveries_have_documented_outcomes(s
     assert "event u2 rejected" in log and "ISO-8601" in log
 
 
-def test_the_automation_hook_patches_the_machines_of_its_configuration(
-    sandbox: Sandbox, driver: Driver
-) -> None:
-    names = driver.nodes_of("beta")[-2:]
-    vm_ids = []
-    for name in names:
-        provider = sandbox.kube.get("nodes", None, name)["spec"]["providerID"]
-        vm_ids.append(provider.removeprefix("azure://").upper())  # ARM ids come in any case
-    config = sandbox.compute.add_software_update_configuration(
-        sandbox.automation_account_id, "patch-beta", vm_ids=vm_ids
-    )
-    run_id = sandbox.compute.start_software_update_run(sandbox.automation_account_id, "patch-beta")
+def test_the_retired_automation_hook_answers_410_with_the_reason(sandbox: Sandbox, driver: Driver) -> None:
+    before = {r["id"] for r in http_json("GET", f"{driver.url}/api/runs")[1]["runs"]}
     context = {
-        "SoftwareUpdateConfigurationName": config["name"],
-        "SoftwareUpdateConfigurationRunId": run_id,
-        "SoftwareUpdateConfigurationSettings": {"OperatingSystem": 2, "AzureVirtualMachines": vm_ids},
+        "SoftwareUpdateConfigurationName": "patch-beta",
+        "SoftwareUpdateConfigurationRunId": "8d1f6c3a-0000-4000-8000-000000000001",
+        "SoftwareUpdateConfigurationSettings": {"OperatingSystem": 2, "AzureVirtualMachines": []},
     }
-    status, body = http_json("POST", f"{driver.url}/api/automation/update-run", json.dumps(context))
-    assert status == 202, body
-    run = driver.wait(body["runs"][0])
-    assert run["state"] == "succeeded" and sorted(n["name"] for n in run["nodes"]) == names, driver.explain(
-        run
-    )
-    status, again = http_json("POST", f"{driver.url}/api/automation/update-run", context)
-    assert status == 200 and again["outcome"] == "duplicate"
-    status, missing = http_json(
-        "POST",
-        f"{driver.url}/api/automation/update-run",
-        {**context, "SoftwareUpdateConfigurationName": "nope", "SoftwareUpdateConfigurationRunId": "r2"},
-    )
-    assert status == 404 and "nope" in missing["error"]
-    assert http_json("POST", f"{driver.url}/api/automation/update-run", {"x": 1})[0] == 400
+    for body in (json.dumps(context), context, {"x": 1}):
+        status, answer = http_json("POST", f"{driver.url}/api/automation/update-run", body)
+        assert status == 410
+        assert "retired" in answer["error"] and "maintenanceConfigurations" in answer["error"]
+    assert {r["id"] for r in http_json("GET", f"{driver.url}/api/runs")[1]["runs"]} == before
 
 
 def test_the_timer_patches_nodes_not_on_the_latest_model(sandbox: Sandbox, driver: Driver) -> None:
@@ -255,4 +241,4 @@ def test_the_timer_patches_nodes_not_on_the_latest_model(sandbox: Sandbox, drive
     assert report.ok, report.violations
     for name in driver.nodes_of("beta"):
         node = sandbox.kube.get("nodes", None, name)
-        assert node["metadata"]["labels"]["kubernetes.azure.com/node-image-version"] == image
+        assert node["metadata"]["labels"]["vmss-node-patcher.io/image-version"] == image

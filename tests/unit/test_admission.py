@@ -110,25 +110,28 @@ def test_a_pool_seen_through_its_selector_counts_and_skips_what_others_disrupted
     h.kube.nodes["linux-2"]["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
     run_id = planned(h)
     h.kube.calls = []
-    assert h.workflow.admit(run_id) == "admitted 1"  # 3 - 2 unavailable otherwise
+    # 3 - 2 unavailable otherwise; the NotReady target, counted among them, needs no slot.
+    assert h.workflow.admit(run_id) == "admitted 2"
     assert "list_nodes" not in h.kube.calls
     assert "get_node linux-1" in h.kube.calls  # the only node whose annotations matter
     states = h.node_states(run_id)
     assert states.pop("linux-1") == "skipped"
-    assert sorted(states.values()) == ["admitted", "pending", "pending", "pending"]
-    assert "2 unavailable otherwise" in h.store.get_run(run_id).waiting["linux"]
+    assert states.pop("linux-2") == "admitted"
+    assert sorted(states.values()) == ["admitted", "pending", "pending"]
+    assert "2 unavailable otherwise: linux-1, linux-2" in h.store.get_run(run_id).waiting["linux"]
 
 
-def test_a_pending_node_this_run_cordoned_counts_but_is_not_skipped() -> None:
+def test_a_pending_node_this_run_cordoned_counts_once_and_is_not_skipped() -> None:
     h = Harness({"linux": 2}, nodes_per_pool=3, pool_linux={"nodeSelector": {"agentpool": "linux"}})
     for node in h.kube.nodes.values():
         node["metadata"]["labels"]["agentpool"] = "linux"
     run_id = planned(h)
     h.kube.nodes["linux-2"]["spec"]["unschedulable"] = True
     h.kube.nodes["linux-2"]["metadata"]["annotations"][ANNOTATION_CORDONED] = run_id
-    assert h.workflow.admit(run_id) == "admitted 1"
+    # linux-2 fills one of the two slots as unavailable; admitted, it holds that one.
+    assert h.workflow.admit(run_id) == "admitted 2"
     states = h.node_states(run_id)
-    assert states.pop("linux-2") == "pending"
+    assert states.pop("linux-2") == "admitted"
     assert sorted(states.values()) == ["admitted", "pending"]
 
 

@@ -43,16 +43,16 @@ def _auth_header(client: KubeClient) -> str:
     return str(conf.get_api_key_with_prefix("authorization"))
 
 
-def test_an_aad_cluster_gets_a_bearer_token_for_the_aks_server_application() -> None:
+def test_an_entra_id_cluster_gets_a_bearer_token_for_the_server_application() -> None:
     cred = FakeCredential(lifetime=3600)
     client = KubeClient.from_azure_ad(
-        "https://aks.example:443/",
+        "https://k8s.example:443/",
         credential=cred,
         audience="6dae42f8-4368-4678-94ff-3960e28e3630",
         ca_pem="-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n",
     )
     conf = client._api_client.configuration
-    assert conf.host == "https://aks.example:443"
+    assert conf.host == "https://k8s.example:443"
     assert Path(conf.ssl_ca_cert).read_text().startswith("-----BEGIN CERTIFICATE-----")
     assert _auth_header(client) == "Bearer t1"
     assert _auth_header(client) == "Bearer t1"  # still valid: not fetched again
@@ -61,7 +61,7 @@ def test_an_aad_cluster_gets_a_bearer_token_for_the_aks_server_application() -> 
 
 def test_a_token_close_to_expiry_is_renewed_before_use() -> None:
     cred = FakeCredential(lifetime=120)  # inside the five-minute renewal margin
-    client = KubeClient.from_azure_ad("https://aks.example", credential=cred, audience="aud")
+    client = KubeClient.from_azure_ad("https://k8s.example", credential=cred, audience="aud")
     assert _auth_header(client) == "Bearer t1"
     assert _auth_header(client) == "Bearer t2"
 

@@ -124,3 +124,15 @@ def test_an_aks_managed_node_resource_group_is_refused_unless_forced(group: str)
         parse_config(data)
     pool["allowAksManaged"] = True
     assert parse_config(data).clusters[0].pools[0].allow_aks_managed
+
+
+def test_automation_accounts_of_an_older_configuration_load_and_are_said_to_be_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = yaml.safe_load((CONFIG_DIR / "patcher.example.yaml").read_text())
+    data["events"]["automationAccounts"] = [
+        "/subscriptions/0/resourceGroups/ops/providers/Microsoft.Automation/automationAccounts/ops"
+    ]
+    with caplog.at_level("WARNING", logger="shared.config"):
+        parse_config(data)
+    assert "events.automationAccounts is ignored" in caplog.text

@@ -637,3 +637,26 @@ def test_a_cluster_without_a_source_on_the_pushed_repository_is_asked_for_nothin
     answer = svc.handle_push("d-none", push_event())
     assert answer.status == 200 and answer.body["clusters"]["prod"]["objects"] == []
     assert custom.calls == ["list gitrepositories"]
+
+
+def test_a_failed_cluster_sync_is_announced_with_its_error_inline_and_from_the_queue() -> None:
+    from shared.notify import Notice
+    from tests.fakes_flux import _api_exception
+
+    told: list[Notice] = []
+    prod, stage = fleet(), fleet()
+    prod.fail_next.append(_api_exception(403, "gitrepositories is forbidden"))
+    svc, _queue, deps = service({"prod": prod, "stage": stage})
+    deps.notify = told.append
+    svc.handle_push("d-8", push_event())
+    assert [(str(n.kind), n.cluster) for n in told] == [("gitops-sync-failed", "prod")]
+    assert "forbidden" in told[0].reason and told[0].details["delivery"] == "d-8"
+
+    custom = fleet()
+    custom.fail_next.append(_api_exception(503, "etcd leader changed"))
+    svc, queue, deps = service({"prod": custom})
+    deps.notify = told.append
+    svc.handle_push("d-9", push_event())
+    custom.fail_next.append(_api_exception(503, "still down"))
+    assert svc.sync_cluster(queue.sent[0], final_attempt=True) == "failed"
+    assert [n.details["delivery"] for n in told] == ["d-8", "d-9"] and "gave up" in told[-1].reason

@@ -151,6 +151,42 @@ def test_a_phase_is_drawn_to_scale_on_the_runs_span() -> None:
     assert sum(widths.values()) == pytest.approx(760 * 120 / 130, rel=0.01)
 
 
+def test_a_retried_node_carries_on_in_its_row_and_each_failure_stays_marked() -> None:
+    retried = node(
+        "retried",
+        [
+            (5, S.ADMITTED),
+            (6, S.DRAINING),
+            (20, S.FAILED),
+            (50, S.PENDING),
+            (60, S.ADMITTED),
+            (61, S.DRAINING),
+            (70, S.REIMAGING),
+            (90, S.BOOTING),
+            (100, S.SUCCEEDED),
+        ],
+        order=0,
+    )
+    released = node("released", [(5, S.ADMITTED), (6, S.DRAINING), (20, S.FAILED), (40, S.RELEASED)], order=1)
+    timeline = build_timeline(run(RunState.RUNNING), [retried, released], now=T0 + 120)
+    again, given_back = timeline.rows
+    assert [(p.name, p.start - T0, p.end - T0) for p in again.phases] == [
+        ("waiting", 0, 6),
+        ("draining", 6, 20),
+        ("waiting", 50, 61),
+        ("draining", 61, 70),
+        ("reimaging", 70, 90),
+        ("booting", 90, 100),
+    ]
+    assert [(e.state, e.at - T0) for e in again.ends] == [("failed", 20), ("succeeded", 100)]
+    assert [(e.state, e.at - T0) for e in given_back.ends] == [("failed", 20), ("released", 40)]
+    svg_rows = rows(render_svg(run(RunState.RUNNING), [retried, released], now=T0 + 120))
+    assert [len(r.findall(f"{SVG}line[@class='admitted']")) for r in svg_rows] == [2, 1]
+    for row in svg_rows:
+        assert row.find(f"{SVG}path[@class='outcome failure']") is not None
+    assert svg_rows[1].find(f"{SVG}circle[@class='outcome released']") is not None
+
+
 def test_text_from_records_is_escaped() -> None:
     hostile = 'pod "a<b>" & <script>alert(1)</script>'
     nodes = [node("n1", [(5, S.ADMITTED), (6, S.DRAINING), (9, S.FAILED)], reason=hostile)]
