@@ -1,7 +1,8 @@
 # The two set-up commands (README): `make demo` and `make test`. Each installs what it
 # runs first (a virtualenv in .venv, npm packages in node_modules), idempotently:
 # `make demo` the app and the sandbox (requirements-sandbox.txt), `make test` also the
-# test tools (requirements-dev.txt) and checkov for the infra tests.
+# test tools (requirements-dev.txt), checkov for the infra tests and Debian's chromium
+# for the status page's browser test.
 PYTHON ?= python3
 # The Python versions the app runs on (pyproject.toml's requires-python says the same;
 # tests/unit/test_project.py keeps them in step): azure-functions 1.x declares <3.13.
@@ -14,10 +15,14 @@ STAMP_NPM := node_modules/.installed
 # checkov pins packaging<24 and python-dateutil<3, which pytest and kubernetes outgrow:
 # it gets a virtualenv of its own inside .venv, and only the infra tests use it.
 STAMP_CHECKOV := $(VENV)/checkov/.installed
+# Playwright drives Debian's chromium: a browser build of Playwright's own cannot be
+# fetched here, so `playwright install` is never run. Installed once (the file is the stamp).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install python-version demo test lint unit integration bench fuzz clean
 
-install: $(STAMP_DEMO) $(STAMP_PY) $(STAMP_NPM) $(STAMP_CHECKOV)
+install: $(STAMP_DEMO) $(STAMP_PY) $(STAMP_NPM) $(STAMP_CHECKOV) $(CHROMIUM)
 
 # Before anything is installed: a one-line answer instead of a resolver error later.
 python-version:
@@ -43,6 +48,10 @@ $(STAMP_CHECKOV): infra/requirements-checkov.txt | $(PY) python-version
 	$(VENV)/checkov/bin/pip install --quiet -r infra/requirements-checkov.txt
 	touch $@
 
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 $(STAMP_NPM): package.json package-lock.json | python-version
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
@@ -55,7 +64,7 @@ lint: $(STAMP_PY)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint $(STAMP_NPM) $(STAMP_CHECKOV)
+test: lint $(STAMP_NPM) $(STAMP_CHECKOV) $(CHROMIUM)
 	$(PY) -m pytest
 
 unit: $(STAMP_PY)

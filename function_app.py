@@ -12,6 +12,7 @@ from functions import (
     runs_http,
     schedule,
     sweeper,
+    ui_http,
 )
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -26,5 +27,6 @@ for blueprint in (
     schedule.bp,
     gitops.bp,
     openapi_http.bp,
+    ui_http.bp,
 ):
     app.register_blueprint(blueprint)

@@ -5,8 +5,10 @@
 2. publishes a new node image version to the Compute Gallery, as an image build does;
 3. the image's ResourceWriteSuccess event reaches the app's ``azure_events`` function
    over the Event Grid webhook protocol, and the app starts the rollout itself;
-4. follows the runs (``GET /api/runs``) with a live table, then checks the invariants on
-   the sandbox's own record of what happened, and prints a summary.
+4. follows the runs (``GET /api/runs``) with a live table (the status page, ``/api/ui``,
+   shows the same while the demo runs), then checks the invariants on the sandbox's own
+   record of what happened, prints a summary, and writes each run's timeline
+   (``GET /api/runs/{id}/timeline``) as an SVG file in the state directory.
 
 Exit status 0 only if the run succeeded and every invariant held.
 """
@@ -37,6 +39,13 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 30.0) ->
     except urllib.error.HTTPError as err:
         raw = err.read()
         return err.code, json.loads(raw) if raw else None
+
+
+def save_timeline(functions_url: str, run_id: str, path: Path, timeout: float = 30.0) -> Path:
+    """The run's SVG timeline as the app draws it, written to ``path``."""
+    with urllib.request.urlopen(f"{functions_url}/api/runs/{run_id}/timeline", timeout=timeout) as resp:
+        path.write_bytes(resp.read())
+    return path
 
 
 def publish_image(sandbox: Sandbox, version: str, *, pools: list[str] | None = None) -> None:
@@ -116,6 +125,7 @@ def run_demo(
             f"{sandbox.kube_server.url if sandbox.kube_server else ''}, Functions {sandbox.functions_url} "
             f"(up in {time.monotonic() - started:.1f}s)"
         )
+        console.print(f"  status page: {sandbox.functions_url}/api/ui (while the demo runs)")
         t0 = time.monotonic()
         versions = publish_gallery_version(sandbox, IMAGE_V2)
         console.print(
@@ -142,7 +152,11 @@ def run_demo(
                     break
                 time.sleep(0.5)
         makespan = time.monotonic() - t0
-        return _summary(console, sandbox, list(runs.values()), makespan)
+        status = _summary(console, sandbox, list(runs.values()), makespan)
+        for run_id in runs:
+            path = save_timeline(sandbox.functions_url, run_id, state / f"timeline-{run_id}.svg")
+            console.print(f"  timeline of run {run_id[:8]}: {path}")
+        return status
     finally:
         sandbox.stop()
 

@@ -22,8 +22,16 @@ FUNCIGNORE = ROOT / ".funcignore"
 
 # What the Functions host needs (Python v2 model): the entry point, host.json, the
 # requirements the remote build installs, the packages function_app.py imports, and the
-# YAML configuration written in the project root (PATCHER_CONFIG_PATH, infra/README.md).
-APP_FILES = {"function_app.py", "host.json", "requirements.txt", "patcher.yaml", "functions/openapi.yaml"}
+# YAML configuration written in the project root (PATCHER_CONFIG_PATH, infra/README.md),
+# the API's description and the status page's static file (functions/ serves both).
+APP_FILES = {
+    "function_app.py",
+    "host.json",
+    "requirements.txt",
+    "patcher.yaml",
+    "functions/openapi.yaml",
+    "functions/ui/index.html",
+}
 APP_PACKAGES = ("functions", "shared")
 
 # What a session leaves (make demo, make test, make bench, an editor), present or not.
@@ -48,6 +56,7 @@ SESSION_LEFTOVERS = [
     "local.settings.json.example",
     "__pycache__/function_app.cpython-311.pyc",
     "functions/__pycache__/runs_http.cpython-311.pyc",
+    "functions/ui/.index.html.swp",
     "shared/__pycache__/config.cpython-311.pyc",
     "shared/store/__pycache__/base.cpython-311.pyc",
     "__azurite_db_queue__.json",
