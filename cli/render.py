@@ -34,12 +34,15 @@ def console(stream: Any = None) -> Console:
 
 
 def dump(data: Any, output: str, out: Console) -> None:
+    # soft_wrap: a console narrower than a line must not break it (a newline inside a JSON
+    # string is no JSON any more); highlight off: nothing but the document.
     if output == "yaml":
         import yaml
 
-        out.print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip(), markup=False)
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip()
     else:
-        out.print(json.dumps(data, indent=2), markup=False)
+        text = json.dumps(data, indent=2)
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None) -> Table:

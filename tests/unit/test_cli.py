@@ -244,3 +244,19 @@ def test_a_host_that_does_not_resolve_is_named_in_one_line() -> None:
         "vmss-patcher: cannot reach http://no-such-host.invalid: "
         "cannot resolve the host no-such-host.invalid\n"
     )
+
+
+def test_json_and_yaml_output_are_never_wrapped_by_a_narrow_terminal() -> None:
+    import io
+    import json as jsonlib
+
+    import yaml
+    from rich.console import Console
+
+    from cli import render
+
+    data = {"reason": "Ready on 2026.11.01 (boot cdec796c); uncordoned " * 6, "nodes": [{"name": "n" * 90}]}
+    for output, load in (("json", jsonlib.loads), ("yaml", yaml.safe_load)):
+        buffer = io.StringIO()
+        render.dump(data, output, Console(file=buffer, width=40, force_terminal=False))
+        assert load(buffer.getvalue()) == data, output
