@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.azurite import Azurite
-from sandbox.kubeapi import KubeAPIServer, KubeStore
+from sandbox.kube.registry import KubeStore
+from sandbox.kube.server import KubeAPIServer
 from sandbox.tls import create_tls
 from sandbox.world import World
 from shared.kube import ANNOTATION_CORDONED, TABLE_ACCEPT, KubeClient

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox.arm import ComputeState
-from sandbox.kubeapi import KubeError, KubeStore
-from sandbox.kubelet import NodeAgents
+from sandbox.kube.errors import KubeError
+from sandbox.kube.kubelet import NodeAgents
+from sandbox.kube.registry import KubeStore
 from sandbox.world import World, utcnow_iso
 
 logger = logging.getLogger(__name__)

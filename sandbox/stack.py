@@ -28,9 +28,10 @@ from sandbox.arm import ArmServer, ComputeDurations, ComputeState
 from sandbox.azurite import ACCOUNT_NAME, Azurite
 from sandbox.cluster import POOL_LABEL, ClusterTimings, PoolSpec, SandboxCluster
 from sandbox.events import EventGridPublisher, image_version_write_event
-from sandbox.flux import add_flux_objects, start_flux_controller
-from sandbox.kubeapi import KubeAPIServer, KubeStore
-from sandbox.rbac import Authorizer, User
+from sandbox.kube.flux import add_flux_objects, start_flux_controller
+from sandbox.kube.rbac import Authorizer, User
+from sandbox.kube.registry import KubeStore
+from sandbox.kube.server import KubeAPIServer
 from sandbox.tableproxy import TableFaultProxy
 from sandbox.tls import create_tls
 from sandbox.world import World

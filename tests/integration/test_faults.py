@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from sandbox.kubeapi import HANG_TERMINATING_ANNOTATION
+from sandbox.kube.objects import HANG_TERMINATING_ANNOTATION
 from sandbox.stack import Sandbox
 from tests.integration.sandbox_helpers import Driver
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from sandbox.cluster import PoolSpec
-from sandbox.flux import add_flux_objects, publish_commit, start_flux_controller
+from sandbox.kube.flux import add_flux_objects, publish_commit, start_flux_controller
 from sandbox.stack import CLUSTER, Sandbox, SandboxOptions
 from shared.github import sign
 

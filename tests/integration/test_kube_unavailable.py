@@ -11,7 +11,8 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from sandbox.kubeapi import KubeAPIServer, KubeStore
+from sandbox.kube.registry import KubeStore
+from sandbox.kube.server import KubeAPIServer
 from sandbox.tls import create_tls
 from sandbox.world import World
 from shared.errors import PermanentError

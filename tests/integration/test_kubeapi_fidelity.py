@@ -24,7 +24,9 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from sandbox.kubeapi import HANG_TERMINATING_ANNOTATION, KubeAPIServer, KubeStore
+from sandbox.kube.objects import HANG_TERMINATING_ANNOTATION
+from sandbox.kube.registry import KubeStore
+from sandbox.kube.server import KubeAPIServer
 from sandbox.tls import create_tls
 from sandbox.world import World
 

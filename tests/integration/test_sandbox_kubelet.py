@@ -2,7 +2,7 @@
 
 Pods and PodDisruptionBudgets are created, patched, watched and evicted with the
 unmodified ``kubernetes`` client over HTTPS; the sandbox's scheduler and kubelets
-(``sandbox/kubelet.py``) and its disruption controller (``sandbox/kubeapi.py``) do the rest,
+(``sandbox/kube/kubelet.py``) and its disruption controller (``sandbox/kube/controllers.py``) do the rest,
 with nothing set up behind the API's back except the Nodes, which are the machines'.
 """
 
@@ -21,8 +21,9 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from sandbox.kubeapi import KubeAPIServer, KubeStore
-from sandbox.kubelet import NodeAgents
+from sandbox.kube.kubelet import NodeAgents
+from sandbox.kube.registry import KubeStore
+from sandbox.kube.server import KubeAPIServer
 from sandbox.tls import create_tls
 from sandbox.world import World
 from shared.kube import KubeClient

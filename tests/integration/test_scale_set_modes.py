@@ -41,7 +41,7 @@ from azure.mgmt.compute.models import (
 from sandbox.arm import ArmServer, ComputeDurations, ComputeState
 from sandbox.cluster import POOL_LABEL, ClusterTimings, PoolSpec, SandboxCluster, gallery_image
 from sandbox.invariants import check_history
-from sandbox.kubeapi import KubeStore
+from sandbox.kube.registry import KubeStore
 from sandbox.world import World
 from shared.compute import ComputeClient, InstanceRef, UnguardedUpgradeError, parse_provider_id
 from shared.errors import PermanentError

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sandbox.rbac import Authorizer, Request, User, forbidden_message, verb_for
+from sandbox.kube.rbac import Authorizer, Request, User, forbidden_message, verb_for
 from sandbox.stack import RBAC_MANIFESTS, app_identity
 
 APP = User.service_account("patcher", "app")

@@ -27,7 +27,7 @@ import weakref
 from datetime import UTC, datetime
 from typing import Any
 
-from sandbox.kubeapi import KubeStore
+from sandbox.kube.registry import KubeStore
 from sandbox.world import World
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ controllers, ``kubectl apply``, the ``kubernetes`` client): an unscheduled pod i
 to a node the scheduler may use, and a bound pod is started by its node's kubelet once
 that node is Ready: ``Pending`` -> ``Running`` with the conditions, container statuses,
 IPs and start time the kubelet reports, Ready at once (the simulated containers have no
-probes). Deleting and evicting pods is the API server's (``sandbox.kubeapi``).
+probes). Deleting and evicting pods is the API server's (``sandbox.kube.registry``).
 
 The scheduler keeps to the filters a patching run meets: a cordoned node takes no new
 pod (unless the pod tolerates ``node.kubernetes.io/unschedulable``), nor does a NotReady
@@ -28,7 +28,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from sandbox.kubeapi import KubeError, KubeStore
+from sandbox.kube.errors import KubeError
+from sandbox.kube.registry import KubeStore
 from sandbox.world import World, utcnow_iso
 
 logger = logging.getLogger(__name__)

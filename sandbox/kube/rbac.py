@@ -43,6 +43,11 @@ class User:
         )
 
 
+# The cluster admin of a kubeconfig (the API server's own token), and whom a server started
+# without credentials takes every caller for.
+ADMIN = User("kubernetes-admin", (MASTERS, "system:authenticated"))
+
+
 @dataclass(frozen=True)
 class Request:
     """What the authorizer looks at (the apiserver's ``authorizer.Attributes``)."""
