@@ -234,34 +234,12 @@ class SandboxCluster:
         self._ensure_namespace(namespace)
         labels = {"app": name}
         dep = self.kube.create(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": name, "namespace": namespace, "labels": labels},
-                "spec": {
-                    "replicas": replicas,
-                    "selector": {"matchLabels": labels},
-                    "template": _template(labels, os_name),
-                },
-            }
+            _apps_object("Deployment", namespace, name, labels, os_name, replicas=replicas)
         )
         rs_name = f"{name}-{uuid.uuid4().hex[:10]}"
+        owner = _owner("apps/v1", "Deployment", dep)
         rs = self.kube.create(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "ReplicaSet",
-                "metadata": {
-                    "name": rs_name,
-                    "namespace": namespace,
-                    "labels": labels,
-                    "ownerReferences": [_owner("apps/v1", "Deployment", dep)],
-                },
-                "spec": {
-                    "replicas": replicas,
-                    "selector": {"matchLabels": labels},
-                    "template": _template(labels, os_name),
-                },
-            }
+            _apps_object("ReplicaSet", namespace, rs_name, labels, os_name, owner=owner, replicas=replicas)
         )
         workload = Workload(
             "ReplicaSet",
@@ -282,17 +260,7 @@ class SandboxCluster:
         self._ensure_namespace(namespace)
         labels = {"app": name}
         sts = self.kube.create(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "StatefulSet",
-                "metadata": {"name": name, "namespace": namespace, "labels": labels},
-                "spec": {
-                    "replicas": replicas,
-                    "serviceName": name,
-                    "selector": {"matchLabels": labels},
-                    "template": _template(labels, "linux"),
-                },
-            }
+            _apps_object("StatefulSet", namespace, name, labels, "linux", replicas=replicas, serviceName=name)
         )
         workload = Workload("StatefulSet", namespace, name, sts["metadata"]["uid"], labels, "linux", replicas)
         self._add_workload(workload, None, pdb_max_unavailable)
@@ -300,14 +268,7 @@ class SandboxCluster:
     def add_daemonset(self, namespace: str, name: str, *, os_name: str = "linux") -> None:
         self._ensure_namespace(namespace)
         labels = {"app": name}
-        ds = self.kube.create(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "DaemonSet",
-                "metadata": {"name": name, "namespace": namespace, "labels": labels},
-                "spec": {"selector": {"matchLabels": labels}, "template": _template(labels, os_name)},
-            }
-        )
+        ds = self.kube.create(_apps_object("DaemonSet", namespace, name, labels, os_name))
         workload = Workload("DaemonSet", namespace, name, ds["metadata"]["uid"], labels, os_name)
         with self._lock:
             self.workloads[f"{namespace}/{name}"] = workload
@@ -559,6 +520,29 @@ def _owner(api_version: str, kind: str, obj: Mapping[str, Any]) -> dict[str, Any
         "uid": obj["metadata"]["uid"],
         "controller": True,
         "blockOwnerDeletion": True,
+    }
+
+
+def _apps_object(
+    kind: str,
+    namespace: str,
+    name: str,
+    labels: dict[str, str],
+    os_name: str,
+    *,
+    owner: dict[str, Any] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    """An ``apps/v1`` workload selecting its pods by ``labels``, with ``spec`` fields before
+    the selector and the pod template, as the sandbox's controllers create them."""
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if owner is not None:
+        metadata["ownerReferences"] = [owner]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": metadata,
+        "spec": {**spec, "selector": {"matchLabels": labels}, "template": _template(labels, os_name)},
     }
 
 

@@ -84,19 +84,19 @@ def _ready(reason: str, message: str, generation: int = 1) -> dict[str, Any]:
 
 def _git_repository(name: str, url: str, branch: str) -> dict[str, Any]:
     revision = f"{branch}@sha1:{_initial_sha(url, branch)}"
-    return {
-        "apiVersion": "source.toolkit.fluxcd.io/v1",
-        "kind": "GitRepository",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/part-of": "flux"}},
-        "spec": {
+    return _flux_object(
+        "source.toolkit.fluxcd.io/v1",
+        "GitRepository",
+        name,
+        labels={"app.kubernetes.io/part-of": "flux"},
+        spec={
             "interval": "5m",
             "timeout": "60s",
             "url": url,
             "ref": {"branch": branch},
             "secretRef": {"name": f"{name}-auth"},
         },
-        "status": {
-            "observedGeneration": 1,
+        status={
             "artifact": _artifact(name, revision),
             "conditions": [
                 _ready("Succeeded", f"stored artifact for revision '{revision}'"),
@@ -110,7 +110,7 @@ def _git_repository(name: str, url: str, branch: str) -> dict[str, Any]:
                 },
             ],
         },
-    }
+    )
 
 
 def _artifact(name: str, revision: str) -> dict[str, Any]:
@@ -126,11 +126,11 @@ def _artifact(name: str, revision: str) -> dict[str, Any]:
 
 
 def _kustomization(name: str, path: str, source: str, revision: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
-        "kind": "Kustomization",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
+    return _flux_object(
+        "kustomize.toolkit.fluxcd.io/v1",
+        "Kustomization",
+        name,
+        spec={
             "interval": "10m",
             "retryInterval": "2m",
             "timeout": "5m",
@@ -139,22 +139,21 @@ def _kustomization(name: str, path: str, source: str, revision: str) -> dict[str
             "wait": True,
             "sourceRef": {"kind": "GitRepository", "name": source},
         },
-        "status": {
-            "observedGeneration": 1,
+        status={
             "lastAppliedRevision": revision,
             "lastAttemptedRevision": revision,
             "conditions": [_ready("ReconciliationSucceeded", f"Applied revision: {revision}")],
         },
-    }
+    )
 
 
 def _helm_release(name: str, chart_path: str, source: str, sha: str) -> dict[str, Any]:
     version = f"{CHART_VERSION}+{sha[:12]}"
-    return {
-        "apiVersion": "helm.toolkit.fluxcd.io/v2",
-        "kind": "HelmRelease",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
+    return _flux_object(
+        "helm.toolkit.fluxcd.io/v2",
+        "HelmRelease",
+        name,
+        spec={
             "interval": "10m",
             "releaseName": name,
             "targetNamespace": name,
@@ -166,8 +165,7 @@ def _helm_release(name: str, chart_path: str, source: str, sha: str) -> dict[str
                 }
             },
         },
-        "status": {
-            "observedGeneration": 1,
+        status={
             "lastAttemptedRevision": version,
             "lastAttemptedGeneration": 1,
             "history": [
@@ -187,6 +185,29 @@ def _helm_release(name: str, chart_path: str, source: str, sha: str) -> dict[str
                 )
             ],
         },
+    )
+
+
+def _flux_object(
+    api_version: str,
+    kind: str,
+    name: str,
+    *,
+    spec: dict[str, Any],
+    status: dict[str, Any],
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Flux object in the flux-system namespace, with the status its controller wrote for
+    the first generation."""
+    metadata: dict[str, Any] = {"name": name, "namespace": NAMESPACE}
+    if labels:
+        metadata["labels"] = labels
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": metadata,
+        "spec": spec,
+        "status": {"observedGeneration": 1, **status},
     }
 
 

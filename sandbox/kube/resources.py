@@ -40,6 +40,26 @@ class ResourceType:
         return self.key
 
 
+def _flux(
+    plural: str, singular: str, kind: str, *, group: str, version: str, short_name: str
+) -> ResourceType:
+    """A Flux custom resource: namespaced, with a status, answering DELETE with the object
+    as custom resources do."""
+    return ResourceType(
+        plural,
+        singular,
+        kind,
+        group,
+        version,
+        True,
+        (short_name,),
+        ("flux",),
+        has_status=True,
+        custom=True,
+        return_deleted_object=True,
+    )
+
+
 RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ResourceType("namespaces", "namespace", "Namespace", "", "v1", False, ("ns",), has_status=True),
     ResourceType("nodes", "node", "Node", "", "v1", False, ("no",), has_status=True),
@@ -77,44 +97,29 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ),
     ResourceType("leases", "lease", "Lease", "coordination.k8s.io", "v1", True, create_on_update=True),
     ResourceType("events", "event", "Event", "events.k8s.io", "v1", True, ("ev",), create_on_update=True),
-    ResourceType(
+    _flux(
         "gitrepositories",
         "gitrepository",
         "GitRepository",
-        "source.toolkit.fluxcd.io",
-        "v1",
-        True,
-        ("gitrepo",),
-        ("flux",),
-        has_status=True,
-        custom=True,
-        return_deleted_object=True,
+        group="source.toolkit.fluxcd.io",
+        version="v1",
+        short_name="gitrepo",
     ),
-    ResourceType(
+    _flux(
         "kustomizations",
         "kustomization",
         "Kustomization",
-        "kustomize.toolkit.fluxcd.io",
-        "v1",
-        True,
-        ("ks",),
-        ("flux",),
-        has_status=True,
-        custom=True,
-        return_deleted_object=True,
+        group="kustomize.toolkit.fluxcd.io",
+        version="v1",
+        short_name="ks",
     ),
-    ResourceType(
+    _flux(
         "helmreleases",
         "helmrelease",
         "HelmRelease",
-        "helm.toolkit.fluxcd.io",
-        "v2",
-        True,
-        ("hr",),
-        ("flux",),
-        has_status=True,
-        custom=True,
-        return_deleted_object=True,
+        group="helm.toolkit.fluxcd.io",
+        version="v2",
+        short_name="hr",
     ),
 )
 BY_KEY: dict[str, ResourceType] = {rt.key: rt for rt in RESOURCE_TYPES}

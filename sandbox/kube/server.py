@@ -15,6 +15,7 @@ from sandbox.kube.faults import KubeFaults
 from sandbox.kube.http import APIHTTPServer, APIRequestHandler
 from sandbox.kube.rbac import ADMIN, Authorizer, User
 from sandbox.kube.registry import KubeStore
+from sandbox.serving import ServingThread
 from sandbox.tls import SandboxTLS
 
 
@@ -53,27 +54,15 @@ class KubeAPIServer:
         self._httpd.api = self
         self.port: int = self._httpd.server_address[1]
         self.url = f"{'https' if tls is not None else 'http'}://{host}:{self.port}"
-        self._thread: threading.Thread | None = None
+        self._serving = ServingThread(self._httpd, name="sandbox-kube-apiserver", poll_interval=0.1)
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="sandbox-kube-apiserver",
-            daemon=True,
-        )
-        self._thread.start()
+        self._serving.start()
 
     def stop(self) -> None:
         self._stopping.set()
         self.store.wake_watchers()
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._httpd.server_close()
+        self._serving.stop()
         # Idle keep-alive connections would otherwise go on answering after stop().
         with self._conn_lock:
             connections = list(self._connections)

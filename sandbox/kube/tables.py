@@ -26,25 +26,26 @@ def human_duration(seconds: float) -> str:
         return f"{s}s"
     minutes = s // 60
     if minutes < 10:
-        rest = s % 60
-        return f"{minutes}m" if rest == 0 else f"{minutes}m{rest}s"
+        return _in_units(minutes, "m", s % 60, "s")
     if minutes < 180:
         return f"{minutes}m"
     hours = s // 3600
     if hours < 8:
-        rest = minutes % 60
-        return f"{hours}h" if rest == 0 else f"{hours}h{rest}m"
+        return _in_units(hours, "h", minutes % 60, "m")
     if hours < 48:
         return f"{hours}h"
     if hours < 24 * 8:
-        rest = hours % 24
-        return f"{hours // 24}d" if rest == 0 else f"{hours // 24}d{rest}h"
+        return _in_units(hours // 24, "d", hours % 24, "h")
     if hours < 24 * 365 * 2:
         return f"{hours // 24}d"
     if hours < 24 * 365 * 8:
-        days = (hours // 24) % 365
-        return f"{hours // 24 // 365}y" if days == 0 else f"{hours // 24 // 365}y{days}d"
+        return _in_units(hours // 24 // 365, "y", (hours // 24) % 365, "d")
     return f"{hours // 24 // 365}y"
+
+
+def _in_units(major: int, major_unit: str, minor: int, minor_unit: str) -> str:
+    """``3m``, or ``3m20s`` when the smaller unit is not zero."""
+    return f"{major}{major_unit}" if minor == 0 else f"{major}{major_unit}{minor}{minor_unit}"
 
 
 def _age(obj: Obj) -> str:
@@ -146,6 +147,20 @@ def _ready_condition(o: Obj) -> tuple[str, str]:
     return "", ""
 
 
+def _count_cols(*names: str) -> list[Obj]:
+    return [_col(name, "integer") for name in names]
+
+
+def _status_counts(o: Obj, *fields: str) -> list[Any]:
+    status = o.get("status") or {}
+    return [status.get(fld, 0) for fld in fields]
+
+
+def _ready_of_desired(o: Obj) -> str:
+    """A workload's READY column: ready replicas of those its spec asks for."""
+    return f"{(o.get('status') or {}).get('readyReplicas', 0)}/{(o.get('spec') or {}).get('replicas', 1)}"
+
+
 _TABLES: dict[str, tuple[list[Obj], Callable[[Obj], list[Any]]]] = {
     "nodes": (
         [
@@ -203,63 +218,41 @@ _TABLES: dict[str, tuple[list[Obj], Callable[[Obj], list[Any]]]] = {
         ],
     ),
     "deployments.apps": (
-        [_NAME_COL, _col("Ready"), _col("Up-to-date", "integer"), _col("Available", "integer"), _AGE_COL],
+        [_NAME_COL, _col("Ready"), *_count_cols("Up-to-date", "Available"), _AGE_COL],
         lambda o: [
             o["metadata"]["name"],
-            f"{(o.get('status') or {}).get('readyReplicas', 0)}/{(o.get('spec') or {}).get('replicas', 1)}",
-            (o.get("status") or {}).get("updatedReplicas", 0),
-            (o.get("status") or {}).get("availableReplicas", 0),
+            _ready_of_desired(o),
+            *_status_counts(o, "updatedReplicas", "availableReplicas"),
             _age(o),
         ],
     ),
     "replicasets.apps": (
-        [
-            _NAME_COL,
-            _col("Desired", "integer"),
-            _col("Current", "integer"),
-            _col("Ready", "integer"),
-            _AGE_COL,
-        ],
+        [_NAME_COL, *_count_cols("Desired", "Current", "Ready"), _AGE_COL],
         lambda o: [
             o["metadata"]["name"],
             (o.get("spec") or {}).get("replicas", 1),
-            (o.get("status") or {}).get("replicas", 0),
-            (o.get("status") or {}).get("readyReplicas", 0),
+            *_status_counts(o, "replicas", "readyReplicas"),
             _age(o),
         ],
     ),
     "daemonsets.apps": (
-        [
-            _NAME_COL,
-            _col("Desired", "integer"),
-            _col("Current", "integer"),
-            _col("Ready", "integer"),
-            _col("Up-to-date", "integer"),
-            _col("Available", "integer"),
-            _AGE_COL,
-        ],
+        [_NAME_COL, *_count_cols("Desired", "Current", "Ready", "Up-to-date", "Available"), _AGE_COL],
         lambda o: [
             o["metadata"]["name"],
-            *(
-                (o.get("status") or {}).get(k, 0)
-                for k in (
-                    "desiredNumberScheduled",
-                    "currentNumberScheduled",
-                    "numberReady",
-                    "updatedNumberScheduled",
-                    "numberAvailable",
-                )
+            *_status_counts(
+                o,
+                "desiredNumberScheduled",
+                "currentNumberScheduled",
+                "numberReady",
+                "updatedNumberScheduled",
+                "numberAvailable",
             ),
             _age(o),
         ],
     ),
     "statefulsets.apps": (
         [_NAME_COL, _col("Ready"), _AGE_COL],
-        lambda o: [
-            o["metadata"]["name"],
-            f"{(o.get('status') or {}).get('readyReplicas', 0)}/{(o.get('spec') or {}).get('replicas', 1)}",
-            _age(o),
-        ],
+        lambda o: [o["metadata"]["name"], _ready_of_desired(o), _age(o)],
     ),
     "leases.coordination.k8s.io": (
         [_NAME_COL, _col("Holder"), _AGE_COL],
