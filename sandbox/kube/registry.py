@@ -369,6 +369,8 @@ class KubeStore(ObjectStore):
                 f"ResourceVersion in object meta: {meta['resourceVersion']}",
             )
 
+    # ---- the kubelet, the garbage collector and the namespace controller, folded in
+
     def _schedule_kubelet(self, pod: Obj, grace: int) -> None:
         meta = pod["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
