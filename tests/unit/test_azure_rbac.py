@@ -1,4 +1,4 @@
-"""The simulated ARM's authorizer (sandbox/azure_rbac.py): ARM's matching of actions and
+"""The simulated ARM's authorizer (sandbox/arm/rbac.py): ARM's matching of actions and
 notActions, scope inheritance, assignable scopes, requests as actions, denial bodies, and
 the assignments infra/'s Bicep makes for a deployment's parameters."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.azure_rbac import (
+from sandbox.arm.rbac import (
     BUILT_IN_ROLES,
     AccessControl,
     Permission,

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-INFRA = Path(__file__).resolve().parent.parent / "infra"
+INFRA = Path(__file__).resolve().parents[2] / "infra"
 
 # main.bicep passes every role module ``functionApp.outputs.principalId``: the function
 # app's system-assigned identity, which is the identity the app runs as.
@@ -264,7 +264,7 @@ class AccessControl:
                 raise ValueError(
                     f"role assignment {a.source or a.scope} names role definition "
                     f"{a.role_definition_id}, which is neither a custom role of infra/ nor a "
-                    "built-in role the sandbox knows (add it to sandbox/azure_rbac.BUILT_IN_ROLES)"
+                    "built-in role the sandbox knows (add it to sandbox/arm/rbac.BUILT_IN_ROLES)"
                 )
             if not any(covers(s, a.scope) for s in role.assignable_scopes):
                 raise ValueError(
