@@ -408,7 +408,7 @@ class Sandbox:
         cmd = [
             sys.executable,
             "-m",
-            "sandbox.runner",
+            "sandbox.host",
             "--app-dir",
             str(REPO),
             "--settings-file",
