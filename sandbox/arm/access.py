@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox.arm.rbac import (
     AccessControl,
+    DeploymentTarget,
     Principal,
     Request,
     authorization_failed,
@@ -95,8 +96,7 @@ class ArmAccess:
                 control = AccessControl.from_bicep(
                     parameters,
                     principal_id=self._principal_id,
-                    subscription_id=self._app_subscription,
-                    resource_group=APP_RESOURCE_GROUP,
+                    target=DeploymentTarget(self._app_subscription, APP_RESOURCE_GROUP),
                 )
                 self._cached = (key, control)
             return self._cached[1]
