@@ -5,7 +5,7 @@ definitions and versions, and Update Manager maintenance configurations and thei
 
 Why it exists: the app talks to Azure only through the unmodified
 ``azure.mgmt.compute.ComputeManagementClient`` and ``DefaultAzureCredential``. To test
-it without a subscription, this module serves the same REST surface over HTTPS (with the
+it without a subscription, this package serves the same REST surface over HTTPS (with the
 sandbox CA from :mod:`sandbox.tls`), so the SDK, azure-core's ARM long-running-operation
 poller, its retry policy and azure-identity's App Service managed-identity client all run
 exactly as they would in Azure Functions. Nothing in the app needs a "sandbox" branch:
@@ -15,15 +15,21 @@ settings differ.
 Design:
 
 * :class:`ComputeState` owns the scale sets, their VM instances and the long-running
-  operations, all behind one lock. Time comes from the shared :class:`sandbox.world.World`:
-  operation durations and the write-throttling bucket are given in cloud seconds and scaled
-  by its clock, and completions are timers on its scheduler. Every state change is written
-  to the world's history and announced to listeners *after* the lock is released, so a
-  listener (e.g. the simulated Kubernetes API turning a node NotReady) may call back in.
-* :class:`ArmServer` is the HTTP face: routing, bearer-token checks, ``api-version``
-  validation, fault injection, ARM headers and a request log. It also serves the App
-  Service managed-identity token endpoint at ``/msi/token``, and only tokens it issued
-  are accepted by the ARM routes.
+  operations, all behind one lock. It is composed of one layer per resource provider
+  (:mod:`~sandbox.arm.compute` with :mod:`~sandbox.arm.writes` and
+  :mod:`~sandbox.arm.flexible`, :mod:`~sandbox.arm.gallery`, :mod:`~sandbox.arm.maintenance`)
+  over :mod:`~sandbox.arm.store` (the lock, the stores, events) and :mod:`~sandbox.arm.lro`;
+  each ``_api_*`` handler :mod:`~sandbox.arm.routes` names is a method of one layer.
+  Time comes from the shared :class:`sandbox.world.World`: operation durations and the
+  write-throttling bucket are given in cloud seconds and scaled by its clock, and
+  completions are timers on its scheduler. Every state change is written to the world's
+  history and announced to listeners *after* the lock is released, so a listener (e.g.
+  the simulated Kubernetes API turning a node NotReady) may call back in.
+* :class:`ArmServer` (:mod:`~sandbox.arm.server`) is the HTTP face: routing, bearer-token
+  checks, ``api-version`` validation, fault injection, ARM headers and a request log. It
+  also serves the App Service managed-identity token endpoint at ``/msi/token``
+  (:mod:`~sandbox.arm.identity`), and only tokens it issued are accepted by the ARM
+  routes, for the app's identity only what :mod:`~sandbox.arm.access` grants.
 * :class:`FaultInjector` lets tests make the next N requests (or the next N LROs) of a
   kind fail the way Azure fails, and make writes ambiguous: accepted but answered with an
   error, accepted but never answered, or held before they are accepted (so that a test

@@ -318,6 +318,3 @@ class FaultInjector:
     def _take_lro_fault(self, kind: str) -> str | None:
         fault = self._take(self._lro_faults, kind)
         return None if fault is None else str(fault.code)
-
-
-# --------------------------------------------------------------------------- internal state

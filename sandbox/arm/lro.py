@@ -32,7 +32,7 @@ class _Operations(_Store):
             return _Reply(200, None, headers)
         return _Reply(409 if op.status == "Canceled" else 500, {"error": dict(op.error or {})}, headers)
 
-    # ---------------------------------------------------------------- API: writes
+    # ---------------------------------------------------------------- operations the writes start
 
     def _op_urls(self, ctx: _Ctx, op_id: str) -> tuple[str, str]:
         base = (

@@ -334,6 +334,3 @@ class _Maintenance(_Store):
             run.cancelled_at = now
             self._announce("maintenance_cancelled", self._run_event(mc, run))
         return _Reply(202, self._apply_update_json(mc, run, status="Cancel"))
-
-
-# --------------------------------------------------------------------------- HTTP server

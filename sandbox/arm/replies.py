@@ -32,9 +32,6 @@ def arm_error(
     return {"error": err}
 
 
-# --------------------------------------------------------------------------- public config
-
-
 @dataclass
 class _Reply:
     status: int

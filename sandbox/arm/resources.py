@@ -161,6 +161,3 @@ class _MaintenanceConfig:
     tags: dict[str, str]
     properties: dict[str, Any]
     runs: dict[str, _MaintenanceRun] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- compute state

@@ -115,7 +115,7 @@ class _Store:
         self.world.history.append(kind, **history)
         self._pending_events.append((kind, payload))
 
-    # ---------------------------------------------------------------- API: lookup and throttling
+    # ---------------------------------------------------------------- lookups every provider shares
 
     def _check_subscription(self, ctx: _Ctx) -> None:
         sub = ctx.match["sub"]

@@ -17,9 +17,6 @@ from sandbox.host.runner import FunctionsRunner
 logger = logging.getLogger("sandbox.host")
 
 
-# --------------------------------------------------------------------------- CLI
-
-
 def _load_settings(path: Path) -> dict[str, str]:
     data = json.loads(path.read_text(encoding="utf-8"))
     # Accept local.settings.json ({"Values": {...}}) as well as a flat mapping.

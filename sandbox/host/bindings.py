@@ -9,8 +9,6 @@ from typing import Any
 
 import azure.functions as func
 
-# --------------------------------------------------------------------------- binding objects
-
 
 class _Out(func.Out[Any]):
     def __init__(self) -> None:

@@ -25,8 +25,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-# --------------------------------------------------------------------------- indexing
-
 # get_functions() may be called only once per app object, and a module re-executed for a
 # second runner would re-register the same blueprints: so each app is imported and
 # indexed once per process.

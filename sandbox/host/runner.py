@@ -47,8 +47,6 @@ from sandbox.host.storage import _Storage
 from sandbox.host.timers import _TimerScheduler
 from sandbox.httpserver import ServerThread
 
-# --------------------------------------------------------------------------- the runner
-
 
 class FunctionsRunner:
     """Hosts one Functions app: HTTP, Event Grid, queue and timer triggers."""

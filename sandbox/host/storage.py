@@ -6,8 +6,6 @@ import contextlib
 import threading
 from typing import Any
 
-# --------------------------------------------------------------------------- storage
-
 
 class _Storage:
     """Queue and blob clients for one connection string, with pools sized for a busy host."""
