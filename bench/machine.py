@@ -108,6 +108,6 @@ def cpu_by_component() -> dict[str, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out = {"sandbox": usage.ru_utime + usage.ru_stime, "runners": 0.0, "azurite": 0.0, "other": 0.0}
     for pid, cmd in descendants(os.getpid()).items():
-        key = "runners" if "sandbox.runner" in cmd else "azurite" if "azurite" in cmd else "other"
+        key = "runners" if "sandbox.host" in cmd else "azurite" if "azurite" in cmd else "other"
         out[key] += process_cpu(pid)
     return out

@@ -63,17 +63,8 @@ class Azurite:
     def log_path(self) -> Path:
         return self.data_dir / "azurite.log"
 
-    @property
-    def blob_endpoint(self) -> str:
-        return f"http://{self.host}:{self.blob_port}/{ACCOUNT_NAME}"
-
-    @property
-    def queue_endpoint(self) -> str:
-        return f"http://{self.host}:{self.queue_port}/{ACCOUNT_NAME}"
-
-    @property
-    def table_endpoint(self) -> str:
-        return f"http://{self.host}:{self.table_port}/{ACCOUNT_NAME}"
+    def _endpoint(self, port: int) -> str:
+        return f"http://{self.host}:{port}/{ACCOUNT_NAME}"
 
     @property
     def connection_string(self) -> str:
@@ -86,8 +77,8 @@ class Azurite:
             raise AzuriteError("Azurite is not running: call start() first")
         return (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint={self.blob_endpoint};QueueEndpoint={self.queue_endpoint};"
-            f"TableEndpoint={table_endpoint or self.table_endpoint};"
+            f"BlobEndpoint={self._endpoint(self.blob_port)};QueueEndpoint={self._endpoint(self.queue_port)};"
+            f"TableEndpoint={table_endpoint or self._endpoint(self.table_port)};"
         )
 
     def start(self, timeout: float = 20.0) -> None:

@@ -98,6 +98,16 @@ class SandboxOptions:
     image_subscription: str | None = None
 
 
+class _StateFile:
+    """A file of the sandbox's state directory, read as an attribute (``sandbox.config_path``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, sandbox: Sandbox, owner: type[Sandbox] | None = None) -> Path:
+        return sandbox.state_dir / self.name
+
+
 class Sandbox:
     def __init__(self, options: SandboxOptions) -> None:
         self.options = options
@@ -125,31 +135,14 @@ class Sandbox:
         self._grid_events: queue.Queue[dict[str, Any]] = queue.Queue()
 
     # ---- paths ---------------------------------------------------------------------------
-    @property
-    def history_path(self) -> Path:
-        return self.state_dir / "history.jsonl"
-
-    @property
-    def kubeconfig_path(self) -> Path:
-        """The admin's: it sets the scene (the tests, the demo, a person with kubectl)."""
-        return self.state_dir / "kubeconfig"
-
-    @property
-    def app_kubeconfig_path(self) -> Path:
-        """The app's: the ServiceAccount of infra/kubernetes, with exactly its RBAC."""
-        return self.state_dir / "app-kubeconfig"
-
-    @property
-    def config_path(self) -> Path:
-        return self.state_dir / "patcher.yaml"
-
-    @property
-    def settings_path(self) -> Path:
-        return self.state_dir / "runner-settings.json"
-
-    @property
-    def endpoints_path(self) -> Path:
-        return self.state_dir / "endpoints.json"
+    history_path = _StateFile("history.jsonl")
+    # The admin's: it sets the scene (the tests, the demo, a person with kubectl).
+    kubeconfig_path = _StateFile("kubeconfig")
+    # The app's: the ServiceAccount of infra/kubernetes, with exactly its RBAC.
+    app_kubeconfig_path = _StateFile("app-kubeconfig")
+    config_path = _StateFile("patcher.yaml")
+    settings_path = _StateFile("runner-settings.json")
+    endpoints_path = _StateFile("endpoints.json")
 
     @property
     def functions_url(self) -> str:
@@ -409,7 +402,7 @@ class Sandbox:
         cmd = [
             sys.executable,
             "-m",
-            "sandbox.runner",
+            "sandbox.host",
             "--app-dir",
             str(REPO),
             "--settings-file",

@@ -4,7 +4,7 @@
   (``gallery_images``, ``gallery_image_versions``, the ARM LRO poller);
 * Update Manager maintenance runs through a plain azure-core ARM pipeline (the cancel
   API has no SDK: ``PUT {correlationId}?api-version=2023-09-01-preview``);
-* :mod:`sandbox.events` posting to a real :class:`sandbox.runner.FunctionsRunner` running
+* :mod:`sandbox.events` posting to a real :class:`sandbox.host.FunctionsRunner` running
   the fixture app (its ``events`` function records what it received).
 
 All ARM traffic is HTTPS with tokens from the sandbox's managed-identity endpoint, as in
@@ -50,7 +50,7 @@ from sandbox.events import (
     maintenance_event,
     to_cloudevent,
 )
-from sandbox.runner import FunctionsRunner
+from sandbox.host import FunctionsRunner
 from sandbox.tls import SandboxTLS
 from sandbox.world import World
 from tests.integration.arm_helpers import admin_credential, serving_arm
@@ -502,7 +502,7 @@ def test_cloud_events_arrive_single_or_batched(arm: Arm, runner: tuple[Functions
     single = publisher.deliveries[-1]
     assert json.loads(single.body)["type"] == "Microsoft.Maintenance.PostMaintenanceEvent"
     seen = received(record_file)[post["id"]]
-    # The worker's bundled azure-functions reads Event Grid field names only (see sandbox/runner.py).
+    # The worker's bundled azure-functions reads Event Grid field names only (see sandbox/host/eventgrid.py).
     assert (seen["topic"], seen["event_type"], seen["data_version"]) == (None, None, None)
     assert seen["data"]["status"] == "Succeeded" and seen["subject"] == "sandbox-weekly"
 

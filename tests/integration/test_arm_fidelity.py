@@ -1,4 +1,4 @@
-"""Fidelity of the simulated ARM (sandbox/arm.py) as seen by the real Azure SDK.
+"""Fidelity of the simulated ARM (sandbox/arm/) as seen by the real Azure SDK.
 
 Everything here goes through the unmodified ``ComputeManagementClient`` and the real
 azure-identity credentials over HTTPS: if these pass, app code that works against the

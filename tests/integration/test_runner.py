@@ -1,4 +1,4 @@
-"""The local Functions host (sandbox/runner.py) against Azurite, with the fixture app.
+"""The local Functions host (sandbox/host/) against Azurite, with the fixture app.
 
 One Azurite serves the module. One runner runs in-process (HTTP, Event Grid and queue
 behaviour, inspected through its ``invocations``), and a pair of runner processes
@@ -29,7 +29,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
 from sandbox.azurite import Azurite
-from sandbox.runner import FunctionsRunner, PollBackoff, RunnerConfigError, Schedule
+from sandbox.host import FunctionsRunner, PollBackoff, RunnerConfigError, Schedule
 
 pytestmark = pytest.mark.integration
 
@@ -319,7 +319,7 @@ def test_runner_process_refuses_to_start_when_a_setting_reference_does_not_resol
         [
             sys.executable,
             "-m",
-            "sandbox.runner",
+            "sandbox.host",
             "--app-dir",
             str(FIXTURE_APP),
             "--settings-file",
@@ -373,7 +373,7 @@ class RunnerProcess:
             [
                 sys.executable,
                 "-m",
-                "sandbox.runner",
+                "sandbox.host",
                 "--app-dir",
                 str(FIXTURE_APP),
                 "--settings-file",

@@ -1,4 +1,4 @@
-"""The simulated ARM's authorizer (sandbox/azure_rbac.py): ARM's matching of actions and
+"""The simulated ARM's authorizer (sandbox/arm/rbac.py): ARM's matching of actions and
 notActions, scope inheritance, assignable scopes, requests as actions, denial bodies, and
 the assignments infra/'s Bicep makes for a deployment's parameters."""
 
@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.azure_rbac import (
+from sandbox.arm.rbac import (
     BUILT_IN_ROLES,
     AccessControl,
+    DeploymentTarget,
     Permission,
     Principal,
     Request,
@@ -231,8 +232,7 @@ def infra() -> AccessControl:
             "maintenanceConfigurations": [{"id": MC, "location": "westeurope"}],
         },
         principal_id="app",
-        subscription_id="s-app",
-        resource_group="rg-app",
+        target=DeploymentTarget("s-app", "rg-app"),
     )
 
 
@@ -283,7 +283,7 @@ def test_operation_polls_are_granted_on_the_scale_sets_group_not_the_subscriptio
 def test_a_parameter_main_bicep_does_not_declare_is_refused() -> None:
     with pytest.raises(ValueError, match=r"main\.bicep declares no parameter automationAccountGroups"):
         AccessControl.from_bicep(
-            {"automationAccountGroups": []}, principal_id="app", subscription_id="s", resource_group="rg"
+            {"automationAccountGroups": []}, principal_id="app", target=DeploymentTarget("s", "rg")
         )
 
 
@@ -298,8 +298,7 @@ def test_flexible_groups_get_the_vm_actions_on_the_group_and_others_do_not(flexi
     control = AccessControl.from_bicep(
         {"scaleSetResourceGroups": [group]},
         principal_id="app",
-        subscription_id="s-app",
-        resource_group="rg-app",
+        target=DeploymentTarget("s-app", "rg-app"),
     )
     vm = f"{NODES}/providers/Microsoft.Compute/virtualMachines/vmss-f_0a1b2c3d"
     for method, path in (

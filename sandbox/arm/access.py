@@ -1,5 +1,5 @@
 """What the simulated ARM lets a caller do: the app's managed identity exactly what the
-role assignments of ``infra/`` grant it (:mod:`sandbox.azure_rbac`), the sandbox's own
+role assignments of ``infra/`` grant it (:mod:`sandbox.arm.rbac`), the sandbox's own
 scene-setting identity everything.
 
 The deployment parameters are the ones an operator would write for the sandbox's
@@ -15,8 +15,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sandbox.azure_rbac import (
+from sandbox.arm.rbac import (
     AccessControl,
+    DeploymentTarget,
     Principal,
     Request,
     authorization_failed,
@@ -25,7 +26,7 @@ from sandbox.azure_rbac import (
 )
 
 if TYPE_CHECKING:
-    from sandbox.arm import ComputeState
+    from sandbox.arm.state import ComputeState
 
 # The resource group the app itself is deployed into (main.bicep's target); the
 # simulated ARM serves nothing in it, so only its name is needed.
@@ -95,8 +96,7 @@ class ArmAccess:
                 control = AccessControl.from_bicep(
                     parameters,
                     principal_id=self._principal_id,
-                    subscription_id=self._app_subscription,
-                    resource_group=APP_RESOURCE_GROUP,
+                    target=DeploymentTarget(self._app_subscription, APP_RESOURCE_GROUP),
                 )
                 self._cached = (key, control)
             return self._cached[1]

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-INFRA = Path(__file__).resolve().parent.parent / "infra"
+INFRA = Path(__file__).resolve().parents[2] / "infra"
 
 # main.bicep passes every role module ``functionApp.outputs.principalId``: the function
 # app's system-assigned identity, which is the identity the app runs as.
@@ -264,7 +264,7 @@ class AccessControl:
                 raise ValueError(
                     f"role assignment {a.source or a.scope} names role definition "
                     f"{a.role_definition_id}, which is neither a custom role of infra/ nor a "
-                    "built-in role the sandbox knows (add it to sandbox/azure_rbac.BUILT_IN_ROLES)"
+                    "built-in role the sandbox knows (add it to sandbox/arm/rbac.BUILT_IN_ROLES)"
                 )
             if not any(covers(s, a.scope) for s in role.assignable_scopes):
                 raise ValueError(
@@ -288,20 +288,14 @@ class AccessControl:
         parameters: Mapping[str, Any],
         *,
         principal_id: str,
-        subscription_id: str,
-        resource_group: str,
-        location: str = "westeurope",
+        target: DeploymentTarget,
         main: Path | None = None,
     ) -> AccessControl:
         """The roles and assignments a deployment of ``main`` (infra/main.bicep) with
-        ``parameters`` into ``resource_group`` creates, the function app's identity being
+        ``parameters`` into ``target`` (a resource group) creates, the function app's identity being
         ``principal_id``."""
-        deployment = _Deployment(principal_id=principal_id, location=location)
-        deployment.deploy(
-            main or INFRA / "main.bicep",
-            dict(parameters),
-            _Target(subscription_id, resource_group, location),
-        )
+        deployment = _Deployment(principal_id=principal_id, location=target.location)
+        deployment.deploy(main or INFRA / "main.bicep", dict(parameters), target)
         definitions = {**BUILT_IN_ROLES, **deployment.definitions}
         return cls(definitions, deployment.assignments)
 
@@ -310,10 +304,12 @@ class AccessControl:
 
 
 @dataclass(frozen=True)
-class _Target:
+class DeploymentTarget:
+    """Where a Bicep deployment goes: a resource group of a subscription."""
+
     subscription_id: str
     resource_group: str
-    location: str
+    location: str = "westeurope"
 
     @property
     def id(self) -> str:
@@ -361,7 +357,7 @@ class _Deployment:
         self.definitions: dict[str, RoleDefinition] = {}
         self.assignments: list[RoleAssignment] = []
 
-    def deploy(self, path: Path, params: dict[str, Any], target: _Target) -> None:
+    def deploy(self, path: Path, params: dict[str, Any], target: DeploymentTarget) -> None:
         doc = _parse(path)
         env = _Env(self, doc, target, path)
         unknown = sorted(set(params) - set(doc.get("parameters") or {}))
@@ -386,7 +382,7 @@ class _Deployment:
                 scope = bound.eval(body["scope"]) if "scope" in body else target.json()
                 sub, rg = scope["id"].split("/")[2], scope["id"].split("/")[4]
                 child_params = {k: bound.eval(v) for k, v in (body.get("params") or {}).items()}
-                self.deploy(child, child_params, _Target(sub, rg, self.location))
+                self.deploy(child, child_params, DeploymentTarget(sub, rg, self.location))
 
     def _collect(self, path: Path, symbol: str, res: dict[str, Any], env: _Env, body: dict[str, Any]) -> None:
         source = f"{path.relative_to(INFRA).as_posix()}:{symbol}"
@@ -416,7 +412,9 @@ class _Deployment:
 class _Env:
     """Names in scope while evaluating one Bicep file, and the evaluator."""
 
-    def __init__(self, deployment: _Deployment, doc: dict[str, Any], target: _Target, path: Path) -> None:
+    def __init__(
+        self, deployment: _Deployment, doc: dict[str, Any], target: DeploymentTarget, path: Path
+    ) -> None:
         self.deployment = deployment
         self.doc = doc
         self.target = target
@@ -531,7 +529,7 @@ class _Env:
             else:
                 rg = self.eval(p["resource_group_name"])
                 sub = self._subscription(p)
-                value = _Target(sub, rg, self.target.location).json()
+                value = DeploymentTarget(sub, rg, self.target.location).json()
         elif kind == "subscription":
             sub = self._subscription(p)
             value = {"id": f"/subscriptions/{sub}", "subscriptionId": sub}
