@@ -3,7 +3,7 @@
 Why it exists: the app's Event Grid trigger is reached at
 ``/runtime/webhooks/eventgrid?functionName=NAME`` of the Functions host. In Azure, Event
 Grid posts there; in the sandbox, :class:`EventGridPublisher` does, with the same
-protocol, so the runner (:mod:`sandbox.runner`) and the app see what they would see in
+protocol, so the runner (:mod:`sandbox.host`) and the app see what they would see in
 Azure. The builders below make events shaped like the documented system events the app
 subscribes to (the samples in ``shared/payloads``).
 

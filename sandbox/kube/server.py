@@ -11,11 +11,11 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from sandbox.httpserver import ServerThread, server_url
 from sandbox.kube.faults import KubeFaults
 from sandbox.kube.http import APIHTTPServer, APIRequestHandler
 from sandbox.kube.rbac import ADMIN, Authorizer, User
 from sandbox.kube.registry import KubeStore
-from sandbox.serving import ServingThread
 from sandbox.tls import SandboxTLS
 
 
@@ -53,8 +53,8 @@ class KubeAPIServer:
         self._httpd = APIHTTPServer((host, port), APIRequestHandler)
         self._httpd.api = self
         self.port: int = self._httpd.server_address[1]
-        self.url = f"{'https' if tls is not None else 'http'}://{host}:{self.port}"
-        self._serving = ServingThread(self._httpd, name="sandbox-kube-apiserver", poll_interval=0.1)
+        self.url = server_url(self._httpd.server_address, tls=tls is not None)
+        self._serving = ServerThread(self._httpd, name="sandbox-kube-apiserver", poll_interval=0.1)
 
     def start(self) -> None:
         self._serving.start()
