@@ -1,4 +1,4 @@
-"""``python -m sandbox up|demo``: the local stand-ins for Azure and Kubernetes."""
+"""``python -m sandbox up|demo|token``: the local stand-ins for Azure and Kubernetes."""
 
 from __future__ import annotations
 
@@ -32,8 +32,28 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--state-dir", type=Path, default=None)
     demo.add_argument("--pools", default=DEFAULT_POOLS)
     demo.add_argument("--runners", type=int, default=2)
+    token = sub.add_parser(
+        "token", help="print an Entra ID access token for the app, as the sandbox's Entra ID issues it"
+    )
+    token.add_argument("--state-dir", type=Path, required=True, help="the state directory of `up`")
+    token.add_argument("--user", required=True, help="the caller's name (preferred_username)")
+    token.add_argument(
+        "--role", action="append", default=[], help="an app role (Patcher.Read, Patcher.Operate); repeatable"
+    )
+    token.add_argument("--lifetime", type=float, default=3600.0, help="seconds (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    if args.command == "token":
+        from sandbox.easy_auth import EasyAuth
+
+        key_file = args.state_dir / "easy-auth.json"
+        if not key_file.is_file():
+            parser.error(
+                f"{key_file} does not exist: start the sandbox first (`up --state-dir {args.state_dir}`)"
+            )
+        print(EasyAuth.load(key_file).mint(args.user, args.role, lifetime=args.lifetime))
+        return 0
 
     if args.command == "demo":
         from sandbox.demo import run_demo

@@ -103,6 +103,8 @@ import azure.functions as func
 from azure.functions.queue import QueueMessage as FuncQueueMessage
 from azure.functions.timer import TimerRequest
 
+from sandbox.easy_auth import EasyAuth, UnauthenticatedError
+
 logger = logging.getLogger("sandbox.runner")
 
 DEFAULT_BODY_LIMIT = 100 * 1024 * 1024
@@ -1182,8 +1184,11 @@ class FunctionsRunner:
         queue_lease_seconds: float = HOST_QUEUE_LEASE_SECONDS,
         name: str = "runner",
         lock_retry_seconds: float | None = None,
+        easy_auth: EasyAuth | None = None,
     ) -> None:
         self.app_dir = Path(app_dir).resolve()
+        # App Service Authentication in front of the HTTP routes (sandbox/easy_auth.py).
+        self.easy_auth = easy_auth
         self.settings = {k: str(v) for k, v in settings.items()}
         self.host = host
         self.port = port
@@ -1476,8 +1481,14 @@ class FunctionsRunner:
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             # The host passes repeated values joined with commas (StringValues.ToString()).
             params[key] = f"{params[key]},{value}" if key in params else value
+        items = list(headers.items())
+        if self.easy_auth is not None:
+            try:
+                items = self.easy_auth.front(items)
+            except UnauthenticatedError as refused:
+                return refused.response
         merged: dict[str, str] = {}
-        for raw_key, value in headers.items():
+        for raw_key, value in items:
             key = raw_key.lower()
             merged[key] = f"{merged[key]},{value}" if key in merged else value
         host_header = headers.get("Host") or f"{self.host}:{self.port}"
@@ -1586,6 +1597,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue-lease-seconds", type=float, default=HOST_QUEUE_LEASE_SECONDS)
     parser.add_argument("--lock-retry-seconds", type=float, default=None)
     parser.add_argument("--name", default="runner")
+    parser.add_argument("--easy-auth", type=Path, default=None, help="App Service Authentication's key file")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -1610,6 +1622,7 @@ def main(argv: list[str] | None = None) -> int:
         queue_lease_seconds=args.queue_lease_seconds,
         name=args.name,
         lock_retry_seconds=args.lock_retry_seconds,
+        easy_auth=EasyAuth.load(args.easy_auth) if args.easy_auth else None,
     )
     try:
         runner.start()
