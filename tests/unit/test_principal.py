@@ -165,3 +165,8 @@ def test_every_operation_that_needs_a_role_documents_the_403() -> None:
     for (method, route), role in ROUTE_ROLES.items():
         responses = description()["paths"][route][method.lower()]["responses"]
         assert ("403" in responses) == (role is not None), (method, route)
+
+
+def test_every_operation_documents_the_401_of_a_refused_token() -> None:
+    for (method, route), _ in ROUTE_ROLES.items():
+        assert "401" in description()["paths"][route][method.lower()]["responses"], (method, route)
