@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import azure.functions as func
@@ -162,3 +163,14 @@ def test_no_function_both_reads_and_acts_so_a_read_key_cannot_act(functions: dic
         roles.setdefault(name, set()).add(ROUTE_ROLES[(method, route)])
     mixed = {name: sorted(map(str, r)) for name, r in roles.items() if len(r) > 1}
     assert not mixed, f"functions serving routes of different roles (their keys would open both): {mixed}"
+
+
+def test_the_key_recipe_in_infra_readme_sets_each_key_on_exactly_its_functions(functions: dict) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "infra" / "README.md").read_text(encoding="utf-8")
+    loops = re.findall(r"^\s*for f in ([\w ]+); do$", readme, flags=re.MULTILINE)
+    assert len(loops) == 2, loops
+    by_role: dict[str | None, set[str]] = {}
+    for name, method, route in _http_functions(functions):
+        by_role.setdefault(ROUTE_ROLES[(method, route)], set()).add(name)
+    assert set(loops[0].split()) == by_role[READ_ROLE]
+    assert set(loops[1].split()) == by_role[OPERATE_ROLE]
