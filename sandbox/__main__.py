@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -10,7 +11,7 @@ import threading
 from pathlib import Path
 
 from sandbox.cluster import PoolSpec
-from sandbox.stack import DEFAULT_POOLS, Sandbox, SandboxOptions
+from sandbox.stack import DEFAULT_POOLS, REPO, Sandbox, SandboxOptions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 f"{key_file} does not exist: start the sandbox first (`up --state-dir {args.state_dir}`)"
             )
+        # Entra ID issues only the roles the app registration defines (infra/app-roles.json).
+        app_roles = json.loads((REPO / "infra" / "app-roles.json").read_text(encoding="utf-8"))
+        defined = {role["value"] for role in app_roles}
+        unknown = sorted(set(args.role) - defined)
+        if unknown:
+            parser.error(f"--role {', '.join(unknown)}: the app registration defines only {sorted(defined)}")
         print(EasyAuth.load(key_file).mint(args.user, args.role, lifetime=args.lifetime))
         return 0
 

@@ -81,3 +81,21 @@ def test_the_key_file_round_trips(tmp_path: Path) -> None:
     AUTH.save(path)
     assert EasyAuth.load(path) == AUTH
     assert path.stat().st_mode & 0o077 == 0  # the signing key is a secret
+
+
+def test_python_m_sandbox_token_mints_only_roles_the_app_registration_defines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sandbox.__main__ import main
+
+    with pytest.raises(SystemExit) as no_sandbox:
+        main(["token", "--state-dir", str(tmp_path), "--user", "rita", "--role", READ_ROLE])
+    assert no_sandbox.value.code == 2 and "start the sandbox first" in capsys.readouterr().err
+    AUTH.save(tmp_path / "easy-auth.json")
+    with pytest.raises(SystemExit) as typo:
+        main(["token", "--state-dir", str(tmp_path), "--user", "rita", "--role", "Patcher.Reed"])
+    assert typo.value.code == 2
+    assert "defines only ['Patcher.Operate', 'Patcher.Read']" in capsys.readouterr().err
+    assert main(["token", "--state-dir", str(tmp_path), "--user", "rita", "--role", READ_ROLE]) == 0
+    claims = AUTH.verify(capsys.readouterr().out.strip())
+    assert (claims["preferred_username"], claims["roles"]) == ("rita", [READ_ROLE])
