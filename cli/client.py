@@ -143,7 +143,7 @@ def _error_text(method: str, path: str, resp: requests.Response, answer: Any) ->
         if answer.get("activeRun"):
             detail += f" (active run {answer['activeRun']})"
     elif resp.status_code == 401:
-        detail = "unauthorized: pass a function key (--function-key) or --entra"
+        detail = "unauthorized: pass a function key (--function-key), and a valid --token or --entra if any"
     elif resp.status_code == 404:
         detail = "not found (is the URL the app's, and does this version serve the route?)"
     else:

@@ -29,6 +29,7 @@ PROG = "vmss-patcher"
 URL_ENV = "VMSS_PATCHER_URL"
 KEY_ENV = "VMSS_PATCHER_FUNCTION_KEY"
 SCOPE_ENV = "VMSS_PATCHER_SCOPE"
+TOKEN_ENV = "VMSS_PATCHER_TOKEN"
 RUN_STATES = ("planned", "running", "paused", "succeeded", "failed", "cancelled")
 
 
@@ -109,6 +110,11 @@ def _connection_options() -> _Parser:
         default=argparse.SUPPRESS,
         help=f"the token's scope with --entra, e.g. api://APP_ID/.default (or ${SCOPE_ENV})",
     )
+    common.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        help=f"a bearer token to send as it is, e.g. from `python -m sandbox token` (or ${TOKEN_ENV})",
+    )
 
     return common
 
@@ -121,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         "3 a watched run ended failed or cancelled.",
         parents=[_connection_options()],
     )
-    parser.set_defaults(url=None, function_key=None, entra=False, scope=None)
+    parser.set_defaults(url=None, function_key=None, entra=False, scope=None, token=None)
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     verbs.required = True
 
@@ -197,11 +203,22 @@ def _client(args: argparse.Namespace) -> PatcherClient:
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"--url must start with https:// (or http:// locally): {url!r}")
     token = None
+    given = (args.token or os.environ.get(TOKEN_ENV) or "").strip()
     if args.entra:
+        if args.token:
+            raise UsageError("--token and --entra are two ways to get the token: pass one")
         scope = args.scope or os.environ.get(SCOPE_ENV)
         if not scope:
             raise UsageError(f"--entra needs --scope (or {SCOPE_ENV}), e.g. api://APP_ID/.default")
         token = entra_token_provider(scope)
+    elif given:
+        if any(ch.isspace() for ch in given) or not given.isprintable():
+            raise UsageError(f"--token (or {TOKEN_ENV}) must be the token alone, without 'Bearer ' or spaces")
+
+        def fixed_token() -> str:
+            return given
+
+        token = fixed_token
     return PatcherClient(url, function_key=args.function_key or os.environ.get(KEY_ENV), token=token)
 
 

@@ -14,6 +14,7 @@ import os
 
 import azure.functions as func
 
+from functions.auth import check_access
 from functions.http_util import error, json_response
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,8 @@ def gitops_syncs(req: func.HttpRequest) -> func.HttpResponse:
     from shared.app import collaborators
     from shared.gitops_service import GitOpsService
 
+    if (refusal := check_access(req, "/gitops/syncs").refusal) is not None:
+        return refusal
     return json_response({"syncs": GitOpsService(collaborators()).list_syncs()})
 
 
@@ -137,6 +140,8 @@ def gitops_sync_item(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import NotFoundError
     from shared.gitops_service import GitOpsService
 
+    if (refusal := check_access(req, "/gitops/syncs/{delivery}").refusal) is not None:
+        return refusal
     try:
         return json_response(GitOpsService(collaborators()).get_sync(req.route_params["delivery"]))
     except NotFoundError as exc:

@@ -8,6 +8,7 @@ from typing import Any
 
 import azure.functions as func
 
+from functions.auth import check_access
 from functions.http_util import json_response
 
 bp = func.Blueprint()
@@ -25,4 +26,6 @@ def description() -> dict[str, Any]:
 @bp.function_name("openapi_description")
 @bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def openapi_description(req: func.HttpRequest) -> func.HttpResponse:
+    if (refusal := check_access(req, "/openapi.json").refusal) is not None:
+        return refusal
     return json_response(description())

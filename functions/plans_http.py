@@ -6,6 +6,7 @@ import logging
 
 import azure.functions as func
 
+from functions.auth import check_access
 from functions.http_util import error, json_response, read_json
 
 logger = logging.getLogger(__name__)
@@ -20,6 +21,8 @@ def plans(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ConfigError, PermanentError, TemporaryError, ValidationError
     from shared.runs import RunService, StartRequest
 
+    if (refusal := check_access(req, "/plans").refusal) is not None:
+        return refusal
     try:
         request = StartRequest.from_json(read_json(req))
         return json_response(RunService(collaborators()).preview(request))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import azure.functions as func
 
+from functions.auth import check_access
 from functions.http_util import error, json_response, read_json
 
 if TYPE_CHECKING:
@@ -15,10 +16,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()
-
-# Set by App Service Authentication (Easy Auth) when it fronts the app; without it the
-# caller is known only as holding a function key.
-PRINCIPAL_HEADER = "x-ms-client-principal-name"
 
 
 def _service() -> RunService:
@@ -28,16 +25,34 @@ def _service() -> RunService:
     return RunService(collaborators())
 
 
-@bp.function_name("runs_collection")
-@bp.route(route="runs", methods=["GET", "POST"], auth_level=func.AuthLevel.FUNCTION)
-def runs_collection(req: func.HttpRequest) -> func.HttpResponse:
+# Reading and acting are separate functions, even on one route: function keys are per
+# function, so a key given only to the read functions cannot act.
+@bp.function_name("runs_list")
+@bp.route(route="runs", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def runs_list(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.errors import ConfigError, TemporaryError
+
+    if (refusal := check_access(req, "/runs").refusal) is not None:
+        return refusal
+    try:
+        return json_response({"runs": _service().list()})
+    except ConfigError as exc:
+        logger.error("configuration error: %s", exc)
+        return error(500, "the app is misconfigured; see its logs")
+    except TemporaryError as exc:  # the store, for a moment
+        return error(503, f"try again: {exc}")
+
+
+@bp.function_name("runs_start")
+@bp.route(route="runs", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def runs_start(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ConfigError, TemporaryError, ValidationError
     from shared.runs import RunConflictError, StartRequest
 
+    if (refusal := check_access(req, "/runs").refusal) is not None:
+        return refusal
     try:
         service = _service()
-        if req.method == "GET":
-            return json_response({"runs": service.list()})
         request = StartRequest.from_json(read_json(req))
         if request.dry_run:
             return json_response(service.preview(request))
@@ -70,6 +85,8 @@ def runs_collection(req: func.HttpRequest) -> func.HttpResponse:
 def run_item(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import NotFoundError
 
+    if (refusal := check_access(req, "/runs/{id}").refusal) is not None:
+        return refusal
     try:
         return json_response(_service().get(req.route_params["id"]))
     except NotFoundError as exc:
@@ -81,12 +98,15 @@ def run_item(req: func.HttpRequest) -> func.HttpResponse:
 def run_action(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import NotFoundError, ValidationError
 
+    access = check_access(req, "/runs/{id}/{action}")
+    if access.refusal is not None:
+        return access.refusal
     run_id, action = req.route_params["id"], req.route_params["action"]
     service = _service()
     actions = {"pause": service.pause, "resume": service.resume, "cancel": service.cancel}
     if action not in actions:
         return error(404, f"unknown action {action!r}; use one of {sorted(actions)}")
-    by = req.headers.get(PRINCIPAL_HEADER) or "function key"
+    by = access.who
     try:
         run = actions[action](run_id, by=by)
     except NotFoundError as exc:
@@ -106,12 +126,17 @@ def run_node_action(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ConcurrencyError, NotFoundError, TemporaryError, ValidationError
     from shared.runs import NodeActionRefusedError, NodeActionRequest, RunConflictError
 
+    access = check_access(req, "/runs/{id}/nodes/{node}/{action}")
+    if access.refusal is not None:
+        return access.refusal
     run_id, node, action = req.route_params["id"], req.route_params["node"], req.route_params["action"]
     if action not in NODE_ACTIONS:
         return error(404, f"unknown node action {action!r}; use one of {list(NODE_ACTIONS)}")
     try:
         body = read_json(req) if (req.get_body() or b"").strip() else None
-        request = NodeActionRequest.from_json(body, principal=req.headers.get(PRINCIPAL_HEADER))
+        request = NodeActionRequest.from_json(
+            body, principal=access.principal.name if access.principal else None
+        )
     except ValidationError as exc:
         return error(400, str(exc))
     service = _service()
@@ -137,8 +162,11 @@ def cluster_lock(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ConcurrencyError, NotFoundError
     from shared.runs import RunConflictError
 
+    access = check_access(req, "/clusters/{name}/lock")
+    if access.refusal is not None:
+        return access.refusal
     force = req.params.get("force", "").lower() in ("true", "1", "yes")
-    by = req.headers.get(PRINCIPAL_HEADER) or "function key"
+    by = access.who
     try:
         record = _service().release_lock(
             req.route_params["name"], by=by, reason=req.params.get("reason", ""), force=force

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import azure.functions as func
 
+from functions.auth import check_access
 from functions.http_util import error
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ def run_timeline(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import NotFoundError
     from shared.timeline import render_svg
 
+    if (refusal := check_access(req, "/runs/{id}/timeline").refusal) is not None:
+        return refusal
     deps = collaborators()
     run_id = req.route_params["id"]
     try:
@@ -54,6 +57,8 @@ def run_timeline(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("status_page")
 @bp.route(route="ui", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def status_page(req: func.HttpRequest) -> func.HttpResponse:
+    if (refusal := check_access(req, "/ui").refusal) is not None:
+        return refusal
     return func.HttpResponse(
         PAGE.read_bytes(), status_code=200, mimetype="text/html", charset="utf-8", headers=_COMMON_HEADERS
     )

@@ -60,6 +60,9 @@ param storageSkuName string = 'Standard_ZRS'
 @description('Flex Consumption instance ceiling.')
 param maximumInstanceCount int = 40
 
+@description('Application (client) id of the operator API\'s app registration (infra/README.md, "Who may do what"): App Service Authentication validates its tokens and the app checks their app roles. Empty: no App Service Authentication, function keys alone.')
+param authClientId string = ''
+
 var suffix = take(uniqueString(resourceGroup().id, appName), 8)
 var functionAppName = 'func-${appName}-${suffix}'
 var deploymentContainerName = 'app-package'
@@ -114,6 +117,14 @@ module functionApp 'app/functionapp.bicep' = {
     webhookSecretSettings: webhookSecretSettings
     notificationSettings: notificationSettings
     maximumInstanceCount: maximumInstanceCount
+  }
+}
+
+module auth 'app/auth.bicep' = if (!empty(authClientId)) {
+  name: 'auth'
+  params: {
+    functionAppName: functionApp.outputs.name
+    clientId: authClientId
   }
 }
 

@@ -1,8 +1,9 @@
-"""``python -m sandbox up|demo``: the local stand-ins for Azure and Kubernetes."""
+"""``python -m sandbox up|demo|token``: the local stand-ins for Azure and Kubernetes."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -10,7 +11,7 @@ import threading
 from pathlib import Path
 
 from sandbox.cluster import PoolSpec
-from sandbox.stack import DEFAULT_POOLS, Sandbox, SandboxOptions
+from sandbox.stack import DEFAULT_POOLS, REPO, Sandbox, SandboxOptions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +33,34 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--state-dir", type=Path, default=None)
     demo.add_argument("--pools", default=DEFAULT_POOLS)
     demo.add_argument("--runners", type=int, default=2)
+    token = sub.add_parser(
+        "token", help="print an Entra ID access token for the app, as the sandbox's Entra ID issues it"
+    )
+    token.add_argument("--state-dir", type=Path, required=True, help="the state directory of `up`")
+    token.add_argument("--user", required=True, help="the caller's name (preferred_username)")
+    token.add_argument(
+        "--role", action="append", default=[], help="an app role (Patcher.Read, Patcher.Operate); repeatable"
+    )
+    token.add_argument("--lifetime", type=float, default=3600.0, help="seconds (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    if args.command == "token":
+        from sandbox.easy_auth import EasyAuth
+
+        key_file = args.state_dir / "easy-auth.json"
+        if not key_file.is_file():
+            parser.error(
+                f"{key_file} does not exist: start the sandbox first (`up --state-dir {args.state_dir}`)"
+            )
+        # Entra ID issues only the roles the app registration defines (infra/app-roles.json).
+        app_roles = json.loads((REPO / "infra" / "app-roles.json").read_text(encoding="utf-8"))
+        defined = {role["value"] for role in app_roles}
+        unknown = sorted(set(args.role) - defined)
+        if unknown:
+            parser.error(f"--role {', '.join(unknown)}: the app registration defines only {sorted(defined)}")
+        print(EasyAuth.load(key_file).mint(args.user, args.role, lifetime=args.lifetime))
+        return 0
 
     if args.command == "demo":
         from sandbox.demo import run_demo

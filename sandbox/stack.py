@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import yaml
 from sandbox.arm import ArmServer, ComputeDurations, ComputeState
 from sandbox.azurite import ACCOUNT_NAME, Azurite
 from sandbox.cluster import POOL_LABEL, ClusterTimings, PoolSpec, SandboxCluster
+from sandbox.easy_auth import EasyAuth
 from sandbox.events import EventGridPublisher, image_version_write_event
 from sandbox.kube.flux import add_flux_objects, start_flux_controller
 from sandbox.kube.rbac import Authorizer, User
@@ -123,6 +125,7 @@ class Sandbox:
         self.cluster: SandboxCluster | None = None
         self.azurite: Azurite | None = None
         self.table_proxy: TableFaultProxy | None = None
+        self.easy_auth = EasyAuth.create()  # replaced at start by one of the ARM tenant
         self.runners: list[subprocess.Popen[bytes]] = []
         self.runner_ports: list[int] = []
         self.restarts = 0
@@ -142,7 +145,12 @@ class Sandbox:
     app_kubeconfig_path = _StateFile("app-kubeconfig")
     config_path = _StateFile("patcher.yaml")
     settings_path = _StateFile("runner-settings.json")
+    easy_auth_path = _StateFile("easy-auth.json")
     endpoints_path = _StateFile("endpoints.json")
+
+    def user_token(self, user: str, roles: Sequence[str] = (), **options: Any) -> str:
+        """An Entra ID access token for the app, for ``user`` holding the app ``roles``."""
+        return self.easy_auth.mint(user, roles, **options)
 
     @property
     def functions_url(self) -> str:
@@ -191,6 +199,9 @@ class Sandbox:
             subscriptions=[self.gallery_compute] if self.gallery_compute is not self.compute else [],
         )
         self.arm_server.start()
+        # App Service Authentication in front of the runners, with its own Entra ID stand-in.
+        self.easy_auth = EasyAuth.create(tenant_id=self.arm_server.tenant_id)
+        self.easy_auth.save(self.easy_auth_path)
         self.cluster = SandboxCluster(
             self.world, self.kube, self.compute, subscription_id=SUBSCRIPTION, timings=opts.cluster_timings
         )
@@ -413,6 +424,8 @@ class Sandbox:
             str(lease),
             "--name",
             f"runner-{index}",
+            "--easy-auth",
+            str(self.easy_auth_path),
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PATCHER_")}
         env["PYTHONUNBUFFERED"] = "1"
@@ -518,6 +531,8 @@ class Sandbox:
             "identity_endpoint": self.arm_server.identity_endpoint,
             "identity_header": self.arm_server.identity_header,
             "tenant_id": self.arm_server.tenant_id,
+            # The app registration App Service Authentication checks tokens for.
+            "easy_auth_client_id": self.easy_auth.client_id,
             "gallery_image_definition_id": self.gallery_image_ids.get("linux", ""),
             "gallery_image_definition_ids": dict(self.gallery_image_ids),
             "maintenance_configuration_id": self.maintenance_configuration_id,

@@ -583,6 +583,8 @@ class _Env:
             return self.eval(chosen)
         if kind == "index_accessor":
             return self.eval(operands["operand_1"])[self.eval(operands["operand_2"])]
+        if kind == "not":
+            return not self.eval(operands["bool_value"])
         if kind == "property_accessor":
             return self._access(self.eval(operands["operand_1"]), operands["operand_2"])
         raise ValueError(f"{self.path.name}: Bicep operator {kind!r} is not evaluated by the sandbox")

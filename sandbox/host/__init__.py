@@ -15,6 +15,7 @@ HTTP trigger
     routing), method filters, 404 when nothing matches, 500 with an empty body on an
     unhandled exception, 200 when the function sets no response, a 100 MiB body limit
     (``FUNCTIONS_REQUEST_BODY_SIZE_LIMIT``). Keys are not checked, like ``func start``.
+    With ``easy_auth``, App Service Authentication stands in front (sandbox/easy_auth.py).
 Event Grid trigger
     ``/runtime/webhooks/eventgrid?functionName=NAME`` with the ``aeg-event-type``
     protocol (validation handshake, Notification → one concurrent invocation per event,

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from sandbox.easy_auth import EasyAuth
 from sandbox.host.config import HOST_QUEUE_LEASE_SECONDS
 from sandbox.host.runner import FunctionsRunner
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--queue-lease-seconds", type=float, default=HOST_QUEUE_LEASE_SECONDS)
     parser.add_argument("--lock-retry-seconds", type=float, default=None)
+    parser.add_argument("--easy-auth", type=Path, default=None, help="App Service Authentication's key file")
     parser.add_argument("--name", default="runner")
     args = parser.parse_args(argv)
 
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         queue_lease_seconds=args.queue_lease_seconds,
         name=args.name,
         lock_retry_seconds=args.lock_retry_seconds,
+        easy_auth=EasyAuth.load(args.easy_auth) if args.easy_auth else None,
     )
     try:
         runner.start()

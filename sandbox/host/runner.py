@@ -21,6 +21,7 @@ import azure.functions as func
 from azure.functions.queue import QueueMessage as FuncQueueMessage
 from azure.functions.timer import TimerRequest
 
+from sandbox.easy_auth import EasyAuth, UnauthenticatedError
 from sandbox.host.bindings import (
     HttpResult,
     _Context,
@@ -61,8 +62,11 @@ class FunctionsRunner:
         queue_lease_seconds: float = HOST_QUEUE_LEASE_SECONDS,
         name: str = "runner",
         lock_retry_seconds: float | None = None,
+        easy_auth: EasyAuth | None = None,
     ) -> None:
         self.app_dir = Path(app_dir).resolve()
+        # App Service Authentication in front of the HTTP routes (sandbox/easy_auth.py).
+        self.easy_auth = easy_auth
         self.settings = {k: str(v) for k, v in settings.items()}
         self.host = host
         self.port = port
@@ -348,8 +352,14 @@ class FunctionsRunner:
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             # The host passes repeated values joined with commas (StringValues.ToString()).
             params[key] = f"{params[key]},{value}" if key in params else value
+        items = list(headers.items())
+        if self.easy_auth is not None:
+            try:
+                items = self.easy_auth.front(items)
+            except UnauthenticatedError as refused:
+                return refused.response
         merged: dict[str, str] = {}
-        for raw_key, value in headers.items():
+        for raw_key, value in items:
             key = raw_key.lower()
             merged[key] = f"{merged[key]},{value}" if key in merged else value
         host_header = headers.get("Host") or f"{self.host}:{self.port}"

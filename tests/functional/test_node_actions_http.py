@@ -13,6 +13,7 @@ from shared.kube import ANNOTATION_CORDONED
 from shared.sweeper import sweep
 from tests.fakes import make_pod
 from tests.harness import Harness
+from tests.principals import operator_headers
 
 
 def post(
@@ -64,7 +65,7 @@ def test_release_answers_200_uncordons_and_records_the_authenticated_caller(
         "linux-0",
         "release",
         {"reason": "replaced the disk"},
-        headers={"x-ms-client-principal-name": "alice@contoso.com"},
+        headers=operator_headers("alice@contoso.com"),
     )
     assert (status, body) == (200, {"id": failed_node, "node": "linux-0", "state": "released"})
     assert not harness.kube.nodes["linux-0"]["spec"].get("unschedulable")
@@ -157,7 +158,7 @@ def test_a_stalled_run_says_so_in_get_and_in_the_list(
     assert stalled["since"] and "linux: pool budget of 1 unavailable reached" in stalled["reason"]
     assert "linux-0" in stalled["reason"]
     req = func.HttpRequest(method="GET", url="/api/runs", body=b"")
-    listed = json.loads(functions["runs_collection"].get_user_function()(req).get_body())["runs"]
+    listed = json.loads(functions["runs_list"].get_user_function()(req).get_body())["runs"]
     assert listed[0]["stalled"] == stalled
     post(functions, failed_node, "linux-0", "release")
     harness.pump(failed_node)

@@ -30,7 +30,7 @@ def test_a_plan_answers_waves_and_estimates_and_writes_nothing(functions: dict, 
     assert harness.store.list_runs() == [] and harness.queue.sent == []
     # The dry run answers the same plan.
     dry = json.loads(
-        functions["runs_collection"]
+        functions["runs_start"]
         .get_user_function()(
             func.HttpRequest(
                 method="POST",

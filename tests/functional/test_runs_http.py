@@ -8,6 +8,7 @@ from typing import Any
 import azure.functions as func
 
 from tests.harness import Harness
+from tests.principals import operator_headers
 
 
 def call(
@@ -31,9 +32,7 @@ def call(
 
 
 def test_post_runs_starts_a_run_and_answers_202_with_its_id(functions: dict, harness: Harness) -> None:
-    resp = call(
-        functions, "runs_collection", "POST", "/api/runs", {"cluster": "test", "reason": "kernel CVE"}
-    )
+    resp = call(functions, "runs_start", "POST", "/api/runs", {"cluster": "test", "reason": "kernel CVE"})
     assert resp.status_code == 202
     run_id = json.loads(resp.get_body())["id"]
     assert resp.headers["Location"] == f"/api/runs/{run_id}"
@@ -43,14 +42,14 @@ def test_post_runs_starts_a_run_and_answers_202_with_its_id(functions: dict, har
     assert body["state"] == "succeeded"
     assert body["pools"]["linux"]["maxUnavailable"] == 1
     assert {n["state"] for n in body["nodes"]} == {"succeeded"}
-    listed = json.loads(call(functions, "runs_collection", "GET", "/api/runs").get_body())
+    listed = json.loads(call(functions, "runs_list", "GET", "/api/runs").get_body())
     assert [r["id"] for r in listed["runs"]] == [run_id]
 
 
 def test_post_runs_limited_to_pools_and_nodes(functions: dict, harness: Harness) -> None:
     resp = call(
         functions,
-        "runs_collection",
+        "runs_start",
         "POST",
         "/api/runs",
         {"cluster": "test", "pools": ["win"], "nodes": ["win-1"], "reason": "one node"},
@@ -69,20 +68,20 @@ def test_bad_requests_get_400_with_a_reason(functions: dict, harness: Harness) -
         ({"cluster": "nope"}, "unknown cluster"),
         ({"cluster": "test", "nodes": ["ghost"]}, "ghost"),
     ]:
-        resp = call(functions, "runs_collection", "POST", "/api/runs", body)
+        resp = call(functions, "runs_start", "POST", "/api/runs", body)
         assert resp.status_code == 400, body
         assert needle in json.loads(resp.get_body())["error"]
 
 
 def test_a_second_run_on_the_same_cluster_gets_409(functions: dict, harness: Harness) -> None:
-    first = json.loads(call(functions, "runs_collection", "POST", "/", {"cluster": "test"}).get_body())["id"]
-    resp = call(functions, "runs_collection", "POST", "/", {"cluster": "test"})
+    first = json.loads(call(functions, "runs_start", "POST", "/", {"cluster": "test"}).get_body())["id"]
+    resp = call(functions, "runs_start", "POST", "/", {"cluster": "test"})
     assert resp.status_code == 409
     assert json.loads(resp.get_body())["activeRun"] == first
 
 
 def test_pause_resume_cancel_and_unknown_actions(functions: dict, harness: Harness) -> None:
-    run_id = json.loads(call(functions, "runs_collection", "POST", "/", {"cluster": "test"}).get_body())["id"]
+    run_id = json.loads(call(functions, "runs_start", "POST", "/", {"cluster": "test"}).get_body())["id"]
     for action, state in (("pause", "paused"), ("resume", "running"), ("cancel", "cancelled")):
         resp = call(functions, "run_action", "POST", "/", route_params={"id": run_id, "action": action})
         assert resp.status_code == 202, action
@@ -114,7 +113,7 @@ def delete_lock(
         method="DELETE",
         url=f"/api/clusters/{cluster}/lock",
         body=b"",
-        headers={"x-ms-client-principal-name": who} if who else {},
+        headers=operator_headers(who) if who else {},
         params=params or {},
         route_params={"name": cluster},
     )
@@ -138,7 +137,7 @@ def test_delete_lock_frees_a_cluster_whose_run_does_not_exist_and_records_who_as
 def test_delete_lock_of_a_run_in_progress_needs_force_and_names_the_run(
     functions: dict, harness: Harness
 ) -> None:
-    run_id = json.loads(call(functions, "runs_collection", "POST", "/", {"cluster": "test"}).get_body())["id"]
+    run_id = json.loads(call(functions, "runs_start", "POST", "/", {"cluster": "test"}).get_body())["id"]
     resp = delete_lock(functions, "test")
     assert resp.status_code == 409
     assert json.loads(resp.get_body())["activeRun"] == run_id
@@ -155,7 +154,7 @@ def test_a_dry_run_answers_what_would_happen_and_writes_nothing(functions: dict,
 
     resp = call(
         functions,
-        "runs_collection",
+        "runs_start",
         "POST",
         "/api/runs",
         {"cluster": "test", "reason": "first", "dryRun": True},
@@ -174,31 +173,31 @@ def test_a_dry_run_answers_what_would_happen_and_writes_nothing(functions: dict,
     assert json.dumps(harness.kube.nodes, sort_keys=True) == before
     assert harness.store.active_run("test") is None and harness.store.list_runs() == []
     assert harness.queue.sent == []
-    assert call(functions, "runs_collection", "POST", "/", {"cluster": "test"}).status_code == 202
+    assert call(functions, "runs_start", "POST", "/", {"cluster": "test"}).status_code == 202
 
 
 def test_a_dry_run_on_a_busy_cluster_says_it_would_not_start(functions: dict, harness: Harness) -> None:
-    first = json.loads(call(functions, "runs_collection", "POST", "/", {"cluster": "test"}).get_body())["id"]
+    first = json.loads(call(functions, "runs_start", "POST", "/", {"cluster": "test"}).get_body())["id"]
     plan = json.loads(
-        call(functions, "runs_collection", "POST", "/", {"cluster": "test", "dryRun": True}).get_body()
+        call(functions, "runs_start", "POST", "/", {"cluster": "test", "dryRun": True}).get_body()
     )
     assert plan["wouldStart"] is False and plan["activeRun"] == first
     assert [r.id for r in harness.store.list_runs()] == [first]
 
 
 def test_a_dry_run_flag_that_is_not_a_boolean_is_refused(functions: dict, harness: Harness) -> None:
-    resp = call(functions, "runs_collection", "POST", "/", {"cluster": "test", "dryRun": "yes"})
+    resp = call(functions, "runs_start", "POST", "/", {"cluster": "test", "dryRun": "yes"})
     assert resp.status_code == 400 and "dryRun" in json.loads(resp.get_body())["error"]
 
 
 def test_a_body_nested_thousands_deep_is_refused_with_400_before_parsing(
     functions: dict, harness: Harness
 ) -> None:
-    resp = call(functions, "runs_collection", "POST", "/api/runs", b"[" * 5000 + b"]" * 5000)
+    resp = call(functions, "runs_start", "POST", "/api/runs", b"[" * 5000 + b"]" * 5000)
     assert resp.status_code == 400
     assert "nests deeper than 32 levels" in json.loads(resp.get_body())["error"]
     # Brackets inside strings are text, not nesting.
-    resp = call(functions, "runs_collection", "POST", "/", {"cluster": "test", "reason": "[" * 100})
+    resp = call(functions, "runs_start", "POST", "/", {"cluster": "test", "reason": "[" * 100})
     assert resp.status_code == 202
 
 
@@ -212,14 +211,14 @@ def test_a_run_id_no_table_key_can_be_is_404_not_500(functions: dict, harness: H
 
 
 def test_pause_resume_and_cancel_record_who_asked(functions: dict, harness: Harness) -> None:
-    run_id = json.loads(call(functions, "runs_collection", "POST", "/", {"cluster": "test"}).get_body())["id"]
+    run_id = json.loads(call(functions, "runs_start", "POST", "/", {"cluster": "test"}).get_body())["id"]
 
     def act(action: str, who: str | None) -> dict[str, Any]:
         req = func.HttpRequest(
             method="POST",
             url=f"/api/runs/{run_id}/{action}",
             body=b"",
-            headers={"x-ms-client-principal-name": who} if who else {},
+            headers=operator_headers(who) if who else {},
             route_params={"id": run_id, "action": action},
         )
         resp = functions["run_action"].get_user_function()(req)

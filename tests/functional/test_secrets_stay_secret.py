@@ -129,7 +129,7 @@ def test_a_malformed_kubeconfig_reaches_no_log_record_or_response(
 
     # A run planned while the setting is broken.
     real_kube(value)
-    started = http(functions, "runs_collection", "POST", "/api/runs", {"cluster": "test", "reason": "t"})
+    started = http(functions, "runs_start", "POST", "/api/runs", {"cluster": "test", "reason": "t"})
     outputs.append(("POST /api/runs", started.get_body().decode()))
 
     # A run planned while the setting was fine, whose node then meets the broken setting
@@ -149,7 +149,7 @@ def test_a_malformed_kubeconfig_reaches_no_log_record_or_response(
     outputs.append(("the node record", json.dumps(dataclasses.asdict(node), default=str)))
     outputs.append(("dead letters", json.dumps(harness.queue.dead)))
     outputs.append(("queued items", repr(harness.queue.sent)))
-    listing = http(functions, "runs_collection", "GET", "/api/runs")
+    listing = http(functions, "runs_list", "GET", "/api/runs")
     outputs.append(("GET /api/runs", listing.get_body().decode()))
     one = http(functions, "run_item", "GET", f"/api/runs/{run_id}", id=run_id)
     outputs.append(("GET /api/runs/{id}", one.get_body().decode()))

@@ -51,7 +51,7 @@ def image_version_written(h: Harness, name: str, *, kubelet: str, event_id: str)
 
 
 def test_a_run_with_not_before_is_planned_deferred_and_says_so(functions: dict, harness: Harness) -> None:
-    resp = call(functions, "runs_collection", "POST", "/api/runs", {"cluster": "test", "notBefore": LATER})
+    resp = call(functions, "runs_start", "POST", "/api/runs", {"cluster": "test", "notBefore": LATER})
     assert resp.status_code == 202
     body = json.loads(resp.get_body())
     assert body["state"] == "planned" and body["notBefore"] == "2023-11-15T06:00:00.000Z"
@@ -61,7 +61,7 @@ def test_a_run_with_not_before_is_planned_deferred_and_says_so(functions: dict, 
 
 
 def test_an_immediate_run_starts_now(functions: dict, harness: Harness) -> None:
-    resp = call(functions, "runs_collection", "POST", "/api/runs", {"cluster": "test", "immediate": True})
+    resp = call(functions, "runs_start", "POST", "/api/runs", {"cluster": "test", "immediate": True})
     assert resp.status_code == 202 and json.loads(resp.get_body())["notBefore"] is None
 
 
@@ -78,7 +78,7 @@ def test_an_immediate_run_starts_now(functions: dict, harness: Harness) -> None:
 def test_bad_schedule_fields_are_a_400_with_the_reason_and_start_nothing(
     functions: dict, harness: Harness, fields: dict[str, Any], needle: str
 ) -> None:
-    resp = call(functions, "runs_collection", "POST", "/api/runs", {"cluster": "test", **fields})
+    resp = call(functions, "runs_start", "POST", "/api/runs", {"cluster": "test", **fields})
     assert resp.status_code == 400
     assert needle in json.loads(resp.get_body())["error"]
     assert harness.store.list_runs() == [] and harness.store.active_run("test") is None
@@ -117,7 +117,7 @@ def test_the_schedule_timer_looks_again_at_a_refused_image_once_the_control_plan
 
 def test_a_dry_run_says_when_the_run_would_start(functions: dict, harness: Harness) -> None:
     body = {"cluster": "test", "dryRun": True, "notBefore": LATER}
-    resp = call(functions, "runs_collection", "POST", "/api/runs", body)
+    resp = call(functions, "runs_start", "POST", "/api/runs", body)
     assert resp.status_code == 200
     plan = json.loads(resp.get_body())
     assert plan["notBefore"] == "2023-11-15T06:00:00.000Z"

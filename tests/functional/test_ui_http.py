@@ -13,9 +13,9 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 
 def test_a_finished_runs_timeline_is_an_svg_with_one_row_per_node(functions: dict, harness: Harness) -> None:
-    run_id = json.loads(
-        call(functions, "runs_collection", "POST", "/api/runs", {"cluster": "test"}).get_body()
-    )["id"]
+    run_id = json.loads(call(functions, "runs_start", "POST", "/api/runs", {"cluster": "test"}).get_body())[
+        "id"
+    ]
     harness.pump(run_id)
     resp = call(functions, "run_timeline", "GET", f"/api/runs/{run_id}/timeline", route_params={"id": run_id})
     assert resp.status_code == 200
