@@ -11,7 +11,7 @@ import azure.functions as func
 from functions.http_util import error, json_response, read_json
 
 if TYPE_CHECKING:
-    from shared.runs import RunService
+    from shared.rollout.service import RunService
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()
@@ -23,7 +23,7 @@ PRINCIPAL_HEADER = "x-ms-client-principal-name"
 
 def _service() -> RunService:
     from shared.app import collaborators
-    from shared.runs import RunService
+    from shared.rollout.service import RunService
 
     return RunService(collaborators())
 
@@ -32,7 +32,8 @@ def _service() -> RunService:
 @bp.route(route="runs", methods=["GET", "POST"], auth_level=func.AuthLevel.FUNCTION)
 def runs_collection(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ConfigError, TemporaryError, ValidationError
-    from shared.runs import RunConflictError, StartRequest
+    from shared.rollout.requests import StartRequest
+    from shared.rollout.service import RunConflictError
 
     try:
         service = _service()
@@ -104,7 +105,8 @@ NODE_ACTIONS = ("release", "retry")
 @bp.route(route="runs/{id}/nodes/{node}/{action}", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def run_node_action(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ConcurrencyError, NotFoundError, TemporaryError, ValidationError
-    from shared.runs import NodeActionRefusedError, NodeActionRequest, RunConflictError
+    from shared.rollout.requests import NodeActionRequest
+    from shared.rollout.service import NodeActionRefusedError, RunConflictError
 
     run_id, node, action = req.route_params["id"], req.route_params["node"], req.route_params["action"]
     if action not in NODE_ACTIONS:
@@ -135,7 +137,7 @@ def run_node_action(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="clusters/{name}/lock", methods=["DELETE"], auth_level=func.AuthLevel.FUNCTION)
 def cluster_lock(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ConcurrencyError, NotFoundError
-    from shared.runs import RunConflictError
+    from shared.rollout.service import RunConflictError
 
     force = req.params.get("force", "").lower() in ("true", "1", "yes")
     by = req.headers.get(PRINCIPAL_HEADER) or "function key"

@@ -33,7 +33,7 @@ _COMMON_HEADERS = {
 def run_timeline(req: func.HttpRequest) -> func.HttpResponse:
     from shared.app import collaborators
     from shared.errors import NotFoundError
-    from shared.timeline import render_svg
+    from shared.rollout.timeline import render_svg
 
     deps = collaborators()
     run_id = req.route_params["id"]

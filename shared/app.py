@@ -16,8 +16,8 @@ from typing import Any
 from shared.clock import SystemClock
 from shared.config import load_config
 from shared.errors import ConfigError
+from shared.rollout.ports import Collaborators
 from shared.settings import AppSettings, azure_credential
-from shared.workflow import Collaborators
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class _ClientCache:
             return built
         with self._kube_lock:
             if cluster not in self._kube:
-                from shared.kube import KubeClient
+                from shared.adapters.kube import KubeClient
 
                 spec = self.config.cluster(cluster)
                 proxy = spec.proxy.https if spec.proxy else None
@@ -90,7 +90,7 @@ class _ClientCache:
             return built
         with self._compute_lock:
             if subscription not in self._compute:
-                from shared.compute import ComputeClient
+                from shared.adapters.compute import ComputeClient
 
                 self._compute[subscription] = ComputeClient(
                     subscription,
@@ -133,9 +133,9 @@ def collaborators() -> Collaborators:
 
 @lru_cache(maxsize=1)
 def _real_collaborators() -> Collaborators:
-    from shared.notify import ConfiguredNotifier
-    from shared.store.table import TableRunStore
-    from shared.workqueue import StorageWorkQueue
+    from shared.adapters.notify import ConfiguredNotifier
+    from shared.adapters.workqueue import StorageWorkQueue
+    from shared.rollout.store.table import TableRunStore
 
     app_settings, cache = settings(), _client_cache()
     return Collaborators(

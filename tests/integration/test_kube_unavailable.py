@@ -14,8 +14,8 @@ import pytest
 from sandbox.kubeapi import KubeAPIServer, KubeStore
 from sandbox.tls import create_tls
 from sandbox.world import World
+from shared.adapters.kube import ANNOTATION_CORDONED, MAX_SINGLE_READS, TABLE_ACCEPT, KubeClient
 from shared.errors import PermanentError
-from shared.kube import ANNOTATION_CORDONED, MAX_SINGLE_READS, TABLE_ACCEPT, KubeClient
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ from sandbox.kubeapi import KubeAPIServer, KubeStore
 from sandbox.kubelet import NodeAgents
 from sandbox.tls import create_tls
 from sandbox.world import World
-from shared.kube import KubeClient
+from shared.adapters.kube import KubeClient
 
 pytestmark = pytest.mark.integration
 

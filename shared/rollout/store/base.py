@@ -28,7 +28,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from shared.errors import ConcurrencyError, NotFoundError
-from shared.model import NodeState, NodeWork, PacerRecord, Run, node_from_dict, record_to_json, run_from_dict
+from shared.rollout.model import (
+    NodeState,
+    NodeWork,
+    PacerRecord,
+    Run,
+    node_from_dict,
+    record_to_json,
+    run_from_dict,
+)
 
 RUN_ROW = "run"
 NODE_PREFIX = "node~"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
 from shared.clock import iso, parse_iso
-from shared.model import NodeState, NodeWork, Run
+from shared.rollout.model import NodeState, NodeWork, Run
 
 # Pending and admitted both mean "not touched yet": one phase, as an operator reads it.
 WAITING = "waiting"

@@ -40,11 +40,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
+from shared.adapters.notify import Notice, NoticeKind
 from shared.clock import iso, parse_iso
 from shared.config import PatcherConfig
 from shared.errors import ConfigError, NotFoundError, PermanentError, TemporaryError, ValidationError
-from shared.github import PushEvent
-from shared.gitops import (
+from shared.gitops.github import PushEvent
+from shared.gitops.plan import (
     KINDS,
     FluxClient,
     FluxObjects,
@@ -57,8 +58,7 @@ from shared.gitops import (
     repository_key,
     requested_at_token,
 )
-from shared.notify import Notice, NoticeKind
-from shared.workflow import Collaborators
+from shared.rollout.ports import Collaborators
 
 logger = logging.getLogger(__name__)
 

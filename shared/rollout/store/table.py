@@ -9,7 +9,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConcurrencyError, TemporaryError
-from shared.store.base import NODE_COLUMNS, NODE_PREFIX, Row, RunStore, node_columns
+from shared.rollout.store.base import NODE_COLUMNS, NODE_PREFIX, Row, RunStore, node_columns
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient

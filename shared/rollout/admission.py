@@ -18,19 +18,19 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from shared.budget import PoolObservation, choose_admissions
+from shared.adapters.compute import parse_provider_id
+from shared.adapters.kube import KubeClient, Node, record_events
+from shared.adapters.notify import Notice, NoticeKind
+from shared.adapters.workqueue import WorkItem
 from shared.clock import iso
-from shared.compute import parse_provider_id
 from shared.config import ClusterConfig, PoolConfig
 from shared.errors import ConcurrencyError, NotFoundError
-from shared.kube import KubeClient, Node, record_events
-from shared.model import NodeState, NodeWork, Run, RunState
-from shared.notify import Notice, NoticeKind
-from shared.store.base import NodeSummary, RunStore
-from shared.workqueue import WorkItem
+from shared.rollout.budget import PoolObservation, choose_admissions
+from shared.rollout.model import NodeState, NodeWork, Run, RunState
+from shared.rollout.store.base import NodeSummary, RunStore
 
 if TYPE_CHECKING:
-    from shared.workflow import Collaborators
+    from shared.rollout.ports import Collaborators
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from shared.errors import ConcurrencyError
-from shared.store.base import NODE_COLUMNS, NODE_PREFIX, Row, RunStore
+from shared.rollout.store.base import NODE_COLUMNS, NODE_PREFIX, Row, RunStore
 
 
 class MemoryRunStore(RunStore):
