@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from shared.adapters.compute import Instance, parse_provider_id
@@ -97,14 +98,13 @@ def plan_waves(
     ends: dict[int, float] = {}
     latest_ended = 0
     now = 0.0
+    # The budgets hold for the whole plan; what changes from one admission to the next is
+    # what is pending, held and seen unavailable.
+    admit = partial(
+        choose_admissions, max_unavailable=max_unavailable, max_concurrent_nodes=max_concurrent_nodes
+    )
     while pending:
-        decision = choose_admissions(
-            pending=pending,
-            held=held,
-            max_unavailable=max_unavailable,
-            observed=observed,
-            max_concurrent_nodes=max_concurrent_nodes,
-        )
+        decision = admit(pending=pending, held=held, observed=observed)
         if decision.admit:
             admitted = set(decision.admit)
             wave = latest_ended + 1

@@ -197,7 +197,7 @@ OPTIONAL_SETTINGS = {
 # Settings whose names come from the YAML configuration at run time: the code location ->
 # the functionapp.bicep array parameter that turns each entry into a Key Vault reference.
 DYNAMIC_SETTINGS = {
-    ("shared/app.py", "_ClientCache.kube"): "kubeconfigSettings",  # clusters[].kubeconfig.setting
+    ("shared/app.py", "_ClientCache._build_kube"): "kubeconfigSettings",  # clusters[].kubeconfig.setting
     ("shared/gitops/github.py", "resolve_secrets"): "webhookSecretSettings",  # gitops.secrets[].setting
     # notifications[].url
     ("shared/adapters/notify.py", "ConfiguredNotifier.from_config"): "notificationSettings",

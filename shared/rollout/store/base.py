@@ -126,12 +126,7 @@ class RunStore(abc.ABC):
 
     @abc.abstractmethod
     def _query_nodes(
-        self,
-        partition: str,
-        states: Collection[str] | None,
-        *,
-        columns_only: bool,
-        limit: int | None,
+        self, partition: str, states: Collection[str] | None, *, columns_only: bool, limit: int | None
     ) -> list[Row]:
         """The node rows of a partition whose ``state`` column is one of ``states`` (all when
         None), filtered where the rows are stored. With ``columns_only`` the data holds only

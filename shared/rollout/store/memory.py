@@ -37,12 +37,7 @@ class MemoryRunStore(RunStore):
             return [(copy.deepcopy(d), e) for (_, r), (d, e) in self._rows.items() if r == row]
 
     def _query_nodes(
-        self,
-        partition: str,
-        states: Collection[str] | None,
-        *,
-        columns_only: bool,
-        limit: int | None,
+        self, partition: str, states: Collection[str] | None, *, columns_only: bool, limit: int | None
     ) -> list[Row]:
         out: list[Row] = []
         with self._lock:
