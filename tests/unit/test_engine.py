@@ -1,4 +1,4 @@
-"""The per-node workflow with in-memory collaborators: outcomes, budgets, retries."""
+"""The step engine and its steps, with in-memory collaborators: outcomes, budgets, retries."""
 
 from __future__ import annotations
 
