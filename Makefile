@@ -63,6 +63,8 @@ lint: $(STAMP_PY)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	# The layering of shared/ (.importlinter): README "Architecture".
+	$(VENV)/bin/lint-imports
 
 test: lint $(STAMP_NPM) $(STAMP_CHECKOV) $(CHROMIUM)
 	$(PY) -m pytest

@@ -26,9 +26,9 @@ from sandbox.kube.registry import KubeStore
 from sandbox.kube.server import KubeAPIServer
 from sandbox.tls import create_tls
 from sandbox.world import World
-from shared.kube import ANNOTATION_CORDONED, TABLE_ACCEPT, KubeClient
-from shared.model import NodeState, NodeWork, Run
-from shared.store.table import TableRunStore
+from shared.adapters.kube import ANNOTATION_CORDONED, TABLE_ACCEPT, KubeClient
+from shared.rollout.model import NodeState, NodeWork, Run
+from shared.rollout.store.table import TableRunStore
 
 N = 1000
 REPEATS = 50

@@ -39,8 +39,8 @@ def provider_prefix(pool: str) -> str:
 def build_input(nodes: int, pools: int) -> tuple[Any, list[Any]]:
     """A validated configuration with ``pools`` pools and ``nodes`` Node views spread over
     them and three zones; one node in a hundred is NotReady, one in two hundred cordoned."""
+    from shared.adapters.kube import Node
     from shared.config import parse_config
-    from shared.kube import Node
 
     names = [f"pool{i:02d}" for i in range(pools)]
     config = parse_config(
@@ -100,8 +100,8 @@ def build_input(nodes: int, pools: int) -> tuple[Any, list[Any]]:
 
 def plan_and_admit(cluster: Any, views: list[Any]) -> tuple[int, int]:
     """What starting a run costs the app: the plan, then the first admission pass."""
-    from shared.budget import PoolObservation, choose_admissions
-    from shared.planner import plan_run
+    from shared.rollout.budget import PoolObservation, choose_admissions
+    from shared.rollout.planner import plan_run
 
     run, work = plan_run(cluster, views, reason="bench", now=1_800_000_000.0)
     elsewhere: dict[str, set[str]] = {p: set() for p in run.pools}

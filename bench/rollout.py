@@ -64,7 +64,7 @@ class RolloutSpec:
         return f"N={self.n:,} budget {self.budget}"
 
     def resolved_budget(self) -> int:
-        from shared.budget import resolve_max_unavailable
+        from shared.rollout.budget import resolve_max_unavailable
 
         return resolve_max_unavailable(self.budget, self.n)
 
@@ -354,7 +354,7 @@ def runner_stats(lines: Iterable[str], *, start: float, end: float, nodes: int) 
                 failed[ex["fn"]] += 1
         elif m["logger"] == "functions.node_work" and (w := WORK_ITEM.match(msg)):
             outcomes[classify_outcome(w["outcome"])] += 1
-        elif "stalled in" in msg and m["logger"] == "shared.sweeper":
+        elif "stalled in" in msg and m["logger"] == "shared.rollout.sweeper":
             resumed[msg.rsplit("stalled in ", 1)[1].split(";")[0]] += 1
     steps = durations.get("node_work", [])
     span = max(1e-9, end - start)
@@ -473,7 +473,7 @@ def run_rollout(
     from sandbox.arm import WriteLimit as ArmWriteLimit
     from sandbox.cluster import PoolSpec
     from sandbox.stack import CLUSTER, Sandbox, SandboxOptions
-    from shared.workflow import MAX_BATCH
+    from shared.rollout.batching import MAX_BATCH
 
     budget = spec.resolved_budget()
     state_dir = Path(tempfile.mkdtemp(prefix=f"bench-n{spec.n}-", dir=workdir))
@@ -568,8 +568,8 @@ def _drive(
     progress: Progress,
 ) -> dict[str, Any]:
     from sandbox.demo import http_json
+    from shared.rollout.store.table import TableRunStore
     from shared.settings import AppSettings
-    from shared.store.table import TableRunStore
 
     world = sandbox.world
     marks = {

@@ -78,8 +78,8 @@ def measure(size: int = 1 << 20, iterations: int = 200, warmup: int = 5) -> dict
         import azure.functions as func
 
         from shared.app import use_collaborators
-        from shared.github import sign
-        from shared.gitops_service import MemorySyncQueue, use_sync_queue
+        from shared.gitops.github import sign
+        from shared.gitops.service import MemorySyncQueue, use_sync_queue
         from tests.fakes_flux import fleet, gitops_config, gitops_deps
     except ImportError as exc:
         return {"pending": True, "reason": f"{PENDING} ({exc})"}

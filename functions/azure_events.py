@@ -21,8 +21,8 @@ bp = func.Blueprint()
 def azure_events(event: func.EventGridEvent) -> None:
     from shared.app import collaborators
     from shared.errors import ConfigError, PermanentError, TemporaryError, ValidationError
-    from shared.events import EventEnvelope
-    from shared.intake import Intake
+    from shared.triggers.events import EventEnvelope
+    from shared.triggers.intake import Intake
 
     event_id = getattr(event, "id", None) or "(no id)"
     try:

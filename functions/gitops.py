@@ -3,7 +3,7 @@
 The webhook checks, in this order and before anything reads the payload: size (413),
 configuration (500), signature (401, with no detail). Then the event type (``ping`` 200,
 others 202), the delivery id and the JSON (400), and hands off to
-``shared.gitops_service``. Secrets and signatures are never logged.
+``shared.gitops.service``. Secrets and signatures are never logged.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _printable(value: str, limit: int = 64) -> str:
 def gitops_github(req: func.HttpRequest) -> func.HttpResponse:
     from shared.app import collaborators
     from shared.errors import ConfigError, TemporaryError, ValidationError
-    from shared.github import (
+    from shared.gitops.github import (
         DELIVERY_HEADER,
         EVENT_HEADER,
         SIGNATURE_HEADER,
@@ -43,7 +43,7 @@ def gitops_github(req: func.HttpRequest) -> func.HttpResponse:
         resolve_secrets,
         verify_signature,
     )
-    from shared.gitops_service import GitOpsService
+    from shared.gitops.service import GitOpsService
 
     try:
         deps = collaborators()
@@ -108,7 +108,7 @@ def gitops_github(req: func.HttpRequest) -> func.HttpResponse:
 def gitops_sync(msg: func.QueueMessage) -> None:
     from shared.app import collaborators
     from shared.errors import ValidationError
-    from shared.gitops_service import GitOpsService, SyncMessage
+    from shared.gitops.service import GitOpsService, SyncMessage
 
     body = msg.get_body().decode("utf-8", errors="replace")
     try:
@@ -126,7 +126,7 @@ def gitops_sync(msg: func.QueueMessage) -> None:
 @bp.route(route="gitops/syncs", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def gitops_syncs(req: func.HttpRequest) -> func.HttpResponse:
     from shared.app import collaborators
-    from shared.gitops_service import GitOpsService
+    from shared.gitops.service import GitOpsService
 
     if (refusal := check_access(req, "/gitops/syncs").refusal) is not None:
         return refusal
@@ -138,7 +138,7 @@ def gitops_syncs(req: func.HttpRequest) -> func.HttpResponse:
 def gitops_sync_item(req: func.HttpRequest) -> func.HttpResponse:
     from shared.app import collaborators
     from shared.errors import NotFoundError
-    from shared.gitops_service import GitOpsService
+    from shared.gitops.service import GitOpsService
 
     if (refusal := check_access(req, "/gitops/syncs/{delivery}").refusal) is not None:
         return refusal

@@ -18,10 +18,10 @@ MAX_DEQUEUE_COUNT = int(os.environ.get("PATCHER_MAX_DEQUEUE_COUNT", "5"))
 @bp.function_name("node_work")
 @bp.queue_trigger(arg_name="msg", queue_name="node-work", connection="AzureWebJobsStorage")
 def node_work(msg: func.QueueMessage) -> None:
+    from shared.adapters.workqueue import WorkItem
     from shared.app import collaborators, warm_clients
     from shared.errors import ValidationError
-    from shared.workflow import Workflow
-    from shared.workqueue import WorkItem
+    from shared.work import handle_work_item
 
     deps = collaborators()
     warm_clients()
@@ -34,7 +34,7 @@ def node_work(msg: func.QueueMessage) -> None:
         deps.queue.dead_letter(body, reason=str(exc))
         return
     final = (msg.dequeue_count or 1) >= MAX_DEQUEUE_COUNT
-    outcome = Workflow(deps).handle(item, final_attempt=final)
+    outcome = handle_work_item(deps, item, final_attempt=final)
     logger.info(
         "work item %s (%s %s/%s seq %s): %s", msg.id, item.kind, item.run, item.node, item.seq, outcome
     )

@@ -19,7 +19,8 @@ def plans(req: func.HttpRequest) -> func.HttpResponse:
     """The same body as ``POST /api/runs``; answers what that run would do, touching nothing."""
     from shared.app import collaborators
     from shared.errors import ConfigError, PermanentError, TemporaryError, ValidationError
-    from shared.runs import RunService, StartRequest
+    from shared.rollout.requests import StartRequest
+    from shared.rollout.service import RunService
 
     if (refusal := check_access(req, "/plans").refusal) is not None:
         return refusal

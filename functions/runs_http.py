@@ -12,7 +12,7 @@ from functions.auth import check_access
 from functions.http_util import error, json_response, read_json
 
 if TYPE_CHECKING:
-    from shared.runs import RunService
+    from shared.rollout.service import RunService
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()
@@ -20,7 +20,7 @@ bp = func.Blueprint()
 
 def _service() -> RunService:
     from shared.app import collaborators
-    from shared.runs import RunService
+    from shared.rollout.service import RunService
 
     return RunService(collaborators())
 
@@ -47,7 +47,8 @@ def runs_list(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="runs", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def runs_start(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ConfigError, TemporaryError, ValidationError
-    from shared.runs import RunConflictError, StartRequest
+    from shared.rollout.requests import StartRequest
+    from shared.rollout.service import RunConflictError
 
     if (refusal := check_access(req, "/runs").refusal) is not None:
         return refusal
@@ -124,7 +125,8 @@ NODE_ACTIONS = ("release", "retry")
 @bp.route(route="runs/{id}/nodes/{node}/{action}", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def run_node_action(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ConcurrencyError, NotFoundError, TemporaryError, ValidationError
-    from shared.runs import NodeActionRefusedError, NodeActionRequest, RunConflictError
+    from shared.rollout.requests import NodeActionRequest
+    from shared.rollout.service import NodeActionRefusedError, RunConflictError
 
     access = check_access(req, "/runs/{id}/nodes/{node}/{action}")
     if access.refusal is not None:
@@ -160,7 +162,7 @@ def run_node_action(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="clusters/{name}/lock", methods=["DELETE"], auth_level=func.AuthLevel.FUNCTION)
 def cluster_lock(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ConcurrencyError, NotFoundError
-    from shared.runs import RunConflictError
+    from shared.rollout.service import RunConflictError
 
     access = check_access(req, "/clusters/{name}/lock")
     if access.refusal is not None:

@@ -15,7 +15,7 @@ bp = func.Blueprint()
 @bp.timer_trigger(arg_name="timer", schedule="%PATCHER_SCHEDULE%", run_on_startup=False, use_monitor=True)
 def scheduled_patch(timer: func.TimerRequest) -> None:
     from shared.app import collaborators
-    from shared.intake import Intake
+    from shared.triggers.intake import Intake
 
     intake = Intake(collaborators())
     for outcome in intake.scheduled():

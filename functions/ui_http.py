@@ -34,7 +34,7 @@ _COMMON_HEADERS = {
 def run_timeline(req: func.HttpRequest) -> func.HttpResponse:
     from shared.app import collaborators
     from shared.errors import NotFoundError
-    from shared.timeline import render_svg
+    from shared.rollout.timeline import render_svg
 
     if (refusal := check_access(req, "/runs/{id}/timeline").refusal) is not None:
         return refusal

@@ -30,7 +30,7 @@ from sandbox.world import World, utcnow_iso
 logger = logging.getLogger(__name__)
 
 KUBELET_VERSION = "v1.31.4"
-IMAGE_LABEL = "vmss-node-patcher.io/image-version"  # shared.kube.NODE_IMAGE_LABEL
+IMAGE_LABEL = "vmss-node-patcher.io/image-version"  # shared.adapters.kube.NODE_IMAGE_LABEL
 POOL_LABEL = "agentpool"  # the pool label AKS Engine sets; kubeadm nodes: --node-labels
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 # What the product writes on a node it holds (read, never written, by the sandbox).

@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 from shared.clock import SystemClock
 from shared.config import load_config
 from shared.errors import ConfigError
+from shared.rollout.ports import Collaborators
 from shared.settings import AppSettings, azure_credential
-from shared.workflow import Collaborators
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,24 @@ logger = logging.getLogger(__name__)
 @lru_cache(maxsize=1)
 def settings() -> AppSettings:
     return AppSettings.from_env()
+
+
+class _BuiltOnce:
+    """Values built at most once per key, under a lock of their own; a value built already
+    is handed out without taking it."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, build: Callable[[str], Any]) -> Any:
+        built = self._built.get(key)
+        if built is not None:
+            return built
+        with self._lock:
+            if key not in self._built:
+                self._built[key] = build(key)
+            return self._built[key]
 
 
 class _ClientCache:
@@ -38,69 +57,58 @@ class _ClientCache:
     def __init__(self, app_settings: AppSettings, config: Any) -> None:
         self._settings = app_settings
         self.config = config
-        self._kube: dict[str, Any] = {}
-        self._compute: dict[str, Any] = {}
-        self._kube_lock = threading.Lock()
-        self._compute_lock = threading.Lock()
+        self._kube = _BuiltOnce()
+        self._compute = _BuiltOnce()
         self._timeout = (app_settings.connect_timeout, app_settings.read_timeout)
 
     def kube(self, cluster: str) -> Any:
-        built = self._kube.get(cluster)
-        if built is not None:
-            return built
-        with self._kube_lock:
-            if cluster not in self._kube:
-                from shared.kube import KubeClient
-
-                spec = self.config.cluster(cluster)
-                proxy = spec.proxy.https if spec.proxy else None
-                no_proxy = spec.proxy.no_proxy if spec.proxy else []
-                if spec.azure_ad is not None:
-                    ad = spec.azure_ad
-                    ca = os.environ.get(ad.ca_setting, "") if ad.ca_setting else None
-                    if ad.ca_setting and not ca:
-                        raise ConfigError(f"app setting {ad.ca_setting} (CA of cluster {cluster}) is empty")
-                    self._kube[cluster] = KubeClient.from_azure_ad(
-                        ad.server,
-                        credential=azure_credential(),
-                        audience=ad.audience,
-                        ca_pem=ca,
-                        proxy=proxy,
-                        no_proxy=no_proxy,
-                        timeout=self._timeout,
-                    )
-                else:
-                    assert spec.kubeconfig is not None  # the config validator requires one of the two
-                    value = os.environ.get(spec.kubeconfig.setting, "")
-                    if not value:
-                        setting = spec.kubeconfig.setting
-                        raise ConfigError(f"app setting {setting} (kubeconfig of cluster {cluster}) is empty")
-                    try:
-                        self._kube[cluster] = KubeClient.from_kubeconfig(
-                            value, proxy=proxy, no_proxy=no_proxy, timeout=self._timeout
-                        )
-                    except ConfigError as exc:  # its message never holds the setting's value
-                        setting = spec.kubeconfig.setting
-                        raise ConfigError(f"app setting {setting} (cluster {cluster}): {exc}") from None
-            return self._kube[cluster]
+        return self._kube.get(cluster, self._build_kube)
 
     def compute(self, subscription: str) -> Any:
-        built = self._compute.get(subscription)
-        if built is not None:
-            return built
-        with self._compute_lock:
-            if subscription not in self._compute:
-                from shared.compute import ComputeClient
+        return self._compute.get(subscription, self._build_compute)
 
-                self._compute[subscription] = ComputeClient(
-                    subscription,
-                    endpoint=self._settings.arm_endpoint,
-                    audience=self._settings.arm_audience,
-                    credential=azure_credential(),
-                    connection_timeout=self._settings.connect_timeout,
-                    read_timeout=self._settings.read_timeout,
-                )
-            return self._compute[subscription]
+    def _build_kube(self, cluster: str) -> Any:
+        from shared.adapters.kube import KubeClient
+
+        spec = self.config.cluster(cluster)
+        proxy = spec.proxy.https if spec.proxy else None
+        no_proxy = spec.proxy.no_proxy if spec.proxy else []
+        if spec.azure_ad is not None:
+            ad = spec.azure_ad
+            ca = os.environ.get(ad.ca_setting, "") if ad.ca_setting else None
+            if ad.ca_setting and not ca:
+                raise ConfigError(f"app setting {ad.ca_setting} (CA of cluster {cluster}) is empty")
+            return KubeClient.from_azure_ad(
+                ad.server,
+                credential=azure_credential(),
+                audience=ad.audience,
+                ca_pem=ca,
+                proxy=proxy,
+                no_proxy=no_proxy,
+                timeout=self._timeout,
+            )
+        assert spec.kubeconfig is not None  # the config validator requires one of the two
+        value = os.environ.get(spec.kubeconfig.setting, "")
+        if not value:
+            setting = spec.kubeconfig.setting
+            raise ConfigError(f"app setting {setting} (kubeconfig of cluster {cluster}) is empty")
+        try:
+            return KubeClient.from_kubeconfig(value, proxy=proxy, no_proxy=no_proxy, timeout=self._timeout)
+        except ConfigError as exc:  # its message never holds the setting's value
+            setting = spec.kubeconfig.setting
+            raise ConfigError(f"app setting {setting} (cluster {cluster}): {exc}") from None
+
+    def _build_compute(self, subscription: str) -> Any:
+        from shared.adapters.compute import ComputeClient
+
+        return ComputeClient(
+            subscription,
+            endpoint=self._settings.arm_endpoint,
+            audience=self._settings.arm_audience,
+            credential=azure_credential(),
+            connection_timeout=self._settings.connect_timeout,
+            read_timeout=self._settings.read_timeout,
+        )
 
     def warm(self) -> None:
         """Build every client the configuration names, ahead of use: a cold worker's first
@@ -133,9 +141,9 @@ def collaborators() -> Collaborators:
 
 @lru_cache(maxsize=1)
 def _real_collaborators() -> Collaborators:
-    from shared.notify import ConfiguredNotifier
-    from shared.store.table import TableRunStore
-    from shared.workqueue import StorageWorkQueue
+    from shared.adapters.notify import ConfiguredNotifier
+    from shared.adapters.workqueue import StorageWorkQueue
+    from shared.rollout.store.table import TableRunStore
 
     app_settings, cache = settings(), _client_cache()
     return Collaborators(

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 import yaml
 from pydantic import (
@@ -236,24 +237,15 @@ class ClusterConfig(_Model):
     pools: list[PoolConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _one_credential(self) -> ClusterConfig:
+    def _one_credential_and_unique_pools(self) -> ClusterConfig:
         if (self.kubeconfig is None) == (self.azure_ad is None):
             raise ValueError("set exactly one of kubeconfig (an app setting) or azureAd")
-        return self
-
-    @model_validator(mode="after")
-    def _unique_pools(self) -> ClusterConfig:
-        names = [p.name for p in self.pools]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
+        if dupes := _repeated_names(self.pools):
             raise ValueError(f"pool names must be unique within a cluster, repeated: {dupes}")
         return self
 
     def pool(self, name: str) -> PoolConfig:
-        for pool in self.pools:
-            if pool.name == name:
-                return pool
-        raise KeyError(name)
+        return _named(self.pools, name)
 
 
 class WorkflowTiming(_Model):
@@ -479,24 +471,38 @@ class PatcherConfig(_Model):
         return self
 
     def window(self, name: str) -> WindowConfig:
-        for window in self.windows:
-            if window.name == name:
-                return window
-        raise KeyError(name)
+        return _named(self.windows, name)
 
     @model_validator(mode="after")
     def _unique_clusters(self) -> PatcherConfig:
-        names = [c.name for c in self.clusters]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = _repeated_names(self.clusters)
         if dupes:
             raise ValueError(f"cluster names must be unique, repeated: {dupes}")
         return self
 
     def cluster(self, name: str) -> ClusterConfig:
-        for cluster in self.clusters:
-            if cluster.name == name:
-                return cluster
-        raise KeyError(name)
+        return _named(self.clusters, name)
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_N = TypeVar("_N", bound=_Named)
+
+
+def _named(items: Sequence[_N], name: str) -> _N:
+    """The item called ``name``; KeyError if none is."""
+    for item in items:
+        if item.name == name:
+            return item
+    raise KeyError(name)
+
+
+def _repeated_names(items: Sequence[_Named]) -> list[str]:
+    names = [item.name for item in items]
+    return sorted({n for n in names if names.count(n) > 1})
 
 
 def _location(loc: tuple[Any, ...]) -> str:

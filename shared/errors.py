@@ -1,4 +1,4 @@
-"""Retry intent as types, raised by the adapters and interpreted in one place (``workflow``).
+"""Retry intent as types, raised by the adapters and interpreted in one place (``rollout.engine``).
 
 ``TemporaryError`` says "the world is not ready yet or a call failed in a way worth
 retrying; try again after ``delay`` seconds". ``PermanentError`` says "retrying cannot

@@ -1,8 +1,8 @@
 """In-memory stand-ins for the Kubernetes and Compute adapters, and a run store with Table
 storage's faults (unit and functional tests).
 
-They implement the same small surface as ``shared.kube.KubeClient`` and
-``shared.compute.ComputeClient`` with behaviour simple enough to reason about in a test:
+They implement the same small surface as ``shared.adapters.kube.KubeClient`` and
+``shared.adapters.compute.ComputeClient`` with behaviour simple enough to reason about in a test:
 evictions succeed unless a pod is listed as blocked, reimages finish when the test says.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.compute import (
+from shared.adapters.compute import (
     ImageVersion,
     Instance,
     InstanceRef,
@@ -22,9 +22,7 @@ from shared.compute import (
     UnguardedUpgradeError,
     unguarded_upgrade,
 )
-from shared.drain import Pod
-from shared.errors import ConcurrencyError, NotFoundError, TemporaryError
-from shared.kube import (
+from shared.adapters.kube import (
     ANNOTATION_CORDONED,
     ANNOTATION_PATCHED_AT,
     ANNOTATION_RUN,
@@ -34,9 +32,11 @@ from shared.kube import (
     Node,
     node_status_view,
 )
-from shared.model import RunState
-from shared.store.base import RUN_ROW
-from shared.store.memory import MemoryRunStore
+from shared.adapters.kube_objects import Pod
+from shared.errors import ConcurrencyError, NotFoundError, TemporaryError
+from shared.rollout.model import RunState
+from shared.rollout.store.base import RUN_ROW
+from shared.rollout.store.memory import MemoryRunStore
 
 SUB = "00000000-0000-0000-0000-000000000001"
 RG = "rg-test"

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from shared.adapters.workqueue import MemoryWorkQueue
 from shared.clock import FakeClock
 from shared.config import parse_config
-from shared.store.memory import MemoryRunStore
-from shared.workflow import Collaborators
-from shared.workqueue import MemoryWorkQueue
+from shared.rollout.ports import Collaborators
+from shared.rollout.store.memory import MemoryRunStore
 from tests.fakes import scale_set_id
 
 FLEET_URL = "https://github.com/Octocoders/fleet-gitops.git"

@@ -11,15 +11,18 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from shared.adapters.workqueue import MemoryWorkQueue, WorkItem
 from shared.clock import FakeClock
 from shared.config import parse_config
-from shared.model import NodeState
-from shared.runs import RunService, StartRequest
-from shared.store.base import RunStore
-from shared.store.memory import MemoryRunStore
-from shared.sweeper import sweep
-from shared.workflow import Collaborators, Workflow
-from shared.workqueue import MemoryWorkQueue, WorkItem
+from shared.rollout.engine import Workflow
+from shared.rollout.model import NodeState
+from shared.rollout.ports import Collaborators
+from shared.rollout.requests import StartRequest
+from shared.rollout.service import RunService
+from shared.rollout.store.base import RunStore
+from shared.rollout.store.memory import MemoryRunStore
+from shared.rollout.sweeper import sweep
+from shared.work import handle_work_item
 from tests.fakes import SUB, FakeCompute, FakeKube, make_node, scale_set_id
 
 
@@ -176,7 +179,7 @@ class Harness:
                 continue
             self.pending.pop(0)
             self.delivering = item
-            self.outcomes.append(self.workflow.handle(item))
+            self.outcomes.append(handle_work_item(self.deps, item, workflow=self.workflow))
             self._track_budget(run_id)
         raise AssertionError("workflow did not settle")
 
@@ -196,7 +199,7 @@ def admitted_steps(h: Harness) -> list[WorkItem]:
             if item.kind == "step":
                 steps.append(item)
             else:
-                h.workflow.handle(item)
+                handle_work_item(h.deps, item, workflow=h.workflow)
         if steps:
             return steps
     raise AssertionError("no node was admitted")

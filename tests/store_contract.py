@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import ConcurrencyError
-from shared.model import NodeState, NodeWork, PacerRecord, Run
-from shared.store.base import RunStore
+from shared.rollout.model import NodeState, NodeWork, PacerRecord, Run
+from shared.rollout.store.base import RunStore
 
 SCALE_SET = "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/virtualMachineScaleSets/Pool-A"
 

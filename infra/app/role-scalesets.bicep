@@ -1,6 +1,6 @@
 // Deployed once per resource group that holds node-pool scale sets (main.bicep scopes it
 // there, in any subscription). Grants the app exactly the Compute operations
-// shared/compute.py performs, through custom roles: the built-in Virtual Machine
+// shared/adapters/compute.py performs, through custom roles: the built-in Virtual Machine
 // Contributor would also work but adds VM, disk, NIC, network-join and storage-key
 // actions the app never needs. tests/infra/test_infra.py fails if the code calls an
 // operation these lists lack, or if they grant one the code no longer calls.

@@ -55,7 +55,7 @@ resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 }
 
 // The queue trigger reads, updates and deletes node-work messages and moves failures to
-// node-work-poison; shared/workqueue.py sends work items (with visibility delays) and
+// node-work-poison; shared/adapters/workqueue.py sends work items (with visibility delays) and
 // dead-letters malformed ones, creating a queue if it is missing.
 resource queueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, principalId, roles.storageQueueDataContributor)
@@ -68,7 +68,7 @@ resource queueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
-// shared/store/table.py reads and writes run and node records with ETag-conditioned
+// shared/rollout/store/table.py reads and writes run and node records with ETag-conditioned
 // entity-group transactions, and creates the table if it is missing.
 resource tableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, principalId, roles.storageTableDataContributor)

@@ -25,7 +25,7 @@ param queueNames array = [
   'gitops-sync-poison'
 ]
 
-@description('Table holding run and node records (shared/store/table.py).')
+@description('Table holding run and node records (shared/rollout/store/table.py).')
 param runsTableName string = 'patchruns'
 
 @description('ZRS keeps the run state available through a zone outage; choose Standard_LRS where ZRS is not offered.')

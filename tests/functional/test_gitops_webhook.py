@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from shared.app import use_collaborators
-from shared.github import PushEvent, sign
-from shared.gitops_service import MemorySyncQueue, SyncMessage, use_sync_queue
-from shared.workflow import Collaborators
+from shared.gitops.github import PushEvent, sign
+from shared.gitops.service import MemorySyncQueue, SyncMessage, use_sync_queue
+from shared.rollout.ports import Collaborators
 from tests.fakes_flux import NS, FakeCustomObjects, fleet, gitops_config, gitops_deps
 
 PAYLOADS = Path(__file__).parent.parent / "payloads"
@@ -219,7 +219,7 @@ def test_status_endpoints_list_the_sync_and_show_flux_results(functions: dict, w
 
 
 def test_the_queue_trigger_finishes_a_handed_off_cluster(functions: dict, world: World) -> None:
-    from shared.gitops_service import GitOpsService
+    from shared.gitops.service import GitOpsService
 
     answer = GitOpsService(world.deps, queue=lambda: world.queue, max_inline_objects=1).handle_push(
         "d-q", PushEvent.from_json(PUSH)

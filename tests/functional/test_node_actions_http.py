@@ -9,8 +9,8 @@ from typing import Any
 import azure.functions as func
 import pytest
 
-from shared.kube import ANNOTATION_CORDONED
-from shared.sweeper import sweep
+from shared.adapters.kube import ANNOTATION_CORDONED
+from shared.rollout.sweeper import sweep
 from tests.fakes import make_pod
 from tests.harness import Harness
 from tests.principals import operator_headers

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from azure.functions.queue import QueueMessage
 
-from shared.model import NodeState
+from shared.rollout.model import NodeState
 from tests.harness import Harness
 
 
@@ -35,7 +35,7 @@ def test_a_malformed_message_is_dead_lettered_with_its_reason(functions: dict, h
 
 
 def test_a_step_item_carries_when_it_was_due() -> None:
-    from shared.workqueue import WorkItem
+    from shared.adapters.workqueue import WorkItem
 
     item = WorkItem("step", "r", "n", 3, due=1764000000.25)
     assert WorkItem.parse(item.to_json()) == item

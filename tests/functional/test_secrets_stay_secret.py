@@ -23,9 +23,9 @@ import azure.functions as func
 import pytest
 from azure.functions.queue import QueueMessage
 
+from shared.adapters.kube import KubeClient
 from shared.app import _ClientCache, use_collaborators
 from shared.errors import ConfigError
-from shared.kube import KubeClient
 from shared.settings import AppSettings
 from tests.harness import Harness
 
@@ -178,8 +178,8 @@ def test_a_malformed_kubeconfig_reaches_no_log_record_or_response(
     ],
 )
 def test_a_malformed_storage_connection_string_is_refused_without_echoing_it(value: str) -> None:
-    from shared.store.table import TableRunStore
-    from shared.workqueue import StorageWorkQueue
+    from shared.adapters.workqueue import StorageWorkQueue
+    from shared.rollout.store.table import TableRunStore
 
     settings = AppSettings.from_env({"PATCHER_CONFIG_PATH": "x", "AzureWebJobsStorage": value})
     for build in (TableRunStore.from_settings, StorageWorkQueue.from_settings):

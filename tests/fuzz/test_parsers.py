@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shared.adapters.workqueue import WorkItem
 from shared.errors import ConfigError, ValidationError
-from shared.events import EventEnvelope, MaintenanceEvent, ResourceWriteEvent
-from shared.github import PushEvent
-from shared.gitops_service import SyncMessage
-from shared.runs import NodeActionRequest, StartRequest
-from shared.workqueue import WorkItem
+from shared.gitops.github import PushEvent
+from shared.gitops.service import SyncMessage
+from shared.rollout.requests import NodeActionRequest, StartRequest
+from shared.triggers.events import EventEnvelope, MaintenanceEvent, ResourceWriteEvent
 
 EXAMPLES = int(os.environ.get("PATCHER_FUZZ_EXAMPLES", "12500"))
 TRIED: Counter[str] = Counter()

@@ -40,8 +40,8 @@ CODE = ("shared", "functions", "function_app.py")
 
 @dataclass(frozen=True)
 class Module:
-    rel: str  # "shared/kube.py"
-    name: str  # "shared.kube"
+    rel: str  # "shared/adapters/kube.py"
+    name: str  # "shared.adapters.kube"
     tree: ast.Module
     parents: dict[ast.AST, ast.AST]
     constants: dict[str, str]  # module-level NAME = "literal"

@@ -105,7 +105,7 @@ def flux_objects() -> dict[str, dict[str, Any]]:
 
 def flux_patch(kind: str) -> dict[str, Any]:
     """The body the app's KubeFluxClient.request_reconcile sends for ``kind``."""
-    from shared.gitops import GIT_REPOSITORY, HELM_RELEASE, KUSTOMIZATION, KubeFluxClient
+    from shared.gitops.plan import GIT_REPOSITORY, HELM_RELEASE, KUSTOMIZATION, KubeFluxClient
 
     sent: list[Any] = []
 
@@ -199,7 +199,7 @@ def a_node() -> dict[str, Any]:
 
 def node_patches() -> list[dict[str, Any]]:
     """What KubeClient.cordon, annotate_node and uncordon send, in the order a step does."""
-    from shared.kube import KubeClient
+    from shared.adapters.kube import KubeClient
 
     sent: list[dict[str, Any]] = []
 

@@ -71,7 +71,7 @@ LRO_POLL_ACTIONS = {"Microsoft.Compute": "Microsoft.Compute/locations/operations
 # (resource type, action). Cancelling an Update Manager run: "ApplyUpdates - Create Or
 # Update Or Cancel", PUT {correlationId} (an applyUpdates resource under the configuration).
 REST_ACTIONS: dict[tuple[str, str, str], tuple[str, str]] = {
-    ("shared/intake.py", "_cancel_maintenance", "PUT"): (
+    ("shared/triggers/intake.py", "_cancel_maintenance", "PUT"): (
         MAINTENANCE,
         "Microsoft.Maintenance/applyUpdates/write",
     ),
@@ -197,9 +197,10 @@ OPTIONAL_SETTINGS = {
 # Settings whose names come from the YAML configuration at run time: the code location ->
 # the functionapp.bicep array parameter that turns each entry into a Key Vault reference.
 DYNAMIC_SETTINGS = {
-    ("shared/app.py", "_ClientCache.kube"): "kubeconfigSettings",  # clusters[].kubeconfig.setting
-    ("shared/github.py", "resolve_secrets"): "webhookSecretSettings",  # gitops.secrets[].setting
-    ("shared/notify.py", "ConfiguredNotifier.from_config"): "notificationSettings",  # notifications[].url
+    ("shared/app.py", "_ClientCache._build_kube"): "kubeconfigSettings",  # clusters[].kubeconfig.setting
+    ("shared/gitops/github.py", "resolve_secrets"): "webhookSecretSettings",  # gitops.secrets[].setting
+    # notifications[].url
+    ("shared/adapters/notify.py", "ConfiguredNotifier.from_config"): "notificationSettings",
 }
 
 # Settings the Bicep sets that no Python line reads: the host and the platform read them.
@@ -225,9 +226,9 @@ FLEX_REFUSED_SETTINGS = {
 NOT_NEEDED_K8S: dict[tuple[str, str, str], str] = {
     ("source.toolkit.fluxcd.io", "helmcharts", "get"): "HelmCharts are only listed (to follow a "
     "HelmRelease's spec.chartRef); reconcile targets are GitRepository sources and their Kustomization "
-    "and HelmRelease consumers (shared/gitops.py, Target.of), and only targets are read back",
+    "and HelmRelease consumers (shared/gitops/plan.py, Target.of), and only targets are read back",
     ("source.toolkit.fluxcd.io", "helmcharts", "patch"): "HelmCharts are never reconcile targets "
-    "(shared/gitops.py, Target.of)",
+    "(shared/gitops/plan.py, Target.of)",
 }
 
 
@@ -827,7 +828,7 @@ def _run_make_kubeconfig(
 
 
 def test_make_kubeconfig_stores_a_kubeconfig_the_app_loads(tmp_path: Path) -> None:
-    from shared.kube import KubeClient
+    from shared.adapters.kube import KubeClient
 
     result, env = _run_make_kubeconfig(tmp_path, answer="yes")
     assert result.returncode == 0, result.stderr

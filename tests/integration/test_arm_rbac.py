@@ -23,7 +23,7 @@ from azure.mgmt.compute.models import (
 
 from sandbox.arm import ArmServer, ComputeDurations, ComputeState
 from sandbox.world import World
-from shared.compute import ComputeClient
+from shared.adapters.compute import ComputeClient
 from shared.errors import PermanentError
 from tests.integration.arm_helpers import admin_credential, serving_arm
 
@@ -86,7 +86,7 @@ def arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm]:
 
 
 def image_update(image_id: str) -> VirtualMachineScaleSetUpdate:
-    """The model update the app sends (shared/compute.py: set_model_image)."""
+    """The model update the app sends (shared/adapters/compute.py: set_model_image)."""
     return VirtualMachineScaleSetUpdate(
         properties=VirtualMachineScaleSetUpdateProperties(
             virtual_machine_profile=VirtualMachineScaleSetUpdateVMProfile(

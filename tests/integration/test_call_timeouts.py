@@ -25,11 +25,11 @@ from sandbox.arm import ArmServer, ComputeState
 from sandbox.tls import SandboxTLS, create_tls
 from sandbox.world import World
 from shared import settings as app_settings_module
-from shared.compute import ComputeClient, InstanceRef
+from shared.adapters.compute import ComputeClient, InstanceRef
+from shared.adapters.workqueue import StorageWorkQueue, WorkItem
 from shared.errors import PermanentError, TemporaryError
+from shared.rollout.store.table import TableRunStore
 from shared.settings import AppSettings, azure_credential
-from shared.store.table import TableRunStore
-from shared.workqueue import StorageWorkQueue, WorkItem
 from tests.integration.arm_helpers import CREDENTIAL_ENV as IDENTITY_SETTINGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -21,7 +21,7 @@ import pytest
 from sandbox.cluster import PoolSpec
 from sandbox.kube.flux import add_flux_objects, publish_commit, start_flux_controller
 from sandbox.stack import CLUSTER, Sandbox, SandboxOptions
-from shared.github import sign
+from shared.gitops.github import sign
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.kube import KubeClient
+from shared.adapters.kube import KubeClient
 from tests.integration.test_kubeapi_fidelity import Cluster, cluster, unique  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from sandbox.kube.registry import KubeStore
 from sandbox.kube.server import KubeAPIServer
 from sandbox.tls import create_tls
 from sandbox.world import World
+from shared.adapters.kube import ANNOTATION_CORDONED, MAX_SINGLE_READS, TABLE_ACCEPT, KubeClient
 from shared.errors import PermanentError
-from shared.kube import ANNOTATION_CORDONED, MAX_SINGLE_READS, TABLE_ACCEPT, KubeClient
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from shared.kube import LABEL_PATCHING, KubeClient
+from shared.adapters.kube import LABEL_PATCHING, KubeClient
 from tests.integration.test_kubeapi_fidelity import (  # noqa: F401  (fixtures)
     TERMINATION_CLOUD_SECONDS,
     Cluster,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from shared.kube import LABEL_PATCHING, KubeClient
+from shared.adapters.kube import LABEL_PATCHING, KubeClient
 from tests.integration.test_kubeapi_fidelity import (  # noqa: F401  (fixtures)
     Cluster,
     add_node,

@@ -26,7 +26,7 @@ from sandbox.kube.registry import KubeStore
 from sandbox.kube.server import KubeAPIServer
 from sandbox.tls import create_tls
 from sandbox.world import World
-from shared.kube import KubeClient
+from shared.adapters.kube import KubeClient
 
 pytestmark = pytest.mark.integration
 

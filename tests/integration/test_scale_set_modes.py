@@ -43,7 +43,7 @@ from sandbox.cluster import POOL_LABEL, ClusterTimings, PoolSpec, SandboxCluster
 from sandbox.invariants import check_history
 from sandbox.kube.registry import KubeStore
 from sandbox.world import World
-from shared.compute import ComputeClient, InstanceRef, UnguardedUpgradeError, parse_provider_id
+from shared.adapters.compute import ComputeClient, InstanceRef, UnguardedUpgradeError, parse_provider_id
 from shared.errors import PermanentError
 from tests.integration.arm_helpers import admin_credential, serving_arm
 

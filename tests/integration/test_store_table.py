@@ -12,9 +12,9 @@ import pytest
 from azure.data.tables import TableClient, TableServiceClient
 
 from sandbox.azurite import Azurite
-from shared.model import NodeState
-from shared.store.base import NODE_PREFIX
-from shared.store.table import TableRunStore
+from shared.rollout.model import NodeState
+from shared.rollout.store.base import NODE_PREFIX
+from shared.rollout.store.table import TableRunStore
 from tests.store_contract import StoreContract, make_run, move
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ from sandbox.cluster import PoolSpec
 from sandbox.stack import CLUSTER, Sandbox, SandboxOptions
 from sandbox.tableproxy import TableFaultProxy
 from shared.errors import TemporaryError
-from shared.model import RunState
-from shared.store.table import TableRunStore
+from shared.rollout.model import RunState
+from shared.rollout.store.table import TableRunStore
 from tests.integration.sandbox_helpers import Driver
 from tests.store_contract import make_run
 

@@ -14,10 +14,10 @@ from azure.data.tables import TableServiceClient
 
 from sandbox.azurite import Azurite
 from shared.errors import TemporaryError
-from shared.events import PRE_MAINTENANCE
-from shared.intake import Intake
-from shared.model import RunState
-from shared.store.table import TableRunStore
+from shared.rollout.model import RunState
+from shared.rollout.store.table import TableRunStore
+from shared.triggers.events import PRE_MAINTENANCE
+from shared.triggers.intake import Intake
 from tests.harness import Harness
 from tests.unit.test_intake import envelope, events_config, maintenance_data
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from sandbox.azurite import Azurite
-from shared.workqueue import StorageWorkQueue, WorkItem
+from shared.adapters.workqueue import StorageWorkQueue, WorkItem
 
 pytestmark = pytest.mark.integration
 

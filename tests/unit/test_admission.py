@@ -9,13 +9,13 @@ from collections.abc import Collection, Iterable
 from typing import Any
 from unittest.mock import patch
 
-from shared.admission import HOLDING_STATES, INLINE_ATTEMPTS, Admission
+from shared.adapters.kube import ANNOTATION_CORDONED
+from shared.adapters.workqueue import WorkItem
 from shared.errors import ConcurrencyError
-from shared.kube import ANNOTATION_CORDONED
-from shared.model import NodeState, NodeWork, PacerRecord, Run, RunState
-from shared.runs import RunService
-from shared.store.memory import MemoryRunStore
-from shared.workqueue import WorkItem
+from shared.rollout.admission import HOLDING_STATES, INLINE_ATTEMPTS, Admission
+from shared.rollout.model import NodeState, NodeWork, PacerRecord, Run, RunState
+from shared.rollout.service import RunService
+from shared.rollout.store.memory import MemoryRunStore
 from tests.harness import Harness
 
 

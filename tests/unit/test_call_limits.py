@@ -19,8 +19,8 @@ from azure.core.exceptions import (
     ServiceResponseTimeoutError,
 )
 
+from shared.adapters.compute import translate_azure_error
 from shared.app import timeout_problem
-from shared.compute import translate_azure_error
 from shared.errors import ConfigError, PermanentError, TemporaryError
 from shared.settings import AppSettings, storage_options
 
@@ -100,7 +100,7 @@ def test_timeouts_that_would_outlive_half_the_lease_are_reported() -> None:
 def test_the_emulator_shorthand_goes_to_the_sdks_which_read_it_as_azurite() -> None:
     from azure.data.tables import TableServiceClient
 
-    from shared.workqueue import StorageWorkQueue
+    from shared.adapters.workqueue import StorageWorkQueue
 
     settings = _settings()
     assert settings.storage_connection_string == "UseDevelopmentStorage=true"

@@ -205,7 +205,8 @@ def test_watch_exits_3_when_the_run_ends_without_success(api: tuple[Recorder, st
 def test_plan_table_shows_the_window_its_fit_and_nodes_that_would_never_start(
     api: tuple[Recorder, str],
 ) -> None:
-    from shared.runs import RunService, StartRequest
+    from shared.rollout.requests import StartRequest
+    from shared.rollout.service import RunService
     from tests.harness import Harness
 
     windows = {

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.kube import KubeClient
+from shared.adapters.kube import KubeClient
 
 KUBECONFIG = """apiVersion: v1
 kind: Config
@@ -79,13 +79,13 @@ def test_a_cluster_proxy_is_set_on_the_kubernetes_client() -> None:
 
 def _client_cache(monkeypatch: pytest.MonkeyPatch, compute_client: type, pools: dict[str, int]) -> Any:
     """The app's client cache for a test cluster, building ``compute_client`` for Compute."""
-    import shared.compute
+    import shared.adapters.compute
     from shared.app import _ClientCache
     from shared.config import parse_config
     from shared.settings import AppSettings
     from tests.harness import config_dict
 
-    monkeypatch.setattr(shared.compute, "ComputeClient", compute_client)
+    monkeypatch.setattr(shared.adapters.compute, "ComputeClient", compute_client)
     monkeypatch.setattr("shared.app.azure_credential", lambda: None)
     return _ClientCache(AppSettings(config_path="unused"), parse_config(config_dict(pools)))
 

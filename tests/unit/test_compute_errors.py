@@ -11,7 +11,7 @@ from azure.core.exceptions import (
 )
 from azure.core.pipeline.transport import HttpResponse
 
-from shared.compute import translate_azure_error
+from shared.adapters.compute import translate_azure_error
 from shared.errors import ConcurrencyError, OutcomeUnknownError, PermanentError, TemporaryError
 
 

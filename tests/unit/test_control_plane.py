@@ -6,7 +6,7 @@ import pytest
 
 from shared.config import parse_config
 from shared.errors import ConfigError, ValidationError
-from shared.planner import plan_run
+from shared.rollout.planner import plan_run
 from tests.fakes import make_node
 from tests.harness import config_dict
 
@@ -16,7 +16,7 @@ def _cluster(**pool: object):  # type: ignore[no-untyped-def]
 
 
 def _nodes(label: str = "node-role.kubernetes.io/control-plane"):  # type: ignore[no-untyped-def]
-    from shared.kube import Node
+    from shared.adapters.kube import Node
 
     return [
         Node(make_node("cp-0", "vmss-cp", "0", labels={label: ""})),

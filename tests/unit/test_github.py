@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shared.errors import ValidationError
-from shared.github import PushEvent, resolve_secrets, sign, verify_signature
+from shared.gitops.github import PushEvent, resolve_secrets, sign, verify_signature
 
 PAYLOADS = Path(__file__).parent.parent / "payloads"
 VECTOR = json.loads((PAYLOADS / "github-push-headers.json").read_text())["_hmac_test_vector"]

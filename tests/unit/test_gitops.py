@@ -11,8 +11,8 @@ import yaml
 
 from shared.clock import FakeClock
 from shared.errors import NotFoundError, PermanentError, TemporaryError
-from shared.github import PushEvent
-from shared.gitops import (
+from shared.gitops.github import PushEvent
+from shared.gitops.plan import (
     GIT_REPOSITORY,
     KUSTOMIZATION,
     FluxObjects,
@@ -28,7 +28,7 @@ from shared.gitops import (
     repository_key,
     requested_at_token,
 )
-from shared.gitops_service import (
+from shared.gitops.service import (
     CLUSTER_KIND,
     SYNC_KIND,
     GitOpsService,
@@ -640,7 +640,7 @@ def test_a_cluster_without_a_source_on_the_pushed_repository_is_asked_for_nothin
 
 
 def test_a_failed_cluster_sync_is_announced_with_its_error_inline_and_from_the_queue() -> None:
-    from shared.notify import Notice
+    from shared.adapters.notify import Notice
     from tests.fakes_flux import _api_exception
 
     told: list[Notice] = []

@@ -11,14 +11,15 @@ from typing import Any
 import pytest
 
 from shared.errors import ValidationError
-from shared.events import (
+from shared.triggers.events import (
     POST_MAINTENANCE,
     PRE_MAINTENANCE,
     CaseInsensitive,
     EventEnvelope,
     infer_type,
 )
-from shared.intake import Intake
+from shared.triggers.intake import Intake
+from shared.work import handle_work_item
 from tests.fakes import SUB, scale_set_id
 from tests.harness import Harness
 
@@ -107,7 +108,7 @@ def test_an_unhealthy_pool_cancels_the_maintenance_run_with_the_reason(h: Harnes
 
 
 def test_a_cancelled_maintenance_run_is_announced_with_the_reason(h: Harness) -> None:
-    from shared.notify import Notice
+    from shared.adapters.notify import Notice
 
     told: list[Notice] = []
     h.deps.notify = told.append
@@ -209,7 +210,7 @@ def test_an_image_still_replicating_is_looked_at_again_later(h: Harness) -> None
     ((item, delay),) = h.queue.take()
     assert item.kind == "image" and item.ref == version and delay > 0
     h.compute.image_versions[version.lower()]["state"] = "Succeeded"
-    assert h.workflow.handle(item).startswith("started")
+    assert handle_work_item(h.deps, item, workflow=h.workflow).startswith("started")
 
 
 def test_an_image_whose_kubelet_breaks_the_skew_policy_is_refused(h: Harness) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-import shared.kube as kube_module
-from shared.kube import WATCH_BACKOFF_INITIAL, WATCH_BACKOFF_MAX, KubeClient, watch_backoff
+import shared.adapters.kube as kube_module
+from shared.adapters.kube import WATCH_BACKOFF_INITIAL, WATCH_BACKOFF_MAX, KubeClient, watch_backoff
 
 
 def node(rv: int, *, ready: bool, boot: str = "b1") -> dict[str, Any]:

@@ -10,10 +10,10 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from shared.kube import ANNOTATION_CORDONED, ANNOTATION_STATE, record_events
-from shared.model import NodeState, RunState
-from shared.runs import RunService
-from shared.workqueue import WorkItem
+from shared.adapters.kube import ANNOTATION_CORDONED, ANNOTATION_STATE, record_events
+from shared.adapters.workqueue import WorkItem
+from shared.rollout.model import NodeState, RunState
+from shared.rollout.service import RunService
 from tests.fakes import FakeKube, make_pod
 from tests.harness import Harness, admitted_steps
 
@@ -192,6 +192,6 @@ def test_every_way_out_of_pending_is_one_these_tests_cover() -> None:
         NodeState.CANCELLED: "PatchCancelled",
         NodeState.DEFERRED: "PatchDeferred",
     }
-    from shared.model import NODE_TRANSITIONS
+    from shared.rollout.model import NODE_TRANSITIONS
 
     assert set(NODE_TRANSITIONS[NodeState.PENDING]) == set(told_from_pending)

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.notify import ConfiguredNotifier, Notice, NoticeKind, Target, understood_by_apprise
 from shared.config import NOTICE_KINDS, parse_config
 from shared.errors import ConfigError
-from shared.model import RunState
-from shared.notify import ConfiguredNotifier, Notice, NoticeKind, Target, understood_by_apprise
+from shared.rollout.model import RunState
 from tests.harness import Harness, config_dict
 
 
@@ -116,7 +116,7 @@ def test_a_webhook_that_fails_is_logged_without_its_url_and_the_run_goes_on(
     handler.status = 500
     h = Harness({"linux": 1}, nodes_per_pool=2)
     h.deps.notify = ConfiguredNotifier.from_config(_notifying_config("HOOK_URL"), env={"HOOK_URL": url})
-    with caplog.at_level(logging.WARNING, logger="shared.notify"):
+    with caplog.at_level(logging.WARNING, logger="shared.adapters.notify"):
         run_id = h.start()
         h.pump(run_id)
     assert h.store.get_run(run_id).state == RunState.SUCCEEDED
@@ -134,7 +134,7 @@ def test_an_unreachable_target_costs_the_run_nothing() -> None:
 
 
 def test_a_target_whose_setting_is_empty_is_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="shared.notify"):
+    with caplog.at_level(logging.WARNING, logger="shared.adapters.notify"):
         notifier = ConfiguredNotifier.from_config(_notifying_config("MISSING"), env={})
     assert notifier.targets == []
     assert "app setting MISSING is empty" in caplog.text
@@ -175,14 +175,14 @@ def test_a_chat_url_apprise_cannot_post_to_is_skipped_at_start_up(caplog: pytest
     retired = (
         "https://contoso.webhook.office.com/webhookb2/x@y/IncomingWebhook/z/w"  # an Office 365 connector
     )
-    with caplog.at_level(logging.WARNING, logger="shared.notify"):
+    with caplog.at_level(logging.WARNING, logger="shared.adapters.notify"):
         notifier = ConfiguredNotifier.from_config(parse_config(data), env={"TEAMS": retired})
     assert notifier.targets == []
     assert "not a teams webhook URL apprise can post to" in caplog.text and "contoso" not in caplog.text
 
 
 def test_an_image_refused_for_its_skew_is_announced_once_per_refusal() -> None:
-    from shared.intake import Intake
+    from shared.triggers.intake import Intake
     from tests.unit.test_intake import image_event
     from tests.unit.test_triggers import image_harness, publish
 
@@ -198,7 +198,7 @@ def test_an_image_refused_for_its_skew_is_announced_once_per_refusal() -> None:
 
 
 def test_a_stalled_run_is_announced_once_with_what_blocks_it() -> None:
-    from shared.sweeper import sweep
+    from shared.rollout.sweeper import sweep
     from tests.unit.test_stuck_runs import blocked_run, stall_harness
 
     h = stall_harness()

@@ -1,4 +1,4 @@
-"""The plan of a run (shared/plan.py): waves under the budgets, why each node is due, the
+"""The plan of a run (shared/rollout/plan.py): waves under the budgets, why each node is due, the
 estimates, the windows, the blockers now; and that a run then follows it."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from shared.plan import build_plan, plan_waves
-from shared.runs import RunService, StartRequest
+from shared.rollout.plan import build_plan, plan_waves
+from shared.rollout.requests import StartRequest
+from shared.rollout.service import RunService
 from tests.fakes import make_pod, scale_set_id
 from tests.harness import Harness
 

@@ -58,7 +58,7 @@ SESSION_LEFTOVERS = [
     "functions/__pycache__/runs_http.cpython-311.pyc",
     "functions/ui/.index.html.swp",
     "shared/__pycache__/config.cpython-311.pyc",
-    "shared/store/__pycache__/base.cpython-311.pyc",
+    "shared/rollout/store/__pycache__/base.cpython-311.pyc",
     "__azurite_db_queue__.json",
     "Makefile",
     "pyproject.toml",

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.kube import EvictionResult
+from shared.adapters.workqueue import WorkItem
 from shared.errors import ConcurrencyError, OutcomeUnknownError, TemporaryError
-from shared.kube import EvictionResult
-from shared.model import NodeState
-from shared.workqueue import WorkItem
+from shared.rollout.model import NodeState
 from tests.fakes import make_pod
 from tests.harness import Harness, admitted_steps, lead_while_others_drain
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import ConcurrencyError
-from shared.model import NodeState
 from shared.retry import retry_on_conflict
-from shared.runs import RunService
+from shared.rollout.model import NodeState
+from shared.rollout.service import RunService
 from tests.harness import Harness
 
 

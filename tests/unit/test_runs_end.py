@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from shared.errors import TemporaryError
-from shared.model import NodeState, RunState
-from shared.runs import RunService
-from shared.sweeper import sweep
+from shared.rollout.model import NodeState, RunState
+from shared.rollout.service import RunService
+from shared.rollout.sweeper import sweep
 from tests.fakes import FlakyRunStore, claims_cluster, closes_run, creates_run
 from tests.harness import Harness
 
@@ -134,7 +134,7 @@ def test_an_operator_releases_a_lock_and_it_is_recorded() -> None:
 
 
 def test_an_operator_is_told_to_cancel_a_run_in_progress_before_releasing_its_lock() -> None:
-    from shared.runs import RunConflictError
+    from shared.rollout.service import RunConflictError
 
     h = Harness({"linux": 1}, nodes_per_pool=2)
     run_id = h.start()

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from shared.compute import InstanceRef, parse_provider_id
-from shared.events import CaseInsensitive, EventEnvelope
-from shared.intake import Intake
-from shared.model import NodeState
-from shared.planner import map_nodes_to_pools
-from shared.workqueue import WorkItem
+from shared.adapters.compute import InstanceRef, parse_provider_id
+from shared.adapters.workqueue import WorkItem
+from shared.rollout.model import NodeState
+from shared.rollout.planner import map_nodes_to_pools
+from shared.triggers.events import CaseInsensitive, EventEnvelope
+from shared.triggers.intake import Intake
 from tests.fakes import RG, SUB, scale_set_id
 from tests.harness import Harness, admitted_steps
 
@@ -77,7 +77,7 @@ def test_only_the_pool_on_a_rolling_scale_set_is_refused_the_others_roll() -> No
 
 def test_a_model_write_itself_refuses_a_self_upgrading_scale_set() -> None:
     """The guard sits in the one call that writes a model, not only in its caller."""
-    from shared.compute import UnguardedUpgradeError
+    from shared.adapters.compute import UnguardedUpgradeError
 
     h = harness()
     h.compute.upgrade_policies[scale_set_id("vmss-linux").lower()] = "Automatic"

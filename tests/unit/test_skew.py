@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.skew import same_release, skew_problem
+from shared.rollout.skew import same_release, skew_problem
 
 
 @pytest.mark.parametrize(

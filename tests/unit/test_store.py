@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.store.memory import MemoryRunStore
+from shared.rollout.store.memory import MemoryRunStore
 from tests.store_contract import StoreContract
 
 

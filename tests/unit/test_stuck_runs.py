@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from shared.budget import PoolObservation, choose_admissions
+from shared.adapters.kube import ANNOTATION_CORDONED, Node
 from shared.errors import NotFoundError
-from shared.kube import ANNOTATION_CORDONED, Node
-from shared.model import NodeState, RunState
-from shared.runs import NodeActionRefusedError, NodeActionRequest, RunService
-from shared.sweeper import sweep
+from shared.rollout.budget import PoolObservation, choose_admissions
+from shared.rollout.model import NodeState, RunState
+from shared.rollout.requests import NodeActionRequest
+from shared.rollout.service import NodeActionRefusedError, RunService
+from shared.rollout.sweeper import sweep
 from tests.fakes import make_pod
 from tests.harness import Harness
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from shared.events import CaseInsensitive, EventEnvelope
-from shared.intake import Intake
+from shared.triggers.events import CaseInsensitive, EventEnvelope
+from shared.triggers.intake import Intake
 from tests.fakes import SUB, FakeCompute
 from tests.harness import Harness
 

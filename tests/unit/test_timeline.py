@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from shared.clock import iso
-from shared.model import HISTORY_LIMIT, NodeState, NodeWork, Run, RunState
-from shared.timeline import PHASE_COLOURS, build_timeline, render_svg
+from shared.rollout.model import HISTORY_LIMIT, NodeState, NodeWork, Run, RunState
+from shared.rollout.timeline import PHASE_COLOURS, build_timeline, render_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 T0 = 1_800_000_000.0

@@ -13,14 +13,15 @@ from typing import Any
 
 import pytest
 
-from shared import idempotency
 from shared.clock import iso
 from shared.errors import TemporaryError, ValidationError
-from shared.events import PRE_MAINTENANCE
-from shared.intake import Intake
-from shared.model import NodeState, RunState
-from shared.runs import RunService, StartRequest
-from shared.sweeper import sweep
+from shared.rollout.model import NodeState, RunState
+from shared.rollout.requests import StartRequest
+from shared.rollout.service import RunService
+from shared.rollout.sweeper import sweep
+from shared.triggers import idempotency
+from shared.triggers.events import PRE_MAINTENANCE
+from shared.triggers.intake import Intake
 from tests.harness import Harness
 from tests.unit.test_intake import (
     DEF,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.model import NodeState
+from shared.rollout.model import NodeState
 from tests.harness import Harness
 
 
@@ -80,8 +80,8 @@ def test_a_node_that_never_comes_up_fails_after_its_os_default_boot_timeout(pool
 
 
 def test_a_node_whose_work_item_goes_to_the_poison_queue_is_failed_with_an_event_and_annotation() -> None:
-    from shared.kube import ANNOTATION_STATE
-    from shared.workqueue import WorkItem
+    from shared.adapters.kube import ANNOTATION_STATE
+    from shared.adapters.workqueue import WorkItem
 
     h = Harness({"linux": 1}, nodes_per_pool=1)
     run_id = h.start()

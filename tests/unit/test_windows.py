@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from shared.config import WindowConfig
-from shared.windows import MaintenanceWindow
+from shared.rollout.windows import MaintenanceWindow
 
 
 def window(**kw: object) -> MaintenanceWindow:

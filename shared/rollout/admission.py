@@ -18,19 +18,20 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from shared.budget import PoolObservation, choose_admissions
+from shared.adapters.compute import parse_provider_id
+from shared.adapters.kube import KubeClient, Node, record_events
+from shared.adapters.notify import Notice, NoticeKind
+from shared.adapters.workqueue import WorkItem
 from shared.clock import iso
-from shared.compute import parse_provider_id
 from shared.config import ClusterConfig, PoolConfig
 from shared.errors import ConcurrencyError, NotFoundError
-from shared.kube import KubeClient, Node, record_events
-from shared.model import NodeState, NodeWork, Run, RunState
-from shared.notify import Notice, NoticeKind
-from shared.store.base import NodeSummary, RunStore
-from shared.workqueue import WorkItem
+from shared.retry import retry_on_conflict
+from shared.rollout.budget import PoolObservation, choose_admissions
+from shared.rollout.model import NodeState, NodeWork, Run, RunState
+from shared.rollout.store.base import NodeSummary, RunStore
 
 if TYPE_CHECKING:
-    from shared.workflow import Collaborators
+    from shared.rollout.ports import Collaborators
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ class Admission:
         """Fill the free slots. ``ended_at``: when the node whose slot this is for ended;
         if another worker's admission looked after that, the slot was counted there and
         there is nothing left to do here (the common case when a batch ends together)."""
-        import tenacity
 
         def attempt() -> str:
             try:
@@ -64,15 +64,10 @@ class Admission:
 
         # A conflict: another worker admitted or changed the run first. Look again, spread
         # out at random so that workers finishing together do not collide again in step.
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(ConcurrencyError),
-            stop=tenacity.stop_after_attempt(INLINE_ATTEMPTS),
-            wait=tenacity.wait_random_exponential(multiplier=0.02, max=0.2),
-            sleep=self.deps.clock.sleep,
-            reraise=True,
-        )
         try:
-            return retrying(attempt)
+            return retry_on_conflict(
+                attempt, attempts=INLINE_ATTEMPTS, sleep=self.deps.clock.sleep, max_pause=0.2
+            )
         except ConcurrencyError:
             pass
         # Through the queue, not by raising: the caller's own work is done, and a failed

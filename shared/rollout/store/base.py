@@ -28,7 +28,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from shared.errors import ConcurrencyError, NotFoundError
-from shared.model import NodeState, NodeWork, PacerRecord, Run, node_from_dict, record_to_json, run_from_dict
+from shared.rollout.model import (
+    NodeState,
+    NodeWork,
+    PacerRecord,
+    Run,
+    node_from_dict,
+    record_to_json,
+    run_from_dict,
+)
 
 RUN_ROW = "run"
 NODE_PREFIX = "node~"
@@ -118,12 +126,7 @@ class RunStore(abc.ABC):
 
     @abc.abstractmethod
     def _query_nodes(
-        self,
-        partition: str,
-        states: Collection[str] | None,
-        *,
-        columns_only: bool,
-        limit: int | None,
+        self, partition: str, states: Collection[str] | None, *, columns_only: bool, limit: int | None
     ) -> list[Row]:
         """The node rows of a partition whose ``state`` column is one of ``states`` (all when
         None), filtered where the rows are stored. With ``columns_only`` the data holds only

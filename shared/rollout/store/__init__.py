@@ -5,6 +5,6 @@ one-active-run guard); a backend implements a few private primitives, and the at
 part, a conditional multi-record write inside one partition, lives in the backend.
 """
 
-from shared.store.base import ClusterLock, NodeSummary, RunStore
+from shared.rollout.store.base import ClusterLock, NodeSummary, RunStore
 
 __all__ = ["ClusterLock", "NodeSummary", "RunStore"]

@@ -1,15 +1,16 @@
-"""The per-node workflow with in-memory collaborators: outcomes, budgets, retries."""
+"""The step engine and its steps, with in-memory collaborators: outcomes, budgets, retries."""
 
 from __future__ import annotations
 
 import pytest
 
+from shared.adapters.kube import EvictionResult
+from shared.adapters.workqueue import WorkItem
 from shared.errors import NotFoundError, PermanentError
-from shared.kube import EvictionResult
-from shared.model import NodeState, RunState
-from shared.runs import RunConflictError, RunService, StartRequest
-from shared.sweeper import sweep
-from shared.workqueue import WorkItem
+from shared.rollout.model import NodeState, RunState
+from shared.rollout.requests import StartRequest
+from shared.rollout.service import RunConflictError, RunService
+from shared.rollout.sweeper import sweep
 from tests.fakes import make_pod, transient
 from tests.harness import Harness, admitted_steps, lead_while_others_drain
 
@@ -340,7 +341,7 @@ def test_nodes_ready_together_share_one_write_when_the_scale_set_limit_bites() -
 
 
 def test_write_pacer_refills_at_the_configured_rate() -> None:
-    from shared.budget import WritePacer
+    from shared.rollout.budget import WritePacer
 
     pacer = WritePacer.load(None, burst=2, per_minute=6, now=0.0)
     assert pacer.take(0.0) == 0.0 and pacer.take(0.0) == 0.0
@@ -486,7 +487,7 @@ def test_later_reimages_are_first_polled_when_earlier_ones_on_the_scale_set_fini
 
 
 def test_the_pacer_keeps_one_sample_per_batch_and_a_bounded_window() -> None:
-    from shared.model import PacerRecord
+    from shared.rollout.model import PacerRecord
 
     pacer = PacerRecord(run_id="r", scale_set="ss")
     assert pacer.typical("boot") is None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
 from shared.clock import iso, parse_iso
-from shared.model import NodeState, NodeWork, Run
+from shared.rollout.model import NodeState, NodeWork, Run
 
 # Pending and admitted both mean "not touched yet": one phase, as an operator reads it.
 WAITING = "waiting"
@@ -320,22 +320,24 @@ def _row_svg(
     return out
 
 
+def _outcome_stroke(kind: str, d: str, colour: str, tip: str, *, style: str) -> str:
+    return (
+        f'<path class="outcome {kind}" d="{d}" stroke="{colour}" stroke-width="2.5" {style}>'
+        f"<title>{tip}</title></path>"
+    )
+
+
 def _outcome_mark(ending: End, *, at: float, mid: float) -> str:
     tip = escape(f"{ending.state}: {ending.reason}" if ending.reason else ending.state)
     if ending.state == NodeState.FAILED:
-        colour = OUTCOME_COLOURS["failed"]
-        d = f"M{at - 5},{mid - 5} L{at + 5},{mid + 5} M{at - 5},{mid + 5} L{at + 5},{mid - 5}"
-        return (
-            f'<path class="outcome failure" d="{d}" stroke="{colour}" stroke-width="2.5" '
-            f'stroke-linecap="round"><title>{tip}</title></path>'
+        cross = f"M{at - 5},{mid - 5} L{at + 5},{mid + 5} M{at - 5},{mid + 5} L{at + 5},{mid - 5}"
+        return _outcome_stroke(
+            "failure", cross, OUTCOME_COLOURS["failed"], tip, style='stroke-linecap="round"'
         )
     if ending.state == NodeState.SUCCEEDED:
-        colour = OUTCOME_COLOURS["succeeded"]
-        d = f"M{at + 2},{mid} L{at + 5},{mid + 4} L{at + 11},{mid - 5}"
-        return (
-            f'<path class="outcome success" d="{d}" stroke="{colour}" stroke-width="2.5" fill="none" '
-            f'stroke-linecap="round" stroke-linejoin="round"><title>{tip}</title></path>'
-        )
+        tick = f"M{at + 2},{mid} L{at + 5},{mid + 4} L{at + 11},{mid - 5}"
+        style = 'fill="none" stroke-linecap="round" stroke-linejoin="round"'
+        return _outcome_stroke("success", tick, OUTCOME_COLOURS["succeeded"], tip, style=style)
     return (
         f"<circle class={quoteattr('outcome ' + ending.state)} "
         f'cx="{at + 5}" cy="{mid}" r="4" '

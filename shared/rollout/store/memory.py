@@ -9,7 +9,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from shared.errors import ConcurrencyError
-from shared.store.base import NODE_COLUMNS, NODE_PREFIX, Row, RunStore
+from shared.rollout.store.base import NODE_COLUMNS, NODE_PREFIX, Row, RunStore
 
 
 class MemoryRunStore(RunStore):
@@ -37,12 +37,7 @@ class MemoryRunStore(RunStore):
             return [(copy.deepcopy(d), e) for (_, r), (d, e) in self._rows.items() if r == row]
 
     def _query_nodes(
-        self,
-        partition: str,
-        states: Collection[str] | None,
-        *,
-        columns_only: bool,
-        limit: int | None,
+        self, partition: str, states: Collection[str] | None, *, columns_only: bool, limit: int | None
     ) -> list[Row]:
         out: list[Row] = []
         with self._lock:

@@ -18,10 +18,9 @@ from functools import cached_property
 from typing import Any
 
 from shared import PRODUCT_PREFIX
+from shared.adapters.kube_objects import KubeObject, Pod
 from shared.clock import iso
-from shared.drain import Pod
 from shared.errors import ConcurrencyError, ConfigError, NotFoundError, PermanentError, TemporaryError
-from shared.kube_objects import KubeObject
 from shared.retry import backoff
 
 logger = logging.getLogger(__name__)

@@ -22,13 +22,13 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from shared.admission import HOLDING_STATES, Admission
+from shared.adapters.notify import Notice, NoticeKind
+from shared.adapters.workqueue import WorkItem
 from shared.clock import iso, parse_iso
 from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
-from shared.model import NodeState, NodeWork, Run, RunState
-from shared.notify import Notice, NoticeKind
-from shared.workflow import Collaborators
-from shared.workqueue import WorkItem
+from shared.rollout.admission import HOLDING_STATES, Admission
+from shared.rollout.model import NodeState, NodeWork, Run, RunState
+from shared.rollout.ports import Collaborators
 
 logger = logging.getLogger(__name__)
 

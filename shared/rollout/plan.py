@@ -20,22 +20,24 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from shared.budget import PoolObservation, choose_admissions
+from shared.adapters.compute import Instance, parse_provider_id
+from shared.adapters.kube import ANNOTATION_PATCHED_AT, Node
+from shared.adapters.kube_objects import Pod
 from shared.clock import iso, parse_iso
-from shared.compute import Instance, parse_provider_id
 from shared.config import ClusterConfig, PoolConfig
-from shared.drain import DrainOptionsView, Pod, blocking_budgets, plan_drain
 from shared.errors import NotFoundError, PermanentError
-from shared.kube import ANNOTATION_PATCHED_AT, Node
-from shared.model import NodeState, NodeWork, Run
-from shared.planner import left_alone, plan_run
-from shared.windows import MaintenanceWindow
+from shared.rollout.budget import PoolObservation, choose_admissions
+from shared.rollout.drain import DrainOptionsView, blocking_budgets, plan_drain
+from shared.rollout.model import NodeState, NodeWork, Run
+from shared.rollout.planner import left_alone, plan_run
+from shared.rollout.windows import MaintenanceWindow
 
 if TYPE_CHECKING:
-    from shared.runs import StartRequest
-    from shared.workflow import Collaborators
+    from shared.rollout.ports import Collaborators
+    from shared.rollout.requests import StartRequest
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +98,13 @@ def plan_waves(
     ends: dict[int, float] = {}
     latest_ended = 0
     now = 0.0
+    # The budgets hold for the whole plan; what changes from one admission to the next is
+    # what is pending, held and seen unavailable.
+    admit = partial(
+        choose_admissions, max_unavailable=max_unavailable, max_concurrent_nodes=max_concurrent_nodes
+    )
     while pending:
-        decision = choose_admissions(
-            pending=pending,
-            held=held,
-            max_unavailable=max_unavailable,
-            observed=observed,
-            max_concurrent_nodes=max_concurrent_nodes,
-        )
+        decision = admit(pending=pending, held=held, observed=observed)
         if decision.admit:
             admitted = set(decision.admit)
             wave = latest_ended + 1

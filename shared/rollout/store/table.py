@@ -9,7 +9,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConcurrencyError, TemporaryError
-from shared.store.base import NODE_COLUMNS, NODE_PREFIX, Row, RunStore, node_columns
+from shared.rollout.store.base import NODE_COLUMNS, NODE_PREFIX, Row, RunStore, node_columns
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -85,12 +85,7 @@ class TableRunStore(RunStore):
         return [self._decode(e) for e in self._query("RowKey eq @r", {"r": row})]
 
     def _query_nodes(
-        self,
-        partition: str,
-        states: Collection[str] | None,
-        *,
-        columns_only: bool,
-        limit: int | None,
+        self, partition: str, states: Collection[str] | None, *, columns_only: bool, limit: int | None
     ) -> list[Row]:
         query, params = _NODE_RANGE, _node_range(partition)
         if states is not None:

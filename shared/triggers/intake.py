@@ -8,7 +8,7 @@ happen?" has an answer. Rules shared by all of them:
 
 * targets are resolved through ``spec.providerID``, never by name alone;
 * a redelivered signal (same id) is a no-op, even when it arrives while its twin is being
-  handled (``shared.idempotency``: the id is claimed first), and a signal for a cluster
+  handled (``shared.triggers.idempotency``: the id is claimed first), and a signal for a cluster
   that already has an active run does not start a second one;
 * every run keeps its pools' windows and blackout dates (``RunService.start``);
 * an image whose kubelet would break the version-skew policy is refused, and said so;
@@ -24,13 +24,24 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from shared import idempotency
-from shared.budget import resolve_max_unavailable
+from shared.adapters.compute import ComputeClient, Instance, parse_provider_id, unguarded_upgrade
+from shared.adapters.kube import Node
+from shared.adapters.notify import Notice, NoticeKind
+from shared.adapters.workqueue import WorkItem
 from shared.clock import iso
-from shared.compute import ComputeClient, Instance, parse_provider_id, unguarded_upgrade
 from shared.config import ClusterConfig, PoolConfig
 from shared.errors import ConfigError, NotFoundError, PermanentError, TemporaryError, ValidationError
-from shared.events import (
+from shared.retry import retry_on_conflict
+from shared.rollout.budget import resolve_max_unavailable
+from shared.rollout.plan import due_reasons
+from shared.rollout.planner import left_alone
+from shared.rollout.ports import Collaborators
+from shared.rollout.requests import StartRequest
+from shared.rollout.service import RunConflictError, RunService
+from shared.rollout.skew import skew_problem
+from shared.rollout.windows import MaintenanceWindow
+from shared.triggers import idempotency
+from shared.triggers.events import (
     POST_MAINTENANCE,
     PRE_MAINTENANCE,
     RESOURCE_WRITE_SUCCESS,
@@ -38,16 +49,6 @@ from shared.events import (
     MaintenanceEvent,
     ResourceWriteEvent,
 )
-from shared.kube import Node
-from shared.notify import Notice, NoticeKind
-from shared.plan import due_reasons
-from shared.planner import left_alone
-from shared.retry import retry_on_conflict
-from shared.runs import RunConflictError, RunService, StartRequest
-from shared.skew import skew_problem
-from shared.windows import MaintenanceWindow
-from shared.workflow import Collaborators
-from shared.workqueue import WorkItem
 
 logger = logging.getLogger(__name__)
 

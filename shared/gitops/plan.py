@@ -236,7 +236,7 @@ class KubeFluxClient:
         self._timeout = timeout
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        from shared.kube import translate
+        from shared.adapters.kube import translate
 
         try:
             return fn(*args, _request_timeout=self._timeout, **kwargs)

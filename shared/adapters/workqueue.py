@@ -24,6 +24,15 @@ WORK_QUEUE = "node-work"  # the queue trigger binds this exact name
 MAX_VISIBILITY_DELAY = 7 * 24 * 3600 - 1  # Azure queues refuse a longer invisibility
 
 
+def message_json(body: str | bytes, *, what: str) -> Any:
+    """A queue message's body as JSON; a ValidationError saying ``what`` is not JSON
+    otherwise (the trigger dead-letters it: retrying cannot mend it)."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"{what} is not JSON: {exc}") from None
+
+
 @dataclass(frozen=True)
 class WorkItem:
     """``kind`` "step": move ``node`` of ``run`` one step, if the record is still at ``seq``.
@@ -51,10 +60,7 @@ class WorkItem:
 
     @classmethod
     def parse(cls, body: str | bytes) -> WorkItem:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValidationError(f"work item is not JSON: {exc}") from None
+        data = message_json(body, what="work item")
         if not isinstance(data, dict):
             raise ValidationError("work item must be a JSON object")
         if data.get("v") != SCHEMA_VERSION:

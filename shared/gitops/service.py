@@ -40,11 +40,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
+from shared.adapters.notify import Notice, NoticeKind
+from shared.adapters.workqueue import message_json
 from shared.clock import iso, parse_iso
 from shared.config import PatcherConfig
 from shared.errors import ConfigError, NotFoundError, PermanentError, TemporaryError, ValidationError
-from shared.github import PushEvent
-from shared.gitops import (
+from shared.gitops.github import PushEvent
+from shared.gitops.plan import (
     KINDS,
     FluxClient,
     FluxObjects,
@@ -57,8 +59,7 @@ from shared.gitops import (
     repository_key,
     requested_at_token,
 )
-from shared.notify import Notice, NoticeKind
-from shared.workflow import Collaborators
+from shared.rollout.ports import Collaborators
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +101,7 @@ class SyncMessage:
 
     @classmethod
     def parse(cls, body: str | bytes) -> SyncMessage:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValidationError(f"gitops sync message is not JSON: {exc}") from None
+        data = message_json(body, what="gitops sync message")
         if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION:
             raise ValidationError("gitops sync message must be an object with v=1")
         delivery, cluster = data.get("delivery"), data.get("cluster")
@@ -354,43 +352,19 @@ class GitOpsService:
             token = earlier or token
             logger.warning("delivery %s: the earlier attempt did not finish; processing it again", delivery)
 
-        if push.deleted:
+        def nothing_to_sync(state: str, reason: str) -> Answer:
             # Recorded so that the status endpoint explains why nothing happened.
-            store.put_record(
-                SYNC_KIND,
-                delivery,
-                {
-                    **base,
-                    "token": token,
-                    "receivedAt": iso(now),
-                    "commit": push.after,
-                    "clusters": [],
-                    "state": "skipped",
-                    "reason": DELETED_REASON,
-                    "results": {},
-                },
-            )
-            return Answer(202, {"status": "skipped", "reason": DELETED_REASON, **base})
+            record = {**base, "token": token, "receivedAt": iso(now), "commit": push.after, "clusters": []}
+            store.put_record(SYNC_KIND, delivery, {**record, "state": state, "reason": reason, "results": {}})
+            return Answer(202, {"status": state, "reason": reason, **base})
+
+        if push.deleted:
+            return nothing_to_sync("skipped", DELETED_REASON)
 
         keys = frozenset(k for u in push.repository.urls if (k := repository_key(u)))
         clusters = clusters_for(self._deps.config, keys)
         if clusters is None:
-            reason = "the repository is not in gitops.repositories"
-            store.put_record(
-                SYNC_KIND,
-                delivery,
-                {
-                    **base,
-                    "token": token,
-                    "receivedAt": iso(now),
-                    "commit": push.after,
-                    "clusters": [],
-                    "state": "ignored",
-                    "reason": reason,
-                    "results": {},
-                },
-            )
-            return Answer(202, {"status": "ignored", "reason": reason, **base})
+            return nothing_to_sync("ignored", "the repository is not in gitops.repositories")
 
         request = SyncRequest.from_push(delivery, push, token=token, now=now, clusters=clusters)
         record = {**request.to_record(), "state": "received", "results": {}}

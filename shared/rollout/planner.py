@@ -13,13 +13,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from shared.budget import resolve_max_unavailable
+from shared.adapters.compute import parse_provider_id
+from shared.adapters.kube import Node
 from shared.clock import iso
-from shared.compute import parse_provider_id
 from shared.config import ClusterConfig, PoolConfig
 from shared.errors import ValidationError
-from shared.kube import Node
-from shared.model import NodeWork, PoolBudget, Run
+from shared.rollout.budget import resolve_max_unavailable
+from shared.rollout.model import NodeWork, PoolBudget, Run
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
 # kubeadm labels control-plane nodes with the first; clusters from before 1.24 the second.

@@ -30,7 +30,7 @@ from typing import Any
 
 from shared.clock import iso
 from shared.errors import TemporaryError
-from shared.store.base import RunStore
+from shared.rollout.store.base import RunStore
 
 logger = logging.getLogger(__name__)
 

@@ -429,23 +429,23 @@ class ComputeClient:
                 ref.resource_group,
                 instance_ids[0],
             )
-        return self._begin(
-            f"reimage {ref.scale_set} {instance_ids}",
-            self._client.virtual_machine_scale_sets.begin_reimage,
-            ref.resource_group,
-            ref.scale_set,
-            vm_scale_set_reimage_input=VirtualMachineScaleSetReimageParameters(instance_ids=instance_ids),
-        )
+        body = VirtualMachineScaleSetReimageParameters(instance_ids=instance_ids)
+        begin = self._client.virtual_machine_scale_sets.begin_reimage
+        return self._begin_on_scale_set("reimage", ref, instance_ids, begin, vm_scale_set_reimage_input=body)
 
     def begin_upgrade_to_latest_model(self, ref: InstanceRef, instance_ids: list[str]) -> str:
         from azure.mgmt.compute.models import VirtualMachineScaleSetVMInstanceRequiredIDs
 
+        body = VirtualMachineScaleSetVMInstanceRequiredIDs(instance_ids=instance_ids)
+        begin = self._client.virtual_machine_scale_sets.begin_update_instances
+        return self._begin_on_scale_set("manualupgrade", ref, instance_ids, begin, vm_instance_i_ds=body)
+
+    def _begin_on_scale_set(
+        self, op: str, ref: InstanceRef, instance_ids: list[str], begin: Any, **body: Any
+    ) -> str:
+        """One write for many instances of ``ref``'s scale set (``op`` names it in errors)."""
         return self._begin(
-            f"manualupgrade {ref.scale_set} {instance_ids}",
-            self._client.virtual_machine_scale_sets.begin_update_instances,
-            ref.resource_group,
-            ref.scale_set,
-            vm_instance_i_ds=VirtualMachineScaleSetVMInstanceRequiredIDs(instance_ids=instance_ids),
+            f"{op} {ref.scale_set} {instance_ids}", begin, ref.resource_group, ref.scale_set, **body
         )
 
     def _begin(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> str:

@@ -276,17 +276,9 @@ class NodeWork:
         self.booting_since = 0.0
 
     def public(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "pool": self.pool,
-            "state": str(self.state),
-            "reason": self.reason,
-            "since": self.state_since,
-            "attempts": self.attempts,
-            "lastError": self.last_error,
-            "blockers": self.blockers,
-            "history": self.history,
-        }
+        where = {"state": str(self.state), "reason": self.reason, "since": self.state_since}
+        trouble = {"attempts": self.attempts, "lastError": self.last_error, "blockers": self.blockers}
+        return {"name": self.name, "pool": self.pool, **where, **trouble, "history": self.history}
 
 
 @dataclass
