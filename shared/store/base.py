@@ -14,27 +14,53 @@ missing or over.
 
 Node rows carry their ``state``, ``pool`` and ``order`` as columns next to the JSON data,
 written on every create and update, so that admission asks for the nodes in given states,
-or for those columns alone, instead of reading every record of the run.
+or for those columns alone, instead of reading every record of the run. Run rows carry
+``state``, ``cluster`` and ``ended_at`` the same way, so that a listing is filtered where
+the rows are stored and pages with the backend's own continuation. Run ids count down with
+time (``Run.new_id``), so the backends' key order is newest first.
+
+A partition ``runs~open`` names every run the sweeper still has to look at: its row is
+written before the run's first record and deleted only once the sweeper has seen the run
+ended with no node in flight, so a run never drops out of its sight while it has work; a
+row whose run was never written is dropped by the sweeper after a grace period.
 """
 
 from __future__ import annotations
 
 import abc
+import base64
+import binascii
+import contextlib
 import hashlib
 import json
 import re
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shared.errors import ConcurrencyError, NotFoundError
-from shared.model import NodeState, NodeWork, PacerRecord, Run, node_from_dict, record_to_json, run_from_dict
+from shared.clock import parse_iso
+from shared.errors import ConcurrencyError, NotFoundError, ValidationError
+from shared.model import (
+    NodeState,
+    NodeWork,
+    PacerRecord,
+    Run,
+    RunState,
+    newest_first_prefix,
+    node_from_dict,
+    record_to_json,
+    run_from_dict,
+)
 
 RUN_ROW = "run"
 NODE_PREFIX = "node~"
 PACER_PREFIX = "pacer~"
 GUARD_ROW = "active"
 NODE_COLUMNS = ("state", "pool", "order", "reimage_batch")
+RUN_COLUMNS = ("state", "cluster", "ended_at")
+OPEN_PARTITION = "runs~open"
+# Entity-group transactions hold at most 100 operations.
+TRANSACTION_LIMIT = 100
 
 Record = Run | NodeWork | PacerRecord
 # A backend row as queries return it: (row key, data, etag).
@@ -72,6 +98,63 @@ def node_columns(row: str, data: dict[str, Any]) -> dict[str, Any]:
         "order": int(data["order"]),
         "reimage_batch": str(data.get("reimage_batch") or ""),
     }
+
+
+def run_columns(row: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The queryable columns of a row: run rows only."""
+    if row != RUN_ROW:
+        return {}
+    return {
+        "state": str(data["state"]),
+        "cluster": str(data["cluster"]),
+        "ended_at": str(data.get("ended_at") or ""),
+    }
+
+
+# A page's position: the backend's own continuation (for Table storage the next
+# PartitionKey and RowKey the service named), passed to the caller as an opaque string.
+Continuation = dict[str, str]
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which run rows a query returns; every field given must match (None: any)."""
+
+    cluster: str | None = None
+    states: frozenset[str] | None = None
+    ended_before: str | None = None  # ISO-8601 UTC: ended (not "") strictly before
+    from_partition: str | None = None  # run ids (partition keys) at or after this one
+
+
+@dataclass
+class RunPage:
+    runs: list[Run] = field(default_factory=list)
+    next: str = ""  # "" when nothing more can follow; a page may be short (or empty) and still have one
+
+
+def encode_continuation(position: Continuation | None) -> str:
+    if not position:
+        return ""
+    raw = json.dumps(position, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_continuation(token: str) -> Continuation | None:
+    """The position an answer's ``next`` names; ValidationError for anything else."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        position = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise ValidationError("next is not a continuation token this API gave out") from None
+    if (
+        not isinstance(position, dict)
+        or not position
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in position.items())
+    ):
+        raise ValidationError("next is not a continuation token this API gave out")
+    return position
 
 
 @dataclass(frozen=True)
@@ -129,6 +212,17 @@ class RunStore(abc.ABC):
         None), filtered where the rows are stored. With ``columns_only`` the data holds only
         NODE_COLUMNS. At most ``limit`` rows when given, in no particular order."""
 
+    @abc.abstractmethod
+    def _query_runs(
+        self, where: RunFilter, *, limit: int, start: Continuation | None
+    ) -> tuple[list[tuple[dict[str, Any], str]], Continuation | None]:
+        """At most ``limit`` run rows matching ``where``, in key order (partition, that is
+        run id), from ``start``; and where the next page starts (None at the end)."""
+
+    @abc.abstractmethod
+    def _row_keys(self, partition: str) -> list[str]:
+        """Every row key of a partition, without the data."""
+
     def _get_many(self, partition: str, rows: Sequence[str]) -> list[Row]:
         """The rows that exist among ``rows``. Backends may fetch several per request."""
         out = []
@@ -154,7 +248,9 @@ class RunStore(abc.ABC):
     def create_run(self, run: Run, nodes: Iterable[NodeWork]) -> None:
         """Write the node records first and the run record last, so that a run becomes
         visible only when all of its nodes exist (a run larger than one transaction
-        cannot be written atomically)."""
+        cannot be written atomically). Its row among the open runs comes before both."""
+        opened = {"run_id": run.id, "opened_at": parse_iso(run.created_at) if run.created_at else 0.0}
+        self._transact(OPEN_PARTITION, [("upsert", run.id, opened, None)])
         batch: list[NodeWork] = []
         for node in nodes:
             batch.append(node)
@@ -198,6 +294,69 @@ class RunStore(abc.ABC):
         if cluster is not None:
             runs = [r for r in runs if r.cluster == cluster]
         return sorted(runs, key=lambda r: r.created_at, reverse=True)
+
+    def list_runs_page(
+        self,
+        *,
+        cluster: str | None = None,
+        states: Collection[RunState] | None = None,
+        limit: int,
+        next: str = "",
+    ) -> RunPage:
+        """Up to ``limit`` runs, newest first (runs recorded before ids counted down with
+        time come after them, in id order), from where ``next`` says; ValidationError
+        for a ``next`` this store did not give out."""
+        if limit < 1:
+            raise ValueError(f"limit must be positive, got {limit}")
+        start = decode_continuation(next)
+        if states is not None and not states:
+            return RunPage()
+        wanted = None if states is None else frozenset(str(s) for s in states)
+        where = RunFilter(cluster=cluster, states=wanted)
+        rows, position = self._query_runs(where, limit=limit, start=start)
+        return RunPage([run_from_dict(d, e) for d, e in rows], encode_continuation(position))
+
+    def ended_runs(self, *, before: str, limit: int) -> list[Run]:
+        """Up to ``limit`` runs created and ended before ``before`` (ISO-8601 UTC), oldest
+        last: what retention may delete. Only run ids from that time on are scanned."""
+        where = RunFilter(ended_before=before, from_partition=newest_first_prefix(parse_iso(before)))
+        rows, _ = self._query_runs(where, limit=limit, start=None)
+        return [run_from_dict(d, e) for d, e in rows]
+
+    def open_runs(self) -> dict[str, float]:
+        """The runs the sweeper still has to look at, with when each was opened (epoch seconds)."""
+        return {
+            str(data["run_id"]): float(data.get("opened_at") or 0.0)
+            for data, _ in self._query_partition(OPEN_PARTITION, "")
+        }
+
+    def settle_run(self, run_id: str) -> None:
+        """Take a run out of the sweeper's sight: it has ended with nothing in flight, or it
+        was never written."""
+        # Gone already is done (the Table SDK may take a 404 on delete for done, too).
+        with contextlib.suppress(ConcurrencyError):
+            self._transact(OPEN_PARTITION, [("delete", run_id, {}, None)])
+
+    def delete_run(self, run_id: str) -> int:
+        """Delete every record of a run: nodes and pacers first, the run record last, so a
+        deletion cut short is found and finished by the next. How many rows it deleted."""
+        rows = [r for r in self._row_keys(run_id) if r != RUN_ROW]
+        for i in range(0, len(rows), TRANSACTION_LIMIT):
+            self._delete_rows(run_id, rows[i : i + TRANSACTION_LIMIT])
+        self._delete_rows(run_id, [RUN_ROW])
+        self.settle_run(run_id)
+        return len(rows) + 1
+
+    def _delete_rows(self, partition: str, rows: list[str]) -> None:
+        try:
+            self._transact(partition, [("delete", row, {}, None) for row in rows])
+        except ConcurrencyError:
+            # One of them went meanwhile (a deletion racing this one): one at a time then.
+            for row in rows:
+                try:
+                    self._transact(partition, [("delete", row, {}, None)])
+                except ConcurrencyError:
+                    continue
 
     def get_node(self, run_id: str, name: str) -> NodeWork:
         problem = not_a_key(run_id) or not_a_key(name)
