@@ -41,19 +41,32 @@ class SweepReport:
     closed: list[str] = field(default_factory=list)  # runs whose nodes had all ended
     released: list[str] = field(default_factory=list)  # "cluster: why" for each lock freed
     stalled: list[str] = field(default_factory=list)  # runs marked stalled by this sweep
+    deleted: list[str] = field(default_factory=list)  # runs past retention, deleted with their records
 
 
 def sweep(deps: Collaborators) -> SweepReport:
     report = SweepReport()
     now = deps.clock.now()
     stall = deps.config.workflow.stall_after.total_seconds()
-    runs = deps.store.list_runs()
+    store = deps.store
+    _open_runs_from_before_the_index(deps)
+    opened = store.open_runs()
+    runs: dict[str, Run] = {}
     over: set[str] = set()  # ended, with no node in flight
-    for run in runs:
+    for run_id, opened_at in opened.items():
+        try:
+            run = store.get_run(run_id)
+        except NotFoundError:
+            # Opened by a create that died before writing the run (a run being written right
+            # now looks the same for a moment); the create opens it again after its record.
+            if now - opened_at >= stall:
+                store.settle_run(run_id)
+            continue
+        runs[run.id] = run
         # Only the nodes in flight are read whole: a finished run costs one filtered query.
-        in_flight = deps.store.list_nodes(run.id, states=HOLDING_STATES)
+        in_flight = store.list_nodes(run.id, states=HOLDING_STATES)
         if run.state.terminal and not in_flight:
-            over.add(run.id)
+            _settle(deps, run, over)
             continue  # its lock, if it still has one, is released below
         report.runs_checked += 1
         for node in in_flight:
@@ -65,7 +78,7 @@ def sweep(deps: Collaborators) -> SweepReport:
             node.reason = f"resumed by the sweeper after {now - last:.0f}s without progress"
             node.updated_at = iso(now)
             try:
-                deps.store.commit(node)
+                store.commit(node)
             except ConcurrencyError:
                 continue  # it moved while we looked: not stalled
             deps.queue.send(WorkItem("step", run.id, node.name, node.seq))
@@ -79,7 +92,7 @@ def sweep(deps: Collaborators) -> SweepReport:
         if in_flight and not _may_have_free_slots(run, in_flight):
             _moving(deps, run)
             continue
-        if deps.store.has_nodes(run.id, states=(NodeState.PENDING,)):
+        if store.has_nodes(run.id, states=(NodeState.PENDING,)):
             deps.queue.send(WorkItem("admit", run.id))
             report.admitted.append(run.id)
             if in_flight or now < run.not_before:
@@ -87,9 +100,57 @@ def sweep(deps: Collaborators) -> SweepReport:
             else:
                 _watch_idle(deps, run, report, now=now, stall=stall)
         elif not in_flight and _close(deps, run, report):
-            over.add(run.id)
-    _release_stale_locks(deps, {r.id: r for r in runs}, over, report, now=now, grace=stall)
+            _settle(deps, run, over)
+    _release_stale_locks(deps, runs, over, report, now=now, grace=stall)
+    _expire(deps, report, now=now, keep=set(opened) - over)
     return report
+
+
+def _settle(deps: Collaborators, run: Run, over: set[str]) -> None:
+    """Ended with nothing in flight: nothing can start in it any more (an admission's
+    write is conditional on the run's ETag, which its ending changed), so the sweeper
+    need not look at it again."""
+    over.add(run.id)
+    deps.store.settle_run(run.id)
+
+
+# A store whose runs were written before the open-runs partition existed says so with
+# this record once every such run with work left has been opened.
+_INDEX_KIND, _INDEX_KEY = "sweeper", "open-runs"
+
+
+def _open_runs_from_before_the_index(deps: Collaborators) -> None:
+    """Once per store: open every run written before runs were opened at their creation
+    and not over yet, so that none drops out of sight across the upgrade."""
+    store = deps.store
+    if store.get_record(_INDEX_KIND, _INDEX_KEY) is not None:
+        return
+    for run in store.list_runs():
+        if not run.state.terminal or store.has_nodes(run.id, states=HOLDING_STATES):
+            store.reopen_run(run)
+    store.put_record(_INDEX_KIND, _INDEX_KEY, {"at": iso(deps.clock.now())})
+
+
+# Retention deletes at most this many runs per sweep (each: one query for its row keys
+# and one transaction per 100 rows), so a first sweep after a long time stays short.
+RETENTION_RUNS_PER_SWEEP = 10
+
+
+def _expire(deps: Collaborators, report: SweepReport, *, now: float, keep: set[str]) -> None:
+    """Delete the runs that ended longer than ``retention`` ago with every record they
+    own; never one the sweeper still looks at (``keep``), nor one holding its cluster's
+    lock (a cluster no longer configured keeps its lock, and so its run, until released
+    by hand)."""
+    before = iso(now - deps.config.retention.total_seconds())
+    try:
+        for run in deps.store.ended_runs(before=before, limit=RETENTION_RUNS_PER_SWEEP):
+            if run.id in keep or deps.store.active_run(run.cluster) == run.id:
+                continue
+            deps.store.delete_run(run.id)
+            report.deleted.append(run.id)
+            logger.info("run %s (%s, ended %s) is past retention: deleted", run.id, run.cluster, run.ended_at)
+    except TemporaryError as exc:
+        logger.warning("retention: stopped for this sweep (%s); the next one goes on", exc)
 
 
 def _moving(deps: Collaborators, run: Run) -> None:
@@ -179,16 +240,19 @@ def _release_stale_locks(
         if lock is None:
             continue
         run = runs.get(lock.run_id)
+        if run is None:
+            try:
+                # Not open (settled by an earlier sweep), or written since the open runs were read.
+                run = store.get_run(lock.run_id)
+            except NotFoundError:
+                run = None
+            if run is not None and run.state.terminal and not store.has_nodes(run.id, states=HOLDING_STATES):
+                over.add(run.id)
         if run is not None:
-            if run.id not in over:  # the loop above looked at its nodes already
+            if run.id not in over:
                 continue
             why = f"run {run.id} is {run.state}"
         else:
-            try:
-                store.get_run(lock.run_id)  # written since the runs were listed: not stale
-                continue
-            except NotFoundError:
-                pass
             if now - lock.claimed_at < grace:
                 continue
             why = f"run {lock.run_id} does not exist"

@@ -249,8 +249,7 @@ class RunStore(abc.ABC):
         """Write the node records first and the run record last, so that a run becomes
         visible only when all of its nodes exist (a run larger than one transaction
         cannot be written atomically). Its row among the open runs comes before both."""
-        opened = {"run_id": run.id, "opened_at": parse_iso(run.created_at) if run.created_at else 0.0}
-        self._transact(OPEN_PARTITION, [("upsert", run.id, opened, None)])
+        self.reopen_run(run)
         batch: list[NodeWork] = []
         for node in nodes:
             batch.append(node)
@@ -260,6 +259,14 @@ class RunStore(abc.ABC):
         if batch:
             self._create_all(run.id, batch)
         (run.etag,) = self._create_own(run.id, [(RUN_ROW, _data(run))])
+        # Again: a sweeper that found it open without a record (a create slower than its
+        # grace) has settled it meanwhile.
+        self.reopen_run(run)
+
+    def reopen_run(self, run: Run) -> None:
+        """Put a run (back) in the sweeper's sight."""
+        opened = {"run_id": run.id, "opened_at": parse_iso(run.created_at) if run.created_at else 0.0}
+        self._transact(OPEN_PARTITION, [("upsert", run.id, opened, None)])
 
     def _create_all(self, partition: str, nodes: list[NodeWork]) -> None:
         etags = self._create_own(partition, [(row_key(n), _data(n)) for n in nodes])
