@@ -32,12 +32,13 @@ def _service() -> RunService:
 @bp.route(route="runs", methods=["GET", "POST"], auth_level=func.AuthLevel.FUNCTION)
 def runs_collection(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ConfigError, TemporaryError, ValidationError
+    from shared.listing import RunQuery
     from shared.runs import RunConflictError, StartRequest
 
     try:
         service = _service()
         if req.method == "GET":
-            return json_response({"runs": service.list()})
+            return json_response(service.list_page(RunQuery.from_query(req.params)))
         request = StartRequest.from_json(read_json(req))
         if request.dry_run:
             return json_response(service.preview(request))

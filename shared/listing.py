@@ -1,0 +1,70 @@
+"""What a listing endpoint was asked: a page (``limit``, ``next``) and its filters.
+
+The records listed grow with every run and push, so no listing reads them all: each
+answer is one page, taken by the store with its own continuation, and says in ``next``
+where the following one starts (absent at the end). A page may hold fewer items than
+``limit`` and still have a ``next``, as Table storage's own pages may.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shared.errors import ValidationError
+from shared.model import RunState
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+# The function key may come as ?code=...; the host passes it through.
+_HOST_PARAMETERS = frozenset({"code"})
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    limit: int = DEFAULT_LIMIT
+    next: str = ""
+
+    @classmethod
+    def from_query(cls, params: Mapping[str, str], *, filters: frozenset[str]) -> PageRequest:
+        """``limit`` and ``next`` from a query string that may also carry ``filters``;
+        ValidationError naming anything else, or a limit out of range."""
+        unknown = sorted(set(params) - {"limit", "next"} - filters - _HOST_PARAMETERS)
+        if unknown:
+            allowed = ", ".join(sorted({"limit", "next"} | filters))
+            raise ValidationError(f"unknown query parameters {unknown}; this listing takes {allowed}")
+        raw = params.get("limit", "")
+        limit = DEFAULT_LIMIT
+        if raw != "":
+            if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+                raise ValidationError(f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw!r}")
+            limit = int(raw)
+        return cls(limit=limit, next=params.get("next", ""))
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    """GET /api/runs: a page of runs, newest first, of one cluster and in given states
+    (comma-separated) when asked."""
+
+    page: PageRequest
+    cluster: str | None = None
+    states: frozenset[RunState] | None = None
+
+    FILTERS = frozenset({"cluster", "state"})
+
+    @classmethod
+    def from_query(cls, params: Mapping[str, str]) -> RunQuery:
+        page = PageRequest.from_query(params, filters=cls.FILTERS)
+        cluster = params.get("cluster") or None
+        states = None
+        if "state" in params:
+            names = [s.strip() for s in params["state"].split(",")]
+            known = [str(s) for s in RunState]
+            wrong = [n for n in names if n not in known]
+            if wrong:
+                raise ValidationError(
+                    f"state must be one or more of {', '.join(known)} (comma-separated), got {wrong}"
+                )
+            states = frozenset(RunState(n) for n in names)
+        return cls(page=page, cluster=cluster, states=states)
