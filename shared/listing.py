@@ -68,3 +68,21 @@ class RunQuery:
                 )
             states = frozenset(RunState(n) for n in names)
         return cls(page=page, cluster=cluster, states=states)
+
+
+@dataclass(frozen=True)
+class SyncQuery:
+    """GET /api/gitops/syncs: a page of deliveries, newest first, of one repository
+    (owner/name, as GitHub names it) when asked."""
+
+    page: PageRequest
+    repository: str | None = None
+
+    FILTERS = frozenset({"repository"})
+
+    @classmethod
+    def from_query(cls, params: Mapping[str, str]) -> SyncQuery:
+        return cls(
+            page=PageRequest.from_query(params, filters=cls.FILTERS),
+            repository=params.get("repository") or None,
+        )

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from shared.admission import HOLDING_STATES, Admission
 from shared.clock import iso, parse_iso
 from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
+from shared.gitops_service import expire_syncs, list_syncs_from_before_the_listing
 from shared.model import NodeState, NodeWork, Run, RunState
 from shared.notify import Notice, NoticeKind
 from shared.workflow import Collaborators
@@ -42,6 +43,7 @@ class SweepReport:
     released: list[str] = field(default_factory=list)  # "cluster: why" for each lock freed
     stalled: list[str] = field(default_factory=list)  # runs marked stalled by this sweep
     deleted: list[str] = field(default_factory=list)  # runs past retention, deleted with their records
+    deleted_syncs: list[str] = field(default_factory=list)  # GitOps deliveries past retention
 
 
 def sweep(deps: Collaborators) -> SweepReport:
@@ -119,21 +121,30 @@ def _settle(deps: Collaborators, run: Run, over: set[str]) -> None:
 _INDEX_KIND, _INDEX_KEY = "sweeper", "open-runs"
 
 
+_LISTING_KEY = "sync-listing"
+
+
 def _open_runs_from_before_the_index(deps: Collaborators) -> None:
     """Once per store: open every run written before runs were opened at their creation
-    and not over yet, so that none drops out of sight across the upgrade."""
+    and not over yet, so that none drops out of sight across the upgrade; and list the
+    GitOps syncs recorded before they were listed."""
     store = deps.store
-    if store.get_record(_INDEX_KIND, _INDEX_KEY) is not None:
-        return
-    for run in store.list_runs():
-        if not run.state.terminal or store.has_nodes(run.id, states=HOLDING_STATES):
-            store.reopen_run(run)
-    store.put_record(_INDEX_KIND, _INDEX_KEY, {"at": iso(deps.clock.now())})
+    if store.get_record(_INDEX_KIND, _INDEX_KEY) is None:
+        for run in store.list_runs():
+            if not run.state.terminal or store.has_nodes(run.id, states=HOLDING_STATES):
+                store.reopen_run(run)
+        store.put_record(_INDEX_KIND, _INDEX_KEY, {"at": iso(deps.clock.now())})
+    if store.get_record(_INDEX_KIND, _LISTING_KEY) is None:
+        listed = list_syncs_from_before_the_listing(store)
+        logger.info("sweeper: listed %d GitOps syncs recorded before syncs were listed", listed)
+        store.put_record(_INDEX_KIND, _LISTING_KEY, {"at": iso(deps.clock.now())})
 
 
 # Retention deletes at most this many runs per sweep (each: one query for its row keys
-# and one transaction per 100 rows), so a first sweep after a long time stays short.
+# and one transaction per 100 rows), and this many GitOps syncs (each: a few deletes), so
+# a first sweep after a long time stays short.
 RETENTION_RUNS_PER_SWEEP = 10
+RETENTION_SYNCS_PER_SWEEP = 20
 
 
 def _expire(deps: Collaborators, report: SweepReport, *, now: float, keep: set[str]) -> None:
@@ -141,14 +152,15 @@ def _expire(deps: Collaborators, report: SweepReport, *, now: float, keep: set[s
     own; never one the sweeper still looks at (``keep``), nor one holding its cluster's
     lock (a cluster no longer configured keeps its lock, and so its run, until released
     by hand)."""
-    before = iso(now - deps.config.retention.total_seconds())
+    cutoff = now - deps.config.retention.total_seconds()
     try:
-        for run in deps.store.ended_runs(before=before, limit=RETENTION_RUNS_PER_SWEEP):
+        for run in deps.store.ended_runs(before=iso(cutoff), limit=RETENTION_RUNS_PER_SWEEP):
             if run.id in keep or deps.store.active_run(run.cluster) == run.id:
                 continue
             deps.store.delete_run(run.id)
             report.deleted.append(run.id)
             logger.info("run %s (%s, ended %s) is past retention: deleted", run.id, run.cluster, run.ended_at)
+        report.deleted_syncs = expire_syncs(deps.store, before=cutoff, limit=RETENTION_SYNCS_PER_SWEEP)
     except TemporaryError as exc:
         logger.warning("retention: stopped for this sweep (%s); the next one goes on", exc)
 

@@ -273,3 +273,49 @@ class StoreContract:
         assert store.delete_record("event", "k", etag=new_etag) is True
         assert store.get_record("event", "k") is None
         assert store.replace_record("event", "k", {"n": 4}, etag=new_etag) is None  # gone
+
+    # ---- listed records: newest first, paged, filtered, moved when written again ----------
+    def test_listed_records_page_newest_first_and_filter_by_repository(self, store: RunStore) -> None:
+        for i in range(5):
+            repo = "org/a" if i % 2 == 0 else "org/b"
+            store.put_listed_record(
+                "sync",
+                f"d-{i}",
+                {"n": i, "repository": repo},
+                at=T0 + i,
+                summary={"n": i, "repository": repo},
+            )
+        seen, token = [], ""
+        while True:
+            page, token = store.list_listed_records("sync", limit=2, next=token)
+            seen += [r["n"] for r in page]
+            if not token:
+                break
+        assert seen == [4, 3, 2, 1, 0]
+        only_a, _ = store.list_listed_records("sync", where={"repository": "org/a"}, limit=10)
+        assert [r["n"] for r in only_a] == [4, 2, 0]
+        assert all(r["key"].startswith("d-") for r in only_a)
+        assert sorted(r["n"] for r in store.list_records("sync")) == [0, 1, 2, 3, 4]  # records only
+        with pytest.raises(ValidationError):
+            store.list_listed_records("sync", limit=2, next="nope")
+
+    def test_a_listed_record_written_again_at_another_time_is_listed_once(self, store: RunStore) -> None:
+        store.put_listed_record("sync", "d", {"v": 1}, at=T0, summary={"v": 1})
+        store.put_listed_record("sync", "d", {"v": 2}, at=T0, summary={"v": 2})
+        store.put_listed_record("sync", "d", {"v": 3}, at=T0 + 60, summary={"v": 3})
+        listed, _ = store.list_listed_records("sync", limit=10)
+        assert [r["v"] for r in listed] == [3]
+        assert (store.get_record("sync", "d") or {})["v"] == 3
+
+    def test_listed_records_before_a_time_are_deleted_oldest_first_bounded(self, store: RunStore) -> None:
+        for i in range(4):
+            store.put_listed_record("sync", f"d-{i}", {"n": i}, at=T0 + i * DAY, summary={"n": i})
+        gone = store.delete_listed_before("sync", before=T0 + 2.5 * DAY, limit=2)
+        assert len(gone) == 2 and {g["n"] for g in gone} <= {0, 1, 2}
+        gone += store.delete_listed_before("sync", before=T0 + 2.5 * DAY, limit=2)
+        assert sorted(g["n"] for g in gone) == [0, 1, 2]
+        assert [r["n"] for r in store.list_listed_records("sync", limit=10)[0]] == [3]
+        assert [store.get_record("sync", f"d-{i}") is None for i in range(4)] == [True, True, True, False]
+        store.discard_record("sync", "d-3")
+        store.discard_record("sync", "d-3")  # gone already: done
+        assert store.get_record("sync", "d-3") is None

@@ -59,6 +59,10 @@ GUARD_ROW = "active"
 NODE_COLUMNS = ("state", "pool", "order", "reimage_batch")
 RUN_COLUMNS = ("state", "cluster", "ended_at")
 OPEN_PARTITION = "runs~open"
+# A listed record's listing row: ``at~<time counting down>~<record row>``, next to the
+# record in its partition, so both change in one transaction and the rows list newest first.
+LISTING_PREFIX = "at~"
+LISTING_COLUMNS = ("repository",)
 # Entity-group transactions hold at most 100 operations.
 TRANSACTION_LIMIT = 100
 
@@ -109,6 +113,13 @@ def run_columns(row: str, data: dict[str, Any]) -> dict[str, Any]:
         "cluster": str(data["cluster"]),
         "ended_at": str(data.get("ended_at") or ""),
     }
+
+
+def listing_columns(row: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The queryable columns of a row: listing rows only."""
+    if not row.startswith(LISTING_PREFIX):
+        return {}
+    return {c: str(data.get(c) or "") for c in LISTING_COLUMNS}
 
 
 # A page's position: the backend's own continuation (for Table storage the next
@@ -218,6 +229,14 @@ class RunStore(abc.ABC):
     ) -> tuple[list[tuple[dict[str, Any], str]], Continuation | None]:
         """At most ``limit`` run rows matching ``where``, in key order (partition, that is
         run id), from ``start``; and where the next page starts (None at the end)."""
+
+    @abc.abstractmethod
+    def _query_listing(
+        self, partition: str, *, where: dict[str, str], from_row: str, limit: int, start: Continuation | None
+    ) -> tuple[list[Row], Continuation | None]:
+        """At most ``limit`` listing rows of a partition from row ``from_row`` on whose
+        LISTING_COLUMNS match ``where``, in row-key order, from ``start``; and where the
+        next page starts (None at the end)."""
 
     @abc.abstractmethod
     def _row_keys(self, partition: str) -> list[str]:
@@ -494,12 +513,63 @@ class RunStore(abc.ABC):
     def put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
         self._transact(f"{kind}~", [("upsert", record_row(key), {"key": key, **data}, None)])
 
+    def put_listed_record(
+        self, kind: str, key: str, data: dict[str, Any], *, at: float, summary: dict[str, Any]
+    ) -> None:
+        """``put_record``, and in the same transaction the record's listing row: ``summary``
+        (with the key), listed newest first by ``at``. The record remembers its listing row
+        (``_listing``), so one written again at another time moves it."""
+        partition, row = f"{kind}~", record_row(key)
+        listing = f"{LISTING_PREFIX}{newest_first_prefix(at)}~{row}"
+        found = self._get(partition, row)
+        earlier = str(found[0].get("_listing") or "") if found else ""
+        ops: list[tuple[str, str, dict[str, Any], str | None]] = [
+            ("upsert", row, {"key": key, **data, "_listing": listing}, None),
+            ("upsert", listing, {"key": key, **summary, "_summary": True}, None),
+        ]
+        if earlier and earlier != listing:
+            ops.append(("delete", earlier, {}, None))
+        self._transact(partition, ops)
+
+    def list_listed_records(
+        self, kind: str, *, where: dict[str, str] | None = None, limit: int, next: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        """A page of listed records' summaries, newest first, and the ``next`` token ("" at
+        the end); ValidationError for a token this store did not give out."""
+        start = decode_continuation(next)
+        rows, position = self._query_listing(
+            f"{kind}~", where=dict(where or {}), from_row=LISTING_PREFIX, limit=limit, start=start
+        )
+        return [data for _, data, _ in rows], encode_continuation(position)
+
+    def delete_listed_before(self, kind: str, *, before: float, limit: int) -> list[dict[str, Any]]:
+        """Delete up to ``limit`` listed records listed before ``before`` (epoch seconds),
+        with their listing rows; their summaries."""
+        partition = f"{kind}~"
+        rows, _ = self._query_listing(
+            partition,
+            where={},
+            from_row=LISTING_PREFIX + newest_first_prefix(before),
+            limit=limit,
+            start=None,
+        )
+        for listing, summary, _ in rows:
+            # The listing row last: a deletion cut short is found again by it.
+            self._delete_rows(partition, [record_row(str(summary["key"]))])
+            self._delete_rows(partition, [listing])
+        return [summary for _, summary, _ in rows]
+
+    def discard_record(self, kind: str, key: str) -> None:
+        """Delete a record whatever it holds; gone already is done."""
+        self._delete_rows(f"{kind}~", [record_row(key)])
+
     def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
         found = self._get(f"{kind}~", record_row(key))
         return None if found is None else found[0]
 
     def list_records(self, kind: str) -> list[dict[str, Any]]:
-        return [d for d, _ in self._query_partition(f"{kind}~", "")]
+        """Every record of a kind (not the listing rows of listed ones)."""
+        return [d for d, _ in self._query_partition(f"{kind}~", "") if not d.get("_summary")]
 
     # ---- one active run per cluster ----------------------------------------------------------
     def claim_cluster(self, cluster: str, run_id: str, *, at: float = 0.0) -> str | None:

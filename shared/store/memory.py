@@ -9,7 +9,16 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from shared.errors import ConcurrencyError
-from shared.store.base import NODE_COLUMNS, NODE_PREFIX, RUN_ROW, Continuation, Row, RunFilter, RunStore
+from shared.store.base import (
+    LISTING_PREFIX,
+    NODE_COLUMNS,
+    NODE_PREFIX,
+    RUN_ROW,
+    Continuation,
+    Row,
+    RunFilter,
+    RunStore,
+)
 
 
 class MemoryRunStore(RunStore):
@@ -57,6 +66,24 @@ class MemoryRunStore(RunStore):
                     return out, {"PartitionKey": partition, "RowKey": RUN_ROW}
                 out.append((copy.deepcopy(data), etag))
                 self.run_reads += 1
+            return out, None
+
+    def _query_listing(
+        self, partition: str, *, where: dict[str, str], from_row: str, limit: int, start: Continuation | None
+    ) -> tuple[list[Row], Continuation | None]:
+        first = max((start or {}).get("RowKey", ""), from_row)
+        with self._lock:
+            rows = sorted(
+                r for (p, r) in self._rows if p == partition and r.startswith(LISTING_PREFIX) and r >= first
+            )
+            out: list[Row] = []
+            for row in rows:
+                data, etag = self._rows[(partition, row)]
+                if any(str(data.get(c) or "") != v for c, v in where.items()):
+                    continue
+                if len(out) == limit:
+                    return out, {"PartitionKey": partition, "RowKey": row}
+                out.append((row, copy.deepcopy(data), etag))
             return out, None
 
     def _row_keys(self, partition: str) -> list[str]:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConcurrencyError, TemporaryError
 from shared.store.base import (
+    LISTING_COLUMNS,
+    LISTING_PREFIX,
     NODE_COLUMNS,
     NODE_PREFIX,
     RUN_ROW,
@@ -17,6 +19,7 @@ from shared.store.base import (
     Row,
     RunFilter,
     RunStore,
+    listing_columns,
     node_columns,
     run_columns,
 )
@@ -111,10 +114,29 @@ class TableRunStore(RunStore):
         if where.ended_before is not None:
             terms.append("ended_at gt @none and ended_at lt @before")
             params.update(none="", before=where.ended_before)
-        query = " and ".join(terms)
+        rows, position = self._page(" and ".join(terms), params, limit=limit, start=start)
+        return [self._decode(e) for e in rows], position
 
-        def run() -> tuple[list[tuple[dict[str, Any], str]], Continuation | None]:
-            out: list[tuple[dict[str, Any], str]] = []
+    def _query_listing(
+        self, partition: str, *, where: dict[str, str], from_row: str, limit: int, start: Continuation | None
+    ) -> tuple[list[Row], Continuation | None]:
+        query = "PartitionKey eq @p and RowKey ge @lo and RowKey lt @hi"
+        params: dict[str, Any] = {"p": partition, "lo": from_row, "hi": LISTING_PREFIX + "\uffff"}
+        for i, (column, value) in enumerate(sorted(where.items())):
+            if column not in LISTING_COLUMNS:
+                raise ValueError(f"{column} is not a listing column")
+            query += f" and {column} eq @w{i}"
+            params[f"w{i}"] = value
+        rows, position = self._page(query, params, limit=limit, start=start)
+        return [(e["RowKey"], *self._decode(e)) for e in rows], position
+
+    def _page(
+        self, query: str, params: dict[str, Any], *, limit: int, start: Continuation | None
+    ) -> tuple[list[Any], Continuation | None]:
+        """Up to ``limit`` entities from ``start``, paged by the service, and its continuation."""
+
+        def run() -> tuple[list[Any], Continuation | None]:
+            out: list[Any] = []
             position = start
             while True:
                 # The service may answer a filtered scan with fewer rows than asked (even
@@ -122,12 +144,12 @@ class TableRunStore(RunStore):
                 pages = self._table.query_entities(
                     query, parameters=params, results_per_page=limit - len(out)
                 ).by_page(continuation_token=position)  # type: ignore[arg-type]  # typed str; it is the dict it gave
-                out.extend(self._decode(e) for e in next(pages))
+                out.extend(next(pages))
                 position = getattr(pages, "continuation_token", None) or None
                 if position is None or len(out) >= limit:
                     return out, position
 
-        result: tuple[list[tuple[dict[str, Any], str]], Continuation | None] = self._call(run)
+        result: tuple[list[Any], Continuation | None] = self._call(run)
         return result
 
     def _row_keys(self, partition: str) -> list[str]:
@@ -221,7 +243,7 @@ class TableRunStore(RunStore):
                 text = json.dumps(data, sort_keys=True)
                 for i in range(0, max(len(text), 1), _CHUNK):
                     entity[f"data{i // _CHUNK}"] = text[i : i + _CHUNK]
-                entity.update(node_columns(row, data) or run_columns(row, data))
+                entity.update(node_columns(row, data) or run_columns(row, data) or listing_columns(row, data))
             conditions: dict[str, Any] = (
                 {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
             )
