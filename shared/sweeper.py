@@ -133,6 +133,9 @@ def _open_runs_from_before_the_index(deps: Collaborators) -> None:
         for run in store.list_runs():
             if not run.state.terminal or store.has_nodes(run.id, states=HOLDING_STATES):
                 store.reopen_run(run)
+            # Written again, it gets the columns that filtered listings and retention ask.
+            with contextlib.suppress(ConcurrencyError):  # written meanwhile: it has them
+                store.commit(run)
         store.put_record(_INDEX_KIND, _INDEX_KEY, {"at": iso(deps.clock.now())})
     if store.get_record(_INDEX_KIND, _LISTING_KEY) is None:
         listed = list_syncs_from_before_the_listing(store)
