@@ -617,13 +617,15 @@ def put_sync(store: Any, delivery: str, record: dict[str, Any]) -> None:
 
 def expire_syncs(store: Any, *, before: float, limit: int) -> list[str]:
     """Delete up to ``limit`` sync records received before ``before`` (epoch seconds), with
-    their queued clusters' records and their delivery claims; the deliveries deleted."""
+    their queued clusters' records and their delivery claims (those first: the sync record
+    is what finds them again after a deletion cut short); the deliveries deleted."""
     gone = []
-    for summary in store.delete_listed_before(SYNC_KIND, before=before, limit=limit):
+    for summary in store.listed_before(SYNC_KIND, before=before, limit=limit):
         delivery = str(summary.get("delivery") or summary["key"])
         for cluster in summary.get("results") or {}:
             store.discard_record(CLUSTER_KIND, f"{delivery}/{cluster}")
         store.discard_record(DELIVERY_KIND, delivery)
+        store.delete_listed(SYNC_KIND, summary)
         gone.append(delivery)
     return gone
 

@@ -122,6 +122,8 @@ _INDEX_KIND, _INDEX_KEY = "sweeper", "open-runs"
 
 
 _LISTING_KEY = "sync-listing"
+# The runs recorded before the open-runs index, listed by when they were created.
+_OLDER_RUNS = "sweeper-older-run"
 
 
 def _open_runs_from_before_the_index(deps: Collaborators) -> None:
@@ -136,6 +138,9 @@ def _open_runs_from_before_the_index(deps: Collaborators) -> None:
             # Written again, it gets the columns that filtered listings and retention ask.
             with contextlib.suppress(ConcurrencyError):  # written meanwhile: it has them
                 store.commit(run)
+            # Its id does not count down with time, so retention finds it through this listing.
+            created = parse_iso(run.created_at) if run.created_at else 0.0
+            store.put_listed_record(_OLDER_RUNS, run.id, {}, at=created, summary={})
         store.put_record(_INDEX_KIND, _INDEX_KEY, {"at": iso(deps.clock.now())})
     if store.get_record(_INDEX_KIND, _LISTING_KEY) is None:
         listed = list_syncs_from_before_the_listing(store)
@@ -163,6 +168,7 @@ def _expire(deps: Collaborators, report: SweepReport, *, now: float, keep: set[s
             deps.store.delete_run(run.id)
             report.deleted.append(run.id)
             logger.info("run %s (%s, ended %s) is past retention: deleted", run.id, run.cluster, run.ended_at)
+        _expire_older_runs(deps, report, before=iso(cutoff), keep=keep)
         report.deleted_syncs = expire_syncs(deps.store, before=cutoff, limit=RETENTION_SYNCS_PER_SWEEP)
     except TemporaryError as exc:
         logger.warning("retention: stopped for this sweep (%s); the next one goes on", exc)
@@ -235,6 +241,25 @@ def _close(deps: Collaborators, run: Run, report: SweepReport) -> bool:
         report.closed.append(run.id)
         logger.warning("run %s had every node ended but was still open; closed: %s", run.id, run.state_reason)
     return run.state.terminal
+
+
+def _expire_older_runs(deps: Collaborators, report: SweepReport, *, before: str, keep: set[str]) -> None:
+    """Retention for the runs recorded before run ids counted down with time: their ids
+    are anywhere in key order, so ``ended_runs`` may not see them."""
+    store = deps.store
+    for listed in store.listed_before(_OLDER_RUNS, before=parse_iso(before), limit=RETENTION_RUNS_PER_SWEEP):
+        try:
+            run = store.get_run(str(listed["key"]))
+        except NotFoundError:
+            store.delete_listed(_OLDER_RUNS, listed)  # deleted already (by ended_runs' way)
+            continue
+        if not run.ended_at or run.ended_at >= before or run.id in keep:
+            continue
+        if store.active_run(run.cluster) == run.id:
+            continue
+        store.delete_run(run.id)
+        store.delete_listed(_OLDER_RUNS, listed)
+        report.deleted.append(run.id)
 
 
 def _release_stale_locks(

@@ -307,13 +307,16 @@ class StoreContract:
         assert [r["v"] for r in listed] == [3]
         assert (store.get_record("sync", "d") or {})["v"] == 3
 
-    def test_listed_records_before_a_time_are_deleted_oldest_first_bounded(self, store: RunStore) -> None:
+    def test_listed_records_before_a_time_are_found_bounded_and_deleted(self, store: RunStore) -> None:
         for i in range(4):
             store.put_listed_record("sync", f"d-{i}", {"n": i}, at=T0 + i * DAY, summary={"n": i})
-        gone = store.delete_listed_before("sync", before=T0 + 2.5 * DAY, limit=2)
-        assert len(gone) == 2 and {g["n"] for g in gone} <= {0, 1, 2}
-        gone += store.delete_listed_before("sync", before=T0 + 2.5 * DAY, limit=2)
-        assert sorted(g["n"] for g in gone) == [0, 1, 2]
+        found = store.listed_before("sync", before=T0 + 2.5 * DAY, limit=2)
+        assert len(found) == 2 and {f["n"] for f in found} <= {0, 1, 2}
+        for summary in found:
+            store.delete_listed("sync", summary)
+        for summary in store.listed_before("sync", before=T0 + 2.5 * DAY, limit=2):
+            store.delete_listed("sync", summary)
+        assert store.listed_before("sync", before=T0 + 2.5 * DAY, limit=2) == []
         assert [r["n"] for r in store.list_listed_records("sync", limit=10)[0]] == [3]
         assert [store.get_record("sync", f"d-{i}") is None for i in range(4)] == [True, True, True, False]
         store.discard_record("sync", "d-3")

@@ -542,22 +542,24 @@ class RunStore(abc.ABC):
         )
         return [data for _, data, _ in rows], encode_continuation(position)
 
-    def delete_listed_before(self, kind: str, *, before: float, limit: int) -> list[dict[str, Any]]:
-        """Delete up to ``limit`` listed records listed before ``before`` (epoch seconds),
-        with their listing rows; their summaries."""
-        partition = f"{kind}~"
+    def listed_before(self, kind: str, *, before: float, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` summaries of records listed before ``before`` (epoch seconds),
+        each with its listing row's key as ``_row`` (for ``delete_listed``)."""
         rows, _ = self._query_listing(
-            partition,
+            f"{kind}~",
             where={},
             from_row=LISTING_PREFIX + newest_first_prefix(before),
             limit=limit,
             start=None,
         )
-        for listing, summary, _ in rows:
-            # The listing row last: a deletion cut short is found again by it.
-            self._delete_rows(partition, [record_row(str(summary["key"]))])
-            self._delete_rows(partition, [listing])
-        return [summary for _, summary, _ in rows]
+        return [{**summary, "_row": row} for row, summary, _ in rows]
+
+    def delete_listed(self, kind: str, summary: dict[str, Any]) -> None:
+        """Delete a listed record and its listing row (a summary ``listed_before`` gave);
+        the listing row last, so a deletion cut short is found again by it."""
+        partition = f"{kind}~"
+        self._delete_rows(partition, [record_row(str(summary["key"]))])
+        self._delete_rows(partition, [str(summary["_row"])])
 
     def discard_record(self, kind: str, key: str) -> None:
         """Delete a record whatever it holds; gone already is done."""

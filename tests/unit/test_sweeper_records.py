@@ -125,6 +125,27 @@ def test_retention_spares_a_run_with_work_left_and_one_holding_its_lock() -> Non
     assert sweep(h.deps).deleted == [locked.id]
 
 
+def test_runs_recorded_before_ids_counted_down_with_time_are_deleted_past_retention_too() -> None:
+    h = harness(retention="24h")
+    long_ago = h.clock.now() - 10 * DAY
+    # Random ids, as runs were named before: "0…" sorts before every id made from a time.
+    older = [Run(id=f"0{i:015x}", cluster="test", reason="old", created_at=iso(long_ago)) for i in range(2)]
+    for run in older:
+        h.store.create_run(run, [])
+        run.move_to(RunState.SUCCEEDED, reason="test", at=iso(long_ago + 60))
+        h.store.commit(run)
+        h.store.settle_run(run.id)  # as an app that never opened runs left them
+    recent = Run(id="0fffffffffffffff", cluster="test", reason="old", created_at=iso(h.clock.now() - 60))
+    h.store.create_run(recent, [])
+    recent.move_to(RunState.FAILED, reason="test", at=iso(h.clock.now() - 30))
+    h.store.commit(recent)
+    assert h.store.ended_runs(before=iso(h.clock.now() - DAY), limit=10) == []  # not by their ids
+    report = sweep(h.deps)
+    assert sorted(report.deleted) == sorted(r.id for r in older)
+    assert exists(h, recent.id)
+    assert sweep(h.deps).deleted == []
+
+
 def test_retention_must_be_an_hour_at_least() -> None:
     import pytest
 
