@@ -8,6 +8,7 @@ where the following one starts (absent at the end). A page may hold fewer items 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,6 +19,19 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 # The function key may come as ?code=...; the host passes it through.
 _HOST_PARAMETERS = frozenset({"code"})
+MAX_FILTER_CHARS = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _filter_value(params: Mapping[str, str], name: str) -> str | None:
+    """A name to filter by: no name configured or recorded is longer or holds control
+    characters, and the store's query language is not asked to compare such a value."""
+    value = params.get(name) or None
+    if value is not None and (len(value) > MAX_FILTER_CHARS or _CONTROL.search(value)):
+        raise ValidationError(
+            f"{name} must be at most {MAX_FILTER_CHARS} characters, none a control character"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -56,7 +70,7 @@ class RunQuery:
     @classmethod
     def from_query(cls, params: Mapping[str, str]) -> RunQuery:
         page = PageRequest.from_query(params, filters=cls.FILTERS)
-        cluster = params.get("cluster") or None
+        cluster = _filter_value(params, "cluster")
         states = None
         if "state" in params:
             names = [s.strip() for s in params["state"].split(",")]
@@ -84,5 +98,5 @@ class SyncQuery:
     def from_query(cls, params: Mapping[str, str]) -> SyncQuery:
         return cls(
             page=PageRequest.from_query(params, filters=cls.FILTERS),
-            repository=params.get("repository") or None,
+            repository=_filter_value(params, "repository"),
         )

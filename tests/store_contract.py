@@ -105,7 +105,18 @@ class StoreContract:
         assert store.list_runs_page(states=[RunState.RUNNING], limit=5).runs == []
         assert [r.id for r in store.list_runs_page(states=[RunState.CANCELLED], limit=5).runs] == [run.id]
 
-    @pytest.mark.parametrize("token", ["not a token", "e30", "WzFd", "eyJhIjoxfQ", "%%%"])
+    @pytest.mark.parametrize(
+        "token",
+        [
+            "not a token",
+            "e30",  # {}
+            "WzFd",  # [1]
+            "eyJhIjoxfQ",  # {"a": 1}
+            "%%%",
+            "eyJQYXJ0aXRpb25LZXkiOiAiYSJ9",  # {"PartitionKey": "a"}: no RowKey
+            "eyJQYXJ0aXRpb25LZXkiOiAiYVxuIiwgIlJvd0tleSI6ICJydW4ifQ",  # a newline in a key
+        ],
+    )
     def test_a_continuation_it_did_not_give_out_is_refused(self, store: RunStore, token: str) -> None:
         with pytest.raises(ValidationError, match="next"):
             store.list_runs_page(limit=5, next=token)

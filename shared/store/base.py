@@ -150,6 +150,9 @@ def encode_continuation(position: Continuation | None) -> str:
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
+_CONTINUATION_KEY = re.compile(r"[\x20-\x7e]{0,1024}")
+
+
 def decode_continuation(token: str) -> Continuation | None:
     """The position an answer's ``next`` names; ValidationError for anything else."""
     if not token:
@@ -159,10 +162,12 @@ def decode_continuation(token: str) -> Continuation | None:
         position = json.loads(raw)
     except (binascii.Error, ValueError):
         raise ValidationError("next is not a continuation token this API gave out") from None
+    # What the service hands out: its next keys, printable ASCII. Anything else would
+    # reach it as a header it refuses.
     if (
         not isinstance(position, dict)
-        or not position
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in position.items())
+        or set(position) != {"PartitionKey", "RowKey"}
+        or not all(isinstance(v, str) and _CONTINUATION_KEY.fullmatch(v) for v in position.values())
     ):
         raise ValidationError("next is not a continuation token this API gave out")
     return position

@@ -64,6 +64,7 @@ def test_syncs_page_newest_first_and_filter_by_repository(functions: dict, world
     [
         ({"limit": "0"}, "limit must be a whole number from 1 to 500"),
         ({"next": "!!"}, "next is not a continuation token"),
+        ({"repository": "a\nb"}, "repository must be at most 256 characters, none a control character"),
         ({"state": "done"}, "unknown query parameters ['state']; this listing takes limit, next, repository"),
     ],
 )

@@ -61,6 +61,8 @@ def test_runs_filter_by_cluster_and_states(functions: dict, harness: Harness) ->
         ({"next": "e30"}, "continuation token"),
         ({"state": "done"}, "state must be one or more of planned, running"),
         ({"state": "failed,"}, "got ['']"),
+        ({"cluster": "a\x00b"}, "cluster must be at most 256 characters, none a control character"),
+        ({"cluster": "c" * 257}, "at most 256 characters"),
         ({"page": "2"}, "unknown query parameters ['page']; this listing takes cluster, limit, next, state"),
     ],
 )
