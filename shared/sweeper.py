@@ -13,6 +13,11 @@ admission may have failed once, and nothing else would ever look at it again), a
 cluster's lock is released when it names a run that has ended with nothing in flight, or
 a run that still does not exist ``stallAfter`` after the claim (the process died between
 claiming the cluster and writing the run, or the claim was written but its answer lost).
+
+Each sweep reads only the open runs (the store's ``runs~open`` partition: opened before a
+run's first record, settled here once it has ended with nothing in flight), however many
+ended runs the store holds; then deletes a bounded number of runs and GitOps syncs older
+than ``retention``.
 """
 
 from __future__ import annotations
