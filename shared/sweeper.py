@@ -121,13 +121,10 @@ def _settle(deps: Collaborators, run: Run, over: set[str]) -> None:
     deps.store.settle_run(run.id)
 
 
-# A store whose runs were written before the open-runs partition existed says so with
-# this record once every such run with work left has been opened.
-_INDEX_KIND, _INDEX_KEY = "sweeper", "open-runs"
-
-
-_LISTING_KEY = "sync-listing"
-# The runs recorded before the open-runs index, listed by when they were created.
+# A store says with these records that the runs recorded before the open-runs partition
+# (and the syncs before their listing rows) have been taken in, once.
+_INDEX_KIND, _INDEX_KEY, _LISTING_KEY = "sweeper", "open-runs", "sync-listing"
+# The runs recorded before the open-runs partition, listed by when they were created.
 _OLDER_RUNS = "sweeper-older-run"
 
 
