@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 
@@ -103,8 +103,9 @@ class PatcherClient:
         return answer
 
     # ---- the operator API -------------------------------------------------------------------
-    def list_runs(self) -> list[dict[str, Any]]:
-        return list((self.request("GET", "/api/runs") or {}).get("runs", []))
+    def list_runs(self, **query: str | int | None) -> dict[str, Any]:
+        """One page of runs as the API answers it: ``runs`` and, when more follow, ``next``."""
+        return dict(self.request("GET", "/api/runs" + _query(query)) or {})
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/api/runs/{_seg(run_id)}"))
@@ -121,8 +122,9 @@ class PatcherClient:
     def node_action(self, run_id: str, node: str, action: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/api/runs/{_seg(run_id)}/nodes/{_seg(node)}/{action}") or {})
 
-    def list_syncs(self) -> list[dict[str, Any]]:
-        return list((self.request("GET", "/api/gitops/syncs") or {}).get("syncs", []))
+    def list_syncs(self, **query: str | int | None) -> dict[str, Any]:
+        """One page of GitOps deliveries: ``syncs`` and, when more follow, ``next``."""
+        return dict(self.request("GET", "/api/gitops/syncs" + _query(query)) or {})
 
     def get_sync(self, delivery: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/api/gitops/syncs/{_seg(delivery)}"))
@@ -161,3 +163,8 @@ def _reason(exc: Exception, url: str) -> str:
     if errno:
         return errno.group(1).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _query(params: dict[str, str | int | None]) -> str:
+    given = {k: str(v) for k, v in params.items() if v not in (None, "")}
+    return "?" + urlencode(given) if given else ""

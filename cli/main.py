@@ -31,6 +31,7 @@ KEY_ENV = "VMSS_PATCHER_FUNCTION_KEY"
 SCOPE_ENV = "VMSS_PATCHER_SCOPE"
 TOKEN_ENV = "VMSS_PATCHER_TOKEN"
 RUN_STATES = ("planned", "running", "paused", "succeeded", "failed", "cancelled")
+MAX_LIMIT = 500  # the API's largest page
 
 
 class UsageError(Exception):
@@ -141,8 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("runs", "List runs, newest first.", cmd_runs, output=True)
     p.add_argument("--cluster", help="only this cluster's runs")
     p.add_argument("--state", choices=RUN_STATES, help="only runs in this state")
-    p.add_argument("--limit", type=_count, default=20, help="runs per page (default 20)")
-    p.add_argument("--page", type=_count, default=1, help="which page, from 1 (default 1)")
+    _paging_arguments(p, "runs")
 
     p = verb("show", "Show a run: its pools, nodes, reasons and blockers.", cmd_show, output=True)
     p.add_argument("run", metavar="RUN", help="run id")
@@ -180,9 +180,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("run", metavar="RUN", help="run id")
         p.add_argument("node", metavar="NODE", help="node name")
 
-    p = verb("syncs", "List GitOps deliveries (or show one).", cmd_syncs, output=True)
+    p = verb("syncs", "List GitOps deliveries, newest first (or show one).", cmd_syncs, output=True)
     p.add_argument("delivery", metavar="DELIVERY", nargs="?", help="an X-GitHub-Delivery id")
+    p.add_argument("--repository", help="only pushes to this repository (owner/name)")
+    _paging_arguments(p, "deliveries")
     return parser
+
+
+def _paging_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--limit", type=_count, default=20, help=f"{what} per page (default 20, at most 500)")
+    pages = p.add_mutually_exclusive_group()
+    pages.add_argument("--next", metavar="TOKEN", help="the page the previous one's 'next' names")
+    pages.add_argument("--all", action="store_true", help=f"every page: all the {what}")
+
+
+def _pages(fetch: Callable[..., dict[str, Any]], key: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One page as the API answers it, or with --all every page's items (the server pages;
+    the CLI follows its next)."""
+    answer = fetch(limit=min(args.limit, MAX_LIMIT) if args.all else args.limit, next=args.next)
+    if not args.all:
+        return answer
+    items = list(answer.get(key, []))
+    while answer.get("next"):
+        answer = fetch(limit=MAX_LIMIT, next=answer["next"])
+        items += answer.get(key, [])
+    return {key: items}
 
 
 def _target_arguments(p: argparse.ArgumentParser) -> None:
@@ -238,25 +260,22 @@ def _target_body(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- verbs -----------------------------------------------------------------------------------
 def cmd_runs(args: argparse.Namespace, out: Any) -> int:
-    runs = _client(args).list_runs()
-    if args.cluster:
-        runs = [r for r in runs if r.get("cluster") == args.cluster]
-    if args.state:
-        runs = [r for r in runs if r.get("state") == args.state]
-    page = runs[(args.page - 1) * args.limit : args.page * args.limit]
+    client = _client(args)
+    answer = _pages(
+        lambda **page: client.list_runs(cluster=args.cluster, state=args.state, **page), "runs", args
+    )
     if args.output != "table":
-        render.dump(
-            {"runs": page, "total": len(runs), "page": args.page, "limit": args.limit}, args.output, out
-        )
+        render.dump(answer, args.output, out)
         return EXIT_OK
-    if not page:
-        out.print("No runs." if not runs else f"No runs on page {args.page} ({len(runs)} in all).")
-        return EXIT_OK
-    out.print(render.runs_table(page))
-    pages = (len(runs) + args.limit - 1) // args.limit
-    if pages > 1:
-        out.print(f"page {args.page} of {pages} ({len(runs)} runs; --page N for more)")
+    runs = answer.get("runs", [])
+    out.print(render.runs_table(runs) if runs else "No runs.")
+    _more(answer, out)
     return EXIT_OK
+
+
+def _more(answer: dict[str, Any], out: Any) -> None:
+    if answer.get("next"):
+        out.print(f"more: --next {answer['next']} (or --all)", markup=False)
 
 
 def _answer(data: Any, args: argparse.Namespace, out: Any, table: Any) -> int:
@@ -317,13 +336,13 @@ def cmd_syncs(args: argparse.Namespace, out: Any) -> int:
         data: Any = client.get_sync(args.delivery)
         render.dump(data, "yaml" if args.output == "table" else args.output, out)
         return EXIT_OK
-    syncs = client.list_syncs()
+    answer = _pages(lambda **page: client.list_syncs(repository=args.repository, **page), "syncs", args)
+    syncs = answer.get("syncs", [])
     if args.output != "table":
-        render.dump({"syncs": syncs}, args.output, out)
-    elif not syncs:
-        out.print("No GitOps deliveries.")
-    else:
-        out.print(render.syncs_table(syncs))
+        render.dump(answer, args.output, out)
+        return EXIT_OK
+    out.print(render.syncs_table(syncs) if syncs else "No GitOps deliveries.")
+    _more(answer, out)
     return EXIT_OK
 
 

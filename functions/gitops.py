@@ -126,11 +126,18 @@ def gitops_sync(msg: func.QueueMessage) -> None:
 @bp.route(route="gitops/syncs", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def gitops_syncs(req: func.HttpRequest) -> func.HttpResponse:
     from shared.app import collaborators
+    from shared.errors import TemporaryError, ValidationError
     from shared.gitops.service import GitOpsService
+    from shared.rollout.listing import SyncQuery
 
     if (refusal := check_access(req, "/gitops/syncs").refusal) is not None:
         return refusal
-    return json_response({"syncs": GitOpsService(collaborators()).list_syncs()})
+    try:
+        return json_response(GitOpsService(collaborators()).list_syncs(SyncQuery.from_query(req.params)))
+    except ValidationError as exc:
+        return error(400, str(exc))
+    except TemporaryError as exc:  # the store, for a moment
+        return error(503, f"try again: {exc}")
 
 
 @bp.function_name("gitops_sync_item")

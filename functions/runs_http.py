@@ -30,12 +30,15 @@ def _service() -> RunService:
 @bp.function_name("runs_list")
 @bp.route(route="runs", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def runs_list(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.errors import ConfigError, TemporaryError
+    from shared.errors import ConfigError, TemporaryError, ValidationError
+    from shared.rollout.listing import RunQuery
 
     if (refusal := check_access(req, "/runs").refusal) is not None:
         return refusal
     try:
-        return json_response({"runs": _service().list()})
+        return json_response(_service().list_page(RunQuery.from_query(req.params)))
+    except ValidationError as exc:
+        return error(400, str(exc))
     except ConfigError as exc:
         logger.error("configuration error: %s", exc)
         return error(500, "the app is misconfigured; see its logs")

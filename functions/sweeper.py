@@ -16,7 +16,7 @@ bp = func.Blueprint()
 )
 def sweeper(timer: func.TimerRequest) -> None:
     from shared.app import collaborators
-    from shared.rollout.sweeper import sweep
+    from shared.work import sweep
 
     report = sweep(collaborators())
     if report.resumed or timer.past_due:

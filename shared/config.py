@@ -443,6 +443,18 @@ class PatcherConfig(_Model):
     events: EventMappings = EventMappings()
     gitops: GitOpsConfig = GitOpsConfig()
     notifications: list[NotificationTarget] = Field(default_factory=list)
+    retention: Seconds = Field(
+        timedelta(days=90),
+        description="ended runs (with their nodes) and GitOps sync records older than this are deleted",
+    )
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_at_least_an_hour(cls, value: timedelta) -> timedelta:
+        # A bare number is seconds: "90" meant as days would delete nearly every ended run.
+        if value < timedelta(hours=1):
+            raise ValueError(f"retention must be at least 1h (got {value.total_seconds():g}s)")
+        return value
 
     @model_validator(mode="after")
     def _references(self) -> PatcherConfig:

@@ -21,8 +21,7 @@ from shared.rollout.requests import StartRequest
 from shared.rollout.service import RunService
 from shared.rollout.store.base import RunStore
 from shared.rollout.store.memory import MemoryRunStore
-from shared.rollout.sweeper import sweep
-from shared.work import handle_work_item
+from shared.work import handle_work_item, sweep
 from tests.fakes import SUB, FakeCompute, FakeKube, make_node, scale_set_id
 
 

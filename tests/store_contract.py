@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import ConcurrencyError
-from shared.rollout.model import NodeState, NodeWork, PacerRecord, Run
+from shared.clock import iso
+from shared.errors import ConcurrencyError, NotFoundError, ValidationError
+from shared.rollout.model import NodeState, NodeWork, PacerRecord, Run, RunState
 from shared.rollout.store.base import RunStore
 
 SCALE_SET = "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/virtualMachineScaleSets/Pool-A"
@@ -39,7 +40,117 @@ def move(store: RunStore, run_id: str, name: str, *states: NodeState) -> NodeWor
     return node
 
 
+DAY = 86_400.0
+T0 = 1_790_000_000.0  # 2026-09-21
+
+
+def make_timed_run(
+    store: RunStore, at: float, *, cluster: str = "c1", state: RunState = RunState.RUNNING, nodes: int = 1
+) -> Run:
+    """A run created at ``at`` (its id counts down with it), moved to ``state`` an hour later."""
+    run = Run(id=Run.new_id(at=at), cluster=cluster, reason="test", created_at=iso(at))
+    records = [
+        NodeWork(run_id=run.id, name=f"n{i}", pool="a", scale_set_id=SCALE_SET, instance_id=str(i), order=i)
+        for i in range(nodes)
+    ]
+    store.create_run(run, records)
+    if state != RunState.PLANNED:
+        run.move_to(state, reason="test", at=iso(at + 3600))
+        store.commit(run)
+    return run
+
+
 class StoreContract:
+    # ---- runs: pages newest first, filtered where the rows are stored --------------------
+    def test_runs_page_newest_first_with_a_continuation(self, store: RunStore) -> None:
+        made = [make_timed_run(store, T0 + i * 60) for i in range(7)]
+        newest_first = [r.id for r in reversed(made)]
+        seen: list[str] = []
+        token = ""
+        pages = 0
+        while True:
+            page = store.list_runs_page(limit=3, next=token)
+            assert len(page.runs) <= 3
+            seen += [r.id for r in page.runs]
+            pages += 1
+            if not page.next:
+                break
+            token = page.next
+        assert seen == newest_first
+        assert pages in (3, 4)  # a last page may be empty when the previous one ended exactly
+        assert [r.id for r in store.list_runs_page(limit=500).runs] == newest_first
+
+    def test_runs_filter_by_cluster_and_state(self, store: RunStore) -> None:
+        a1 = make_timed_run(store, T0, cluster="a", state=RunState.SUCCEEDED)
+        b1 = make_timed_run(store, T0 + 1, cluster="b", state=RunState.FAILED)
+        a2 = make_timed_run(store, T0 + 2, cluster="a", state=RunState.RUNNING)
+        a3 = make_timed_run(store, T0 + 3, cluster="a", state=RunState.FAILED)
+        assert [r.id for r in store.list_runs_page(cluster="a", limit=10).runs] == [a3.id, a2.id, a1.id]
+        failed = store.list_runs_page(states=[RunState.FAILED], limit=10).runs
+        assert [r.id for r in failed] == [a3.id, b1.id]
+        ended_in_a = store.list_runs_page(cluster="a", states=[RunState.FAILED, RunState.SUCCEEDED], limit=1)
+        assert [r.id for r in ended_in_a.runs] == [a3.id] and ended_in_a.next
+        rest = store.list_runs_page(
+            cluster="a", states=[RunState.FAILED, RunState.SUCCEEDED], limit=1, next=ended_in_a.next
+        )
+        assert [r.id for r in rest.runs] == [a1.id]
+        assert store.list_runs_page(cluster="nowhere", limit=10).runs == []
+        assert store.list_runs_page(states=[], limit=10).runs == []
+
+    def test_a_state_change_moves_a_run_between_state_filters(self, store: RunStore) -> None:
+        run = make_timed_run(store, T0)
+        assert [r.id for r in store.list_runs_page(states=[RunState.RUNNING], limit=5).runs] == [run.id]
+        run.move_to(RunState.CANCELLED, reason="test", at=iso(T0 + 10))
+        store.commit(run)
+        assert store.list_runs_page(states=[RunState.RUNNING], limit=5).runs == []
+        assert [r.id for r in store.list_runs_page(states=[RunState.CANCELLED], limit=5).runs] == [run.id]
+
+    @pytest.mark.parametrize(
+        "token",
+        [
+            "not a token",
+            "e30",  # {}
+            "WzFd",  # [1]
+            "eyJhIjoxfQ",  # {"a": 1}
+            "%%%",
+            "eyJQYXJ0aXRpb25LZXkiOiAiYSJ9",  # {"PartitionKey": "a"}: no RowKey
+            "eyJQYXJ0aXRpb25LZXkiOiAiYVxuIiwgIlJvd0tleSI6ICJydW4ifQ",  # a newline in a key
+        ],
+    )
+    def test_a_continuation_it_did_not_give_out_is_refused(self, store: RunStore, token: str) -> None:
+        with pytest.raises(ValidationError, match="next"):
+            store.list_runs_page(limit=5, next=token)
+
+    def test_ended_runs_are_those_ended_before_the_cutoff(self, store: RunStore) -> None:
+        old = make_timed_run(store, T0, state=RunState.SUCCEEDED)
+        old_running = make_timed_run(store, T0 + 60)
+        make_timed_run(store, T0 + 10 * DAY, state=RunState.FAILED)
+        ended = store.ended_runs(before=iso(T0 + 5 * DAY), limit=10)
+        assert [r.id for r in ended] == [old.id]
+        assert old_running.id not in [r.id for r in store.ended_runs(before=iso(T0 + 50 * DAY), limit=10)]
+        assert len(store.ended_runs(before=iso(T0 + 50 * DAY), limit=1)) == 1
+
+    def test_a_run_is_open_from_before_its_records_until_settled(self, store: RunStore) -> None:
+        run = make_timed_run(store, T0, state=RunState.SUCCEEDED)
+        assert store.open_runs() == {run.id: T0}
+        store.settle_run(run.id)
+        store.settle_run(run.id)  # twice is harmless
+        assert store.open_runs() == {}
+        assert store.get_run(run.id).id == run.id
+
+    def test_deleting_a_run_deletes_its_nodes_and_pacers(self, store: RunStore) -> None:
+        run = make_timed_run(store, T0, state=RunState.SUCCEEDED, nodes=130)
+        store.commit(store.get_pacer(run.id, SCALE_SET))
+        kept = make_timed_run(store, T0 + 1, nodes=2)
+        assert store.delete_run(run.id) == 132
+        with pytest.raises(NotFoundError):
+            store.get_run(run.id)
+        assert store.list_nodes(run.id) == []
+        assert store.get_pacer(run.id, SCALE_SET).etag is None
+        assert run.id not in store.open_runs()
+        assert len(store.list_nodes(kept.id)) == 2
+        assert store.delete_run(run.id) == 1  # again: nothing left, nothing raised
+
     def test_list_nodes_without_states_is_every_node_in_plan_order(self, store: RunStore) -> None:
         make_run(store)
         store.commit(store.get_pacer("run1", SCALE_SET))
@@ -173,3 +284,52 @@ class StoreContract:
         assert store.delete_record("event", "k", etag=new_etag) is True
         assert store.get_record("event", "k") is None
         assert store.replace_record("event", "k", {"n": 4}, etag=new_etag) is None  # gone
+
+    # ---- listed records: newest first, paged, filtered, moved when written again ----------
+    def test_listed_records_page_newest_first_and_filter_by_repository(self, store: RunStore) -> None:
+        for i in range(5):
+            repo = "org/a" if i % 2 == 0 else "org/b"
+            store.put_listed_record(
+                "sync",
+                f"d-{i}",
+                {"n": i, "repository": repo},
+                at=T0 + i,
+                summary={"n": i, "repository": repo},
+            )
+        seen, token = [], ""
+        while True:
+            page, token = store.list_listed_records("sync", limit=2, next=token)
+            seen += [r["n"] for r in page]
+            if not token:
+                break
+        assert seen == [4, 3, 2, 1, 0]
+        only_a, _ = store.list_listed_records("sync", where={"repository": "org/a"}, limit=10)
+        assert [r["n"] for r in only_a] == [4, 2, 0]
+        assert all(r["key"].startswith("d-") for r in only_a)
+        assert sorted(r["n"] for r in store.list_records("sync")) == [0, 1, 2, 3, 4]  # records only
+        with pytest.raises(ValidationError):
+            store.list_listed_records("sync", limit=2, next="nope")
+
+    def test_a_listed_record_written_again_at_another_time_is_listed_once(self, store: RunStore) -> None:
+        store.put_listed_record("sync", "d", {"v": 1}, at=T0, summary={"v": 1})
+        store.put_listed_record("sync", "d", {"v": 2}, at=T0, summary={"v": 2})
+        store.put_listed_record("sync", "d", {"v": 3}, at=T0 + 60, summary={"v": 3})
+        listed, _ = store.list_listed_records("sync", limit=10)
+        assert [r["v"] for r in listed] == [3]
+        assert (store.get_record("sync", "d") or {})["v"] == 3
+
+    def test_listed_records_before_a_time_are_found_bounded_and_deleted(self, store: RunStore) -> None:
+        for i in range(4):
+            store.put_listed_record("sync", f"d-{i}", {"n": i}, at=T0 + i * DAY, summary={"n": i})
+        found = store.listed_before("sync", before=T0 + 2.5 * DAY, limit=2)
+        assert len(found) == 2 and {f["n"] for f in found} <= {0, 1, 2}
+        for summary in found:
+            store.delete_listed("sync", summary)
+        for summary in store.listed_before("sync", before=T0 + 2.5 * DAY, limit=2):
+            store.delete_listed("sync", summary)
+        assert store.listed_before("sync", before=T0 + 2.5 * DAY, limit=2) == []
+        assert [r["n"] for r in store.list_listed_records("sync", limit=10)[0]] == [3]
+        assert [store.get_record("sync", f"d-{i}") is None for i in range(4)] == [True, True, True, False]
+        store.discard_record("sync", "d-3")
+        store.discard_record("sync", "d-3")  # gone already: done
+        assert store.get_record("sync", "d-3") is None

@@ -59,6 +59,7 @@ from shared.gitops.plan import (
     repository_key,
     requested_at_token,
 )
+from shared.rollout.listing import PageRequest, SyncQuery
 from shared.rollout.ports import Collaborators
 
 logger = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ class GitOpsService:
         def nothing_to_sync(state: str, reason: str) -> Answer:
             # Recorded so that the status endpoint explains why nothing happened.
             record = {**base, "token": token, "receivedAt": iso(now), "commit": push.after, "clusters": []}
-            store.put_record(SYNC_KIND, delivery, {**record, "state": state, "reason": reason, "results": {}})
+            put_sync(store, delivery, {**record, "state": state, "reason": reason, "results": {}})
             return Answer(202, {"status": state, "reason": reason, **base})
 
         if push.deleted:
@@ -368,7 +369,7 @@ class GitOpsService:
 
         request = SyncRequest.from_push(delivery, push, token=token, now=now, clusters=clusters)
         record = {**request.to_record(), "state": "received", "results": {}}
-        store.put_record(SYNC_KIND, delivery, record)
+        put_sync(store, delivery, record)
 
         results, deferred = self._sync_inline(request)
         if deferred:
@@ -386,13 +387,13 @@ class GitOpsService:
                         "error": f"could not queue: {exc.__class__.__name__}",
                     }
                 record.update(state="failed", results=results, finishedAt=iso(self._deps.clock.now()))
-                store.put_record(SYNC_KIND, delivery, record)
+                put_sync(store, delivery, record)
                 self._tell_failures(delivery, record, results)
                 return Answer(
                     503, {"status": "failed", "reason": "could not queue the remaining work", **base}
                 )
         record.update(state=_overall(results), results=results, finishedAt=iso(self._deps.clock.now()))
-        store.put_record(SYNC_KIND, delivery, record)
+        put_sync(store, delivery, record)
         self._tell_failures(delivery, record, results)
         body = {
             "status": record["state"],
@@ -498,12 +499,13 @@ class GitOpsService:
                 )
 
     # ---- the status endpoint
-    def list_syncs(self, *, limit: int = 50) -> list[dict[str, Any]]:
-        records = sorted(
-            self._deps.store.list_records(SYNC_KIND),
-            key=lambda r: str(r.get("receivedAt") or ""),
-            reverse=True,
-        )[:limit]
+    def list_syncs(self, query: SyncQuery | None = None) -> dict[str, Any]:
+        """GET /api/gitops/syncs: one page, newest first; ``next`` only when more may follow."""
+        query = query or SyncQuery(PageRequest())
+        where = {"repository": query.repository} if query.repository else {}
+        records, following = self._deps.store.list_listed_records(
+            SYNC_KIND, where=where, limit=query.page.limit, next=query.page.next
+        )
         out = []
         for rec in records:
             results = self._merged_results(rec)
@@ -518,7 +520,10 @@ class GitOpsService:
                     "clusters": {name: _summary(r) for name, r in results.items()},
                 }
             )
-        return out
+        answer: dict[str, Any] = {"syncs": out}
+        if following:
+            answer["next"] = following
+        return answer
 
     def get_sync(self, delivery: str) -> dict[str, Any]:
         rec = self._deps.store.get_record(SYNC_KIND, delivery)
@@ -530,7 +535,7 @@ class GitOpsService:
             unobserved = result.get("state") == "done" and not result.get("observed")
             if unobserved and self._observe(cluster, result, token):
                 self._keep_observation(rec, cluster, result)
-        view = {k: v for k, v in rec.items() if k not in ("key", "results", "repositoryKeys")}
+        view = {k: v for k, v in rec.items() if k not in ("key", "results", "repositoryKeys", "_listing")}
         view["state"] = _overall(results) if results else rec.get("state")
         view["results"] = results
         return view
@@ -569,8 +574,69 @@ class GitOpsService:
         elif rec.get("state") not in ("received",):  # never race the attempt still writing it
             stored = {k: v for k, v in rec.items() if k != "key"}
             stored["results"] = {**(rec.get("results") or {}), cluster: result}
-            self._deps.store.put_record(SYNC_KIND, delivery, stored)
+            put_sync(self._deps.store, delivery, stored)
             rec["results"] = stored["results"]
+
+
+# What a sync's line in the listing shows; the listing row holds these, not the whole record.
+_LISTED_FIELDS = ("delivery", "receivedAt", "repository", "ref", "commit", "state", "results")
+
+
+def put_sync(store: Any, delivery: str, record: dict[str, Any]) -> None:
+    """Write a sync record with its listing row (newest first by when it was received)."""
+    received = parse_iso(str(record["receivedAt"])) if record.get("receivedAt") else 0.0
+    summary = {k: record[k] for k in _LISTED_FIELDS if k in record}
+    store.put_listed_record(SYNC_KIND, delivery, record, at=received, summary=summary)
+
+
+def expire_syncs(store: Any, *, before: float, limit: int) -> list[str]:
+    """Delete up to ``limit`` sync records received before ``before`` (epoch seconds), with
+    their queued clusters' records and their delivery claims (those first: the sync record
+    is what finds them again after a deletion cut short); the deliveries deleted."""
+    gone = []
+    for summary in store.listed_before(SYNC_KIND, before=before, limit=limit):
+        delivery = str(summary.get("delivery") or summary["key"])
+        for cluster in summary.get("results") or {}:
+            store.discard_record(CLUSTER_KIND, f"{delivery}/{cluster}")
+        store.discard_record(DELIVERY_KIND, delivery)
+        store.delete_listed(SYNC_KIND, summary)
+        gone.append(delivery)
+    return gone
+
+
+# Retention deletes at most this many syncs per sweep (each: a few deletes).
+RETENTION_SYNCS_PER_SWEEP = 20
+# A store says with this record that the syncs recorded before their listing rows have
+# been listed, once.
+_INDEX_KIND, _LISTING_KEY = "sweeper", "sync-listing"
+
+
+def sweep_syncs(deps: Collaborators) -> list[str]:
+    """The sweeper's GitOps share: once per store, list the syncs recorded before syncs
+    were listed; then delete those past ``retention``. The deliveries deleted."""
+    store = deps.store
+    if store.get_record(_INDEX_KIND, _LISTING_KEY) is None:
+        listed = list_syncs_from_before_the_listing(store)
+        logger.info("sweeper: listed %d GitOps syncs recorded before syncs were listed", listed)
+        store.put_record(_INDEX_KIND, _LISTING_KEY, {"at": iso(deps.clock.now())})
+    cutoff = deps.clock.now() - deps.config.retention.total_seconds()
+    try:
+        return expire_syncs(store, before=cutoff, limit=RETENTION_SYNCS_PER_SWEEP)
+    except TemporaryError as exc:
+        logger.warning("retention of GitOps syncs: stopped for this sweep (%s); the next one goes on", exc)
+        return []
+
+
+def list_syncs_from_before_the_listing(store: Any) -> int:
+    """Give sync records written before they had listing rows theirs; how many."""
+    legacy = [r for r in store.list_records(SYNC_KIND) if "_listing" not in r]
+    for record in legacy:
+        put_sync(
+            store,
+            str(record.get("delivery") or record["key"]),
+            {k: v for k, v in record.items() if k != "key"},
+        )
+    return len(legacy)
 
 
 def _done(plan: Any, objects: list[dict[str, Any]]) -> dict[str, Any]:

@@ -151,7 +151,7 @@ def plan_run(
     ordered = order_targets(candidates, known_pools)
     at = iso(now)
     run = Run(
-        id=Run.new_id(),
+        id=Run.new_id(at=now),
         cluster=cluster.name,
         reason=reason,
         created_at=at,

@@ -27,6 +27,7 @@ from shared.errors import (
     ValidationError,
 )
 from shared.retry import retry_on_conflict
+from shared.rollout.listing import RunQuery
 from shared.rollout.model import NodeState, NodeWork, Run, RunState
 from shared.rollout.planner import plan_run
 from shared.rollout.ports import Collaborators
@@ -368,8 +369,15 @@ class RunService:
             "endedAt": run.ended_at,
         }
 
-    def list(self) -> list[dict[str, Any]]:
-        return [self.summary(r) for r in self.deps.store.list_runs()]
+    def list_page(self, query: RunQuery) -> dict[str, Any]:
+        """GET /api/runs: one page, newest first; ``next`` only when more may follow."""
+        page = self.deps.store.list_runs_page(
+            cluster=query.cluster, states=query.states, limit=query.page.limit, next=query.page.next
+        )
+        answer: dict[str, Any] = {"runs": [self.summary(r) for r in page.runs]}
+        if page.next:
+            answer["next"] = page.next
+        return answer
 
     def pause(self, run_id: str, *, by: str = "operator") -> Run:
         return self._set_state(run_id, RunState.PAUSED, f"paused by {by}")

@@ -13,6 +13,11 @@ admission may have failed once, and nothing else would ever look at it again), a
 cluster's lock is released when it names a run that has ended with nothing in flight, or
 a run that still does not exist ``stallAfter`` after the claim (the process died between
 claiming the cluster and writing the run, or the claim was written but its answer lost).
+
+Each sweep reads only the open runs (the store's ``runs~open`` partition: opened before a
+run's first record, settled here once it has ended with nothing in flight), however many
+ended runs the store holds; then deletes a bounded number of runs and GitOps syncs older
+than ``retention``.
 """
 
 from __future__ import annotations
@@ -41,19 +46,34 @@ class SweepReport:
     closed: list[str] = field(default_factory=list)  # runs whose nodes had all ended
     released: list[str] = field(default_factory=list)  # "cluster: why" for each lock freed
     stalled: list[str] = field(default_factory=list)  # runs marked stalled by this sweep
+    deleted: list[str] = field(default_factory=list)  # runs past retention, deleted with their records
+    # GitOps deliveries past retention: GitOps deletes its own (shared.work.sweep says so here).
+    deleted_syncs: list[str] = field(default_factory=list)
 
 
 def sweep(deps: Collaborators) -> SweepReport:
     report = SweepReport()
     now = deps.clock.now()
     stall = deps.config.workflow.stall_after.total_seconds()
-    runs = deps.store.list_runs()
+    store = deps.store
+    _open_runs_from_before_the_index(deps)
+    opened = store.open_runs()
+    runs: dict[str, Run] = {}
     over: set[str] = set()  # ended, with no node in flight
-    for run in runs:
+    for run_id, opened_at in opened.items():
+        try:
+            run = store.get_run(run_id)
+        except NotFoundError:
+            # Opened by a create that died before writing the run (a run being written right
+            # now looks the same for a moment); the create opens it again after its record.
+            if now - opened_at >= stall:
+                store.settle_run(run_id)
+            continue
+        runs[run.id] = run
         # Only the nodes in flight are read whole: a finished run costs one filtered query.
-        in_flight = deps.store.list_nodes(run.id, states=HOLDING_STATES)
+        in_flight = store.list_nodes(run.id, states=HOLDING_STATES)
         if run.state.terminal and not in_flight:
-            over.add(run.id)
+            _settle(deps, run, over)
             continue  # its lock, if it still has one, is released below
         report.runs_checked += 1
         for node in in_flight:
@@ -65,7 +85,7 @@ def sweep(deps: Collaborators) -> SweepReport:
             node.reason = f"resumed by the sweeper after {now - last:.0f}s without progress"
             node.updated_at = iso(now)
             try:
-                deps.store.commit(node)
+                store.commit(node)
             except ConcurrencyError:
                 continue  # it moved while we looked: not stalled
             deps.queue.send(WorkItem("step", run.id, node.name, node.seq))
@@ -79,7 +99,7 @@ def sweep(deps: Collaborators) -> SweepReport:
         if in_flight and not _may_have_free_slots(run, in_flight):
             _moving(deps, run)
             continue
-        if deps.store.has_nodes(run.id, states=(NodeState.PENDING,)):
+        if store.has_nodes(run.id, states=(NodeState.PENDING,)):
             deps.queue.send(WorkItem("admit", run.id))
             report.admitted.append(run.id)
             if in_flight or now < run.not_before:
@@ -87,9 +107,65 @@ def sweep(deps: Collaborators) -> SweepReport:
             else:
                 _watch_idle(deps, run, report, now=now, stall=stall)
         elif not in_flight and _close(deps, run, report):
-            over.add(run.id)
-    _release_stale_locks(deps, {r.id: r for r in runs}, over, report, now=now, grace=stall)
+            _settle(deps, run, over)
+    _release_stale_locks(deps, runs, over, report, now=now, grace=stall)
+    _expire(deps, report, now=now, keep=set(opened) - over)
     return report
+
+
+def _settle(deps: Collaborators, run: Run, over: set[str]) -> None:
+    """Ended with nothing in flight: nothing can start in it any more (an admission's
+    write is conditional on the run's ETag, which its ending changed), so the sweeper
+    need not look at it again."""
+    over.add(run.id)
+    deps.store.settle_run(run.id)
+
+
+# A store says with this record that the runs recorded before the open-runs partition
+# have been taken in, once.
+_INDEX_KIND, _INDEX_KEY = "sweeper", "open-runs"
+# The runs recorded before the open-runs partition, listed by when they were created.
+_OLDER_RUNS = "sweeper-older-run"
+
+
+def _open_runs_from_before_the_index(deps: Collaborators) -> None:
+    """Once per store: open every run written before runs were opened at their creation
+    and not over yet, so that none drops out of sight across the upgrade."""
+    store = deps.store
+    if store.get_record(_INDEX_KIND, _INDEX_KEY) is None:
+        for run in store.list_runs():
+            if not run.state.terminal or store.has_nodes(run.id, states=HOLDING_STATES):
+                store.reopen_run(run)
+            # Written again, it gets the columns that filtered listings and retention ask.
+            with contextlib.suppress(ConcurrencyError):  # written meanwhile: it has them
+                store.commit(run)
+            # Its id does not count down with time, so retention finds it through this listing.
+            created = parse_iso(run.created_at) if run.created_at else 0.0
+            store.put_listed_record(_OLDER_RUNS, run.id, {}, at=created, summary={})
+        store.put_record(_INDEX_KIND, _INDEX_KEY, {"at": iso(deps.clock.now())})
+
+
+# Retention deletes at most this many runs per sweep (each: one query for its row keys
+# and one transaction per 100 rows), so a first sweep after a long time stays short.
+RETENTION_RUNS_PER_SWEEP = 10
+
+
+def _expire(deps: Collaborators, report: SweepReport, *, now: float, keep: set[str]) -> None:
+    """Delete the runs that ended longer than ``retention`` ago with every record they
+    own; never one the sweeper still looks at (``keep``), nor one holding its cluster's
+    lock (a cluster no longer configured keeps its lock, and so its run, until released
+    by hand)."""
+    cutoff = now - deps.config.retention.total_seconds()
+    try:
+        for run in deps.store.ended_runs(before=iso(cutoff), limit=RETENTION_RUNS_PER_SWEEP):
+            if run.id in keep or deps.store.active_run(run.cluster) == run.id:
+                continue
+            deps.store.delete_run(run.id)
+            report.deleted.append(run.id)
+            logger.info("run %s (%s, ended %s) is past retention: deleted", run.id, run.cluster, run.ended_at)
+        _expire_older_runs(deps, report, before=iso(cutoff), keep=keep)
+    except TemporaryError as exc:
+        logger.warning("retention: stopped for this sweep (%s); the next one goes on", exc)
 
 
 def _moving(deps: Collaborators, run: Run) -> None:
@@ -161,6 +237,25 @@ def _close(deps: Collaborators, run: Run, report: SweepReport) -> bool:
     return run.state.terminal
 
 
+def _expire_older_runs(deps: Collaborators, report: SweepReport, *, before: str, keep: set[str]) -> None:
+    """Retention for the runs recorded before run ids counted down with time: their ids
+    are anywhere in key order, so ``ended_runs`` may not see them."""
+    store = deps.store
+    for listed in store.listed_before(_OLDER_RUNS, before=parse_iso(before), limit=RETENTION_RUNS_PER_SWEEP):
+        try:
+            run = store.get_run(str(listed["key"]))
+        except NotFoundError:
+            store.delete_listed(_OLDER_RUNS, listed)  # deleted already (by ended_runs' way)
+            continue
+        if not run.ended_at or run.ended_at >= before or run.id in keep:
+            continue
+        if store.active_run(run.cluster) == run.id:
+            continue
+        store.delete_run(run.id)
+        store.delete_listed(_OLDER_RUNS, listed)
+        report.deleted.append(run.id)
+
+
 def _release_stale_locks(
     deps: Collaborators,
     runs: dict[str, Run],
@@ -179,16 +274,19 @@ def _release_stale_locks(
         if lock is None:
             continue
         run = runs.get(lock.run_id)
+        if run is None:
+            try:
+                # Not open (settled by an earlier sweep), or written since the open runs were read.
+                run = store.get_run(lock.run_id)
+            except NotFoundError:
+                run = None
+            if run is not None and run.state.terminal and not store.has_nodes(run.id, states=HOLDING_STATES):
+                over.add(run.id)
         if run is not None:
-            if run.id not in over:  # the loop above looked at its nodes already
+            if run.id not in over:
                 continue
             why = f"run {run.id} is {run.state}"
         else:
-            try:
-                store.get_run(lock.run_id)  # written since the runs were listed: not stale
-                continue
-            except NotFoundError:
-                pass
             if now - lock.claimed_at < grace:
                 continue
             why = f"run {lock.run_id} does not exist"

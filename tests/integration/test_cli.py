@@ -99,8 +99,19 @@ def test_runs_lists_a_table_and_json_filtered_by_cluster_and_state(sandbox: Sand
     assert run_id in [r["id"] for r in listed["runs"]]
     assert {r["state"] for r in listed["runs"]} == {"succeeded"}
     assert json.loads(cli(sandbox, "runs", "--cluster", "elsewhere", "-o", "json").stdout)["runs"] == []
+    # The server pages: the newest run, then the one before it from the page's next.
+    later = driver.start(nodes=[driver.nodes_of("beta")[1]])
+    driver.wait(later)
     paged = yaml.safe_load(cli(sandbox, "runs", "--limit", "1", "-o", "yaml").stdout)
-    assert len(paged["runs"]) == 1 and paged["total"] >= 1
+    assert [r["id"] for r in paged["runs"]] == [later] and paged["next"]
+    following = json.loads(cli(sandbox, "runs", "--limit", "1", "--next", paged["next"], "-o", "json").stdout)
+    assert [r["id"] for r in following["runs"]] == [run_id]
+    every = json.loads(cli(sandbox, "runs", "--all", "--limit", "1", "-o", "json").stdout)
+    assert [r["id"] for r in every["runs"]][:2] == [later, run_id] and "next" not in every
+    more = cli(sandbox, "runs", "--limit", "1")
+    assert f"more: --next {paged['next']}" in more.stdout
+    refused = cli(sandbox, "runs", "--next", "not-a-token")
+    assert refused.returncode != 0 and "next is not a continuation token" in refused.stderr
 
     shown = cli(sandbox, "show", run_id)
     assert shown.returncode == 0 and f"Run {run_id}" in shown.stdout and "succeeded" in shown.stdout

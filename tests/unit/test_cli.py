@@ -91,6 +91,8 @@ def test_every_verb_has_help() -> None:
         (["runs", "-o", "xml"], "invalid choice"),
         (["runs", "--limit", "0"], "at least 1"),
         (["runs", "--state", "sleeping"], "invalid choice"),
+        (["runs", "--all", "--next", "TOKEN"], "not allowed with"),
+        (["syncs", "--limit", "0"], "at least 1"),
         (["start", "--cluster", "c", "--not-before", "tomorrow"], "not an ISO 8601 time"),
         (["start", "--cluster", "c", "--not-before", "2026-12-05T22:00:00"], "no time zone"),
         (["watch", "r", "--interval", "-1"], "more than 0"),

@@ -600,7 +600,7 @@ def test_the_status_shows_what_flux_made_of_the_requests_and_keeps_final_answers
     reads = len(custom.calls)
     svc.get_sync("d-10")
     assert len(custom.calls) == reads  # kept: the cluster is not asked again
-    listed = svc.list_syncs()
+    listed = svc.list_syncs()["syncs"]
     assert listed[0]["delivery"] == "d-10" and listed[0]["state"] == "done"
     with pytest.raises(NotFoundError):
         svc.get_sync("nope")
@@ -613,7 +613,7 @@ def test_syncs_are_listed_newest_first() -> None:
     for i in range(3):
         svc.handle_push(f"d-{i}", push_event())
         clock.advance(10)
-    assert [s["delivery"] for s in svc.list_syncs()] == ["d-2", "d-1", "d-0"]
+    assert [s["delivery"] for s in svc.list_syncs()["syncs"]] == ["d-2", "d-1", "d-0"]
 
 
 @pytest.mark.parametrize("body", [b"", b"nope", b"[]", b'{"v": 2}', b'{"v": 1, "delivery": "d"}'])

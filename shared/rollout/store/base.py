@@ -14,25 +14,39 @@ missing or over.
 
 Node rows carry their ``state``, ``pool`` and ``order`` as columns next to the JSON data,
 written on every create and update, so that admission asks for the nodes in given states,
-or for those columns alone, instead of reading every record of the run.
+or for those columns alone, instead of reading every record of the run. Run rows carry
+``state``, ``cluster`` and ``ended_at`` the same way, so that a listing is filtered where
+the rows are stored and pages with the backend's own continuation. Run ids count down with
+time (``Run.new_id``), so the backends' key order is newest first.
+
+A partition ``runs~open`` names every run the sweeper still has to look at: its row is
+written before the run's first record and deleted only once the sweeper has seen the run
+ended with no node in flight, so a run never drops out of its sight while it has work; a
+row whose run was never written is dropped by the sweeper after a grace period.
 """
 
 from __future__ import annotations
 
 import abc
+import base64
+import binascii
+import contextlib
 import hashlib
 import json
 import re
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shared.errors import ConcurrencyError, NotFoundError
+from shared.clock import parse_iso
+from shared.errors import ConcurrencyError, NotFoundError, ValidationError
 from shared.rollout.model import (
     NodeState,
     NodeWork,
     PacerRecord,
     Run,
+    RunState,
+    newest_first_prefix,
     node_from_dict,
     record_to_json,
     run_from_dict,
@@ -43,6 +57,14 @@ NODE_PREFIX = "node~"
 PACER_PREFIX = "pacer~"
 GUARD_ROW = "active"
 NODE_COLUMNS = ("state", "pool", "order", "reimage_batch")
+RUN_COLUMNS = ("state", "cluster", "ended_at")
+OPEN_PARTITION = "runs~open"
+# A listed record's listing row: ``at~<time counting down>~<record row>``, next to the
+# record in its partition, so both change in one transaction and the rows list newest first.
+LISTING_PREFIX = "at~"
+LISTING_COLUMNS = ("repository",)
+# Entity-group transactions hold at most 100 operations.
+TRANSACTION_LIMIT = 100
 
 Record = Run | NodeWork | PacerRecord
 # A backend row as queries return it: (row key, data, etag).
@@ -80,6 +102,75 @@ def node_columns(row: str, data: dict[str, Any]) -> dict[str, Any]:
         "order": int(data["order"]),
         "reimage_batch": str(data.get("reimage_batch") or ""),
     }
+
+
+def run_columns(row: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The queryable columns of a row: run rows only."""
+    if row != RUN_ROW:
+        return {}
+    return {
+        "state": str(data["state"]),
+        "cluster": str(data["cluster"]),
+        "ended_at": str(data.get("ended_at") or ""),
+    }
+
+
+def listing_columns(row: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The queryable columns of a row: listing rows only."""
+    if not row.startswith(LISTING_PREFIX):
+        return {}
+    return {c: str(data.get(c) or "") for c in LISTING_COLUMNS}
+
+
+# A page's position: the backend's own continuation (for Table storage the next
+# PartitionKey and RowKey the service named), passed to the caller as an opaque string.
+Continuation = dict[str, str]
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which run rows a query returns; every field given must match (None: any)."""
+
+    cluster: str | None = None
+    states: frozenset[str] | None = None
+    ended_before: str | None = None  # ISO-8601 UTC: ended (not "") strictly before
+    from_partition: str | None = None  # run ids (partition keys) at or after this one
+
+
+@dataclass
+class RunPage:
+    runs: list[Run] = field(default_factory=list)
+    next: str = ""  # "" when nothing more can follow; a page may be short (or empty) and still have one
+
+
+def encode_continuation(position: Continuation | None) -> str:
+    if not position:
+        return ""
+    raw = json.dumps(position, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+_CONTINUATION_KEY = re.compile(r"[\x20-\x7e]{0,1024}")
+
+
+def decode_continuation(token: str) -> Continuation | None:
+    """The position an answer's ``next`` names; ValidationError for anything else."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        position = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise ValidationError("next is not a continuation token this API gave out") from None
+    # What the service hands out: its next keys, printable ASCII. Anything else would
+    # reach it as a header it refuses.
+    if (
+        not isinstance(position, dict)
+        or set(position) != {"PartitionKey", "RowKey"}
+        or not all(isinstance(v, str) and _CONTINUATION_KEY.fullmatch(v) for v in position.values())
+    ):
+        raise ValidationError("next is not a continuation token this API gave out")
+    return position
 
 
 @dataclass(frozen=True)
@@ -132,6 +223,25 @@ class RunStore(abc.ABC):
         None), filtered where the rows are stored. With ``columns_only`` the data holds only
         NODE_COLUMNS. At most ``limit`` rows when given, in no particular order."""
 
+    @abc.abstractmethod
+    def _query_runs(
+        self, where: RunFilter, *, limit: int, start: Continuation | None
+    ) -> tuple[list[tuple[dict[str, Any], str]], Continuation | None]:
+        """At most ``limit`` run rows matching ``where``, in key order (partition, that is
+        run id), from ``start``; and where the next page starts (None at the end)."""
+
+    @abc.abstractmethod
+    def _query_listing(
+        self, partition: str, *, where: dict[str, str], from_row: str, limit: int, start: Continuation | None
+    ) -> tuple[list[Row], Continuation | None]:
+        """At most ``limit`` listing rows of a partition from row ``from_row`` on whose
+        LISTING_COLUMNS match ``where``, in row-key order, from ``start``; and where the
+        next page starts (None at the end)."""
+
+    @abc.abstractmethod
+    def _row_keys(self, partition: str) -> list[str]:
+        """Every row key of a partition, without the data."""
+
     def _get_many(self, partition: str, rows: Sequence[str]) -> list[Row]:
         """The rows that exist among ``rows``. Backends may fetch several per request."""
         out = []
@@ -157,7 +267,8 @@ class RunStore(abc.ABC):
     def create_run(self, run: Run, nodes: Iterable[NodeWork]) -> None:
         """Write the node records first and the run record last, so that a run becomes
         visible only when all of its nodes exist (a run larger than one transaction
-        cannot be written atomically)."""
+        cannot be written atomically). Its row among the open runs comes before both."""
+        self.reopen_run(run)
         batch: list[NodeWork] = []
         for node in nodes:
             batch.append(node)
@@ -167,6 +278,14 @@ class RunStore(abc.ABC):
         if batch:
             self._create_all(run.id, batch)
         (run.etag,) = self._create_own(run.id, [(RUN_ROW, _data(run))])
+        # Again: a sweeper that found it open without a record (a create slower than its
+        # grace) has settled it meanwhile.
+        self.reopen_run(run)
+
+    def reopen_run(self, run: Run) -> None:
+        """Put a run (back) in the sweeper's sight."""
+        opened = {"run_id": run.id, "opened_at": parse_iso(run.created_at) if run.created_at else 0.0}
+        self._transact(OPEN_PARTITION, [("upsert", run.id, opened, None)])
 
     def _create_all(self, partition: str, nodes: list[NodeWork]) -> None:
         etags = self._create_own(partition, [(row_key(n), _data(n)) for n in nodes])
@@ -201,6 +320,69 @@ class RunStore(abc.ABC):
         if cluster is not None:
             runs = [r for r in runs if r.cluster == cluster]
         return sorted(runs, key=lambda r: r.created_at, reverse=True)
+
+    def list_runs_page(
+        self,
+        *,
+        cluster: str | None = None,
+        states: Collection[RunState] | None = None,
+        limit: int,
+        next: str = "",
+    ) -> RunPage:
+        """Up to ``limit`` runs, newest first (runs recorded before ids counted down with
+        time come after them, in id order), from where ``next`` says; ValidationError
+        for a ``next`` this store did not give out."""
+        if limit < 1:
+            raise ValueError(f"limit must be positive, got {limit}")
+        start = decode_continuation(next)
+        if states is not None and not states:
+            return RunPage()
+        wanted = None if states is None else frozenset(str(s) for s in states)
+        where = RunFilter(cluster=cluster, states=wanted)
+        rows, position = self._query_runs(where, limit=limit, start=start)
+        return RunPage([run_from_dict(d, e) for d, e in rows], encode_continuation(position))
+
+    def ended_runs(self, *, before: str, limit: int) -> list[Run]:
+        """Up to ``limit`` runs created and ended before ``before`` (ISO-8601 UTC), oldest
+        last: what retention may delete. Only run ids from that time on are scanned."""
+        where = RunFilter(ended_before=before, from_partition=newest_first_prefix(parse_iso(before)))
+        rows, _ = self._query_runs(where, limit=limit, start=None)
+        return [run_from_dict(d, e) for d, e in rows]
+
+    def open_runs(self) -> dict[str, float]:
+        """The runs the sweeper still has to look at, with when each was opened (epoch seconds)."""
+        return {
+            str(data["run_id"]): float(data.get("opened_at") or 0.0)
+            for data, _ in self._query_partition(OPEN_PARTITION, "")
+        }
+
+    def settle_run(self, run_id: str) -> None:
+        """Take a run out of the sweeper's sight: it has ended with nothing in flight, or it
+        was never written."""
+        # Gone already is done (the Table SDK may take a 404 on delete for done, too).
+        with contextlib.suppress(ConcurrencyError):
+            self._transact(OPEN_PARTITION, [("delete", run_id, {}, None)])
+
+    def delete_run(self, run_id: str) -> int:
+        """Delete every record of a run: nodes and pacers first, the run record last, so a
+        deletion cut short is found and finished by the next. How many rows it deleted."""
+        rows = [r for r in self._row_keys(run_id) if r != RUN_ROW]
+        for i in range(0, len(rows), TRANSACTION_LIMIT):
+            self._delete_rows(run_id, rows[i : i + TRANSACTION_LIMIT])
+        self._delete_rows(run_id, [RUN_ROW])
+        self.settle_run(run_id)
+        return len(rows) + 1
+
+    def _delete_rows(self, partition: str, rows: list[str]) -> None:
+        try:
+            self._transact(partition, [("delete", row, {}, None) for row in rows])
+        except ConcurrencyError:
+            # One of them went meanwhile (a deletion racing this one): one at a time then.
+            for row in rows:
+                try:
+                    self._transact(partition, [("delete", row, {}, None)])
+                except ConcurrencyError:
+                    continue
 
     def get_node(self, run_id: str, name: str) -> NodeWork:
         problem = not_a_key(run_id) or not_a_key(name)
@@ -331,12 +513,65 @@ class RunStore(abc.ABC):
     def put_record(self, kind: str, key: str, data: dict[str, Any]) -> None:
         self._transact(f"{kind}~", [("upsert", record_row(key), {"key": key, **data}, None)])
 
+    def put_listed_record(
+        self, kind: str, key: str, data: dict[str, Any], *, at: float, summary: dict[str, Any]
+    ) -> None:
+        """``put_record``, and in the same transaction the record's listing row: ``summary``
+        (with the key), listed newest first by ``at``. The record remembers its listing row
+        (``_listing``), so one written again at another time moves it."""
+        partition, row = f"{kind}~", record_row(key)
+        listing = f"{LISTING_PREFIX}{newest_first_prefix(at)}~{row}"
+        found = self._get(partition, row)
+        earlier = str(found[0].get("_listing") or "") if found else ""
+        ops: list[tuple[str, str, dict[str, Any], str | None]] = [
+            ("upsert", row, {"key": key, **data, "_listing": listing}, None),
+            ("upsert", listing, {"key": key, **summary, "_summary": True}, None),
+        ]
+        if earlier and earlier != listing:
+            ops.append(("delete", earlier, {}, None))
+        self._transact(partition, ops)
+
+    def list_listed_records(
+        self, kind: str, *, where: dict[str, str] | None = None, limit: int, next: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        """A page of listed records' summaries, newest first, and the ``next`` token ("" at
+        the end); ValidationError for a token this store did not give out."""
+        start = decode_continuation(next)
+        rows, position = self._query_listing(
+            f"{kind}~", where=dict(where or {}), from_row=LISTING_PREFIX, limit=limit, start=start
+        )
+        return [data for _, data, _ in rows], encode_continuation(position)
+
+    def listed_before(self, kind: str, *, before: float, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` summaries of records listed before ``before`` (epoch seconds),
+        each with its listing row's key as ``_row`` (for ``delete_listed``)."""
+        rows, _ = self._query_listing(
+            f"{kind}~",
+            where={},
+            from_row=LISTING_PREFIX + newest_first_prefix(before),
+            limit=limit,
+            start=None,
+        )
+        return [{**summary, "_row": row} for row, summary, _ in rows]
+
+    def delete_listed(self, kind: str, summary: dict[str, Any]) -> None:
+        """Delete a listed record and its listing row (a summary ``listed_before`` gave);
+        the listing row last, so a deletion cut short is found again by it."""
+        partition = f"{kind}~"
+        self._delete_rows(partition, [record_row(str(summary["key"]))])
+        self._delete_rows(partition, [str(summary["_row"])])
+
+    def discard_record(self, kind: str, key: str) -> None:
+        """Delete a record whatever it holds; gone already is done."""
+        self._delete_rows(f"{kind}~", [record_row(key)])
+
     def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
         found = self._get(f"{kind}~", record_row(key))
         return None if found is None else found[0]
 
     def list_records(self, kind: str) -> list[dict[str, Any]]:
-        return [d for d, _ in self._query_partition(f"{kind}~", "")]
+        """Every record of a kind (not the listing rows of listed ones)."""
+        return [d for d, _ in self._query_partition(f"{kind}~", "") if not d.get("_summary")]
 
     # ---- one active run per cluster ----------------------------------------------------------
     def claim_cluster(self, cluster: str, run_id: str, *, at: float = 0.0) -> str | None:

@@ -9,7 +9,16 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from shared.errors import ConcurrencyError
-from shared.rollout.store.base import NODE_COLUMNS, NODE_PREFIX, Row, RunStore
+from shared.rollout.store.base import (
+    LISTING_PREFIX,
+    NODE_COLUMNS,
+    NODE_PREFIX,
+    RUN_ROW,
+    Continuation,
+    Row,
+    RunFilter,
+    RunStore,
+)
 
 
 class MemoryRunStore(RunStore):
@@ -18,10 +27,13 @@ class MemoryRunStore(RunStore):
         self._lock = threading.Lock()
         self._etags = itertools.count(1)
         self.writes = 0
+        # Run records handed out by queries and reads, for tests that count what a pass reads.
+        self.run_reads = 0
 
     def _get(self, partition: str, row: str) -> tuple[dict[str, Any], str] | None:
         with self._lock:
             found = self._rows.get((partition, row))
+            self.run_reads += found is not None and row == RUN_ROW
             return None if found is None else (copy.deepcopy(found[0]), found[1])
 
     def _query_partition(self, partition: str, row_prefix: str) -> list[tuple[dict[str, Any], str]]:
@@ -34,7 +46,49 @@ class MemoryRunStore(RunStore):
 
     def _query_rows(self, row: str) -> list[tuple[dict[str, Any], str]]:
         with self._lock:
-            return [(copy.deepcopy(d), e) for (_, r), (d, e) in self._rows.items() if r == row]
+            out = [(copy.deepcopy(d), e) for (_, r), (d, e) in self._rows.items() if r == row]
+            self.run_reads += len(out) if row == RUN_ROW else 0
+            return out
+
+    def _query_runs(
+        self, where: RunFilter, *, limit: int, start: Continuation | None
+    ) -> tuple[list[tuple[dict[str, Any], str]], Continuation | None]:
+        # As Table storage pages: in key order, and the next page starts at the next key.
+        first = max((start or {}).get("PartitionKey", ""), where.from_partition or "")
+        with self._lock:
+            keys = sorted(p for (p, r) in self._rows if r == RUN_ROW and p >= first)
+            out: list[tuple[dict[str, Any], str]] = []
+            for partition in keys:
+                data, etag = self._rows[(partition, RUN_ROW)]
+                if not _matches(where, data):
+                    continue
+                if len(out) == limit:
+                    return out, {"PartitionKey": partition, "RowKey": RUN_ROW}
+                out.append((copy.deepcopy(data), etag))
+                self.run_reads += 1
+            return out, None
+
+    def _query_listing(
+        self, partition: str, *, where: dict[str, str], from_row: str, limit: int, start: Continuation | None
+    ) -> tuple[list[Row], Continuation | None]:
+        first = max((start or {}).get("RowKey", ""), from_row)
+        with self._lock:
+            rows = sorted(
+                r for (p, r) in self._rows if p == partition and r.startswith(LISTING_PREFIX) and r >= first
+            )
+            out: list[Row] = []
+            for row in rows:
+                data, etag = self._rows[(partition, row)]
+                if any(str(data.get(c) or "") != v for c, v in where.items()):
+                    continue
+                if len(out) == limit:
+                    return out, {"PartitionKey": partition, "RowKey": row}
+                out.append((row, copy.deepcopy(data), etag))
+            return out, None
+
+    def _row_keys(self, partition: str) -> list[str]:
+        with self._lock:
+            return sorted(r for (p, r) in self._rows if p == partition)
 
     def _query_nodes(
         self, partition: str, states: Collection[str] | None, *, columns_only: bool, limit: int | None
@@ -76,3 +130,12 @@ class MemoryRunStore(RunStore):
                 self._rows[(partition, row)] = (copy.deepcopy(data), etag)
                 out.append(etag)
             return out
+
+
+def _matches(where: RunFilter, data: dict[str, Any]) -> bool:
+    ended = str(data.get("ended_at") or "")
+    return (
+        (where.cluster is None or data["cluster"] == where.cluster)
+        and (where.states is None or str(data["state"]) in where.states)
+        and (where.ended_before is None or "" < ended < where.ended_before)
+    )

@@ -9,7 +9,20 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConcurrencyError, TemporaryError
-from shared.rollout.store.base import NODE_COLUMNS, NODE_PREFIX, Row, RunStore, node_columns
+from shared.rollout.store.base import (
+    LISTING_COLUMNS,
+    LISTING_PREFIX,
+    NODE_COLUMNS,
+    NODE_PREFIX,
+    RUN_ROW,
+    Continuation,
+    Row,
+    RunFilter,
+    RunStore,
+    listing_columns,
+    node_columns,
+    run_columns,
+)
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -83,6 +96,65 @@ class TableRunStore(RunStore):
 
     def _query_rows(self, row: str) -> list[tuple[dict[str, Any], str]]:
         return [self._decode(e) for e in self._query("RowKey eq @r", {"r": row})]
+
+    def _query_runs(
+        self, where: RunFilter, *, limit: int, start: Continuation | None
+    ) -> tuple[list[tuple[dict[str, Any], str]], Continuation | None]:
+        terms, params = ["RowKey eq @r"], {"r": RUN_ROW}
+        if where.from_partition is not None:
+            terms.append("PartitionKey ge @from")
+            params["from"] = where.from_partition
+        if where.cluster is not None:
+            terms.append("cluster eq @c")
+            params["c"] = where.cluster
+        if where.states is not None:
+            for i, state in enumerate(sorted(where.states)):
+                params[f"s{i}"] = state
+            terms.append("( " + " or ".join(f"state eq @s{i}" for i in range(len(where.states))) + " )")
+        if where.ended_before is not None:
+            terms.append("ended_at gt @none and ended_at lt @before")
+            params.update(none="", before=where.ended_before)
+        rows, position = self._page(" and ".join(terms), params, limit=limit, start=start)
+        return [self._decode(e) for e in rows], position
+
+    def _query_listing(
+        self, partition: str, *, where: dict[str, str], from_row: str, limit: int, start: Continuation | None
+    ) -> tuple[list[Row], Continuation | None]:
+        query = "PartitionKey eq @p and RowKey ge @lo and RowKey lt @hi"
+        params: dict[str, Any] = {"p": partition, "lo": from_row, "hi": LISTING_PREFIX + "\uffff"}
+        for i, (column, value) in enumerate(sorted(where.items())):
+            if column not in LISTING_COLUMNS:
+                raise ValueError(f"{column} is not a listing column")
+            query += f" and {column} eq @w{i}"
+            params[f"w{i}"] = value
+        rows, position = self._page(query, params, limit=limit, start=start)
+        return [(e["RowKey"], *self._decode(e)) for e in rows], position
+
+    def _page(
+        self, query: str, params: dict[str, Any], *, limit: int, start: Continuation | None
+    ) -> tuple[list[Any], Continuation | None]:
+        """Up to ``limit`` entities from ``start``, paged by the service, and its continuation."""
+
+        def run() -> tuple[list[Any], Continuation | None]:
+            out: list[Any] = []
+            position = start
+            while True:
+                # The service may answer a filtered scan with fewer rows than asked (even
+                # none) and a continuation: ask again for the rest, never for more.
+                pages = self._table.query_entities(
+                    query, parameters=params, results_per_page=limit - len(out)
+                ).by_page(continuation_token=position)  # type: ignore[arg-type]  # typed str; it is the dict it gave
+                out.extend(next(pages))
+                position = getattr(pages, "continuation_token", None) or None
+                if position is None or len(out) >= limit:
+                    return out, position
+
+        result: tuple[list[Any], Continuation | None] = self._call(run)
+        return result
+
+    def _row_keys(self, partition: str) -> list[str]:
+        query = "PartitionKey eq @p"
+        return [str(e["RowKey"]) for e in self._query(query, {"p": partition}, select=["RowKey"])]
 
     def _query_nodes(
         self, partition: str, states: Collection[str] | None, *, columns_only: bool, limit: int | None
@@ -166,7 +238,7 @@ class TableRunStore(RunStore):
                 text = json.dumps(data, sort_keys=True)
                 for i in range(0, max(len(text), 1), _CHUNK):
                     entity[f"data{i // _CHUNK}"] = text[i : i + _CHUNK]
-                entity.update(node_columns(row, data))
+                entity.update(node_columns(row, data) or run_columns(row, data) or listing_columns(row, data))
             conditions: dict[str, Any] = (
                 {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
             )
