@@ -14,6 +14,9 @@ from functions import (
     sweeper,
     ui_http,
 )
+from shared.telemetry import configure_metrics
+
+configure_metrics()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 

@@ -22,6 +22,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+from shared import metrics
 from shared.admission import HOLDING_STATES, Admission
 from shared.clock import iso, parse_iso
 from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
@@ -49,9 +50,11 @@ def sweep(deps: Collaborators) -> SweepReport:
     stall = deps.config.workflow.stall_after.total_seconds()
     runs = deps.store.list_runs()
     over: set[str] = set()  # ended, with no node in flight
+    flying = Counter({(c.name, p.name): 0 for c in deps.config.clusters for p in c.pools})
     for run in runs:
         # Only the nodes in flight are read whole: a finished run costs one filtered query.
         in_flight = deps.store.list_nodes(run.id, states=HOLDING_STATES)
+        flying.update((run.cluster, n.pool) for n in in_flight)
         if run.state.terminal and not in_flight:
             over.add(run.id)
             continue  # its lock, if it still has one, is released below
@@ -88,6 +91,7 @@ def sweep(deps: Collaborators) -> SweepReport:
                 _watch_idle(deps, run, report, now=now, stall=stall)
         elif not in_flight and _close(deps, run, report):
             over.add(run.id)
+    metrics.nodes_in_flight(flying)
     _release_stale_locks(deps, {r.id: r for r in runs}, over, report, now=now, grace=stall)
     return report
 
@@ -126,6 +130,7 @@ def _watch_idle(deps: Collaborators, run: Run, report: SweepReport, *, now: floa
     except ConcurrencyError:
         return  # it changed meanwhile: the next sweep looks again
     report.stalled.append(run.id)
+    metrics.run_stalled(run)
     logger.warning("run %s stalled: %s", run.id, run.stalled_reason)
     deps.notify(Notice(NoticeKind.RUN_STALLED, run.stalled_reason, cluster=run.cluster, run_id=run.id))
     first_pending: dict[str, str] = {}

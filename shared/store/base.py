@@ -27,6 +27,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from shared import metrics
 from shared.errors import ConcurrencyError, NotFoundError
 from shared.model import NodeState, NodeWork, PacerRecord, Run, node_from_dict, record_to_json, run_from_dict
 
@@ -164,6 +165,8 @@ class RunStore(abc.ABC):
         if batch:
             self._create_all(run.id, batch)
         (run.etag,) = self._create_own(run.id, [(RUN_ROW, _data(run))])
+        metrics.run_started(run)
+        metrics.record_committed([run], cluster_of=lambda _: run.cluster)
 
     def _create_all(self, partition: str, nodes: list[NodeWork]) -> None:
         etags = self._create_own(partition, [(row_key(n), _data(n)) for n in nodes])
@@ -191,7 +194,9 @@ class RunStore(abc.ABC):
         found = self._get(run_id, RUN_ROW)
         if found is None:
             raise NotFoundError(f"run {run_id} not found")
-        return run_from_dict(*found)
+        run = run_from_dict(*found)
+        metrics.note_run(run)
+        return run
 
     def list_runs(self, *, cluster: str | None = None) -> list[Run]:
         runs = [run_from_dict(d, e) for d, e in self._query_rows(RUN_ROW)]
@@ -290,6 +295,7 @@ class RunStore(abc.ABC):
         etags = self._transact(partitions.pop(), ops)
         for record, etag in zip(records, etags, strict=True):
             record.etag = etag
+        metrics.record_committed(records, cluster_of=lambda run_id: self.get_run(run_id).cluster)
 
     # ---- small keyed records: de-duplication and audit (events, deliveries, syncs) -----------
     def create_record(self, kind: str, key: str, data: dict[str, Any]) -> bool:
