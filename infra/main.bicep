@@ -60,6 +60,9 @@ param storageSkuName string = 'Standard_ZRS'
 @description('Flex Consumption instance ceiling.')
 param maximumInstanceCount int = 40
 
+@description('Action group (resource id) the failed-run and stalled-run alerts notify; empty: none.')
+param alertActionGroupId string = ''
+
 var suffix = take(uniqueString(resourceGroup().id, appName), 8)
 var functionAppName = 'func-${appName}-${suffix}'
 var deploymentContainerName = 'app-package'
@@ -70,6 +73,7 @@ module monitoring 'app/monitoring.bicep' = {
     name: '${appName}-${suffix}'
     location: location
     tags: tags
+    actionGroupId: alertActionGroupId
   }
 }
 

@@ -24,7 +24,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 APPINSIGHTS = "APPLICATIONINSIGHTS_CONNECTION_STRING"
-OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 DEFAULT_SERVICE_NAME = "vmss-node-patcher"
 
 _installed: Any = None
@@ -38,8 +38,11 @@ def configure_metrics(env: Mapping[str, str] | None = None) -> list[str]:
     if _installed is not None:
         return list(_installed[1])
     appinsights = env.get(APPINSIGHTS, "").strip()
-    otlp = next((n for n in OTLP_ENDPOINTS if env.get(n, "").strip()), None)
-    if not appinsights and otlp is None:
+    otlp = bool(
+        env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "").strip()
+        or env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    )
+    if not appinsights and not otlp:
         return []
     from opentelemetry import metrics
     from opentelemetry.sdk.metrics import MeterProvider
@@ -59,14 +62,14 @@ def configure_metrics(env: Mapping[str, str] | None = None) -> list[str]:
         except ValueError as exc:
             # Its message is about the format; the value itself is never repeated.
             logger.error("app setting %s refused, no metrics to Application Insights: %s", APPINSIGHTS, exc)
-    if otlp is not None:
+    if otlp:
         try:
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
             readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
             names.append("otlp")
         except ValueError as exc:
-            logger.error("app setting %s refused, metrics not sent over OTLP: %s", otlp, exc)
+            logger.error("app setting %s refused, metrics not sent over OTLP: %s", OTLP_ENDPOINT, exc)
     if not readers:
         return []
     attributes = {

@@ -192,6 +192,11 @@ OPTIONAL_SETTINGS = {
     "only needed for a custom domain or a sovereign cloud",
     "PATCHER_MAX_DEQUEUE_COUNT": "must equal host.json extensions.queues.maxDequeueCount; the code's "
     "default is checked against host.json below",
+    "WEBSITE_SITE_NAME": "set by App Service itself (the app's name): the metrics' service.name",
+    "OTEL_SERVICE_NAME": "OpenTelemetry's standard setting, to name the metrics' service otherwise",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "metrics over OTLP/HTTP as well (a collector of one's own; the sandbox's "
+    "tests); Azure sends them to Application Insights",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "the metrics-only form of OTEL_EXPORTER_OTLP_ENDPOINT",
 }
 
 # Settings whose names come from the YAML configuration at run time: the code location ->
