@@ -60,6 +60,9 @@ param storageSkuName string = 'Standard_ZRS'
 @description('Flex Consumption instance ceiling.')
 param maximumInstanceCount int = 40
 
+@description('The configuration as this blob in the storage account\'s patcher-config container (PATCHER_CONFIG_BLOB), instead of configPath; empty: the packaged file.')
+param configBlobName string = ''
+
 @description('Action group (resource id) the failed-run and stalled-run alerts notify; empty: none.')
 param alertActionGroupId string = ''
 
@@ -110,6 +113,8 @@ module functionApp 'app/functionapp.bicep' = {
     vaultUri: vault.outputs.uri
     runsTableName: storage.outputs.runsTableName
     configPath: configPath
+    configBlobName: configBlobName
+    configContainerName: storage.outputs.configContainerName
     sweepSchedule: sweepSchedule
     patchSchedule: patchSchedule
     armEndpoint: armEndpoint
@@ -128,6 +133,7 @@ module appRoles 'app/roles-app.bicep' = {
     storageAccountName: storage.outputs.name
     vaultName: vault.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
+    configContainerName: storage.outputs.configContainerName
     secretsOfficerPrincipalIds: secretsOfficerPrincipalIds
   }
 }
