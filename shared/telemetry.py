@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +43,8 @@ def configure_metrics(env: Mapping[str, str] | None = None) -> list[str]:
     )
     if not appinsights and not otlp:
         return []
+    import uuid
+
     from opentelemetry import metrics
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
-from shared.config_source import BlobConfigSource
+from shared.config_source import BlobConfigSource, FileConfigSource
 from shared.errors import ConcurrencyError, ConfigError, TemporaryError
 from shared.settings import AppSettings
 from tests.harness import config_dict
@@ -145,3 +147,18 @@ def test_a_config_blob_stands_in_for_the_config_path() -> None:
     )
     assert settings.config_blob == "cfg/prod/patcher.yaml" and settings.config_path == ""
     assert settings.blob_service_uri == "https://stpatcher.blob.core.windows.net"
+
+
+def test_the_packaged_file_is_read_once_and_its_status_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "patcher.yaml"
+    path.write_text(yaml_config(5), encoding="utf-8")
+    source = FileConfigSource(str(path))
+    assert source.current() is source.current()
+    assert source.status()["state"] == "ok" and source.status()["source"] == "file"
+
+
+def test_an_invalid_packaged_file_is_refused_with_the_field_named(tmp_path: Path) -> None:
+    path = tmp_path / "patcher.yaml"
+    path.write_text("clusters: []\n", encoding="utf-8")
+    status = FileConfigSource(str(path)).status()
+    assert status["state"] == "refused" and "clusters" in status["reason"]
