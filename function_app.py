@@ -5,6 +5,7 @@ import azure.functions as func
 from functions import (
     automation_http,
     azure_events,
+    config_http,
     gitops,
     node_work,
     openapi_http,
@@ -14,6 +15,9 @@ from functions import (
     sweeper,
     ui_http,
 )
+from shared.telemetry import configure_metrics
+
+configure_metrics()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -28,5 +32,6 @@ for blueprint in (
     gitops.bp,
     openapi_http.bp,
     ui_http.bp,
+    config_http.bp,
 ):
     app.register_blueprint(blueprint)

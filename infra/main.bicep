@@ -63,6 +63,12 @@ param maximumInstanceCount int = 40
 @description('Application (client) id of the operator API\'s app registration (infra/README.md, "Who may do what"): App Service Authentication validates its tokens and the app checks their app roles. Empty: no App Service Authentication, function keys alone.')
 param authClientId string = ''
 
+@description('The configuration as this blob in the storage account\'s patcher-config container (PATCHER_CONFIG_BLOB), instead of configPath; empty: the packaged file.')
+param configBlobName string = ''
+
+@description('Action group (resource id) the failed-run and stalled-run alerts notify; empty: none.')
+param alertActionGroupId string = ''
+
 var suffix = take(uniqueString(resourceGroup().id, appName), 8)
 var functionAppName = 'func-${appName}-${suffix}'
 var deploymentContainerName = 'app-package'
@@ -73,6 +79,7 @@ module monitoring 'app/monitoring.bicep' = {
     name: '${appName}-${suffix}'
     location: location
     tags: tags
+    actionGroupId: alertActionGroupId
   }
 }
 
@@ -109,6 +116,8 @@ module functionApp 'app/functionapp.bicep' = {
     vaultUri: vault.outputs.uri
     runsTableName: storage.outputs.runsTableName
     configPath: configPath
+    configBlobName: configBlobName
+    configContainerName: storage.outputs.configContainerName
     sweepSchedule: sweepSchedule
     patchSchedule: patchSchedule
     armEndpoint: armEndpoint
@@ -135,6 +144,7 @@ module appRoles 'app/roles-app.bicep' = {
     storageAccountName: storage.outputs.name
     vaultName: vault.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
+    configContainerName: storage.outputs.configContainerName
     secretsOfficerPrincipalIds: secretsOfficerPrincipalIds
   }
 }

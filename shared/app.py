@@ -15,7 +15,6 @@ from functools import lru_cache
 from typing import Any
 
 from shared.clock import SystemClock
-from shared.config import load_config
 from shared.errors import ConfigError
 from shared.rollout.ports import Collaborators
 from shared.settings import AppSettings, azure_credential
@@ -60,6 +59,10 @@ class _ClientCache:
         self._kube = _BuiltOnce()
         self._compute = _BuiltOnce()
         self._timeout = (app_settings.connect_timeout, app_settings.read_timeout)
+
+    def reconfigure(self, config: Any) -> None:
+        """A new configuration may point a cluster at another API server or credential."""
+        self.config, self._kube = config, _BuiltOnce()
 
     def kube(self, cluster: str) -> Any:
         return self._kube.get(cluster, self._build_kube)
@@ -136,19 +139,42 @@ def use_collaborators(deps: Collaborators | None) -> None:
 
 
 def collaborators() -> Collaborators:
-    return _override if _override is not None else _real_collaborators()
+    if _override is not None:
+        return _override
+    try:
+        config = config_source().current()
+    except ConfigError as exc:
+        return _refusing(str(exc))
+    deps = _real_collaborators()
+    return deps if deps.config is config else _reconfigured(deps, config)
+
+
+@lru_cache(maxsize=1)
+def config_source() -> Any:
+    """The configuration's source (``shared.config_source``): the file, or a blob."""
+    from shared.config_source import source_from_settings
+
+    return source_from_settings(settings())
+
+
+@lru_cache(maxsize=1)
+def _storage() -> tuple[Any, Any]:
+    from shared.adapters.workqueue import StorageWorkQueue
+    from shared.rollout.store.table import TableRunStore
+
+    app_settings = settings()
+    return TableRunStore.from_settings(app_settings), StorageWorkQueue.from_settings(app_settings)
 
 
 @lru_cache(maxsize=1)
 def _real_collaborators() -> Collaborators:
     from shared.adapters.notify import ConfiguredNotifier
-    from shared.adapters.workqueue import StorageWorkQueue
-    from shared.rollout.store.table import TableRunStore
 
-    app_settings, cache = settings(), _client_cache()
+    cache = _client_cache()
+    store, queue = _storage()
     return Collaborators(
-        store=TableRunStore.from_settings(app_settings),
-        queue=StorageWorkQueue.from_settings(app_settings),
+        store=store,
+        queue=queue,
         clock=SystemClock(),
         config=cache.config,
         kube=cache.kube,
@@ -157,10 +183,47 @@ def _real_collaborators() -> Collaborators:
     )
 
 
+_latest: tuple[Any, Collaborators] | None = None
+_latest_lock = threading.Lock()
+
+
+def _reconfigured(deps: Collaborators, config: Any) -> Collaborators:
+    """The collaborators for a configuration read since start-up (a new blob version)."""
+    global _latest  # noqa: PLW0603 - one configuration in force per process
+    with _latest_lock:
+        if _latest is None or _latest[0] is not config:
+            from dataclasses import replace
+
+            from shared.adapters.notify import ConfiguredNotifier
+
+            _client_cache().reconfigure(config)
+            _latest = (config, replace(deps, config=config, notify=ConfiguredNotifier.from_config(config)))
+        return _latest[1]
+
+
+def _refusing(reason: str) -> Collaborators:
+    """No configuration is in force: storage still answers the status endpoints; anything
+    that needs the configuration (every action) raises ``reason``."""
+    from shared.config_source import RefusedConfig
+
+    def refuse(_key: str) -> Any:
+        raise ConfigError(f"the app refuses to act: {reason}")
+
+    store, queue = _storage()
+    return Collaborators(
+        store=store,
+        queue=queue,
+        clock=SystemClock(),
+        config=RefusedConfig(reason),  # type: ignore[arg-type]
+        kube=refuse,
+        compute=refuse,
+    )
+
+
 @lru_cache(maxsize=1)
 def _client_cache() -> _ClientCache:
     app_settings = settings()
-    config = load_config(app_settings.config_path)
+    config = config_source().current()
     problem = timeout_problem(app_settings, config.workflow.lease_duration.total_seconds())
     if problem:
         logger.warning("%s", problem)

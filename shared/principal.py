@@ -67,6 +67,7 @@ ROUTE_ROLES: Mapping[tuple[str, str], str | None] = MappingProxyType(
         ("GET", "/runs/{id}/timeline"): READ_ROLE,
         ("GET", "/ui"): READ_ROLE,
         ("GET", "/openapi.json"): READ_ROLE,
+        ("GET", "/config"): READ_ROLE,
         ("POST", "/plans"): READ_ROLE,  # touches nothing
         ("GET", "/gitops/syncs"): READ_ROLE,
         ("GET", "/gitops/syncs/{delivery}"): READ_ROLE,

@@ -29,6 +29,9 @@ DEFAULT_READ_TIMEOUT = 30.0
 # does the waiting), never after a read timed out; so one call takes at most
 # (1 + this) x connect + read.
 SDK_RETRIES = 1
+CONFIG_BLOB = "PATCHER_CONFIG_BLOB"
+CONFIG_REFRESH = "PATCHER_CONFIG_REFRESH"
+DEFAULT_CONFIG_REFRESH = 60.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,11 @@ class AppSettings:
     arm_audience: str = "https://management.azure.com"
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    # The configuration as a blob of the app's storage ("container/name"), read instead of
+    # config_path and re-read when it changes (shared/config_source.py).
+    config_blob: str | None = None
+    config_refresh: float = DEFAULT_CONFIG_REFRESH
+    blob_service_uri: str | None = None
 
     @property
     def longest_call(self) -> float:
@@ -52,8 +60,18 @@ class AppSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> AppSettings:
         env = os.environ if env is None else env
         config_path = env.get("PATCHER_CONFIG_PATH", "").strip()
-        if not config_path:
-            raise ConfigError("app setting PATCHER_CONFIG_PATH is required (path of the YAML configuration)")
+        config_blob = env.get(CONFIG_BLOB, "").strip() or None
+        if not config_path and not config_blob:
+            raise ConfigError(
+                f"app setting PATCHER_CONFIG_PATH (path of the YAML configuration) or {CONFIG_BLOB} "
+                "(container/name of a blob holding it) is required"
+            )
+        if config_blob is not None:
+            container, _, name = config_blob.partition("/")
+            if not container or not name:
+                raise ConfigError(
+                    f"app setting {CONFIG_BLOB} must be CONTAINER/BLOB_NAME (a container and a blob in it)"
+                )
         conn = env.get(STORAGE, "").strip() or None
         # Identity-based connection, as the Functions host itself reads it.
         account = env.get(f"{STORAGE}__accountName", "").strip()
@@ -62,6 +80,9 @@ class AppSettings:
         )
         table_uri = env.get(f"{STORAGE}__tableServiceUri", "").strip() or (
             f"https://{account}.table.core.windows.net" if account else None
+        )
+        blob_uri = env.get(f"{STORAGE}__blobServiceUri", "").strip() or (
+            f"https://{account}.blob.core.windows.net" if account else None
         )
         if conn is None and not (queue_uri and table_uri):
             raise ConfigError(
@@ -78,6 +99,9 @@ class AppSettings:
             arm_audience=env.get("PATCHER_ARM_AUDIENCE", "https://management.azure.com").rstrip("/"),
             connect_timeout=_seconds(CONNECT_TIMEOUT, env.get(CONNECT_TIMEOUT, ""), DEFAULT_CONNECT_TIMEOUT),
             read_timeout=_seconds(READ_TIMEOUT, env.get(READ_TIMEOUT, ""), DEFAULT_READ_TIMEOUT),
+            config_blob=config_blob,
+            config_refresh=_seconds(CONFIG_REFRESH, env.get(CONFIG_REFRESH, ""), DEFAULT_CONFIG_REFRESH),
+            blob_service_uri=blob_uri,
         )
 
 

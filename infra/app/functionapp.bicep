@@ -25,6 +25,12 @@ param runsTableName string
 @description('PATCHER_CONFIG_PATH: the YAML configuration, published with the code (the package is mounted at /home/site/wwwroot).')
 param configPath string
 
+@description('PATCHER_CONFIG_BLOB: the configuration as blob configBlobName in container configContainerName, read instead of configPath and re-read when it changes; empty: the packaged file.')
+param configBlobName string = ''
+
+@description('The configuration blob\'s container (storage.bicep).')
+param configContainerName string = 'patcher-config'
+
 @description('PATCHER_SWEEP_SCHEDULE: NCRONTAB (UTC) of the sweeper timer that resumes stalled work.')
 param sweepSchedule string
 
@@ -108,6 +114,13 @@ var armAppSettings = concat(empty(armEndpoint) ? [] : [
   }
 ])
 
+var configBlobAppSettings = empty(configBlobName) ? [] : [
+  {
+    name: 'PATCHER_CONFIG_BLOB'
+    value: '${configContainerName}/${configBlobName}'
+  }
+]
+
 // FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION are not app settings on Flex
 // Consumption (the platform refuses them): the runtime is functionAppConfig.runtime below.
 var baseAppSettings = [
@@ -188,7 +201,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       scmMinTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
-      appSettings: concat(baseAppSettings, armAppSettings, kubeconfigAppSettings, webhookSecretAppSettings, notificationAppSettings)
+      appSettings: concat(baseAppSettings, armAppSettings, kubeconfigAppSettings, webhookSecretAppSettings, notificationAppSettings, configBlobAppSettings)
     }
     functionAppConfig: {
       deployment: {

@@ -18,6 +18,16 @@ param tags object = {}
 @maxValue(730)
 param retentionInDays int = 30
 
+@description('Action group the alert rules notify (its resource id); empty: the alerts fire in the portal only.')
+param actionGroupId string = ''
+
+@description('How often the alert rules look, and over how long (ISO 8601).')
+param alertEvaluationFrequency string = 'PT5M'
+
+// The metric names the app emits (shared/metrics.py; tests/infra checks that they match).
+var runsFailedMetric = 'patcher.runs.failed'
+var runsStalledMetric = 'patcher.runs.stalled'
+
 resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
   name: 'log-${name}'
   location: location
@@ -45,6 +55,73 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
     DisableLocalAuth: true
   }
 }
+
+// Log search alerts over customMetrics, where the app's OpenTelemetry counters land: one
+// alert per cluster (a dimension), raised by any increment in the window. A failed run
+// or a stalled one wants a person either way, so the rules do not resolve themselves: a
+// counter that stops rising says nothing about whether the run was looked at.
+var runAlerts = [
+  {
+    name: 'run-failed'
+    metric: runsFailedMetric
+    severity: 1
+    description: 'A patch run failed (maxFailedNodes reached, or nodes failed): its nodes are left cordoned with their reasons (GET /api/runs/{id}).'
+  }
+  {
+    name: 'run-stalled'
+    metric: runsStalledMetric
+    severity: 2
+    description: 'A patch run has nodes pending and none in flight for stallAfter: its budget is held by nodes that are NotReady or cordoned (GET /api/runs/{id}, stalled).'
+  }
+]
+
+resource runAlertRules 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = [for alert in runAlerts: {
+  name: 'alert-${name}-${alert.name}'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'vmss-node-patcher: ${alert.name}'
+    description: alert.description
+    severity: alert.severity
+    enabled: true
+    scopes: [
+      appInsights.id
+    ]
+    evaluationFrequency: alertEvaluationFrequency
+    windowSize: alertEvaluationFrequency
+    autoMitigate: false
+    criteria: {
+      allOf: [
+        {
+          query: 'customMetrics | where name == "${alert.metric}" | extend cluster = tostring(customDimensions.cluster) | summarize runs = sum(valueSum) by cluster'
+          timeAggregation: 'Total'
+          metricMeasureColumn: 'runs'
+          dimensions: [
+            {
+              name: 'cluster'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    actions: {
+      actionGroups: empty(actionGroupId) ? [] : [
+        actionGroupId
+      ]
+    }
+  }
+}]
 
 output workspaceId string = workspace.id
 output appInsightsName string = appInsights.name

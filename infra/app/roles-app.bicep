@@ -9,6 +9,9 @@ param storageAccountName string
 param vaultName string
 param appInsightsName string
 
+@description('The configuration blob\'s container (storage.bicep).')
+param configContainerName string
+
 @description('Object ids of the operators (users or groups) who store kubeconfigs and webhook secrets with make-kubeconfig.sh / az keyvault secret set.')
 param secretsOfficerPrincipalIds array = []
 
@@ -23,12 +26,18 @@ var roles = {
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
   // Microsoft.KeyVault/vaults/secrets/* (data).
   keyVaultSecretsOfficer: 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
+  // .../blobServices/containers/read and .../containers/blobs/read (data).
+  storageBlobDataReader: '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
   // Microsoft.Insights/Telemetry/Write and Metrics/Write (data).
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
 }
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
+}
+
+resource configContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  name: '${storageAccountName}/default/${configContainerName}'
 }
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
@@ -78,6 +87,21 @@ resource tableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' =
     principalId: principalId
     principalType: 'ServicePrincipal'
     description: 'Run state (patchruns table)'
+  }
+}
+
+// shared/config_source.py reads the YAML configuration from this container
+// (PATCHER_CONFIG_BLOB): its ETag and the version with that ETag, nothing else. Read only,
+// and on this container only, so that the grant stays right if the host's account-wide
+// Owner (above) is ever narrowed to the host's own containers.
+resource configReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(configContainer.id, principalId, roles.storageBlobDataReader)
+  scope: configContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'The configuration blob (PATCHER_CONFIG_BLOB)'
   }
 }
 

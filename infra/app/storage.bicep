@@ -17,6 +17,9 @@ param tags object = {}
 @description('Blob container Flex Consumption deploys the app package to.')
 param deploymentContainerName string
 
+@description('Blob container for the YAML configuration read from a blob (PATCHER_CONFIG_BLOB).')
+param configContainerName string = 'patcher-config'
+
 @description('Queues the app uses: the node work queue and the GitOps sync queue, each with the poison queue the host moves a message to after maxDequeueCount failed deliveries.')
 param queueNames array = [
   'node-work'
@@ -104,6 +107,16 @@ resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   }
 }
 
+// The configuration can live here instead of in the package, so that a change needs no
+// republish (README, "The configuration as a blob"); the app only reads it.
+resource configContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: configContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
 resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
   parent: storage
   name: 'default'
@@ -128,3 +141,4 @@ output name string = storage.name
 output id string = storage.id
 output blobEndpoint string = storage.properties.primaryEndpoints.blob
 output runsTableName string = runsTable.name
+output configContainerName string = configContainer.name

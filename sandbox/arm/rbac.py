@@ -90,6 +90,18 @@ BUILT_IN_ROLES: dict[str, RoleDefinition] = {
             ),
         ),
         RoleDefinition(
+            "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
+            "Storage Blob Data Reader",
+            (
+                Permission(
+                    (
+                        "Microsoft.Storage/storageAccounts/blobServices/containers/read",
+                        "Microsoft.Storage/storageAccounts/blobServices/generateUserDelegationKey/action",
+                    )
+                ),
+            ),
+        ),
+        RoleDefinition(
             "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
             "Storage Queue Data Contributor",
             (

@@ -135,6 +135,17 @@ class InvalidTransitionError(PatcherError):
     pass
 
 
+@dataclass(frozen=True)
+class Transition:
+    """A state change made since the record was read: counted (``shared.rollout.metrics``) once
+    the write carrying it wins, never stored."""
+
+    source: str
+    target: str
+    since: str  # when the state left was entered ("" if never recorded)
+    at: str
+
+
 HISTORY_LIMIT = 40  # keeps a node record far below Table storage's 64 KiB per property
 
 
@@ -190,6 +201,7 @@ class Run:
     stalled_at: str = ""
     stalled_reason: str = ""
     etag: str | None = None
+    unrecorded: list[Transition] = field(default_factory=list, repr=False, compare=False)
 
     @staticmethod
     def new_id(*, at: float) -> str:
@@ -202,6 +214,7 @@ class Run:
             return
         if state not in RUN_TRANSITIONS[self.state]:
             raise InvalidTransitionError(f"run {self.id}: {self.state} -> {state} is not allowed")
+        self.unrecorded.append(Transition(str(self.state), str(state), self.updated_at, at))
         self.state = state
         self.state_reason = reason
         self.updated_at = at
@@ -259,6 +272,7 @@ class NodeWork:
     booting_since: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     etag: str | None = None
+    unrecorded: list[Transition] = field(default_factory=list, repr=False, compare=False)
 
     def move_to(self, state: NodeState, *, reason: str, at: str, by: str = "") -> None:
         """``by``: who asked, for a transition an operator made."""
@@ -267,6 +281,7 @@ class NodeWork:
         entry = {"at": at, "from": str(self.state), "to": str(state), "reason": reason}
         if by:
             entry["by"] = by
+        self.unrecorded.append(Transition(str(self.state), str(state), self.state_since, at))
         self.history.append(entry)
         del self.history[:-HISTORY_LIMIT]
         self.state = state
@@ -337,6 +352,7 @@ class PacerRecord:
 def record_to_json(record: Run | NodeWork) -> str:
     data = asdict(record)
     data.pop("etag", None)
+    data.pop("unrecorded", None)
     return json.dumps(data, sort_keys=True, default=str)
 
 

@@ -31,6 +31,7 @@ from shared.adapters.notify import Notice, NoticeKind
 from shared.adapters.workqueue import WorkItem
 from shared.clock import iso, parse_iso
 from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
+from shared.rollout import metrics
 from shared.rollout.admission import HOLDING_STATES, Admission
 from shared.rollout.model import NodeState, NodeWork, Run, RunState
 from shared.rollout.ports import Collaborators
@@ -60,6 +61,7 @@ def sweep(deps: Collaborators) -> SweepReport:
     opened = store.open_runs()
     runs: dict[str, Run] = {}
     over: set[str] = set()  # ended, with no node in flight
+    flying = Counter({(c.name, p.name): 0 for c in deps.config.clusters for p in c.pools})
     for run_id, opened_at in opened.items():
         try:
             run = store.get_run(run_id)
@@ -72,6 +74,7 @@ def sweep(deps: Collaborators) -> SweepReport:
         runs[run.id] = run
         # Only the nodes in flight are read whole: a finished run costs one filtered query.
         in_flight = store.list_nodes(run.id, states=HOLDING_STATES)
+        flying.update((run.cluster, n.pool) for n in in_flight)
         if run.state.terminal and not in_flight:
             _settle(deps, run, over)
             continue  # its lock, if it still has one, is released below
@@ -108,6 +111,7 @@ def sweep(deps: Collaborators) -> SweepReport:
                 _watch_idle(deps, run, report, now=now, stall=stall)
         elif not in_flight and _close(deps, run, report):
             _settle(deps, run, over)
+    metrics.nodes_in_flight(flying)
     _release_stale_locks(deps, runs, over, report, now=now, grace=stall)
     _expire(deps, report, now=now, keep=set(opened) - over)
     return report
@@ -202,6 +206,7 @@ def _watch_idle(deps: Collaborators, run: Run, report: SweepReport, *, now: floa
     except ConcurrencyError:
         return  # it changed meanwhile: the next sweep looks again
     report.stalled.append(run.id)
+    metrics.run_stalled(run)
     logger.warning("run %s stalled: %s", run.id, run.stalled_reason)
     deps.notify(Notice(NoticeKind.RUN_STALLED, run.stalled_reason, cluster=run.cluster, run_id=run.id))
     first_pending: dict[str, str] = {}

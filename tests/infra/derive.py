@@ -308,11 +308,13 @@ MGMT_PIPELINE_PACKAGES = {"azure.mgmt.core"}  # ARM pipeline and polling, no ope
 DATA_PLANE_CLIENTS = {
     "azure.storage.queue": ("QueueClient", "QueueServiceClient"),
     "azure.data.tables": ("TableClient", "TableServiceClient"),
+    "azure.storage.blob": ("BlobClient", "BlobServiceClient"),
 }
 # Constructors, connection handling and client navigation: no request of their own.
 DATA_PLANE_NON_OPERATIONS = {
     "close",
     "from_connection_string",
+    "from_blob_url",
     "from_queue_url",
     "from_table_url",
     "get_queue_client",

@@ -91,6 +91,8 @@ DATA_ACTIONS: dict[str, list[tuple[str, ...]]] = {
     "update_message": [(f"{QUEUE}/messages/process/action", f"{QUEUE}/messages/write")],
     "create_queue": [(f"{QUEUE}/write",)],
     "get_queue_properties": [(f"{QUEUE}/read",)],
+    "get_blob_properties": [(f"{STORAGE}/blobServices/containers/blobs/read",)],
+    "download_blob": [(f"{STORAGE}/blobServices/containers/blobs/read",)],
     "create_table": [(f"{TABLE}/write",)],
     "create_table_if_not_exists": [(f"{TABLE}/write",)],
     "get_entity": [(f"{TABLE}/entities/read",)],
@@ -115,6 +117,14 @@ BUILTIN_ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
             f"{STORAGE}/blobServices/containers/*",
             f"{STORAGE}/blobServices/generateUserDelegationKey/action",
             f"{STORAGE}/blobServices/containers/blobs/*",
+        ),
+    ),
+    "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1": (
+        "Storage Blob Data Reader",
+        (
+            f"{STORAGE}/blobServices/containers/read",
+            f"{STORAGE}/blobServices/generateUserDelegationKey/action",
+            f"{STORAGE}/blobServices/containers/blobs/read",
         ),
     ),
     "974c5e8b-45b9-4653-ba55-5f855dd0fb88": (
@@ -192,6 +202,15 @@ OPTIONAL_SETTINGS = {
     "only needed for a custom domain or a sovereign cloud",
     "PATCHER_MAX_DEQUEUE_COUNT": "must equal host.json extensions.queues.maxDequeueCount; the code's "
     "default is checked against host.json below",
+    "WEBSITE_SITE_NAME": "set by App Service itself (the app's name): the metrics' service.name",
+    "PATCHER_CONFIG_REFRESH": "seconds between looks at the configuration blob; the code's default (60 s) "
+    "suits a deployment",
+    "AzureWebJobsStorage__blobServiceUri": "derived from AzureWebJobsStorage__accountName when unset; "
+    "only needed for a custom domain or a sovereign cloud",
+    "OTEL_SERVICE_NAME": "OpenTelemetry's standard setting, to name the metrics' service otherwise",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "metrics over OTLP/HTTP as well (a collector of one's own; the sandbox's "
+    "tests); Azure sends them to Application Insights",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "the metrics-only form of OTEL_EXPORTER_OTLP_ENDPOINT",
 }
 
 # Settings whose names come from the YAML configuration at run time: the code location ->

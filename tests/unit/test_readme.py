@@ -66,7 +66,7 @@ def test_every_call_readme_names_is_served() -> None:
 def _settings_read_by_code() -> set[str]:
     names: set[str] = set()
     for source in [*ROOT.joinpath("shared").rglob("*.py"), *ROOT.joinpath("functions").rglob("*.py")]:
-        names |= set(re.findall(r"[\"'%](PATCHER_[A-Z_]+)", source.read_text()))
+        names |= set(re.findall(r"[\"'%]((?:PATCHER|OTEL|APPLICATIONINSIGHTS)_[A-Z_]+)", source.read_text()))
     from shared.settings import STORAGE
 
     return names | {STORAGE}

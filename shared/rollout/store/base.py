@@ -40,6 +40,7 @@ from typing import Any
 
 from shared.clock import parse_iso
 from shared.errors import ConcurrencyError, NotFoundError, ValidationError
+from shared.rollout import metrics
 from shared.rollout.model import (
     NodeState,
     NodeWork,
@@ -278,6 +279,8 @@ class RunStore(abc.ABC):
         if batch:
             self._create_all(run.id, batch)
         (run.etag,) = self._create_own(run.id, [(RUN_ROW, _data(run))])
+        metrics.run_started(run)
+        metrics.record_committed([run], cluster_of=lambda _: run.cluster)
         # Again: a sweeper that found it open without a record (a create slower than its
         # grace) has settled it meanwhile.
         self.reopen_run(run)
@@ -313,7 +316,9 @@ class RunStore(abc.ABC):
         found = self._get(run_id, RUN_ROW)
         if found is None:
             raise NotFoundError(f"run {run_id} not found")
-        return run_from_dict(*found)
+        run = run_from_dict(*found)
+        metrics.note_run(run)
+        return run
 
     def list_runs(self, *, cluster: str | None = None) -> list[Run]:
         runs = [run_from_dict(d, e) for d, e in self._query_rows(RUN_ROW)]
@@ -475,6 +480,7 @@ class RunStore(abc.ABC):
         etags = self._transact(partitions.pop(), ops)
         for record, etag in zip(records, etags, strict=True):
             record.etag = etag
+        metrics.record_committed(records, cluster_of=lambda run_id: self.get_run(run_id).cluster)
 
     # ---- small keyed records: de-duplication and audit (events, deliveries, syncs) -----------
     def create_record(self, kind: str, key: str, data: dict[str, Any]) -> bool:
