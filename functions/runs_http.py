@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import azure.functions as func
 
-from functions.http_util import error, json_response, read_json
+from functions.http_util import bad_route, error, json_response, read_json
 
 if TYPE_CHECKING:
     from shared.runs import RunService
@@ -70,6 +70,8 @@ def runs_collection(req: func.HttpRequest) -> func.HttpResponse:
 def run_item(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import NotFoundError
 
+    if (refused := bad_route(req)) is not None:
+        return refused
     try:
         return json_response(_service().get(req.route_params["id"]))
     except NotFoundError as exc:
@@ -81,6 +83,8 @@ def run_item(req: func.HttpRequest) -> func.HttpResponse:
 def run_action(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import NotFoundError, ValidationError
 
+    if (refused := bad_route(req)) is not None:
+        return refused
     run_id, action = req.route_params["id"], req.route_params["action"]
     service = _service()
     actions = {"pause": service.pause, "resume": service.resume, "cancel": service.cancel}
@@ -106,6 +110,8 @@ def run_node_action(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ConcurrencyError, NotFoundError, TemporaryError, ValidationError
     from shared.runs import NodeActionRefusedError, NodeActionRequest, RunConflictError
 
+    if (refused := bad_route(req)) is not None:
+        return refused
     run_id, node, action = req.route_params["id"], req.route_params["node"], req.route_params["action"]
     if action not in NODE_ACTIONS:
         return error(404, f"unknown node action {action!r}; use one of {list(NODE_ACTIONS)}")
@@ -137,6 +143,8 @@ def cluster_lock(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ConcurrencyError, NotFoundError
     from shared.runs import RunConflictError
 
+    if (refused := bad_route(req)) is not None:
+        return refused
     force = req.params.get("force", "").lower() in ("true", "1", "yes")
     by = req.headers.get(PRINCIPAL_HEADER) or "function key"
     try:

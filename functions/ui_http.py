@@ -12,7 +12,7 @@ from pathlib import Path
 
 import azure.functions as func
 
-from functions.http_util import error
+from functions.http_util import bad_route, error
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()
@@ -35,6 +35,8 @@ def run_timeline(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import NotFoundError
     from shared.timeline import render_svg
 
+    if (refused := bad_route(req)) is not None:
+        return refused
     deps = collaborators()
     run_id = req.route_params["id"]
     try:

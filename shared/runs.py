@@ -29,6 +29,7 @@ from shared.model import NodeState, NodeWork, Run, RunState
 from shared.notify import Notice, NoticeKind
 from shared.planner import plan_run
 from shared.retry import retry_on_conflict
+from shared.validation import check_name, check_text
 from shared.windows import MaintenanceWindow, common_opening
 from shared.workflow import Collaborators
 from shared.workqueue import WorkItem
@@ -133,6 +134,12 @@ class StartRequest:
         dry_run = body.get("dryRun", False)
         if not isinstance(dry_run, bool):
             raise ValidationError("field 'dryRun' must be true or false")
+        # Names become selectors, keys and log lines downstream: their formats first.
+        check_name("cluster", cluster)
+        for kind, names in (("pool", pools), ("node", nodes)):
+            for name in names or ():
+                check_name(kind, name)
+        check_text("reason", reason)
         return cls(
             cluster=cluster,
             reason=reason or "manual run",

@@ -51,10 +51,9 @@ class WorkItem:
 
     @classmethod
     def parse(cls, body: str | bytes) -> WorkItem:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValidationError(f"work item is not JSON: {exc}") from None
+        from shared.validation import MAX_MESSAGE_BYTES, format_problem, parse_json
+
+        data = parse_json(body, what="work item", max_bytes=MAX_MESSAGE_BYTES)
         if not isinstance(data, dict):
             raise ValidationError("work item must be a JSON object")
         if data.get("v") != SCHEMA_VERSION:
@@ -70,12 +69,16 @@ class WorkItem:
             return cls(kind="image", run="", ref=ref, seq=attempt)
         if not isinstance(run, str) or not run:
             raise ValidationError("work item has no run id")
+        if problem := format_problem("run", run):
+            raise ValidationError(f"work item: {problem}")
         if kind == "admit":
             return cls(kind="admit", run=run)
         if kind == "step":
             node, seq = data.get("node"), data.get("seq")
             if not isinstance(node, str) or not node:
                 raise ValidationError("step work item has no node")
+            if problem := format_problem("node", node):
+                raise ValidationError(f"step work item: {problem}")
             if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
                 raise ValidationError("step work item has no valid seq")
             due = data.get("due", 0.0)
