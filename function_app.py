@@ -14,6 +14,10 @@ from functions import (
     sweeper,
     ui_http,
 )
+from shared import log_hygiene
+
+# Before anything logs: no log line may hold a raw control character from input.
+log_hygiene.install()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
