@@ -77,12 +77,14 @@ bench: $(STAMP_PY) $(STAMP_NPM)
 
 # The long fuzz campaign (not in `make test`, which runs the bounded schemathesis pass):
 # every payload parser under hypothesis, then schemathesis with many more examples per
-# operation against the sandbox. Prints the inputs tried; any failure names its input.
+# operation against the sandbox, and its stateful phase over many more scenarios. Prints
+# the inputs tried; any failure names its input.
 FUZZ_EXAMPLES ?= 15000
 FUZZ_API_EXAMPLES ?= 1000
+FUZZ_SCENARIOS ?= 200
 fuzz: $(STAMP_PY) $(STAMP_NPM)
 	PATCHER_FUZZ=1 PATCHER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -s tests/fuzz
-	PATCHER_FUZZ_EXAMPLES=$(FUZZ_API_EXAMPLES) $(PY) -m pytest -q tests/integration/test_api_fuzz.py
+	PATCHER_FUZZ_EXAMPLES=$(FUZZ_API_EXAMPLES) PATCHER_FUZZ_SCENARIOS=$(FUZZ_SCENARIOS) $(PY) -m pytest -q -s tests/integration/test_api_fuzz.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .sandbox

@@ -15,8 +15,11 @@ from functions import (
     sweeper,
     ui_http,
 )
+from shared import log_hygiene
 from shared.telemetry import configure_metrics
 
+# Before anything logs: no log line may hold a raw control character from input.
+log_hygiene.install()
 configure_metrics()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)

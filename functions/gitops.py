@@ -15,14 +15,14 @@ import os
 import azure.functions as func
 
 from functions.auth import check_access
-from functions.http_util import error, json_response
+from functions.http_util import bad_route, error, json_response
+from shared import validation
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()
 
 # host.json extensions.queues.maxDequeueCount: the final delivery records the failure.
 MAX_DEQUEUE_COUNT = int(os.environ.get("PATCHER_MAX_DEQUEUE_COUNT", "5"))
-MAX_DELIVERY_ID = 200  # GitHub sends a GUID; anything much longer is not from GitHub
 
 
 def _printable(value: str, limit: int = 64) -> str:
@@ -83,8 +83,10 @@ def gitops_github(req: func.HttpRequest) -> func.HttpResponse:
         return json_response(
             {"status": "ignored", "reason": f"event {_printable(event)!r} is not handled; only push"}, 202
         )
-    if not delivery or len(delivery) > MAX_DELIVERY_ID or not delivery.isprintable():
+    if not delivery:
         return error(400, f"the {DELIVERY_HEADER} header is required")
+    if problem := validation.format_problem("delivery", delivery):
+        return error(400, f"the {DELIVERY_HEADER} header: {problem}")
     content_type = (req.headers.get("Content-Type") or "application/json").split(";")[0].strip().lower()
     if content_type != "application/json":
         return error(400, "configure the webhook with content type application/json")
@@ -108,14 +110,15 @@ def gitops_github(req: func.HttpRequest) -> func.HttpResponse:
 def gitops_sync(msg: func.QueueMessage) -> None:
     from shared.app import collaborators
     from shared.errors import ValidationError
-    from shared.gitops.service import GitOpsService, SyncMessage
+    from shared.gitops.service import GitOpsService, SyncMessage, sync_queue
 
     body = msg.get_body().decode("utf-8", errors="replace")
     try:
         message = SyncMessage.parse(body)
     except ValidationError as exc:
-        # Retrying cannot fix a malformed message; nothing to record it against either.
-        logger.error("gitops sync message %s dropped: %s", msg.id, exc)
+        # Retrying cannot fix a malformed message: dead-letter it with the reason at once.
+        logger.error("gitops sync message %s dead-lettered: %s", msg.id, exc)
+        sync_queue().dead_letter(body, reason=str(exc))
         return
     final = (msg.dequeue_count or 1) >= MAX_DEQUEUE_COUNT
     outcome = GitOpsService(collaborators()).sync_cluster(message, final_attempt=final)
@@ -149,6 +152,8 @@ def gitops_sync_item(req: func.HttpRequest) -> func.HttpResponse:
 
     if (refusal := check_access(req, "/gitops/syncs/{delivery}").refusal) is not None:
         return refusal
+    if (refused := bad_route(req)) is not None:
+        return refused
     try:
         return json_response(GitOpsService(collaborators()).get_sync(req.route_params["delivery"]))
     except NotFoundError as exc:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any
 
 import azure.functions as func
+
+from shared import validation
 
 logger = logging.getLogger(__name__)
 
@@ -25,22 +26,9 @@ def error(status: int, message: str, **extra: Any) -> func.HttpResponse:
     return json_response({"error": message, **extra}, status)
 
 
-# No request of the API nests deeper than a few levels; far deeper bodies are refused
-# before parsing (the decoder recurses, and so would everything that walks the result).
-MAX_JSON_DEPTH = 32
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_NOT_A_BRACKET = re.compile(rb"[^\[\]{}]+")
-
-
-def json_depth(raw: bytes, *, limit: int = MAX_JSON_DEPTH) -> int:
-    """How deep ``raw``'s arrays and objects nest (counting stops past ``limit``)."""
-    depth = deepest = 0
-    for bracket in _NOT_A_BRACKET.sub(b"", _JSON_STRING.sub(b"", raw)):
-        depth += 1 if bracket in b"[{" else -1
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            break
-    return deepest
+# The limits and formats live in shared.validation, shared with the queue parsers.
+MAX_JSON_DEPTH = validation.MAX_JSON_DEPTH
+json_depth = validation.json_depth
 
 
 def read_json(req: func.HttpRequest) -> Any:
@@ -49,9 +37,18 @@ def read_json(req: func.HttpRequest) -> Any:
     raw = req.get_body() or b""
     if not raw.strip():
         raise ValidationError("request body must be JSON")
-    if json_depth(raw) > MAX_JSON_DEPTH:
-        raise ValidationError(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise ValidationError(f"request body is not valid JSON: {exc}") from None
+    return validation.parse_json(raw, what="request body", max_bytes=validation.MAX_REQUEST_BYTES)
+
+
+# Route parameters by name -> the identifier each must be. A value that cannot be one
+# names nothing, so it is a 404 with the reason before any store, selector or log sees it.
+ROUTE_IDENTIFIERS = {"id": "run", "node": "node", "name": "cluster", "delivery": "delivery"}
+
+
+def bad_route(req: func.HttpRequest) -> func.HttpResponse | None:
+    """The 404 for a route parameter that cannot name anything, or None if all can."""
+    for param, kind in ROUTE_IDENTIFIERS.items():
+        value = req.route_params.get(param)
+        if value is not None and (problem := validation.format_problem(kind, value)):
+            return error(404, f"not found: {problem}")
+    return None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import azure.functions as func
 
 from functions.auth import check_access
-from functions.http_util import error, json_response, read_json
+from functions.http_util import bad_route, error, json_response, read_json
 
 if TYPE_CHECKING:
     from shared.rollout.service import RunService
@@ -91,6 +91,8 @@ def run_item(req: func.HttpRequest) -> func.HttpResponse:
 
     if (refusal := check_access(req, "/runs/{id}").refusal) is not None:
         return refusal
+    if (refused := bad_route(req)) is not None:
+        return refused
     try:
         return json_response(_service().get(req.route_params["id"]))
     except NotFoundError as exc:
@@ -105,6 +107,8 @@ def run_action(req: func.HttpRequest) -> func.HttpResponse:
     access = check_access(req, "/runs/{id}/{action}")
     if access.refusal is not None:
         return access.refusal
+    if (refused := bad_route(req)) is not None:
+        return refused
     run_id, action = req.route_params["id"], req.route_params["action"]
     service = _service()
     actions = {"pause": service.pause, "resume": service.resume, "cancel": service.cancel}
@@ -134,6 +138,8 @@ def run_node_action(req: func.HttpRequest) -> func.HttpResponse:
     access = check_access(req, "/runs/{id}/nodes/{node}/{action}")
     if access.refusal is not None:
         return access.refusal
+    if (refused := bad_route(req)) is not None:
+        return refused
     run_id, node, action = req.route_params["id"], req.route_params["node"], req.route_params["action"]
     if action not in NODE_ACTIONS:
         return error(404, f"unknown node action {action!r}; use one of {list(NODE_ACTIONS)}")
@@ -170,6 +176,8 @@ def cluster_lock(req: func.HttpRequest) -> func.HttpResponse:
     access = check_access(req, "/clusters/{name}/lock")
     if access.refusal is not None:
         return access.refusal
+    if (refused := bad_route(req)) is not None:
+        return refused
     force = req.params.get("force", "").lower() in ("true", "1", "yes")
     by = access.who
     try:

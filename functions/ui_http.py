@@ -13,7 +13,7 @@ from pathlib import Path
 import azure.functions as func
 
 from functions.auth import check_access
-from functions.http_util import error
+from functions.http_util import bad_route, error
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()
@@ -38,6 +38,8 @@ def run_timeline(req: func.HttpRequest) -> func.HttpResponse:
 
     if (refusal := check_access(req, "/runs/{id}/timeline").refusal) is not None:
         return refusal
+    if (refused := bad_route(req)) is not None:
+        return refused
     deps = collaborators()
     run_id = req.route_params["id"]
     try:

@@ -30,6 +30,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from shared import PRODUCT_PREFIX
 from shared.errors import ConfigError
+from shared.validation import POOL_NAME_PATTERN, label_term_ok
 
 SCALE_SET_ID_RE = re.compile(
     r"^/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<resource_group>[^/]+)"
@@ -104,7 +105,7 @@ class DrainOptions(_Model):
 
 
 class PoolConfig(_Model):
-    name: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=63, pattern=POOL_NAME_PATTERN)
     scale_set_id: str = Field(alias="scaleSetId")
     os: Literal["linux", "windows"] = "linux"
     max_unavailable: int | str = Field(
@@ -140,6 +141,15 @@ class PoolConfig(_Model):
         alias="allowAksManaged",
         description="patch a scale set of an AKS-managed node resource group (MC_...) anyway",
     )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _node_selector(cls, value: dict[str, str]) -> dict[str, str]:
+        # Joined into a label selector: a ',' or '!=' in either would add terms of its own.
+        bad = sorted(repr(f"{k}={v}") for k, v in value.items() if not label_term_ok(k, v))
+        if bad:
+            raise ValueError(f"must be Kubernetes label keys and values, not {', '.join(bad)}")
+        return value
 
     @field_validator("scale_set_id")
     @classmethod
@@ -537,9 +547,15 @@ def parse_config(data: Any, *, source: str = "configuration") -> PatcherConfig:
         raise ConfigError(f"invalid {source}: " + "; ".join(problems)) from None
 
 
+# A configuration of hundreds of clusters is well under this; anything larger is a mistake.
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def load_config(path: str | Path) -> PatcherConfig:
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"configuration file {path} is larger than {MAX_CONFIG_BYTES} bytes")
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
@@ -547,6 +563,8 @@ def load_config(path: str | Path) -> PatcherConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"configuration file {path} nests too deeply") from None
     return parse_config(data, source=f"configuration file {path}")
 
 

@@ -44,6 +44,11 @@ class ManagedIdentity:
         self._tokens: dict[str, _Issued] = {}
         self._token_lock = threading.Lock()
 
+    def issued_tokens(self) -> list[str]:
+        """Every token issued so far (a test looks for them where no secret may be)."""
+        with self._token_lock:
+            return list(self._tokens)
+
     def issue_token(self, resource: str = "https://management.azure.com/", *, admin: bool = False) -> str:
         """Mint a token as the identity endpoint would (for tests that bypass azure-identity):
         the app's, or with ``admin`` the unrestricted scene-setter's."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from shared.errors import ValidationError
+from shared.validation import MAX_MESSAGE_BYTES, format_problem, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +28,7 @@ MAX_VISIBILITY_DELAY = 7 * 24 * 3600 - 1  # Azure queues refuse a longer invisib
 def message_json(body: str | bytes, *, what: str) -> Any:
     """A queue message's body as JSON; a ValidationError saying ``what`` is not JSON
     otherwise (the trigger dead-letters it: retrying cannot mend it)."""
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"{what} is not JSON: {exc}") from None
+    return parse_json(body, what=what, max_bytes=MAX_MESSAGE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -76,12 +74,16 @@ class WorkItem:
             return cls(kind="image", run="", ref=ref, seq=attempt)
         if not isinstance(run, str) or not run:
             raise ValidationError("work item has no run id")
+        if problem := format_problem("run", run):
+            raise ValidationError(f"work item: {problem}")
         if kind == "admit":
             return cls(kind="admit", run=run)
         if kind == "step":
             node, seq = data.get("node"), data.get("seq")
             if not isinstance(node, str) or not node:
                 raise ValidationError("step work item has no node")
+            if problem := format_problem("node", node):
+                raise ValidationError(f"step work item: {problem}")
             if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
                 raise ValidationError("step work item has no valid seq")
             due = data.get("due", 0.0)

@@ -61,6 +61,7 @@ from shared.gitops.plan import (
 )
 from shared.rollout.listing import PageRequest, SyncQuery
 from shared.rollout.ports import Collaborators
+from shared.validation import format_problem
 
 logger = logging.getLogger(__name__)
 
@@ -108,18 +109,23 @@ class SyncMessage:
         delivery, cluster = data.get("delivery"), data.get("cluster")
         if not isinstance(delivery, str) or not delivery or not isinstance(cluster, str) or not cluster:
             raise ValidationError("gitops sync message needs a delivery and a cluster")
+        if problem := format_problem("delivery", delivery) or format_problem("cluster", cluster):
+            raise ValidationError(f"gitops sync message: {problem}")
         return cls(delivery, cluster)
 
 
 class SyncQueue(Protocol):
     def send(self, message: SyncMessage) -> None: ...
 
+    def dead_letter(self, body: str, *, reason: str) -> None: ...
+
 
 class StorageSyncQueue:
     """The ``gitops-sync`` Azure Storage queue; base64 text, the host's default encoding."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, poison: Any = None) -> None:
         self._client = client
+        self._poison = poison
 
     @classmethod
     def from_settings(cls, settings: Any) -> StorageSyncQueue:
@@ -134,12 +140,18 @@ class StorageSyncQueue:
         }
         if settings.storage_connection_string:
             return cls(
-                QueueClient.from_connection_string(settings.storage_connection_string, SYNC_QUEUE, **kwargs)
+                *(
+                    QueueClient.from_connection_string(settings.storage_connection_string, name, **kwargs)
+                    for name in (SYNC_QUEUE, f"{SYNC_QUEUE}-poison")
+                )
             )
         from shared.settings import azure_credential
 
         return cls(
-            QueueClient(settings.queue_service_uri, SYNC_QUEUE, credential=azure_credential(), **kwargs)
+            *(
+                QueueClient(settings.queue_service_uri, name, credential=azure_credential(), **kwargs)
+                for name in (SYNC_QUEUE, f"{SYNC_QUEUE}-poison")
+            )
         )
 
     def send(self, message: SyncMessage) -> None:
@@ -152,15 +164,32 @@ class StorageSyncQueue:
                 self._client.create_queue()
             self._client.send_message(message.to_json())
 
+    def dead_letter(self, body: str, *, reason: str) -> None:
+        """A message no retry can fix, with why, where the host puts the ones that failed
+        every delivery (the node-work queue's envelope: ``{"reason", "body"}``)."""
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        envelope = json.dumps({"reason": reason, "body": body})
+        try:
+            self._poison.send_message(envelope)
+        except ResourceNotFoundError:
+            with contextlib.suppress(ResourceExistsError):
+                self._poison.create_queue()
+            self._poison.send_message(envelope)
+
 
 class MemorySyncQueue:
     """For tests: remembers what was sent."""
 
     def __init__(self) -> None:
         self.sent: list[SyncMessage] = []
+        self.dead: list[tuple[str, str]] = []
 
     def send(self, message: SyncMessage) -> None:
         self.sent.append(message)
+
+    def dead_letter(self, body: str, *, reason: str) -> None:
+        self.dead.append((body, reason))
 
 
 _queue_override: SyncQueue | None = None

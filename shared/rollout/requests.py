@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.errors import ValidationError
+from shared.validation import check_name, check_text
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,12 @@ class StartRequest:
         dry_run = body.get("dryRun", False)
         if not isinstance(dry_run, bool):
             raise ValidationError("field 'dryRun' must be true or false")
+        # Names become selectors, keys and log lines downstream: their formats first.
+        check_name("cluster", cluster)
+        for kind, names in (("pool", pools), ("node", nodes)):
+            for name in names or ():
+                check_name(kind, name)
+        check_text("reason", reason)
         return cls(
             cluster=cluster,
             reason=reason or "manual run",

@@ -9,17 +9,21 @@ when it is missing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from shared.errors import ValidationError
+from shared.validation import shown
 
 PRE_MAINTENANCE = "Microsoft.Maintenance.PreMaintenanceEvent"
 POST_MAINTENANCE = "Microsoft.Maintenance.PostMaintenanceEvent"
 RESOURCE_WRITE_SUCCESS = "Microsoft.Resources.ResourceWriteSuccess"
 IMAGE_VERSION_WRITE = "microsoft.compute/galleries/images/versions/write"
+MAX_RESOURCE_ID = 2048
+_RESOURCE_ID = re.compile(r"/[^?#\\\x00-\x1f\x7f-\x9f]*")
 
 
 class CaseInsensitive(Mapping[str, Any]):
@@ -145,6 +149,10 @@ class ResourceWriteEvent:
         uri = str(data.get("resourceUri") or envelope.subject or "")
         if not uri:
             raise ValidationError("resource event has no resourceUri or subject")
+        # The id becomes ARM request paths and Table keys: an ARM resource id has neither
+        # a query, a fragment, a backslash nor a control character.
+        if len(uri) > MAX_RESOURCE_ID or not _RESOURCE_ID.fullmatch(uri):
+            raise ValidationError(f"resource event's resourceUri is not an ARM resource id: {shown(uri)}")
         return cls(
             operation_name=str(data.get("operationName") or ""),
             resource_uri=uri,

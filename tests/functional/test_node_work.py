@@ -21,7 +21,7 @@ def deliver(functions: dict[str, Any], body: str | bytes, *, dequeue_count: int 
 
 def test_a_malformed_message_is_dead_lettered_with_its_reason(functions: dict, harness: Harness) -> None:
     for body, needle in [
-        (b"\xff\xfe", "not JSON"),
+        (b"\xff\xfe", "not valid JSON"),
         ("[1,2]", "JSON object"),
         ('{"v": 9, "kind": "step"}', "version"),
         ('{"v": 1, "kind": "step", "run": "r"}', "node"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,8 +20,10 @@ from shared.adapters.workqueue import WorkItem
 from shared.errors import ConfigError, ValidationError
 from shared.gitops.github import PushEvent
 from shared.gitops.service import SyncMessage
+from shared.log_hygiene import escape_control_characters
 from shared.rollout.requests import NodeActionRequest, StartRequest
 from shared.triggers.events import EventEnvelope, MaintenanceEvent, ResourceWriteEvent
+from shared.validation import FORMATS, MAX_REQUEST_BYTES, format_problem, label_term_ok, parse_json
 
 EXAMPLES = int(os.environ.get("PATCHER_FUZZ_EXAMPLES", "12500"))
 TRIED: Counter[str] = Counter()
@@ -107,6 +110,23 @@ PARSERS: dict[str, tuple[st.SearchStrategy[Any], Callable[..., Any]]] = {
 }
 
 
+def _request_body(raw: bytes) -> None:
+    parse_json(raw, what="request body", max_bytes=MAX_REQUEST_BYTES)
+
+
+def _identifier(text: str) -> None:
+    """Every identifier check answers a reason or accepts, and what it accepts can be a
+    Table key, a selector term's value and one log line."""
+    for kind in FORMATS:
+        if not format_problem(kind, text):
+            assert not any(c in text for c in "/\\#?,=!\n\r\x00") and text.isprintable(), (kind, text)
+    label_term_ok(text, text)
+
+
+PARSERS["request body"] = (RAW, _request_body)
+PARSERS["identifiers"] = (st.text(max_size=80), _identifier)
+
+
 @pytest.mark.parametrize("name", sorted(PARSERS))
 def test_a_parser_answers_a_value_or_a_validation_error(name: str) -> None:
     strategy, parse = PARSERS[name]
@@ -153,6 +173,14 @@ def test_a_configuration_loads_or_is_a_config_error(data: dict[str, Any]) -> Non
     TRIED["configuration"] += 1
     with contextlib.suppress(ConfigError):
         parse_config(data)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(st.text(max_size=80))
+def test_an_escaped_log_text_holds_no_control_character(text: str) -> None:
+    TRIED["log escaping"] += 1
+    escaped = escape_control_characters(text)
+    assert not [c for c in escaped if unicodedata.category(c) == "Cc" or c in "\u2028\u2029"], repr(escaped)
 
 
 @pytest.fixture(scope="session", autouse=True)
