@@ -10,6 +10,10 @@ import socketserver
 import threading
 from typing import Any
 
+# Every simulated service listens on the loopback interface, on a port the OS picks: the
+# sandbox is for this machine only, and tests run side by side.
+LOOPBACK = ("127.0.0.1", 0)
+
 
 class ServerThread:
     """Runs ``httpd.serve_forever`` on a daemon thread named ``name``."""

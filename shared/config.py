@@ -559,13 +559,19 @@ def load_config(path: str | Path) -> PatcherConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    return parse_config_text(text, source=f"configuration file {path}")
+
+
+def parse_config_text(text: str, *, source: str) -> PatcherConfig:
+    """The configuration in YAML ``text`` (a file's or a blob's), validated; a ConfigError
+    naming ``source`` otherwise."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from None
     except RecursionError:
-        raise ConfigError(f"configuration file {path} nests too deeply") from None
-    return parse_config(data, source=f"configuration file {path}")
+        raise ConfigError(f"{source} nests too deeply") from None
+    return parse_config(data, source=source)
 
 
 def json_schema() -> dict[str, Any]:

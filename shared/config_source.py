@@ -22,10 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
-import yaml
-
 from shared.clock import iso
-from shared.config import PatcherConfig, load_config, parse_config
+from shared.config import PatcherConfig, load_config, parse_config_text
 from shared.errors import ConcurrencyError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -191,11 +189,7 @@ def _parse(content: bytes, *, source: str) -> PatcherConfig:
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{source} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source} is not valid YAML: {exc}") from None
-    return parse_config(data, source=source)
+    return parse_config_text(text, source=source)
 
 
 class StorageBlobReader:

@@ -20,7 +20,7 @@ from sandbox.arm.identity import ManagedIdentity
 from sandbox.arm.replies import _ApiError, _Ctx, _injected_error, _Reply, arm_error
 from sandbox.arm.routes import RouteMatch, route
 from sandbox.arm.state import ComputeState
-from sandbox.httpserver import ServerThread, server_url
+from sandbox.httpserver import LOOPBACK, ServerThread, server_url
 from sandbox.tls import SandboxTLS
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,6 @@ class ArmServer:
         self,
         state: ComputeState,
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
         tls: SandboxTLS | None = None,
         subscriptions: Iterable[ComputeState] = (),
         deployment: dict[str, Any] | None = None,
@@ -74,7 +72,7 @@ class ArmServer:
         )
         self.request_log: list[dict[str, Any]] = []
         self._log_lock = threading.Lock()
-        self._httpd = _Server((host, port), self, tls.server_context() if tls else None)
+        self._httpd = _Server(LOOPBACK, self, tls.server_context() if tls else None)
         self.url = server_url(self._httpd.server_address, tls=tls is not None)
         self.identity_endpoint = self.url + "/msi/token"
         self._serving = ServerThread(self._httpd, name="sandbox-arm")

@@ -11,7 +11,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from sandbox.httpserver import ServerThread, server_url
+from sandbox.httpserver import LOOPBACK, ServerThread, server_url
 from sandbox.kube.faults import KubeFaults
 from sandbox.kube.http import APIHTTPServer, APIRequestHandler
 from sandbox.kube.rbac import ADMIN, Authorizer, User
@@ -26,14 +26,12 @@ class KubeAPIServer:
         self,
         store: KubeStore,
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
         tls: SandboxTLS | None = None,
         token: str | None = None,
         authorizer: Authorizer | None = None,
     ) -> None:
         self.store = store
-        self.host = host
+        self.host = LOOPBACK[0]
         self.tls = tls
         self.token = token  # the admin's (system:masters)
         # More identities (token -> user), authorized by ``authorizer`` as RBAC would.
@@ -50,7 +48,7 @@ class KubeAPIServer:
         self._stopping = threading.Event()
         self._connections: set[Any] = set()
         self._conn_lock = threading.Lock()
-        self._httpd = APIHTTPServer((host, port), APIRequestHandler)
+        self._httpd = APIHTTPServer(LOOPBACK, APIRequestHandler)
         self._httpd.api = self
         self.port: int = self._httpd.server_address[1]
         self.url = server_url(self._httpd.server_address, tls=tls is not None)

@@ -140,15 +140,22 @@ class StorageWorkQueue:
             self._queue.send_message(item.to_json(), visibility_timeout=visibility or None)
 
     def dead_letter(self, body: str, *, reason: str) -> None:
-        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+        send_dead_letter(self._poison, body, reason=reason)
 
-        envelope = json.dumps({"reason": reason, "body": body})
-        try:
-            self._poison.send_message(envelope)
-        except ResourceNotFoundError:
-            with contextlib.suppress(ResourceExistsError):
-                self._poison.create_queue()
-            self._poison.send_message(envelope)
+
+def send_dead_letter(poison: Any, body: str, *, reason: str) -> None:
+    """Put a message no retry can fix on ``poison`` (a QueueClient) with why, in the
+    envelope every queue of the app uses (``{"reason", "body"}``), creating the queue on
+    first use."""
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+    envelope = json.dumps({"reason": reason, "body": body})
+    try:
+        poison.send_message(envelope)
+    except ResourceNotFoundError:
+        with contextlib.suppress(ResourceExistsError):
+            poison.create_queue()
+        poison.send_message(envelope)
 
 
 class MemoryWorkQueue:

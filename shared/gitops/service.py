@@ -41,7 +41,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from shared.adapters.notify import Notice, NoticeKind
-from shared.adapters.workqueue import message_json
+from shared.adapters.workqueue import message_json, send_dead_letter
 from shared.clock import iso, parse_iso
 from shared.config import PatcherConfig
 from shared.errors import ConfigError, NotFoundError, PermanentError, TemporaryError, ValidationError
@@ -167,15 +167,7 @@ class StorageSyncQueue:
     def dead_letter(self, body: str, *, reason: str) -> None:
         """A message no retry can fix, with why, where the host puts the ones that failed
         every delivery (the node-work queue's envelope: ``{"reason", "body"}``)."""
-        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-
-        envelope = json.dumps({"reason": reason, "body": body})
-        try:
-            self._poison.send_message(envelope)
-        except ResourceNotFoundError:
-            with contextlib.suppress(ResourceExistsError):
-                self._poison.create_queue()
-            self._poison.send_message(envelope)
+        send_dead_letter(self._poison, body, reason=reason)
 
 
 class MemorySyncQueue:

@@ -9,16 +9,8 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from shared.errors import ConcurrencyError
-from shared.rollout.store.base import (
-    LISTING_PREFIX,
-    NODE_COLUMNS,
-    NODE_PREFIX,
-    RUN_ROW,
-    Continuation,
-    Row,
-    RunFilter,
-    RunStore,
-)
+from shared.rollout.store import base
+from shared.rollout.store.base import Continuation, Row, RunFilter, RunStore
 
 
 class MemoryRunStore(RunStore):
@@ -33,7 +25,7 @@ class MemoryRunStore(RunStore):
     def _get(self, partition: str, row: str) -> tuple[dict[str, Any], str] | None:
         with self._lock:
             found = self._rows.get((partition, row))
-            self.run_reads += found is not None and row == RUN_ROW
+            self.run_reads += found is not None and row == base.RUN_ROW
             return None if found is None else (copy.deepcopy(found[0]), found[1])
 
     def _query_partition(self, partition: str, row_prefix: str) -> list[tuple[dict[str, Any], str]]:
@@ -47,7 +39,7 @@ class MemoryRunStore(RunStore):
     def _query_rows(self, row: str) -> list[tuple[dict[str, Any], str]]:
         with self._lock:
             out = [(copy.deepcopy(d), e) for (_, r), (d, e) in self._rows.items() if r == row]
-            self.run_reads += len(out) if row == RUN_ROW else 0
+            self.run_reads += len(out) if row == base.RUN_ROW else 0
             return out
 
     def _query_runs(
@@ -56,14 +48,14 @@ class MemoryRunStore(RunStore):
         # As Table storage pages: in key order, and the next page starts at the next key.
         first = max((start or {}).get("PartitionKey", ""), where.from_partition or "")
         with self._lock:
-            keys = sorted(p for (p, r) in self._rows if r == RUN_ROW and p >= first)
+            keys = sorted(p for (p, r) in self._rows if r == base.RUN_ROW and p >= first)
             out: list[tuple[dict[str, Any], str]] = []
             for partition in keys:
-                data, etag = self._rows[(partition, RUN_ROW)]
+                data, etag = self._rows[(partition, base.RUN_ROW)]
                 if not _matches(where, data):
                     continue
                 if len(out) == limit:
-                    return out, {"PartitionKey": partition, "RowKey": RUN_ROW}
+                    return out, {"PartitionKey": partition, "RowKey": base.RUN_ROW}
                 out.append((copy.deepcopy(data), etag))
                 self.run_reads += 1
             return out, None
@@ -74,7 +66,9 @@ class MemoryRunStore(RunStore):
         first = max((start or {}).get("RowKey", ""), from_row)
         with self._lock:
             rows = sorted(
-                r for (p, r) in self._rows if p == partition and r.startswith(LISTING_PREFIX) and r >= first
+                r
+                for (p, r) in self._rows
+                if p == partition and r.startswith(base.LISTING_PREFIX) and r >= first
             )
             out: list[Row] = []
             for row in rows:
@@ -96,11 +90,11 @@ class MemoryRunStore(RunStore):
         out: list[Row] = []
         with self._lock:
             for (p, r), (d, e) in self._rows.items():
-                if p != partition or not r.startswith(NODE_PREFIX):
+                if p != partition or not r.startswith(base.NODE_PREFIX):
                     continue
                 if states is not None and str(d["state"]) not in states:
                     continue
-                data = {k: d[k] for k in NODE_COLUMNS} if columns_only else copy.deepcopy(d)
+                data = {k: d[k] for k in base.NODE_COLUMNS} if columns_only else copy.deepcopy(d)
                 out.append((r, data, e))
                 if limit is not None and len(out) >= limit:
                     break
