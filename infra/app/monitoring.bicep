@@ -24,7 +24,7 @@ param actionGroupId string = ''
 @description('How often the alert rules look, and over how long (ISO 8601).')
 param alertEvaluationFrequency string = 'PT5M'
 
-// The metric names the app emits (shared/metrics.py; tests/infra checks that they match).
+// The metric names the app emits (shared/rollout/metrics.py; tests/infra checks that they match).
 var runsFailedMetric = 'patcher.runs.failed'
 var runsStalledMetric = 'patcher.runs.stalled'
 

@@ -1,5 +1,5 @@
 """The alert rules in infra/ query the metrics the app emits, under the names it emits them
-(imported from shared/metrics.py, so that a rename fails here rather than in production)."""
+(imported from shared/rollout/metrics.py, so that a rename fails here rather than in production)."""
 
 from __future__ import annotations
 
