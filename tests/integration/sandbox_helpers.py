@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from sandbox.cluster import POOL_LABEL
@@ -110,3 +114,26 @@ class Driver:
         ]
         assert owned, f"no controller-owned pod on {node}"
         return owned[0]
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(
+    sandbox: Sandbox, *args: str, token: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``vmss-patcher ARGS`` against the sandbox (``python -m cli``), as a user's shell runs
+    it: the URL (and a bearer token) from the environment, none of this one's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMSS_PATCHER_")}
+    env["VMSS_PATCHER_URL"] = sandbox.functions_url
+    if token is not None:
+        env["VMSS_PATCHER_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from sandbox.stack import CLUSTER, Sandbox
-from tests.integration.sandbox_helpers import Driver
+from tests.integration.sandbox_helpers import Driver, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -22,17 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(sandbox: Sandbox, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VMSS_PATCHER_")}
-    env["VMSS_PATCHER_URL"] = sandbox.functions_url
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_cli(sandbox, *args, timeout=timeout)
 
 
 @pytest.fixture
