@@ -264,7 +264,9 @@ def test_a_table_write_that_gets_no_answer_ends_at_the_read_timeout_as_a_tempora
         s.storage_connection_string or "", "patchruns", **app_settings_module.sdk_options(CONNECT, READ)
     )
     store = TableRunStore(table)
-    error, took = timed(lambda: store._transact("run-1", [("upsert", "run", {"a": 1}, None)]))
+    error, took = timed(
+        lambda: store._transact("run-1", [("upsert", "run", {"state": "running", "cluster": "c1"}, None)])
+    )
     assert isinstance(error, TemporaryError), error
     assert took < BOUND
 

@@ -14,7 +14,7 @@ __all__ = ["api"]  # the fixture, shared with test_cli.py
 
 def test_a_token_is_sent_as_a_bearer_with_the_function_key(api: tuple[Recorder, str]) -> None:
     recorder, url = api
-    recorder.answers[("GET", "/api/runs")] = (200, json.dumps({"runs": []}).encode())
+    recorder.answers[("GET", "/api/runs?limit=20")] = (200, json.dumps({"runs": []}).encode())
     code, _, err = run("--url", url, "--function-key", "k3y", "--token", "eyJ.abc.def", "runs")
     assert code == 0, err
     headers = recorder.seen[0]["headers"]
@@ -25,7 +25,7 @@ def test_the_token_may_come_from_the_environment(
     api: tuple[Recorder, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recorder, url = api
-    recorder.answers[("GET", "/api/runs")] = (200, json.dumps({"runs": []}).encode())
+    recorder.answers[("GET", "/api/runs?limit=20")] = (200, json.dumps({"runs": []}).encode())
     monkeypatch.setenv("VMSS_PATCHER_TOKEN", "eyJ.from.env")
     code, _, err = run("--url", url, "runs")
     assert code == 0, err
