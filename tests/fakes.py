@@ -23,14 +23,11 @@ from shared.adapters.compute import (
     unguarded_upgrade,
 )
 from shared.adapters.kube import (
-    ANNOTATION_CORDONED,
-    ANNOTATION_PATCHED_AT,
-    ANNOTATION_RUN,
-    ANNOTATION_STATE,
-    LABEL_PATCHING,
     EvictionResult,
     Node,
+    cordon_patch,
     node_status_view,
+    uncordon_patch,
 )
 from shared.adapters.kube_objects import Pod
 from shared.errors import ConcurrencyError, NotFoundError, TemporaryError
@@ -172,33 +169,10 @@ class FakeKube:
         return Node(node)
 
     def cordon(self, name: str, *, run_id: str, state: str) -> Node:
-        return self.patch_node(
-            name,
-            {
-                "metadata": {
-                    "labels": {LABEL_PATCHING: run_id},
-                    # The annotations KubeClient.cordon writes with the cordon.
-                    "annotations": {
-                        ANNOTATION_CORDONED: run_id,
-                        ANNOTATION_RUN: run_id,
-                        ANNOTATION_STATE: state,
-                    },
-                },
-                "spec": {"unschedulable": True},
-            },
-        )
+        return self.patch_node(name, cordon_patch(run_id, state))
 
     def uncordon(self, name: str, *, state: str, patched_at: str | None = None) -> Node:
-        annotations: dict[str, str | None] = {ANNOTATION_CORDONED: None, ANNOTATION_STATE: state}
-        if patched_at:
-            annotations[ANNOTATION_PATCHED_AT] = patched_at
-        return self.patch_node(
-            name,
-            {
-                "metadata": {"labels": {LABEL_PATCHING: None}, "annotations": annotations},
-                "spec": {"unschedulable": None},
-            },
-        )
+        return self.patch_node(name, uncordon_patch(state, patched_at))
 
     def annotate_node(self, name: str, annotations: dict[str, str | None]) -> Node:
         return self.patch_node(name, {"metadata": {"annotations": annotations}})

@@ -131,6 +131,30 @@ class EvictionResult:
     retry_after: float | None = None
 
 
+def cordon_patch(run_id: str, state: str) -> dict[str, Any]:
+    """The merge patch of a cordon: unschedulable, and the marks that say which run holds
+    the node (what the sweeper and a later run read to take it over or release it)."""
+    return {
+        "metadata": {
+            "labels": {LABEL_PATCHING: run_id},
+            "annotations": {ANNOTATION_CORDONED: run_id, ANNOTATION_RUN: run_id, ANNOTATION_STATE: state},
+        },
+        "spec": {"unschedulable": True},
+    }
+
+
+def uncordon_patch(state: str, patched_at: str | None = None) -> dict[str, Any]:
+    """The merge patch of an uncordon: the run's hold removed (null deletes a key), its last
+    state and, after a reimage, when the node was patched kept for the next run's plan."""
+    annotations: dict[str, str | None] = {ANNOTATION_CORDONED: None, ANNOTATION_STATE: state}
+    if patched_at:
+        annotations[ANNOTATION_PATCHED_AT] = patched_at
+    return {
+        "metadata": {"labels": {LABEL_PATCHING: None}, "annotations": annotations},
+        "spec": {"unschedulable": None},
+    }
+
+
 def watch_backoff(attempt: int) -> float:
     """Seconds before re-establishing a watch after its ``attempt``-th early end in a row,
     with jitter so that many watches cut at once (a proxy restarting) do not come back at
@@ -436,32 +460,10 @@ class KubeClient:
         return Node(self._json(f"patch node {name}", self._core.patch_node, name, dict(patch)))
 
     def cordon(self, name: str, *, run_id: str, state: str) -> Node:
-        return self.patch_node(
-            name,
-            {
-                "metadata": {
-                    "labels": {LABEL_PATCHING: run_id},
-                    "annotations": {
-                        ANNOTATION_CORDONED: run_id,
-                        ANNOTATION_RUN: run_id,
-                        ANNOTATION_STATE: state,
-                    },
-                },
-                "spec": {"unschedulable": True},
-            },
-        )
+        return self.patch_node(name, cordon_patch(run_id, state))
 
     def uncordon(self, name: str, *, state: str, patched_at: str | None = None) -> Node:
-        annotations: dict[str, str | None] = {ANNOTATION_CORDONED: None, ANNOTATION_STATE: state}
-        if patched_at:
-            annotations[ANNOTATION_PATCHED_AT] = patched_at
-        return self.patch_node(
-            name,
-            {
-                "metadata": {"labels": {LABEL_PATCHING: None}, "annotations": annotations},
-                "spec": {"unschedulable": None},
-            },
-        )
+        return self.patch_node(name, uncordon_patch(state, patched_at))
 
     def annotate_node(self, name: str, annotations: Mapping[str, str | None]) -> Node:
         return self.patch_node(name, {"metadata": {"annotations": dict(annotations)}})
