@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bench.cost import MEASURES, growth, within_targets
+from bench.cost import TARGETS as COST_TARGETS
 from bench.machine import summary
 from bench.rollout import CATEGORIES
 
@@ -211,6 +213,55 @@ def economy_rows(rollouts: list[dict[str, Any]], targets: dict[str, float]) -> l
     return rows
 
 
+def _cost_text(c: dict[str, Any]) -> str:
+    return " · ".join(
+        f"{c[key]:.2f} {name}" if key == "runner_cpu_seconds_per_node" else f"{c[key]:.1f} {name}"
+        for key, name in MEASURES
+    )
+
+
+def cost_rows(rollouts: list[dict[str, Any]]) -> list[Row]:
+    """One row per fleet size: the complete run of that size, the 10 % budget preferred
+    (the budget-1 and capped ones are sampled and have no cost of their own)."""
+    chosen: dict[int, dict[str, Any]] = {}
+    for r in rollouts:
+        if not r.get("cost"):
+            continue
+        n = int(r["spec"]["n"])
+        if n not in chosen or str(r["spec"]["budget"]) == "10%":
+            chosen[n] = r
+    if not chosen:
+        return []
+    smallest = min(chosen)
+    base = chosen[smallest]["cost"]
+    rows = []
+    for n in sorted(chosen):
+        r, c = chosen[n], chosen[n]["cost"]
+        grown = growth({smallest: base, n: c}) if n != smallest else {}
+        largest = max(grown.values(), default=None)
+        ok = within_targets(c) and (largest is None or largest <= COST_TARGETS["growth"])
+        services = ", ".join(f"{k} {v:.1f}" for k, v in sorted(c["storage_by_service_per_node"].items()))
+        busiest = sorted(c["invocations_by_function"].items(), key=lambda kv: -kv[1])[:3]
+        rows.append(
+            Row(
+                "cost",
+                f"cost per node N={n:,}",
+                f"{c['nodes']:,} nodes patched, budget {r['spec']['budget']}, scale {r['spec']['scale']}",
+                _cost_text(c),
+                f"N={smallest:,}: {_cost_text(base)}" if n != smallest else NA,
+                f"largest {largest:.2f}" if largest is not None else NA,
+                "≤ "
+                + " · ".join(f"{COST_TARGETS[key]:g} {name}" for key, name in MEASURES)
+                + f"; growth ≤ {COST_TARGETS['growth']:g}",
+                _mark(ok),
+                _mark(r.get("invariants", {}).get("ok")),
+                f"storage {services} (queue receives {c['queue_receives_per_node']:.1f}); "
+                + ", ".join(f"{fn} {count}" for fn, count in busiest),
+            )
+        )
+    return rows
+
+
 def planning_row(p: dict[str, Any], targets: dict[str, float]) -> Row:
     if p.get("error"):
         return Row("planning", "planning", "", "error", "", "", "", FAIL, NA, p["error"][:200])
@@ -274,6 +325,7 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
     rollouts = results.get("rollouts") or []
     rows += rollout_rows(rollouts, {int(k): v for k, v in targets["makespan_ratio"].items()})
     rows += economy_rows(rollouts, targets)
+    rows += cost_rows(rollouts)
     if "planning" in results:
         rows.append(planning_row(results["planning"], targets))
     if "coldstart" in results:

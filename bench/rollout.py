@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bound import Durations, WriteLimit, drain_seconds, lower_bound
+from bench.cost import cost_of, storage_counts
 from bench.machine import cpu_by_component, machine_cpu
 
 POOL = "bench"
@@ -372,6 +373,7 @@ def runner_stats(lines: Iterable[str], *, start: float, end: float, nodes: int) 
         "sweeper_ms_median": statistics.median(durations["sweeper"]) if durations.get("sweeper") else 0,
         "sweeper_resumed": dict(resumed),
         "http_invocations": sum(len(v) for k, v in durations.items() if k.startswith("run")),
+        "invocations_by_function": {k: len(v) for k, v in sorted(durations.items())},
     }
 
 
@@ -486,6 +488,7 @@ def run_rollout(
         max_concurrent_nodes=max(1, spec.n),
         max_failed_nodes=max(3, spec.n // 10),
         workloads=False,
+        storage_access_log=True,
     )
     drain = drain_seconds(POD_GRACE if spec.pods_per_node else None, options.pod_termination_cloud_seconds)
     durations = Durations(drain, options.compute_durations.reimage, options.cluster_timings.boot)
@@ -576,6 +579,7 @@ def _drive(
         "arm": len(sandbox.arm_server.request_log),
         "kube": len(sandbox.kube_server.request_log),
         "history": len(world.history.records()),
+        "storage": sandbox.azurite.log_offset(),
     }
     store = TableRunStore.from_settings(
         AppSettings(
@@ -608,6 +612,7 @@ def _drive(
         history_mark=marks["history"],
         progress=progress,
     )
+    storage_end = sandbox.azurite.log_offset()  # before this process's own reads below
     run: dict[str, Any] = {}
     for _ in range(3):
         with contextlib.suppress(OSError, ValueError):
@@ -628,6 +633,9 @@ def _drive(
         "marks": marks,
         "arm_log": list(sandbox.arm_server.request_log[marks["arm"] :]),
         "kube_log": list(sandbox.kube_server.request_log[marks["kube"] :]),
+        "storage": storage_counts(
+            sandbox.azurite.storage_requests(since=marks["storage"], until=storage_end)
+        ),
     }
 
 
@@ -787,4 +795,5 @@ def _analyse(
         "evictions": report.evictions,
         "reimages": report.reimages,
     }
+    result["cost"] = cost_of(result)
     result.pop("marks", None)

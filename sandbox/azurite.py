@@ -11,10 +11,12 @@ here, and telemetry would otherwise be attempted).
 from __future__ import annotations
 
 import atexit
+import re
 import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -29,6 +31,34 @@ ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 
 class AzuriteError(RuntimeError):
     pass
+
+
+# Azurite's access log (morgan's "common" format): one line per request it answered.
+_ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[0-9.]+" (?P<status>\d{3}) ')
+
+
+@dataclass(frozen=True)
+class StorageRequest:
+    """One request Azurite answered: one Storage transaction on the bill."""
+
+    method: str
+    target: str  # path and query, as sent
+    status: int
+
+    @property
+    def service(self) -> str:
+        """queue, table or blob, told apart by the shape of the request, since the three
+        services share one log and the line carries no port."""
+        path, _, query = self.target.partition("?")
+        segments = [s for s in path.split("/") if s][1:]  # after the account name
+        if path.endswith("/messages") or "/messages/" in path or "comp=metadata" in query:
+            return "queue"
+        if not segments or segments[0] in ("Tables", "$batch") or "(" in path:
+            return "table"
+        if "restype=container" in query or "comp=lease" in query or len(segments) >= 2:
+            return "blob"
+        # One segment: a queue created (PUT) or an entity inserted into a table (POST).
+        return "queue" if self.method in ("PUT", "DELETE") else "table"
 
 
 def _free_port(host: str) -> int:
@@ -50,9 +80,13 @@ def _accepts(host: str, port: int) -> bool:
 class Azurite:
     """One Azurite process serving blob, queue and table endpoints from ``data_dir``."""
 
-    def __init__(self, data_dir: Path, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, data_dir: Path, *, host: str = "127.0.0.1", access_log: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
+        # Every request as a line of ``log_path`` (what a Storage bill counts as a
+        # transaction), read back by ``storage_requests``. Off by default: it costs
+        # Azurite a write per request.
+        self.access_log = access_log
         self.blob_port = 0
         self.queue_port = 0
         self.table_port = 0
@@ -92,7 +126,7 @@ class Azurite:
         self.blob_port, self.queue_port, self.table_port = (_free_port(self.host) for _ in range(3))
         cmd = [
             str(AZURITE_BIN),
-            "--silent",
+            *([] if self.access_log else ["--silent"]),
             "--disableTelemetry",
             "--skipApiVersionCheck",
             "--location",
@@ -149,6 +183,27 @@ class Azurite:
         if self._log:
             self._log.close()
             self._log = None
+
+    def log_offset(self) -> int:
+        """Where the log ends now: ``storage_requests(since=...)`` reads what comes after."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def storage_requests(self, *, since: int = 0, until: int | None = None) -> list[StorageRequest]:
+        """The requests the access log recorded between two ``log_offset`` marks."""
+        if not self.access_log:
+            raise AzuriteError("Azurite was started without access_log=True: it logs no requests")
+        with self.log_path.open("rb") as f:
+            f.seek(since)
+            data = f.read() if until is None else f.read(max(0, until - since))
+        found = []
+        for line in data.decode("utf-8", errors="replace").splitlines():
+            m = _ACCESS_LINE.search(line)
+            if m:
+                found.append(StorageRequest(m["method"], m["target"], int(m["status"])))
+        return found
 
     def _log_tail(self, limit: int = 4000) -> str:
         try:

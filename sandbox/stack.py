@@ -95,6 +95,9 @@ class SandboxOptions:
     # as ``sandbox.table_proxy.faults``. Off by default: the extra hop would shift the
     # benchmarks' timings.
     table_faults: bool = False
+    # Azurite logs every request (``sandbox.azurite.storage_requests``): what the
+    # benchmarks count as Storage transactions. Off by default, for the same reason.
+    storage_access_log: bool = False
     # The Compute Gallery in a subscription of its own (a central image subscription, as
     # many organisations have), served by the same ARM; None keeps it beside the scale sets.
     image_subscription: str | None = None
@@ -227,7 +230,7 @@ class Sandbox:
         # A fleet repository's Flux objects, and a stand-in for the Flux controllers.
         add_flux_objects(self.kube, repo_url=GITOPS_REPO_URL, branch=GITOPS_BRANCH)
         start_flux_controller(self.kube, self.world)
-        self.azurite = Azurite(self.state_dir / "azurite")
+        self.azurite = Azurite(self.state_dir / "azurite", access_log=self.options.storage_access_log)
         self.azurite.start()
         if opts.table_faults:
             self.table_proxy = TableFaultProxy(self.azurite.host, self.azurite.table_port)

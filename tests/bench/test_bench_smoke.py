@@ -44,6 +44,14 @@ def test_the_smoke_profile_runs_and_produces_well_formed_results(tmp_path: Path)
     assert economy["arm_writes"] >= 1 and economy["kube_requests"] > 0
     assert economy["cluster_wide_lists_steps"] == 0
     assert rollout["runners"]["node_work_invocations"] > 0
+    cost = rollout["cost"]
+    assert cost["nodes"] == 4
+    assert cost["invocations_by_function"]["node_work"] == rollout["runners"]["node_work_invocations"]
+    assert cost["invocations_per_node"] >= cost["invocations_by_function"]["node_work"] / 4
+    # Every node's record is written to the table and its steps go through the queue.
+    assert {"queue", "table"} <= set(cost["storage_by_service_per_node"])
+    assert cost["storage_per_node"] >= cost["queue_receives_per_node"] > 0
+    assert cost["runner_cpu_seconds_per_node"] > 0 and cost["arm_per_node"] >= 1
 
     planning = data["planning"]
     assert planning["planned"] == 50 and planning["plan_seconds"] > 0 and planning["ratio"] > 0
@@ -52,11 +60,12 @@ def test_the_smoke_profile_runs_and_produces_well_formed_results(tmp_path: Path)
     assert webhook.get("pending") or (webhook["ok"] and webhook["handler_p50_ms"] > 0)
 
     rows = build_rows(data)
-    assert len(rows) == 5  # makespan, economy, planning, cold start, webhook
+    assert len(rows) == 6  # makespan, economy, cost, planning, cold start, webhook
     assert all(len(r.cells()) == len(HEADERS) for r in rows)
     md = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert md == markdown(data)
     assert "| makespan N=4 budget 2 |" in md
+    assert "| cost per node N=4 |" in md
     print_table(data)
 
 
