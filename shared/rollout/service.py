@@ -208,6 +208,11 @@ class RunService:
                 active_run=lock.run_id,
             )
         if not store.release_cluster(cluster, lock.run_id):
+            # Someone else moved first. Freed by its own run's end (a cancel frees the
+            # cluster through a queued admission a moment later), it is what was asked: say
+            # there is no lock, as a second ask would. Taken by another run, look again.
+            if store.cluster_lock(cluster) is None:
+                raise NotFoundError(f"cluster {cluster} has no lock: it was freed meanwhile")
             raise ConcurrencyError(f"the lock of cluster {cluster} changed meanwhile; look again")
         at = iso(self.deps.clock.now())
         record = {

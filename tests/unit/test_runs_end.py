@@ -152,3 +152,33 @@ def test_releasing_a_free_cluster_says_there_was_no_lock() -> None:
     with pytest.raises(NotFoundError, match="no lock"):
         RunService(h.deps).release_lock("test", by="function key")
     assert h.store.list_records("lock-release") == []
+
+
+def test_a_lock_freed_by_its_run_while_the_operator_releases_it_is_reported_gone_not_a_conflict() -> None:
+    from shared.errors import ConcurrencyError, NotFoundError
+
+    h = Harness({"linux": 1}, nodes_per_pool=1)
+    h.store.claim_cluster("test", "ghost", at=h.clock.now())
+    real_release = h.store.release_cluster
+    meanwhile: list[str] = []
+
+    def freed_first(cluster: str, run_id: str) -> bool:
+        # What a cancelled run's admission does between the operator's read and delete.
+        if not meanwhile:
+            meanwhile.append(run_id)
+            assert real_release(cluster, run_id)
+            if after == "taken":
+                h.store.claim_cluster(cluster, "other", at=h.clock.now())
+        return real_release(cluster, run_id)
+
+    h.store.release_cluster = freed_first  # type: ignore[method-assign]
+    after = "freed"
+    with pytest.raises(NotFoundError, match="freed meanwhile"):
+        RunService(h.deps).release_lock("test", by="function key")
+    meanwhile.clear()
+    h.store.claim_cluster("test", "ghost", at=h.clock.now())
+    after = "taken"
+    with pytest.raises(ConcurrencyError, match="look again"):
+        RunService(h.deps).release_lock("test", by="function key")
+    assert h.store.active_run("test") == "other"
+    assert h.store.list_records("lock-release") == []
