@@ -244,6 +244,14 @@ class ClusterConfig(_Model):
     max_failed_nodes: int = Field(
         1, alias="maxFailedNodes", ge=1, description="nodes failed before the run stops"
     )
+    wave_order: Literal["budgets", "plan"] = Field(
+        "budgets",
+        alias="waveOrder",
+        description=(
+            "budgets: nodes whose pods would fight one PodDisruptionBudget start in different "
+            "waves; plan: in plan order, the budgets serialising the drains (as kured does)"
+        ),
+    )
     pools: list[PoolConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -84,8 +84,15 @@ def make_pod(
     empty_dir: bool = False,
     phase: str = "Running",
     mirror: bool = False,
+    ready: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    meta: dict[str, Any] = {"namespace": ns, "name": name, "uid": str(uuid.uuid4()), "labels": {"app": name}}
+    meta: dict[str, Any] = {
+        "namespace": ns,
+        "name": name,
+        "uid": str(uuid.uuid4()),
+        "labels": dict(labels) if labels is not None else {"app": name},
+    }
     if owner_kind:
         meta["ownerReferences"] = [{"kind": owner_kind, "name": f"{name}-owner", "controller": True}]
     if mirror:
@@ -93,7 +100,10 @@ def make_pod(
     spec: dict[str, Any] = {"nodeName": node}
     if empty_dir:
         spec["volumes"] = [{"name": "v", "emptyDir": {}}]
-    return {"metadata": meta, "spec": spec, "status": {"phase": phase}}
+    status: dict[str, Any] = {"phase": phase}
+    if ready:
+        status["conditions"] = [{"type": "Ready", "status": "True"}]
+    return {"metadata": meta, "spec": spec, "status": status}
 
 
 @dataclass
@@ -223,8 +233,9 @@ class FakeKube:
     def daemonset_exists(self, namespace: str, name: str) -> bool:
         return f"{namespace}/{name}" in self.daemonsets
 
-    def list_pdbs(self, namespace: str) -> list[dict[str, Any]]:
-        return [p for p in self.pdbs if p["metadata"].get("namespace") == namespace]
+    def list_pdbs(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        self.calls.append(f"list_pdbs {namespace or '*'}")
+        return [p for p in self.pdbs if namespace is None or p["metadata"].get("namespace") == namespace]
 
     def list_pods_on_nodes(self, nodes: Any) -> dict[str, list[Pod]]:
         return {name: self.list_pods_on_node(name) for name in nodes}

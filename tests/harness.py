@@ -33,6 +33,7 @@ def config_dict(pools: dict[str, int], **cluster: Any) -> dict[str, Any]:
                 "kubeconfig": {"setting": "KUBECONFIG_TEST"},
                 "maxConcurrentNodes": cluster.pop("maxConcurrentNodes", 10),
                 "maxFailedNodes": cluster.pop("maxFailedNodes", 3),
+                "waveOrder": cluster.pop("waveOrder", "budgets"),
                 "pools": [
                     {
                         "name": name,

@@ -694,10 +694,14 @@ class KubeClient:
         self._daemonsets_seen[(namespace, name)] = time.monotonic()
         return True
 
-    def list_pdbs(self, namespace: str) -> list[dict[str, Any]]:
-        data = self._json(
-            f"list pdbs in {namespace}", self._policy.list_namespaced_pod_disruption_budget, namespace
-        )
+    def list_pdbs(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The PodDisruptionBudgets of ``namespace``, or of every namespace (one request)."""
+        if namespace is None:
+            data = self._json("list pdbs", self._policy.list_pod_disruption_budget_for_all_namespaces)
+        else:
+            data = self._json(
+                f"list pdbs in {namespace}", self._policy.list_namespaced_pod_disruption_budget, namespace
+            )
         return list(data.get("items", []))
 
     def evict(self, pod: Pod, *, grace_period_seconds: int | None = None) -> EvictionResult:

@@ -24,9 +24,10 @@ from shared.adapters.notify import Notice, NoticeKind
 from shared.adapters.workqueue import WorkItem
 from shared.clock import iso
 from shared.config import ClusterConfig, PoolConfig
-from shared.errors import ConcurrencyError, NotFoundError
+from shared.errors import ConcurrencyError, NotFoundError, PermanentError, TemporaryError
 from shared.retry import retry_on_conflict
-from shared.rollout.budget import PoolObservation, choose_admissions
+from shared.rollout.budget import DisruptionView, PoolObservation, choose_admissions
+from shared.rollout.drain import disruptions_allowed
 from shared.rollout.model import NodeState, NodeWork, Run, RunState
 from shared.rollout.store.base import NodeSummary, RunStore
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 HOLDING_STATES = frozenset(s for s in NodeState if s.holds_slot)
+# Holding a slot, with pods still to evict.
+UNDRAINED_STATES = frozenset({NodeState.ADMITTED, NodeState.DRAINING})
 # A conflict means another worker admitted just now; after a few, the queue looks again.
 INLINE_ATTEMPTS = 6
 RETRY_DELAY = 0.5
@@ -126,7 +129,13 @@ class Admission:
             max_unavailable={p: b.max_unavailable for p, b in run.pools.items()},
             observed=observed,
             max_concurrent_nodes=run.max_concurrent_nodes,
+            disruptions=_disruptions(run, kube, cluster, pending, holding),
         )
+        recheck = bool(decision.held_back) and now >= run.recheck_at
+        if recheck:
+            # Held back for a budget whose allowance returns when replacements are Ready,
+            # which no node of ours ending need announce: look again soon.
+            run.recheck_at = now + self.deps.config.workflow.drain_retry_interval.total_seconds()
         records = self._read_pending(run, pending, [*skip, *decision.admit])
         changed: list[NodeWork] = []
         for name, why in skip.items():
@@ -140,13 +149,16 @@ class Admission:
             n.seq += 1
             n.updated_at = at
             changed.append(n)
-        waiting_changed = decision.waiting != run.waiting
-        run.waiting = dict(decision.waiting)
+        waiting = {**decision.waiting, **decision.held_back}
+        waiting_changed = waiting != run.waiting
+        run.waiting = waiting
         run.admission_view_at = now  # the slots were listed after this
         if not changed:
-            if waiting_changed:
+            if waiting_changed or recheck:
                 run.updated_at = at
                 store.commit(run)
+            if recheck:
+                self.deps.queue.send(WorkItem("admit", run.id), delay=run.recheck_at - now)
             return "no slot free"
         if run.state == RunState.PLANNED:
             run.move_to(RunState.RUNNING, reason="first nodes admitted", at=at)
@@ -159,6 +171,8 @@ class Admission:
             store.commit(run, *changed[i : i + 98])
         for n in admitted:
             self.deps.queue.send(WorkItem("step", run.id, n.name, n.seq))
+        if recheck:
+            self.deps.queue.send(WorkItem("admit", run.id), delay=run.recheck_at - now)
         # After the sends: the steps need not wait for the Events.
         admitted_why = {n.name: f"run {run.id}: {n.reason}" for n in admitted}
         record_events(kube, admitted_why, reason="PatchAdmitted", now=now)
@@ -317,6 +331,25 @@ def cordoned_by_us(store: RunStore, run: Run, node: Node) -> bool:
 def _counted(run: Run, ended_at: float) -> bool:
     """Whether the latest admission on the run record looked after ``ended_at``."""
     return run.admission_view_at - CLOCK_MARGIN >= ended_at
+
+
+def _disruptions(
+    run: Run, kube: KubeClient, cluster: ClusterConfig, pending: list[NodeSummary], holding: list[NodeSummary]
+) -> DisruptionView | None:
+    """What the PodDisruptionBudgets allow now against what the pending and draining nodes'
+    pods spend of them (as planned): one list of the budgets, and only when a pending node
+    has pods they protect, so a cluster without budgets pays nothing."""
+    if cluster.wave_order != "budgets" or not any(n.pdb_pods for n in pending):
+        return None
+    try:
+        allowed = disruptions_allowed(kube.list_pdbs())
+    except (TemporaryError, PermanentError) as exc:
+        # The drains respect the budgets regardless; this wave is merely in plan order.
+        logger.warning("run %s: budgets not read (%s); this wave starts in plan order", run.id, exc)
+        return None
+    draining = [h for h in holding if h.state in UNDRAINED_STATES]
+    spends = {n.name: n.pdb_pods for n in [*pending, *draining] if n.pdb_pods}
+    return DisruptionView(spends=spends, allowed=allowed, draining=[h.name for h in draining])
 
 
 def _selector(pool: PoolConfig) -> str:

@@ -1,14 +1,24 @@
 """How many nodes of a pool may be disrupted at once, and which pending nodes may start now.
 
 Pure arithmetic over observations; the atomic part (committing admissions conditional on
-the run record's ETag) is in ``workflow.admit``.
+the run record's ETag) is in ``rollout.admission``.
+
+Waves are chosen so that they do not fight the PodDisruptionBudgets: two nodes drained
+together that host replicas of one budget block each other, the second's evictions
+answered 429 until the first's replacements are Ready. So a pending node whose pods would
+spend more of a budget than it allows now, counting what the nodes draining and the ones
+admitted before it in this pass spend, is held back while something of ours is in
+flight (its end frees the budget), and the slot goes to the next node in plan order that
+fits. With nothing in flight, it starts anyway: its drain waits for the budget as
+``kubectl drain`` does, so a budget that never allows a disruption fails the node with
+its reason instead of stalling the run silently.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from shared.config import PERCENT_RE
 
@@ -35,10 +45,54 @@ class PoolObservation:
     disrupted_elsewhere: frozenset[str]
 
 
+# Nodes held back by a PodDisruptionBudget named in ``waiting`` (the run record stays small).
+NAMED_HELD_BACK = 20
+
+
+@dataclass(frozen=True)
+class DisruptionView:
+    """The PodDisruptionBudgets the nodes' pods count against, as planned, and how many
+    disruptions each allows now (its status)."""
+
+    spends: Mapping[str, Mapping[str, int]]  # node -> budget ("ns/name") -> its pods there
+    allowed: Mapping[str, int]  # budget -> disruptionsAllowed now
+    # Nodes of this run holding a slot whose drain has not ended: their pods still need
+    # the budgets' allowance.
+    draining: Collection[str] = ()
+
+    def spent_by_draining(self) -> dict[str, int]:
+        used: dict[str, int] = {}
+        for node in self.draining:
+            for budget, pods in self.spends.get(node, {}).items():
+                used[budget] = used.get(budget, 0) + pods
+        return used
+
+    def short(self, node: str, used: Mapping[str, int]) -> str | None:
+        """Why draining ``node`` now would fight a budget, or None if it fits. A budget
+        fits if what this node spends fits what is left of it, or if nothing else spends
+        it and it allows a disruption: a node holding more of a budget's pods than it
+        ever allows at once gets the budget to itself, its drain evicting them in turn."""
+        for budget, pods in sorted(self.spends.get(node, {}).items()):
+            allowed = self.allowed.get(budget)
+            if allowed is None:
+                continue  # deleted since the plan: it protects nothing now
+            taken = used.get(budget, 0)
+            if taken + pods <= allowed or (taken == 0 and allowed > 0):
+                continue
+            return (
+                f"PodDisruptionBudget {budget} allows {allowed} disruptions now, "
+                f"{taken} spoken for by nodes draining or starting before it; "
+                f"{pods} of its pods are on this node"
+            )
+        return None
+
+
 @dataclass(frozen=True)
 class Admission:
     admit: list[str]
     waiting: dict[str, str]  # pool -> why nothing more starts there now
+    # node -> the PodDisruptionBudget that keeps it out of this wave
+    held_back: dict[str, str] = field(default_factory=dict)
 
 
 def choose_admissions(
@@ -48,7 +102,11 @@ def choose_admissions(
     max_unavailable: Mapping[str, int],
     observed: Mapping[str, PoolObservation],
     max_concurrent_nodes: int,
+    disruptions: DisruptionView | None = None,
 ) -> Admission:
+    """The pending nodes that start now, in plan order, within the pool and cluster
+    budgets; with ``disruptions``, skipping those whose wave would fight a
+    PodDisruptionBudget while something of ours is in flight (see the module's text)."""
     in_flight = sum(len(v) for v in held.values())
     free_cluster = max_concurrent_nodes - in_flight
     free = {
@@ -60,6 +118,8 @@ def choose_admissions(
     }
     admit: list[str] = []
     waiting: dict[str, str] = {}
+    held_back: dict[str, str] = {}
+    used = disruptions.spent_by_draining() if disruptions is not None else {}
     for node, pool in pending:
         if free_cluster <= 0:
             waiting.setdefault(pool, f"cluster limit of {max_concurrent_nodes} nodes at once reached")
@@ -79,11 +139,20 @@ def choose_admissions(
                 f"{names if elsewhere else ''})",
             )
             continue
+        if disruptions is not None and not already_unavailable:
+            # A node unavailable already has no healthy pods left to spend a budget with.
+            short = disruptions.short(node, used)
+            if short is not None and (in_flight or admit):
+                held_back[node] = short
+                continue
+            for budget, pods in disruptions.spends.get(node, {}).items():
+                used[budget] = used.get(budget, 0) + pods
         admit.append(node)
         if not already_unavailable:
             free[pool] -= 1
         free_cluster -= 1
-    return Admission(admit=admit, waiting=waiting)
+    named = dict(list(held_back.items())[:NAMED_HELD_BACK])
+    return Admission(admit=admit, waiting=waiting, held_back=named)
 
 
 @dataclass

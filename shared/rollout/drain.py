@@ -117,3 +117,41 @@ def blocking_budgets(pods: Sequence[Pod], pdbs: Sequence[Mapping[str, Any]]) -> 
                 f"({status.get('currentHealthy', '?')}/{status.get('desiredHealthy', '?')} healthy): {names}"
             )
     return out
+
+
+def budget_key(pdb: Mapping[str, Any]) -> str:
+    meta = pdb.get("metadata") or {}
+    return f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
+
+
+def budgets_on_nodes(
+    pods_by_node: Mapping[str, Sequence[Pod]], pdbs: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[str, int]]:
+    """For each node, the PodDisruptionBudgets its pods count against and how many of its
+    pods each: what draining it spends of each budget. Only pods whose eviction spends an
+    allowance count: Ready, running, neither DaemonSet-owned nor mirror pods (the drain
+    leaves those). A node with no protected pod is absent."""
+    by_namespace: dict[str, list[Mapping[str, Any]]] = {}
+    for pdb in pdbs:
+        by_namespace.setdefault(str((pdb.get("metadata") or {}).get("namespace", "default")), []).append(pdb)
+    out: dict[str, dict[str, int]] = {}
+    for node, pods in pods_by_node.items():
+        spends: dict[str, int] = {}
+        for pod in pods:
+            controller = pod.controller
+            if pod.phase != "Running" or not pod.ready or pod.is_mirror or pod.terminating:
+                continue
+            if controller is not None and controller.get("kind") == "DaemonSet":
+                continue
+            for pdb in by_namespace.get(pod.namespace, []):
+                if selector_matches((pdb.get("spec") or {}).get("selector"), pod.labels):
+                    key = budget_key(pdb)
+                    spends[key] = spends.get(key, 0) + 1
+        if spends:
+            out[node] = spends
+    return out
+
+
+def disruptions_allowed(pdbs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Each PodDisruptionBudget's ``status.disruptionsAllowed`` as its controller last set it."""
+    return {budget_key(p): int((p.get("status") or {}).get("disruptionsAllowed", 0)) for p in pdbs}

@@ -177,8 +177,12 @@ class Run:
     ended_at: str = ""
     # Fencing token for budget slots: bumped on every admission write.
     fence: int = 0
-    # Why pending nodes of a pool are not starting (budget, cluster limit), per pool.
+    # Why pending nodes are not starting: per pool (budget, cluster limit), and per node
+    # held out of a wave by a PodDisruptionBudget.
     waiting: dict[str, str] = field(default_factory=dict)
+    # Nodes held back by a PodDisruptionBudget are looked at again then (epoch seconds),
+    # by one delayed admission however many admissions held them back.
+    recheck_at: float = 0.0
     # When the latest admission written looked at the slots held (epoch seconds, the
     # admitter's clock): a node that ended before then had its slot counted.
     admission_view_at: float = 0.0
@@ -235,6 +239,9 @@ class NodeWork:
     instance_id: str  # Flexible: the VM's name
     order: int
     flexible: bool = False  # the scale set's orchestration mode is Flexible
+    # PodDisruptionBudget ("ns/name") -> how many of its pods were on the node when the run
+    # was planned: what draining it spends of each budget, for choosing waves.
+    pdb_pods: dict[str, int] = field(default_factory=dict)
     state: NodeState = NodeState.PENDING
     # Bumped on every persisted step; a message whose seq differs is stale.
     seq: int = 0

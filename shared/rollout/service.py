@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.adapters.kube import record_events
+from shared.adapters.kube import KubeClient, record_events
 from shared.adapters.notify import Notice, NoticeKind
 from shared.adapters.workqueue import WorkItem
 from shared.clock import iso
@@ -27,6 +27,7 @@ from shared.errors import (
     ValidationError,
 )
 from shared.retry import retry_on_conflict
+from shared.rollout.drain import budgets_on_nodes
 from shared.rollout.listing import RunQuery
 from shared.rollout.model import NodeState, NodeWork, Run, RunState
 from shared.rollout.planner import plan_run
@@ -99,6 +100,8 @@ class RunService:
         )
         run.not_before, run.deadline, run.source = request.not_before, request.deadline, request.source
         run.kubelet_version = request.kubelet_version
+        if cluster.wave_order == "budgets":
+            note_budget_pods(kube, nodes, run_id=run.id)
         if not request.immediate:
             self._fit_to_windows(run, cluster)
         active = self._claim(cluster.name, run.id)
@@ -446,6 +449,23 @@ class RunService:
             raise ConcurrencyError(f"run {run_id} kept changing; try again") from None
 
 
+def note_budget_pods(kube: KubeClient, nodes: Sequence[NodeWork], *, run_id: str) -> None:
+    """Record on each node which PodDisruptionBudgets its pods count against, for choosing
+    waves: one list of the budgets and, when there are any, one of the pods on the nodes.
+    A budget read refused (403) leaves the waves in plan order, with a warning: the drains
+    respect the budgets regardless."""
+    try:
+        pdbs = kube.list_pdbs()
+    except PermanentError as exc:
+        logger.warning("run %s: PodDisruptionBudgets not read (%s); its waves follow plan order", run_id, exc)
+        return
+    if not pdbs:
+        return
+    spends = budgets_on_nodes(kube.list_pods_on_nodes([n.name for n in nodes]), pdbs)
+    for node in nodes:
+        node.pdb_pods = spends.get(node.name, {})
+
+
 def _refuse_unless_failed(node: NodeWork, what: str) -> None:
     if node.state != NodeState.FAILED:
         raise NodeActionRefusedError(
@@ -455,8 +475,8 @@ def _refuse_unless_failed(node: NodeWork, what: str) -> None:
 
 def _node_view(node: NodeWork, run: Run) -> dict[str, Any]:
     view = node.public()
-    if node.state == NodeState.PENDING and node.pool in run.waiting:
-        view["reason"] = run.waiting[node.pool]
+    if node.state == NodeState.PENDING and (why := run.waiting.get(node.name) or run.waiting.get(node.pool)):
+        view["reason"] = why
     return view
 
 

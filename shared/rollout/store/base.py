@@ -34,7 +34,7 @@ import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,7 +57,7 @@ RUN_ROW = "run"
 NODE_PREFIX = "node~"
 PACER_PREFIX = "pacer~"
 GUARD_ROW = "active"
-NODE_COLUMNS = ("state", "pool", "order", "reimage_batch")
+NODE_COLUMNS = ("state", "pool", "order", "reimage_batch", "pdb_pods")
 RUN_COLUMNS = ("state", "cluster", "ended_at")
 OPEN_PARTITION = "runs~open"
 # A listed record's listing row: ``at~<time counting down>~<record row>``, next to the
@@ -102,6 +102,8 @@ def node_columns(row: str, data: dict[str, Any]) -> dict[str, Any]:
         "pool": str(data["pool"]),
         "order": int(data["order"]),
         "reimage_batch": str(data.get("reimage_batch") or ""),
+        # A column holds a string, not a map.
+        "pdb_pods": json.dumps(data.get("pdb_pods") or {}, sort_keys=True, separators=(",", ":")),
     }
 
 
@@ -189,6 +191,8 @@ class NodeSummary:
     # The batch whose write started its reimage ("" when none has). A row written before
     # this column existed lists "" too, so only a whole read tells for sure.
     reimage_batch: str = ""
+    # PodDisruptionBudget -> its pods on the node when the run was planned.
+    pdb_pods: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -427,6 +431,7 @@ class RunStore(abc.ABC):
                 state=NodeState(data["state"]),
                 etag=etag,
                 reimage_batch=str(data.get("reimage_batch") or ""),
+                pdb_pods=_pdb_pods(data.get("pdb_pods")),
             )
             for row, data, etag in rows
         ]
@@ -655,3 +660,12 @@ def _data(record: Record) -> dict[str, Any]:
         data.pop("etag", None)
         return data
     return json.loads(record_to_json(record))
+
+
+def _pdb_pods(column: Any) -> dict[str, int]:
+    """The ``pdb_pods`` column as a backend lists it: JSON text from Table storage, the map
+    itself from memory, nothing from a row written before the column existed."""
+    if not column:
+        return {}
+    value = json.loads(column) if isinstance(column, str) else column
+    return {str(k): int(v) for k, v in value.items()}

@@ -94,7 +94,7 @@ class MemoryRunStore(RunStore):
                     continue
                 if states is not None and str(d["state"]) not in states:
                     continue
-                data = {k: d[k] for k in base.NODE_COLUMNS} if columns_only else copy.deepcopy(d)
+                data = {k: d.get(k) for k in base.NODE_COLUMNS} if columns_only else copy.deepcopy(d)
                 out.append((r, data, e))
                 if limit is not None and len(out) >= limit:
                     break
