@@ -240,6 +240,12 @@ class FakeKube:
     def list_pods_on_nodes(self, nodes: Any) -> dict[str, list[Pod]]:
         return {name: self.list_pods_on_node(name) for name in nodes}
 
+    def list_pods_in_namespaces(self, namespaces: Any, nodes: Any) -> dict[str, list[Pod]]:
+        self._maybe_fail(f"list_pods_in {','.join(sorted(namespaces))}")
+        wanted = set(namespaces)
+        pods = [p for p in self.pods.values() if p["metadata"].get("namespace") in wanted]
+        return {name: [Pod(p) for p in pods if p["spec"].get("nodeName") == name] for name in nodes}
+
     def replica_set_owner(self, namespace: str, name: str) -> str | None:
         return self.replica_set_owners.get(f"{namespace}/{name}")
 

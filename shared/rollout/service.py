@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.adapters.kube import KubeClient, record_events
+from shared.adapters.kube import MAX_SINGLE_READS, KubeClient, record_events
 from shared.adapters.notify import Notice, NoticeKind
 from shared.adapters.workqueue import WorkItem
 from shared.clock import iso
@@ -451,17 +451,24 @@ class RunService:
 
 def note_budget_pods(kube: KubeClient, nodes: Sequence[NodeWork], *, run_id: str) -> None:
     """Record on each node which PodDisruptionBudgets its pods count against, for choosing
-    waves: one list of the budgets and, when there are any, one of the pods on the nodes.
-    A budget read refused (403) leaves the waves in plan order, with a warning: the drains
-    respect the budgets regardless."""
+    waves: one list of the budgets and, when there are any, the pods on the nodes (a list
+    per node for a few nodes, else one per namespace that has budgets: never every pod of
+    the cluster). A read that fails leaves the waves in plan order, with a warning: the
+    order is an optimisation, the drains respect the budgets regardless."""
     try:
         pdbs = kube.list_pdbs()
-    except PermanentError as exc:
+        if not pdbs:
+            return
+        names = [n.name for n in nodes]
+        if len(names) <= MAX_SINGLE_READS:
+            pods = kube.list_pods_on_nodes(names)
+        else:
+            namespaces = {str((p.get("metadata") or {}).get("namespace", "default")) for p in pdbs}
+            pods = kube.list_pods_in_namespaces(namespaces, names)
+    except (PermanentError, TemporaryError) as exc:
         logger.warning("run %s: PodDisruptionBudgets not read (%s); its waves follow plan order", run_id, exc)
         return
-    if not pdbs:
-        return
-    spends = budgets_on_nodes(kube.list_pods_on_nodes([n.name for n in nodes]), pdbs)
+    spends = budgets_on_nodes(pods, pdbs)
     for node in nodes:
         node.pdb_pods = spends.get(node.name, {})
 

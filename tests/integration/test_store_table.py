@@ -82,7 +82,7 @@ def test_the_filter_is_evaluated_by_the_service(table: TableClient) -> None:
     assert len(store.pending_nodes("run1")) == 3
     query = seen[-1]
     assert "state eq @s0" in query["filter"] and query["parameters"]["s0"] == "pending"
-    assert query["select"] == ["RowKey", "state", "pool", "order", "reimage_batch"]
+    assert query["select"] == ["RowKey", "state", "pool", "order", "reimage_batch", "pdb_pods"]
     seen.clear()
     assert store.has_nodes("run1", states=[NodeState.PENDING])
     assert seen[-1]["results_per_page"] == 1

@@ -13,7 +13,7 @@ from shared.rollout.drain import budgets_on_nodes, disruptions_allowed
 from shared.rollout.model import NodeState
 from shared.rollout.service import RunService
 from shared.rollout.store.memory import MemoryRunStore
-from tests.fakes import make_pod
+from tests.fakes import make_pod, transient
 from tests.harness import Harness, admitted_steps
 
 
@@ -200,6 +200,25 @@ def test_a_cluster_without_budgets_pays_one_budget_list_at_start_and_none_per_ad
     run_id = h.start()
     h.pump(run_id)
     assert [c for c in h.kube.calls if c.startswith("list_pdbs")] == ["list_pdbs *"]
+
+
+def test_a_run_of_many_nodes_reads_the_pods_of_the_budgets_namespaces_not_every_pod_or_node() -> None:
+    h = Harness({"linux": 1}, nodes_per_pool=24)
+    protect(h, "linux-0", "web", allowed=1)
+    run_id = h.start()
+    reads = [c for c in h.kube.calls if c.startswith("list_pods")]
+    assert reads == ["list_pods_in shop"]
+    assert h.store.get_node(run_id, "linux-0").pdb_pods == {"shop/web": 1}
+
+
+def test_a_budget_read_that_fails_starts_the_run_in_plan_order() -> None:
+    h = Harness({"linux": 2}, nodes_per_pool=3)
+    protect(h, "linux-0", "web", allowed=1)
+    protect(h, "linux-1", "web", allowed=1)
+    h.kube.fail_next = [transient("500 InternalError")]
+    run_id = h.start()
+    assert sorted(s.node for s in admitted_steps(h)) == ["linux-0", "linux-1"]
+    assert all(not n.pdb_pods for n in h.store.node_summaries(run_id))
 
 
 def test_the_budgets_column_reads_back_from_table_text_memory_maps_and_rows_older_than_it() -> None:
