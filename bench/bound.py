@@ -11,7 +11,7 @@ them. Everything here is in cloud seconds; multiply by the time scale for wall t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 
@@ -43,6 +43,7 @@ class Bound:
     writes: int  # the fewest reimage writes the waves need
     write_wait: float  # cloud seconds the write limit adds to the bound
     cloud_seconds: float
+    budget_wait: float = 0.0  # cloud seconds the PodDisruptionBudgets force (with_budget_waits)
 
     def wall(self, scale: float) -> float:
         return self.cloud_seconds * scale
@@ -87,3 +88,12 @@ def lower_bound(nodes: int, budget: int, durations: Durations, limit: WriteLimit
         write_wait=wait_total,
         cloud_seconds=t,
     )
+
+
+def with_budget_waits(bound: Bound, seconds: float) -> Bound:
+    """``bound`` plus ``seconds`` the budgets force: a budget needing more groups of drains
+    than there are waves makes some wave wait for a replacement to be Ready (drain plus the
+    replacement's scheduling and start) once per extra group
+    (``bench.workloads.forced_wait_groups``)."""
+    extra = seconds - bound.budget_wait
+    return replace(bound, budget_wait=seconds, cloud_seconds=bound.cloud_seconds + extra)

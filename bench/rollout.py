@@ -31,12 +31,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.bound import Durations, WriteLimit, drain_seconds, lower_bound
+from bench.bound import Bound, Durations, WriteLimit, drain_seconds, lower_bound, with_budget_waits
 from bench.cost import cost_of, storage_counts
 from bench.machine import cpu_by_component, machine_cpu
+from bench.workloads import (
+    POD_GRACE,
+    add_light_workload,
+    add_realistic_workload,
+    forced_wait_groups,
+    plan_realistic,
+)
 
 POOL = "bench"
-POD_GRACE = 30  # seconds, the workload pods' terminationGracePeriodSeconds
 IMAGE = "2026.12.01"
 ACTIVE = ("admitted", "draining", "reimaging", "booting")
 
@@ -59,10 +65,15 @@ class RolloutSpec:
     cap_seconds: float = 600.0
     runners: int = 4
     pods_per_node: int = 1
+    workload: str = "light"  # light | realistic (bench/workloads.py)
+    wave_order: str = "budgets"  # the cluster's waveOrder: budgets | plan
 
     @property
     def label(self) -> str:
-        return f"N={self.n:,} budget {self.budget}"
+        if self.workload == "light":
+            return f"N={self.n:,} budget {self.budget}"
+        order = "budget-aware waves" if self.wave_order == "budgets" else "plan order"
+        return f"N={self.n:,} budget {self.budget} {self.workload}, {order}"
 
     def resolved_budget(self) -> int:
         from shared.rollout.budget import resolve_max_unavailable
@@ -384,78 +395,6 @@ def _generalise(text: str) -> str:
 # ---- running one rollout ----------------------------------------------------------------------
 
 
-def add_light_workload(sandbox: Any, *, pods_per_node: int) -> None:
-    """A DaemonSet pod and ``pods_per_node`` ReplicaSet pods on every node."""
-    kube, cluster = sandbox.kube, sandbox.cluster
-    cluster.add_daemonset("kube-system", "kube-proxy", os_name="linux")
-    if pods_per_node <= 0:
-        return
-    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}})
-    labels = {"app": "light"}
-    template = {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": "nginx"}]}}
-    nodes = sorted(n["metadata"]["name"] for n in kube.list("nodes"))
-    dep = kube.create(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "light", "namespace": "bench", "labels": labels},
-            "spec": {
-                "replicas": len(nodes) * pods_per_node,
-                "selector": {"matchLabels": labels},
-                "template": template,
-            },
-        }
-    )
-    rs = kube.create(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "ReplicaSet",
-            "metadata": {
-                "name": "light-5d8f7c",
-                "namespace": "bench",
-                "labels": labels,
-                "ownerReferences": [_owner("Deployment", dep)],
-            },
-            "spec": {
-                "replicas": len(nodes) * pods_per_node,
-                "selector": {"matchLabels": labels},
-                "template": template,
-            },
-        }
-    )
-    for i, node in enumerate(nodes):
-        for j in range(pods_per_node):
-            kube.create(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {
-                        "name": f"light-5d8f7c-{i:04d}{j}",
-                        "namespace": "bench",
-                        "labels": dict(labels),
-                        "ownerReferences": [_owner("ReplicaSet", rs)],
-                    },
-                    "spec": {
-                        "nodeName": node,
-                        "containers": [{"name": "app", "image": "nginx"}],
-                        "terminationGracePeriodSeconds": POD_GRACE,
-                    },
-                    "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
-                }
-            )
-
-
-def _owner(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": kind,
-        "name": obj["metadata"]["name"],
-        "uid": obj["metadata"]["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 @dataclass
 class _Watch:
     """What the run's monitoring saw."""
@@ -466,20 +405,18 @@ class _Watch:
     notes: list[str] = field(default_factory=list)
 
 
-def run_rollout(
-    spec: RolloutSpec, *, workdir: Path | None = None, keep: bool = False, progress: Progress = print
-) -> dict[str, Any]:
-    """Bring a sandbox up, roll a new image over its pool, measure, tear it down. With
-    ``keep``, its state directory (history, request and runner logs) stays, with every
-    node's moments and the critical chain in ``phases.json``, for a closer look."""
-    from sandbox.arm import WriteLimit as ArmWriteLimit
-    from sandbox.cluster import PoolSpec
-    from sandbox.stack import CLUSTER, Sandbox, SandboxOptions
-    from shared.rollout.batching import MAX_BATCH
+# A replacement replica is Ready about a minute after its eviction: scheduled, its image
+# pulled, its readiness probe passed (ClusterTimings.pod_start for each of the two steps).
+REALISTIC_POD_START = 30.0
 
-    budget = spec.resolved_budget()
-    state_dir = Path(tempfile.mkdtemp(prefix=f"bench-n{spec.n}-", dir=workdir))
-    options = SandboxOptions(
+
+def sandbox_options(spec: RolloutSpec, state_dir: Path) -> Any:
+    """The sandbox a rollout of ``spec`` runs on (the seed's procedure uses the same)."""
+    from sandbox.cluster import ClusterTimings, PoolSpec
+    from sandbox.stack import SandboxOptions
+
+    realistic = spec.workload == "realistic"
+    return SandboxOptions(
         state_dir=state_dir,
         pools=[PoolSpec(POOL, "linux", spec.n)],
         runners=spec.runners,
@@ -489,9 +426,48 @@ def run_rollout(
         max_failed_nodes=max(3, spec.n // 10),
         workloads=False,
         storage_access_log=True,
+        cluster_timings=ClusterTimings(pod_start=REALISTIC_POD_START) if realistic else ClusterTimings(),
+        cluster_overrides={"waveOrder": spec.wave_order},
     )
-    drain = drain_seconds(POD_GRACE if spec.pods_per_node else None, options.pod_termination_cloud_seconds)
-    durations = Durations(drain, options.compute_durations.reimage, options.cluster_timings.boot)
+
+
+def rollout_durations(spec: RolloutSpec, options: Any) -> Durations:
+    evictable = spec.workload == "realistic" or spec.pods_per_node > 0
+    drain = drain_seconds(POD_GRACE if evictable else None, options.pod_termination_cloud_seconds)
+    return Durations(drain, options.compute_durations.reimage, options.cluster_timings.boot)
+
+
+def add_workload(
+    sandbox: Any, spec: RolloutSpec, bound: Bound, durations: Durations
+) -> tuple[dict[str, Any], Bound]:
+    """Give the cluster ``spec``'s workload; answer what it holds and the bound with the
+    waits its budgets force (bench/README.md, "lower bound")."""
+    if spec.workload != "realistic":
+        add_light_workload(sandbox, pods_per_node=spec.pods_per_node)
+        return {"kind": "light", "pods_per_node": spec.pods_per_node}, bound
+    nodes = sorted(str(n["metadata"]["name"]) for n in sandbox.kube.list("nodes"))
+    workloads = plan_realistic(nodes)
+    shown: dict[str, Any] = {"kind": "realistic", **add_realistic_workload(sandbox, workloads)}
+    extra = forced_wait_groups(workloads, bound.waves)
+    ready = 2 * sandbox.options.cluster_timings.pod_start
+    shown["forced_wait_groups"] = extra
+    return shown, with_budget_waits(bound, extra * (durations.drain + ready))
+
+
+def run_rollout(
+    spec: RolloutSpec, *, workdir: Path | None = None, keep: bool = False, progress: Progress = print
+) -> dict[str, Any]:
+    """Bring a sandbox up, roll a new image over its pool, measure, tear it down. With
+    ``keep``, its state directory (history, request and runner logs) stays, with every
+    node's moments and the critical chain in ``phases.json``, for a closer look."""
+    from sandbox.arm import WriteLimit as ArmWriteLimit
+    from sandbox.stack import CLUSTER, Sandbox
+    from shared.rollout.batching import MAX_BATCH
+
+    budget = spec.resolved_budget()
+    state_dir = Path(tempfile.mkdtemp(prefix=f"bench-n{spec.n}-", dir=workdir))
+    options = sandbox_options(spec, state_dir)
+    durations = rollout_durations(spec, options)
     arm_limit = ArmWriteLimit()
     limit = WriteLimit(arm_limit.burst, arm_limit.per_minute, MAX_BATCH)
     measured_nodes = spec.n if spec.waves_limit is None else min(spec.n, spec.waves_limit * budget)
@@ -504,10 +480,6 @@ def run_rollout(
         "durations_cloud_seconds": asdict(durations),
         "write_limit": asdict(limit),
         "measured_nodes": measured_nodes,
-        "bound": bound.to_json(),
-        "bound_seconds": round(bound.wall(spec.scale), 3),
-        "full_bound_seconds": round(full_bound.wall(spec.scale), 3),
-        "full_waves": full_bound.waves,
     }
     sandbox = Sandbox(options)
     started = time.monotonic()
@@ -515,7 +487,12 @@ def run_rollout(
     try:
         result["startup_seconds"] = round(time.monotonic() - started, 2)
         result["workflow_config"] = _workflow_config(sandbox.config_path)
-        add_light_workload(sandbox, pods_per_node=spec.pods_per_node)
+        result["workload"], bound = add_workload(sandbox, spec, bound, durations)
+        full_bound = with_budget_waits(full_bound, bound.budget_wait)
+        result["bound"] = bound.to_json()
+        result["bound_seconds"] = round(bound.wall(spec.scale), 3)
+        result["full_bound_seconds"] = round(full_bound.wall(spec.scale), 3)
+        result["full_waves"] = full_bound.waves
         from sandbox.demo import publish_image
 
         publish_image(sandbox, IMAGE)

@@ -17,7 +17,7 @@ import itertools
 import logging
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,8 +229,10 @@ class SandboxCluster:
         pdb_max_unavailable: int | str | None = None,
         empty_dir: bool = False,
         grace: int = 30,
+        nodes: Sequence[str] | None = None,
     ) -> None:
-        """A Deployment, its ReplicaSet, pods spread over nodes, and optionally a PDB."""
+        """A Deployment, its ReplicaSet, pods spread over nodes (the least loaded, or one
+        on each of ``nodes``: cheaper for thousands of pods), and optionally a PDB."""
         self._ensure_namespace(namespace)
         labels = {"app": name}
         dep = self.kube.create(
@@ -252,10 +254,17 @@ class SandboxCluster:
             empty_dir,
             grace,
         )
-        self._add_workload(workload, pdb_min_available, pdb_max_unavailable)
+        self._add_workload(workload, pdb_min_available, pdb_max_unavailable, nodes=nodes)
 
     def add_statefulset(
-        self, namespace: str, name: str, *, replicas: int, pdb_max_unavailable: int | str = 1
+        self,
+        namespace: str,
+        name: str,
+        *,
+        replicas: int,
+        pdb_max_unavailable: int | str | None = 1,
+        pdb_min_available: int | str | None = None,
+        nodes: Sequence[str] | None = None,
     ) -> None:
         self._ensure_namespace(namespace)
         labels = {"app": name}
@@ -263,7 +272,9 @@ class SandboxCluster:
             _apps_object("StatefulSet", namespace, name, labels, "linux", replicas=replicas, serviceName=name)
         )
         workload = Workload("StatefulSet", namespace, name, sts["metadata"]["uid"], labels, "linux", replicas)
-        self._add_workload(workload, None, pdb_max_unavailable)
+        if pdb_min_available is not None:
+            pdb_max_unavailable = None
+        self._add_workload(workload, pdb_min_available, pdb_max_unavailable, nodes=nodes)
 
     def add_daemonset(self, namespace: str, name: str, *, os_name: str = "linux") -> None:
         self._ensure_namespace(namespace)
@@ -283,7 +294,12 @@ class SandboxCluster:
         self.kube.create(pod)
 
     def _add_workload(
-        self, workload: Workload, min_available: int | str | None, max_unavailable: int | str | None
+        self,
+        workload: Workload,
+        min_available: int | str | None,
+        max_unavailable: int | str | None,
+        *,
+        nodes: Sequence[str] | None = None,
     ) -> None:
         with self._lock:
             self.workloads[f"{workload.namespace}/{workload.name}"] = workload
@@ -301,9 +317,14 @@ class SandboxCluster:
                     "spec": spec,
                 }
             )
+        if nodes is not None:
+            if len(nodes) != workload.replicas:
+                raise ValueError(f"{workload.name}: {workload.replicas} replicas, {len(nodes)} nodes")
+            for host in nodes:
+                self._create_pod(workload, host, ready=True)
+            return
         for _ in range(workload.replicas):
-            node = self._pick_node(workload.os)
-            self._create_pod(workload, node, ready=True)
+            self._create_pod(workload, self._pick_node(workload.os), ready=True)
 
     def _ensure_namespace(self, namespace: str) -> None:
         if self.kube.get("namespaces", None, namespace) is None:

@@ -83,6 +83,8 @@ class SandboxOptions:
     pod_termination_cloud_seconds: float = 5.0
     workflow: dict[str, Any] = field(default_factory=dict)
     pool_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Merged into the cluster's entry of patcher.yaml (e.g. ``waveOrder``).
+    cluster_overrides: dict[str, Any] = field(default_factory=dict)
     sweep_schedule: str = "*/2 * * * * *"
     # Pools the sandbox's maintenance configuration patches (default: all of them).
     maintenance_pools: list[str] | None = None
@@ -341,6 +343,7 @@ class Sandbox:
                     "maxConcurrentNodes": opts.max_concurrent_nodes,
                     "maxFailedNodes": opts.max_failed_nodes,
                     "pools": pools,
+                    **opts.cluster_overrides,
                 }
             ],
             "workflow": workflow,

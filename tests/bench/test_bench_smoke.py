@@ -1,6 +1,8 @@
 """The benchmark code runs and produces well-formed results (never a timing assertion).
 
-One tiny rollout on the sandbox (4 nodes, budget 2, a very short time scale), planning
+One tiny rollout on the sandbox (4 nodes, budget 2, a very short time scale), the
+realistic profile at 6 nodes (budget-aware waves, plan order, one node of the seed's
+procedure), planning
 at 50 nodes, one cold-start repetition and a few webhook deliveries; then the table,
 results.json and results.md are built from what came out.
 """
@@ -59,13 +61,33 @@ def test_the_smoke_profile_runs_and_produces_well_formed_results(tmp_path: Path)
     webhook = data["webhook"]
     assert webhook.get("pending") or (webhook["ok"] and webhook["handler_p50_ms"] > 0)
 
+    aware, plan, seed = data["realistic"]
+    for r in (aware, plan):
+        assert "error" not in r, r.get("error")
+        assert r["outcome"] == "complete" and r["invariants"]["ok"], r["invariants"]
+        assert r["workload"]["kind"] == "realistic" and r["workload"]["budgets"] > 0
+        assert r["invariants"]["evictions"] >= r["workload"]["pods"] // 2
+    assert aware["spec"]["wave_order"] == "budgets" and plan["spec"]["wave_order"] == "plan"
+    assert aware["workload"] == plan["workload"]  # the same pods on the same nodes
+    assert "error" not in seed, seed.get("error")
+    assert seed["sampled_nodes"] == 1 and seed["ratio"] > 0.95
+    assert seed["makespan_seconds"] == pytest.approx(6 * seed["node_seconds_mean"], rel=1e-3)
+
     rows = build_rows(data)
-    assert len(rows) == 6  # makespan, economy, cost, planning, cold start, webhook
+    # makespan; three realistic rows and the speed-up; economy of the three product runs;
+    # cost; planning, cold start, webhook
+    assert [r.section for r in rows] == ["makespan"] + ["realistic"] * 4 + ["economy"] * 3 + [
+        "cost",
+        "planning",
+        "cold start",
+        "webhook",
+    ]
     assert all(len(r.cells()) == len(HEADERS) for r in rows)
     md = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert md == markdown(data)
     assert "| makespan N=4 budget 2 |" in md
     assert "| cost per node N=4 |" in md
+    assert "| budget-aware waves vs plan order |" in md and "seed's procedure" in md
     print_table(data)
 
 
@@ -115,3 +137,36 @@ def test_outcomes_are_classified() -> None:
     )
     assert classify_outcome("booting -> succeeded") == "transition"
     assert classify_outcome("admitted 3") == "admission"
+
+
+def test_the_realistic_workload_spreads_replicas_and_protects_a_third() -> None:
+    from bench.workloads import plan_realistic
+
+    nodes = [f"n{i:03d}" for i in range(100)]
+    workloads = plan_realistic(nodes)
+    assert plan_realistic(list(reversed(nodes))) == workloads  # the same for the same nodes
+    deployments = [w for w in workloads if w.kind == "Deployment"]
+    statefulsets = [w for w in workloads if w.kind == "StatefulSet"]
+    assert len(deployments) == 300 and len(statefulsets) == 4
+    assert all(2 <= len(w.nodes) <= 5 and len(set(w.nodes)) == len(w.nodes) for w in deployments)
+    protected = [w for w in deployments if w.protected]
+    assert len(protected) == 100 and all(w.disruptions_allowed == 1 for w in protected)
+    assert {w.max_unavailable is None for w in protected} == {True, False}  # both kinds of budget
+    assert all(len(w.nodes) == 3 and w.min_available == 2 for w in statefulsets)
+
+
+def test_the_bound_adds_a_wait_for_every_group_of_drains_beyond_the_waves() -> None:
+    from bench.bound import with_budget_waits
+    from bench.workloads import PlacedWorkload, forced_wait_groups
+
+    spread = PlacedWorkload("Deployment", "a", "web", ("n1", "n2", "n3"), max_unavailable=1)
+    assert forced_wait_groups([spread], waves=3) == 0
+    assert forced_wait_groups([spread], waves=2) == 1
+    strict = PlacedWorkload("StatefulSet", "a", "db", tuple(f"n{i}" for i in range(6)), min_available=4)
+    assert forced_wait_groups([spread, strict], waves=1) == 2  # 3 groups of 2 vs 3 of 1: the largest
+    unprotected = PlacedWorkload("Deployment", "a", "batch", ("n1", "n2"))
+    assert forced_wait_groups([unprotected], waves=1) == 0
+    bound = lower_bound(4, 2, Durations(5, 240, 90))
+    waited = with_budget_waits(bound, 65.0)
+    assert waited.cloud_seconds == bound.cloud_seconds + 65.0 and waited.budget_wait == 65.0
+    assert with_budget_waits(waited, 65.0) == waited  # stated, not added twice
