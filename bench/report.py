@@ -256,7 +256,11 @@ def cost_rows(rollouts: list[dict[str, Any]]) -> list[Row]:
                 _mark(ok),
                 _mark(r.get("invariants", {}).get("ok")),
                 f"storage {services} (queue receives {c['queue_receives_per_node']:.1f}); "
-                + ", ".join(f"{fn} {count}" for fn, count in busiest),
+                + ", ".join(f"{fn} {count}" for fn, count in busiest)
+                + "".join(
+                    f"; {fn} at production's cadence (the sandbox fired it {count} times)"
+                    for fn, count in (c.get("sandbox_timer_invocations") or {}).items()
+                ),
             )
         )
     return rows

@@ -772,5 +772,5 @@ def _analyse(
         "evictions": report.evictions,
         "reimages": report.reimages,
     }
-    result["cost"] = cost_of(result)
+    result["cost"] = cost_of(result, scale=scale)
     result.pop("marks", None)

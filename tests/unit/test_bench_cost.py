@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from bench.cost import TARGETS, cost_of, cost_per_node, growth, storage_counts, within_targets
+from bench.cost import (
+    TARGETS,
+    at_production_cadence,
+    cost_of,
+    cost_per_node,
+    growth,
+    storage_counts,
+    within_targets,
+)
 from bench.report import cost_rows
 from sandbox.azurite import StorageRequest
 
@@ -46,7 +54,7 @@ def test_cost_is_per_node_patched() -> None:
 
 def test_a_run_that_did_not_end_has_no_cost() -> None:
     sampled = {"outcome": "sampled", "storage": {"total": 1}, "economy": {}, "runners": {}, "nodes": {}}
-    assert cost_of(sampled) is None
+    assert cost_of(sampled, scale=0.1) is None
 
 
 def test_growth_compares_the_largest_fleet_with_the_smallest() -> None:
@@ -79,3 +87,23 @@ def test_the_cost_rows_take_one_complete_run_per_size_and_flag_growth() -> None:
     assert "budget 10%" in rows[0].config
     assert rows[1].ratio == "largest 2.25"  # 9 invocations a node against 4
     assert rows[0].ok == "✓" and rows[1].ok == "✗"
+
+
+def test_a_timer_is_billed_at_production_cadence_over_the_run_in_cloud_time() -> None:
+    # 60 wall seconds at scale 0.1 are 600 cloud seconds: production's sweeper (every
+    # 2 minutes) fires 5 times, whatever the sandbox's compressed timer did.
+    complete = {
+        "outcome": "complete",
+        "makespan_seconds": 60.0,
+        "storage": {"total": 100, "by_service": {"queue": 100}, "queue_receives": 10},
+        "economy": {"arm_reads": 50, "arm_writes": 10, "kube_requests": 200},
+        "runners": {"invocations_by_function": {"node_work": 40, "sweeper": 30, "runs_start": 1}},
+        "nodes": {"done": 10},
+    }
+    cost = cost_of(complete, scale=0.1)
+    assert cost is not None
+    assert cost["invocations_by_function"] == {"node_work": 40, "sweeper": 5, "runs_start": 1}
+    assert cost["invocations_per_node"] == 4.6
+    assert cost["sandbox_timer_invocations"] == {"sweeper": 30}
+    once = at_production_cadence({"node_work": 3, "sweeper": 9}, cloud_seconds=10)
+    assert once == {"node_work": 3, "sweeper": 1}
